@@ -1,0 +1,37 @@
+# Each target sets itself up on a fresh machine: a venv in .venv, the CPU build of torch
+# first (pip install torch==2.13.0 takes the wheel on this machine's disk; a plain `torch`
+# would pull a multi-GB CUDA build), then the package with --no-build-isolation so the C++
+# extension builds against that torch.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+STAMP  := $(VENV)/.luser_fast-installed
+PYTEST_ARGS ?=
+
+.PHONY: all setup demo test bench clean
+
+all: test
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): $(PY) setup.py Makefile $(shell find csrc -name '*.cpp' -o -name '*.h' -o -name '*.cu' 2>/dev/null)
+	$(PIP) install -q --upgrade "pip>=23" "setuptools>=64" wheel ninja
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q --no-build-isolation -e ".[test]"
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/luser-fast demo --out out/demo
+
+test: $(STAMP)
+	$(PY) -m pytest tests -q -ra $(PYTEST_ARGS)
+
+bench: $(STAMP)
+	$(PY) -m pytest bench -q --benchmark-only
+
+clean:
+	rm -rf build *.egg-info .pytest_cache out

@@ -1,0 +1,294 @@
+"""Reference models: the shallow equilibrium regularizer, LUSER and the LU baseline.
+
+Both unrolled models run K proximal-gradient steps from x_0 (FBP for CT, A^H y otherwise):
+
+    v_k     = x_k - exp(eta_k) / L * J_A(x_k)^H (A(x_k) - y)     L = ||A||^2 (1 if unknown)
+    x_{k+1} = R_k(v_k)
+
+LU's R is a deep residual CNN trained through autograd (its activations are all kept).
+LUSER's R solves the equilibrium z* = f(z*, v) of a shallow map f (``ShallowEquilibrium``)
+with Anderson acceleration and differentiates it implicitly, so the memory a step keeps
+for backward does not depend on the solver's iterations. The equilibrium state lives in
+image space (``in_channels`` channels): z* is x_{k+1}, which keeps the state small.
+
+Complex images (MRI, NUFFT) are fed to the networks as 2 real channels (real, imag); use
+``in_channels=2`` for them.
+
+The operator is physics, supplied at construction: it moves with ``.to()`` but is not
+part of ``state_dict`` (a checkpoint holds learned parameters only, so it loads into a
+model built with any backend's operator).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from .deq import DEQ
+
+_ACTS = {"gelu": nn.GELU, "relu": nn.ReLU, "elu": nn.ELU, "silu": nn.SiLU}
+_NORMS = ("group", "none")
+
+
+def _check_int(name, value, low):
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value < low:
+        raise ValueError(f"{name} must be >= {low}, got {value}")
+
+
+def _norm(kind, groups, channels):
+    if kind == "none":
+        return nn.Identity()
+    return nn.GroupNorm(groups, channels)
+
+
+def _check_arch(in_channels, channels, depth, kernel_size, norm, groups, act, min_depth):
+    _check_int("in_channels", in_channels, 1)
+    _check_int("channels", channels, 1)
+    _check_int("depth", depth, min_depth)
+    _check_int("kernel_size", kernel_size, 1)
+    if kernel_size % 2 == 0:
+        raise ValueError(f"kernel_size must be odd, got {kernel_size}")
+    if norm not in _NORMS:
+        raise ValueError(f"norm must be one of {_NORMS}, got {norm!r}")
+    if norm == "group":
+        _check_int("groups", groups, 1)
+        if channels % groups:
+            raise ValueError(f"groups ({groups}) must divide channels ({channels})")
+    if act not in _ACTS:
+        raise ValueError(f"act must be one of {tuple(_ACTS)}, got {act!r}")
+
+
+class ShallowEquilibrium(nn.Module):
+    """The shallow fixed-point map f(z, v) of LUSER's regularizer.
+
+        h_1 = act(norm_1(conv_in(z) + inject(v)))
+        h_i = act(norm_i(hidden_i(h_{i-1})))          i = 2 .. depth-1
+        f(z, v) = v + conv_out(h_{depth-1})
+
+    ``depth`` counts the 3x3 convolutions on the path from z to f(z, v) (conv_in, the
+    hidden ones, conv_out), so depth=2 is conv_in + conv_out. ``inject`` (U v) does not
+    depend on z: a fast solver computes it once per solve. conv_out starts small so f
+    starts as a contraction around v (the solver then converges from the first step).
+
+    Args:
+        in_channels: image channels C_in (2 for complex images).
+        channels: hidden width.
+        depth: number of convolutions on the z path (>= 2).
+        kernel_size: odd convolution size.
+        norm: "group" (GroupNorm with ``groups`` groups) or "none".
+        groups: GroupNorm groups.
+        act: "gelu", "relu", "elu" or "silu".
+
+    Shapes: z, v [B, C_in, H, W] -> [B, C_in, H, W].
+    """
+
+    def __init__(self, in_channels=1, channels=64, depth=2, kernel_size=3, norm="group",
+                 groups=4, act="gelu"):
+        super().__init__()
+        _check_arch(in_channels, channels, depth, kernel_size, norm, groups, act, 2)
+        pad = kernel_size // 2
+        self.conv_in = nn.Conv2d(in_channels, channels, kernel_size, padding=pad)
+        self.inject = nn.Conv2d(in_channels, channels, kernel_size, padding=pad, bias=False)
+        self.norms = nn.ModuleList([_norm(norm, groups, channels) for _ in range(depth - 1)])
+        self.hidden = nn.ModuleList(
+            [nn.Conv2d(channels, channels, kernel_size, padding=pad) for _ in range(depth - 2)])
+        self.conv_out = nn.Conv2d(channels, in_channels, kernel_size, padding=pad)
+        self.act = _ACTS[act]()
+        with torch.no_grad():
+            self.conv_out.weight.mul_(0.1)
+            self.conv_out.bias.zero_()
+
+    def init_state(self, v):
+        """The solver's starting point: the input itself."""
+        return v
+
+    def forward(self, z, v):
+        h = self.act(self.norms[0](self.conv_in(z) + self.inject(v)))
+        for conv, norm in zip(self.hidden, self.norms[1:]):
+            h = self.act(norm(conv(h)))
+        return v + self.conv_out(h)
+
+
+class DeepRegularizer(nn.Module):
+    """LU's feed-forward residual CNN: R(v) = v + CNN(v), ``depth`` convolutions.
+
+        h = act(conv_in(v)); h = act(norm_i(hidden_i(h))) (depth-2 times); R = v + conv_out(h)
+
+    Shapes: v [B, C_in, H, W] -> [B, C_in, H, W].
+    """
+
+    def __init__(self, in_channels=1, channels=64, depth=5, kernel_size=3, norm="group",
+                 groups=4, act="gelu"):
+        super().__init__()
+        _check_arch(in_channels, channels, depth, kernel_size, norm, groups, act, 2)
+        pad = kernel_size // 2
+        self.conv_in = nn.Conv2d(in_channels, channels, kernel_size, padding=pad)
+        self.hidden = nn.ModuleList(
+            [nn.Conv2d(channels, channels, kernel_size, padding=pad) for _ in range(depth - 2)])
+        self.norms = nn.ModuleList([_norm(norm, groups, channels) for _ in range(depth - 2)])
+        self.conv_out = nn.Conv2d(channels, in_channels, kernel_size, padding=pad)
+        self.act = _ACTS[act]()
+        with torch.no_grad():
+            self.conv_out.weight.mul_(0.1)
+            self.conv_out.bias.zero_()
+
+    def forward(self, v):
+        h = self.act(self.conv_in(v))
+        for conv, norm in zip(self.hidden, self.norms):
+            h = self.act(norm(conv(h)))
+        return v + self.conv_out(h)
+
+
+def _to_channels(x):
+    """Complex (B,1,H,W) -> real (B,2,H,W); real passes through."""
+    if x.is_complex():
+        return torch.view_as_real(x.squeeze(-3)).movedim(-1, -3)
+    return x
+
+
+def _from_channels(x, like):
+    """Inverse of ``_to_channels`` for a tensor shaped like ``like``."""
+    if like.is_complex():
+        return torch.view_as_complex(x.movedim(-3, -1).contiguous()).unsqueeze(-3)
+    return x
+
+
+def _drop_operator_keys(module, state_dict, prefix, local_metadata):
+    for key in [k for k in state_dict if k.startswith(prefix + "operator.")]:
+        del state_dict[key]
+
+
+class _Unrolled(nn.Module):
+    """Shared machinery of LU and LUSER: operator, step sizes, x0, the K-step loop.
+
+    Subclasses define ``_regularize(k, v)``: the regularizer of step k on v [B, C_in, H, W].
+    """
+
+    def __init__(self, operator, iterations, in_channels, share_weights, step_init):
+        super().__init__()
+        if not isinstance(operator, nn.Module) or not hasattr(operator, "adjoint"):
+            raise TypeError("operator must be an nn.Module with forward and adjoint "
+                            "(a luser_fast.physics operator or an Operator subclass)")
+        _check_int("iterations", iterations, 1)
+        if not isinstance(share_weights, bool):
+            raise TypeError("share_weights must be a bool")
+        if not isinstance(step_init, (int, float)) or not math.isfinite(step_init):
+            raise ValueError(f"step_init must be a finite number, got {step_init!r}")
+        self.operator = operator
+        self.iterations = iterations
+        self.in_channels = in_channels
+        self.share_weights = share_weights
+        self.eta = nn.Parameter(torch.full((iterations,), float(step_init)))
+        self.register_buffer("lipschitz", torch.tensor(self._lipschitz(operator)), persistent=False)
+        self._register_state_dict_hook(_drop_operator_keys)
+
+    @staticmethod
+    def _lipschitz(operator):
+        # ||A||^2 normalises the step so exp(eta) is a dimensionless step in (0, 2).
+        example = getattr(operator, "example_input", lambda: None)()
+        if example is None:
+            return 1.0
+        return max(operator.norm(iters=30, x=example) ** 2, 1e-12)
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing, unexpected, errors):
+        # The operator's buffers are not in checkpoints: keep the ones this model was built with.
+        for key, value in self.operator.state_dict(prefix=prefix + "operator.").items():
+            state_dict.setdefault(key, value)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing,
+                                      unexpected, errors)
+
+    def initial(self, y):
+        """x_0: FBP where the operator has one, else A^H y."""
+        if hasattr(self.operator, "fbp"):
+            return self.operator.fbp(y)
+        return self.operator.adjoint(y)
+
+    def forward(self, y, x0=None):
+        """Reconstruct x from measurements y.
+
+        Args:
+            y: measurements, the shape ``operator(x)`` returns.
+            x0: starting image [B, C, H, W] (complex for MRI/NUFFT); default ``initial(y)``.
+
+        Returns:
+            x_K, shaped like x0.
+        """
+        x = self.initial(y) if x0 is None else x0
+        step = torch.exp(self.eta) / self.lipschitz
+        for k in range(self.iterations):
+            v = x - step[k] * self.operator.data_grad(x, y)
+            vc = _to_channels(v)
+            if vc.shape[-3] != self.in_channels:
+                raise ValueError(
+                    f"the image has {vc.shape[-3]} channels as network input but in_channels="
+                    f"{self.in_channels} (complex images enter as 2 real channels)")
+            x = _from_channels(self._regularize(k, vc), v)
+        return x
+
+
+class LUSER(_Unrolled):
+    """Loop Unrolled Shallow Equilibrium Regularizer (Guan et al., arXiv 2210.04987).
+
+    K proximal-gradient steps; the regularizer of step k is the equilibrium of
+    ``ShallowEquilibrium`` solved by a ``DEQ`` layer (Anderson + implicit backward).
+
+    Args:
+        operator: forward model (a ``luser_fast.physics`` operator or any ``Operator``).
+        iterations: K, unrolled steps.
+        in_channels: image channels seen by the network (2 for complex images).
+        channels, depth: width and depth of the shallow map.
+        share_weights: one shallow map for all K steps (True) or one per step.
+        step_init: initial eta of every step (step = exp(eta) / ||A||^2).
+        solver, solver_kwargs, backward, backward_kwargs: passed to ``DEQ``; the solver
+            defaults are m=5, beta=1, lam=1e-4, tol=1e-3, max_iter=50.
+
+    Attributes:
+        last_solver_info: list of ``SolverInfo``, one per unrolled step of the last call.
+
+    Example:
+        >>> model = LUSER(Radon(64, angles=60), channels=32)
+        >>> x_hat = model(sinogram)
+    """
+
+    def __init__(self, operator, iterations=5, in_channels=1, channels=64, depth=2,
+                 share_weights=True, step_init=-1.0, solver="anderson", solver_kwargs=None,
+                 backward="ift", backward_kwargs=None):
+        super().__init__(operator, iterations, in_channels, share_weights, step_init)
+        n = 1 if share_weights else iterations
+        self.regularizers = nn.ModuleList(
+            [ShallowEquilibrium(in_channels, channels, depth) for _ in range(n)])
+        self.deqs = [DEQ(f, solver=solver, backward=backward, solver_kwargs=solver_kwargs,
+                         backward_kwargs=backward_kwargs) for f in self.regularizers]
+        self.last_solver_info = []
+
+    def forward(self, y, x0=None):
+        self.last_solver_info = []
+        return super().forward(y, x0)
+
+    def _regularize(self, k, v):
+        deq = self.deqs[0 if self.share_weights else k]
+        z = deq(v)
+        self.last_solver_info.append(deq.last_info)
+        return z
+
+
+class LU(_Unrolled):
+    """Loop unrolling with a deep residual CNN regularizer (the memory-hungry baseline).
+
+    Args:
+        operator, iterations, in_channels, share_weights, step_init: as in ``LUSER``.
+        channels, depth: width and number of convolutions of each ``DeepRegularizer``.
+    """
+
+    def __init__(self, operator, iterations=5, in_channels=1, channels=64, depth=5,
+                 share_weights=True, step_init=-1.0):
+        super().__init__(operator, iterations, in_channels, share_weights, step_init)
+        n = 1 if share_weights else iterations
+        self.regularizers = nn.ModuleList(
+            [DeepRegularizer(in_channels, channels, depth) for _ in range(n)])
+
+    def _regularize(self, k, v):
+        return self.regularizers[0 if self.share_weights else k](v)
