@@ -39,10 +39,26 @@ def _cap_jobs():
     os.environ.setdefault("MAX_JOBS", str(max(1, cores or 1)))
 
 
+def _ship_cuda_sources():
+    """Copy csrc's CUDA sources and headers into luser_fast/_cuda/src, with an all.cu that
+    includes every .cu, so CuPy's NVRTC can compile them on a device the fatbin lacks."""
+    cu = _sources("*.cu")
+    if not cu:
+        return
+    dst = os.path.join(HERE, "luser_fast", "_cuda", "src")
+    for path in cu + _sources("*.h") + _sources("*.cuh"):
+        rel = os.path.relpath(path, "csrc")
+        os.makedirs(os.path.dirname(os.path.join(dst, rel)), exist_ok=True)
+        shutil.copyfile(path, os.path.join(dst, rel))
+    with open(os.path.join(dst, "all.cu"), "w") as fh:
+        fh.writelines(f'#include "{os.path.relpath(p, "csrc")}"\n' for p in cu)
+
+
 class BuildPyWithFatbin(build_py):
     """build_py that also runs CMake to produce luser_fast/_cuda/luser_fast.fatbin."""
 
     def run(self):
+        _ship_cuda_sources()
         if BUILD_EXT and _sources("*.cu") and shutil.which("nvcc") and shutil.which("cmake"):
             build_dir = os.path.join(HERE, "build", "cuda")
             os.makedirs(build_dir, exist_ok=True)
@@ -81,7 +97,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["luser_fast", "luser_fast.*"]),
-    package_data={"luser_fast": ["_cuda/*.fatbin", "_cuda/*.cu", "_cuda/*.cuh", "_cuda/*.h"]},
+    package_data={"luser_fast": ["_cuda/*.fatbin", "_cuda/src/*", "_cuda/src/*/*"]},
     install_requires=[
         "torch>=2.4",
         "numpy",
