@@ -36,3 +36,42 @@ def adjoint_mismatch(op, x: torch.Tensor, y: torch.Tensor) -> float:
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     """||a - b|| / ||b||."""
     return (torch.linalg.vector_norm(a - b) / torch.linalg.vector_norm(b)).item()
+
+
+def ptxas_report(source: str, arch: int, include_dirs=()) -> dict:
+    """Compile one .cu file with nvcc for sm_<arch> and parse ``-Xptxas -v``.
+
+    Returns:
+        {kernel_name: {"registers": int, "spill_stores": int, "spill_loads": int,
+                       "smem": int}} for every kernel in the file.
+    """
+    import re
+    import subprocess
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        cmd = ["nvcc", "-cubin", "-O3", "-std=c++17", f"-arch=sm_{arch}", "-Xptxas", "-v",
+               *[f"-I{d}" for d in include_dirs], "-o", f"{tmp}/out.cubin", source]
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    if r.returncode != 0:
+        raise RuntimeError(f"nvcc failed for {source} sm_{arch}:\n{r.stderr}")
+    report, current = {}, None
+    for line in r.stderr.splitlines():
+        m = re.search(r"Compiling entry function '(\w+)'", line)
+        if m:
+            current = m.group(1)
+            report[current] = {"registers": 0, "spill_stores": 0, "spill_loads": 0, "smem": 0}
+            continue
+        if current is None:
+            continue
+        m = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", line)
+        if m:
+            report[current]["spill_stores"] = int(m.group(1))
+            report[current]["spill_loads"] = int(m.group(2))
+        m = re.search(r"Used (\d+) registers", line)
+        if m:
+            report[current]["registers"] = int(m.group(1))
+        m = re.search(r"(\d+) bytes smem", line)
+        if m:
+            report[current]["smem"] = int(m.group(1))
+    return report
