@@ -1,0 +1,249 @@
+// Joseph's projector: the per-ray and per-pixel math shared by the C++ CPU kernels
+// (radon.cpp) and the CUDA kernels (radon.cu), so the CPU tests exercise exactly what the
+// GPU runs. Conventions are those of luser_fast/reference/radon.py (binding):
+//
+//   pixel (i, j) has centre x = j - (W - 1) / 2, y = (H - 1) / 2 - i;
+//   detector d sits at u_d = (d - (D - 1) / 2) * spacing;
+//   parallel: ray {p : p . n = u_d}, n = (cos, sin), traversed along e = (-sin, cos);
+//   fan: ray from the source S = -R e through the detector point Dd e + u_d n.
+//
+// A ray o + t v is x-major when |v_x| >= |v_y| (ties go to x): it takes one sample per
+// pixel column k ("major step"), at the fractional row f(k) = f0 + k * df, and
+// interpolates linearly between rows floor(f) and floor(f) + 1 (rows outside the image
+// count as zero); the sum is scaled by step = 1 / |v_x|. y-major rays swap rows and
+// columns (f is then a fractional column). The adjoint uses the very same (pixel, weight)
+// pairs, so it is the exact transpose.
+//
+// Compiles as plain C++ (g++), as CUDA (nvcc) and under NVRTC, which has no standard
+// headers: only builtins (floor, sqrt, fabs, fma) are used, no <cmath>/<algorithm> there.
+#ifndef LUSER_FAST_RADON_JOSEPH_H
+#define LUSER_FAST_RADON_JOSEPH_H
+
+#if defined(__CUDACC__) || defined(__CUDACC_RTC__)
+#define LF_HD __host__ __device__ __forceinline__
+#define LF_UNROLL _Pragma("unroll")
+#else
+#define LF_HD inline
+#define LF_UNROLL
+#endif
+
+#if !defined(__CUDACC_RTC__)
+#include <cmath>
+#endif
+
+namespace luser_fast {
+namespace radon {
+
+// One ray's Joseph parameters. Plain old data, 40 bytes; the CUDA launcher allocates the
+// ray table as raw bytes, so the layout is fixed.
+struct JosephRay {
+  double f0;    // fractional minor-axis index at major step 0
+  double df;    // change of f per major step (-v_minor / v_major, |df| <= 1)
+  double step;  // path length per major step, 1 / |v_major|
+  int x_major;  // 1: major steps are columns, the minor index is a row; 0: swapped
+  int k_begin;  // first major step whose sample can touch the image
+  int k_end;    // one past the last such step (k_begin == k_end: the ray misses)
+  int unused;
+};
+static_assert(sizeof(JosephRay) == 40, "JosephRay must stay 40 bytes (CUDA ray table)");
+
+// Products and sums that must round like PyTorch's separate elementwise ops (the
+// reference builds ray directions with them): no FMA contraction on the device. On the
+// host, g++ only contracts where the target has FMA, which the extension's baseline lacks.
+LF_HD double mul_rn(double a, double b) {
+#if defined(__CUDA_ARCH__)
+  return __dmul_rn(a, b);
+#else
+  return a * b;
+#endif
+}
+
+LF_HD double add_rn(double a, double b) {
+#if defined(__CUDA_ARCH__)
+  return __dadd_rn(a, b);
+#else
+  return a + b;
+#endif
+}
+
+// Joseph parameters of the ray through origin o with unit direction v, and the range of
+// major steps whose samples can touch an H x W image. A sample touches the image while
+// -1 <= f < n_minor; the range is widened by one step each side against rounding, so a
+// sample inside it has -3 <= f < n_minor + 2 (|df| <= 1). Non-finite input gives an
+// empty range.
+LF_HD JosephRay joseph_ray_from_line(double ox, double oy, double vx, double vy, int height,
+                                     int width) {
+  JosephRay r;
+  const int x_major = fabs(vx) >= fabs(vy);
+  const double v_maj = x_major ? vx : vy, v_min = x_major ? vy : vx;
+  const double o_maj = x_major ? ox : oy, o_min = x_major ? oy : ox;
+  const double slope = v_min / v_maj;
+  const double cx = (width - 1) * 0.5, cy = (height - 1) * 0.5;
+  // x-major: column k is x = k - cx, where the ray's y gives the row f = cy - y;
+  // y-major: row k is y = cy - k, where the ray's x gives the column f = x + cx.
+  r.f0 = x_major ? add_rn(cy - o_min, mul_rn(cx + o_maj, slope))
+                 : add_rn(o_min + cx, mul_rn(cy - o_maj, slope));
+  r.df = -slope;
+  r.step = 1.0 / fabs(v_maj);
+  r.x_major = x_major;
+  r.unused = 0;
+  r.k_begin = 0;
+  r.k_end = 0;
+  const int n_min = x_major ? height : width, n_maj = x_major ? width : height;
+  if (r.df == 0.0) {
+    if (r.f0 >= -1.0 && r.f0 < (double)n_min) r.k_end = n_maj;
+    return r;
+  }
+  const double ka = (-1.0 - r.f0) / r.df, kb = ((double)n_min - r.f0) / r.df;
+  double lo = ka < kb ? ka : kb, hi = ka < kb ? kb : ka;
+  // NaN fails every comparison, so non-finite geometry leaves the range empty
+  if (!(lo < n_maj + 1.0 && hi > -2.0)) return r;
+  lo = lo > -2.0 ? lo : -2.0;
+  hi = hi < n_maj + 1.0 ? hi : n_maj + 1.0;
+  int k0 = (int)ceil(lo) - 1, k1 = (int)floor(hi) + 2;
+  k0 = k0 > 0 ? k0 : 0;
+  k1 = k1 < n_maj ? k1 : n_maj;
+  if (k1 > k0) {
+    r.k_begin = k0;
+    r.k_end = k1;
+  }
+  return r;
+}
+
+// Origin and unit direction of detector d's ray at the angle with cos_t, sin_t, built
+// with the same roundings as the reference's _rays (its norm is sqrt(fma(dy, dy, dx*dx)),
+// as torch's vector_norm computes it), so the x-/y-major choice agrees with it bit for bit.
+// src <= 0 means parallel beam.
+LF_HD JosephRay joseph_ray(double cos_t, double sin_t, int d, int n_det, double spacing,
+                           double src, double det, int height, int width) {
+  const double u = mul_rn((double)d - (n_det - 1) * 0.5, spacing);
+  if (src <= 0.0) {
+    return joseph_ray_from_line(mul_rn(u, cos_t), mul_rn(u, sin_t), -sin_t, cos_t, height,
+                                width);
+  }
+  const double sd = src + det;
+  const double dx = add_rn(mul_rn(sd, -sin_t), mul_rn(u, cos_t));
+  const double dy = add_rn(mul_rn(sd, cos_t), mul_rn(u, sin_t));
+  const double norm = sqrt(fma(dy, dy, mul_rn(dx, dx)));
+  return joseph_ray_from_line(mul_rn(-src, -sin_t), mul_rn(-src, cos_t), dx / norm,
+                              dy / norm, height, width);
+}
+
+// Fractional minor-axis index of a ray's sample at major step k.
+LF_HD double joseph_f(const JosephRay& r, int k) { return r.f0 + (double)k * r.df; }
+
+// Forward projection of one ray through nb <= NB images (gather). rows points at the
+// first image laid out so that row k is the ray's major step k: the image itself for
+// y-major rays, its transpose for x-major rays (so both read along rows); each row has
+// n_min entries and image b starts at rows + b * image_stride. acc[b] receives the line
+// integral of image b.
+template <typename T, int NB>
+LF_HD void joseph_forward_ray(const T* rows, long long image_stride, int nb, int n_min,
+                              const JosephRay& r, T* acc) {
+LF_UNROLL
+  for (int b = 0; b < NB; ++b) acc[b] = T(0);
+  for (int k = r.k_begin; k < r.k_end; ++k) {
+    const double f = joseph_f(r, k);
+    const double fl = floor(f);
+    const int i = (int)fl;
+    const T w1 = (T)(f - fl);
+    const bool ok0 = i >= 0 && i < n_min, ok1 = i >= -1 && i < n_min - 1;
+    const T* row = rows + (long long)k * n_min;
+LF_UNROLL
+    for (int b = 0; b < NB; ++b) {
+      if (b < nb) {
+        const T* p = row + b * image_stride;
+        const T v0 = ok0 ? p[i] : T(0), v1 = ok1 ? p[i + 1] : T(0);
+        acc[b] += v0 + w1 * (v1 - v0);
+      }
+    }
+  }
+  const T step = (T)r.step;
+LF_UNROLL
+  for (int b = 0; b < NB; ++b) acc[b] *= step;
+}
+
+// Fractional detector index of the ray through point (px, py): its detector coordinate
+// times inv_spacing plus center ((D - 1) / 2). Fan beam: u = (R + Dd) (p . n) / (R + p . e);
+// returns false when the point is not in front of the source (u is then undefined).
+template <bool FAN>
+LF_HD bool joseph_detector_index(double px, double py, double cos_t, double sin_t,
+                                 double inv_spacing, double center, double src, double det,
+                                 double* t) {
+  const double pn = px * cos_t + py * sin_t;
+  if (!FAN) {
+    *t = pn * inv_spacing + center;
+    return true;
+  }
+  const double depth = src + (py * cos_t - px * sin_t);  // R + p . e
+  if (!(depth > 1e-9 * src)) return false;
+  *t = (src + det) * pn / depth * inv_spacing + center;
+  return true;
+}
+
+// Adjoint (back-projection) at pixel (i, j) of the rays of one angle, as a gather: adds
+// to acc[b] the sum over the rays whose Joseph samples touch the pixel of (that sample's
+// weight for the pixel) * sino_a[b * sino_stride + d], for nb <= NB sinograms. This is
+// exactly the transpose of joseph_forward_ray: a ray of major step k touches minor pixel
+// m with weight step * (1 - frac(f)) when floor(f) == m and step * frac(f) when
+// floor(f) == m - 1. The candidate rays are found by projecting the segment of sample
+// positions that can touch the pixel (one pixel either side along the minor axis) onto
+// the detector; each candidate is then checked with the forward's own f.
+//   rays_a: the angle's D rays (parallel beam: all of one orientation, that of rays_a[0]).
+//   FAN: fan beam (src > 0); else parallel, and src, det are unused.
+template <typename T, int NB, bool FAN>
+LF_HD void joseph_adjoint_pixel(const JosephRay* rays_a, const T* sino_a,
+                                long long sino_stride, int nb, int n_det, double cos_t,
+                                double sin_t, double spacing, double src, double det,
+                                int height, int width, int i, int j, T* acc) {
+  const double px = j - (width - 1) * 0.5, py = (height - 1) * 0.5 - i;
+  const double inv_spacing = 1.0 / spacing, center = (n_det - 1) * 0.5;
+  // Index tolerance against rounding in the projection and in the rays' f (relative to
+  // the coordinates' magnitudes, in detector units).
+  const double scale = (width + height + 4.0) + (FAN ? src + det : 0.0);
+  const double tol = 1e-6 * (1.0 + scale * inv_spacing);
+  for (int orient = 0; orient < 2; ++orient) {  // 0: y-major rays, 1: x-major rays
+    if (!FAN && orient != rays_a[0].x_major) continue;
+    // sample positions touching the pixel: x-major rays at column j with the row within
+    // one of i; y-major rays at row i with the column within one of j
+    const double ax = orient ? px : px - 1.0, ay = orient ? py - 1.0 : py;
+    const double bx = orient ? px : px + 1.0, by = orient ? py + 1.0 : py;
+    double ta, tb;
+    int d0 = 0, d1 = n_det - 1;
+    if (joseph_detector_index<FAN>(ax, ay, cos_t, sin_t, inv_spacing, center, src, det, &ta) &&
+        joseph_detector_index<FAN>(bx, by, cos_t, sin_t, inv_spacing, center, src, det, &tb)) {
+      double lo = (ta < tb ? ta : tb) - tol, hi = (ta < tb ? tb : ta) + tol;
+      if (!(hi >= 0.0 && lo <= n_det - 1.0)) continue;  // also false for NaN
+      lo = lo > 0.0 ? lo : 0.0;
+      hi = hi < n_det - 1.0 ? hi : n_det - 1.0;
+      d0 = (int)ceil(lo);
+      d1 = (int)floor(hi);
+    }
+    const int k = orient ? j : i;
+    const double m = orient ? (double)i : (double)j;
+    for (int d = d0; d <= d1; ++d) {
+      const JosephRay r = rays_a[d];
+      if (r.x_major != orient) continue;
+      const double f = joseph_f(r, k);
+      const double fl = floor(f);
+      double w;
+      if (fl == m) {
+        w = 1.0 - (f - fl);
+      } else if (fl == m - 1.0) {
+        w = f - fl;
+      } else {
+        continue;
+      }
+      const T wt = (T)(w * r.step);
+LF_UNROLL
+      for (int b = 0; b < NB; ++b) {
+        if (b < nb) acc[b] += wt * sino_a[b * sino_stride + d];
+      }
+    }
+  }
+}
+
+}  // namespace radon
+}  // namespace luser_fast
+
+#endif  // LUSER_FAST_RADON_JOSEPH_H

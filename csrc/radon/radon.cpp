@@ -1,0 +1,617 @@
+// CPU kernels of the Radon transform (Joseph), registered as torch.ops.luser_fast.*.
+//
+// radon_forward / radon_adjoint are the fast paths. A batch of images is processed in
+// groups of V "lanes" (8 float32 or 4 float64 images, one SIMD vector): every image of a
+// group is copied once into two zero-padded, lane-interleaved planes, one per ray
+// orientation, laid out so that a ray's major step k is a row and its two interpolation
+// neighbours are adjacent:
+//   plane_y[k][kPad + j][v] = x[v][k][j]   (y-major rays: row k, column j)
+//   plane_x[k][kPad + i][v] = x[v][i][k]   (x-major rays: column k, row i)
+// Each sample's position and weight (in float64, shared math from joseph.h) is then
+// computed once and applied to V images with contiguous vector loads, and the zero
+// padding removes every bounds check from the inner loop. The forward is a gather over
+// rays (parallel over rays); the adjoint scatters the same (pixel, weight) pairs into
+// per-thread planes (each thread a contiguous range of angles), reduced at the end, so it
+// is the exact transpose and deterministic for a given thread count.
+//
+// _radon_forward_gather / _radon_adjoint_gather run the CUDA kernels' algorithms (one ray
+// per thread; one pixel per thread gathering its transpose weights) on the CPU, with the
+// same joseph.h functions, so the GPU's math is tested here without a GPU.
+#include <Python.h>  // first, as Python asks: the module init at the end
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <optional>
+#include <vector>
+
+#include "radon/joseph.h"
+
+namespace {
+
+using luser_fast::radon::JosephRay;
+
+// Zero entries either side of a plane row: a sample inside its ray's step range has
+// -3 <= f < n_min + 2 (joseph.h), so floor(f) + kPad and floor(f) + 1 + kPad stay in
+// [0, n_min + 2 * kPad).
+constexpr int64_t kPad = 4;
+// Images per thread in the gather algorithms (as in the CUDA kernels).
+constexpr int kGatherImages = 4;
+
+struct Geometry {
+  int64_t height, width, n_angles, n_det;
+  double spacing, src, det;  // src <= 0: parallel beam
+};
+
+void check_geometry(int64_t height, int64_t width, int64_t n_det, double spacing,
+                    const std::optional<double>& src, const std::optional<double>& det,
+                    const char* fn) {
+  TORCH_CHECK(height >= 1 && width >= 1 && height < (1 << 24) && width < (1 << 24), fn,
+              ": image size (height, width) must be positive, got (", height, ", ", width,
+              ")");
+  TORCH_CHECK(n_det >= 1 && n_det < (1 << 24), fn,
+              ": n_detectors must be positive, got ", n_det);
+  TORCH_CHECK(std::isfinite(spacing) && spacing > 0.0, fn,
+              ": det_spacing must be positive and finite, got ", spacing);
+  if (src.has_value()) {
+    const double half_diagonal = 0.5 * std::hypot((double)height, (double)width);
+    TORCH_CHECK(std::isfinite(*src) && *src > half_diagonal, fn,
+                ": source_distance must exceed the image half-diagonal ", half_diagonal,
+                ", got ", *src);
+  }
+  if (det.has_value()) {
+    TORCH_CHECK(src.has_value(), fn, ": detector_distance needs source_distance");
+    TORCH_CHECK(std::isfinite(*det) && *det >= 0.0, fn,
+                ": detector_distance must be finite and >= 0, got ", *det);
+  }
+}
+
+at::Tensor check_angles(const at::Tensor& angles, const at::Tensor& data, const char* fn) {
+  TORCH_CHECK(angles.dim() == 1 && angles.numel() >= 1, fn,
+              ": angles must be a non-empty 1-D tensor, got shape ", angles.sizes());
+  TORCH_CHECK(at::isFloatingType(angles.scalar_type()), fn,
+              ": angles must be a real floating tensor, got ", angles.scalar_type());
+  TORCH_CHECK(angles.device() == data.device(), fn, ": angles must be on ", data.device(),
+              ", got ", angles.device());
+  TORCH_CHECK(angles.numel() < (1 << 24), fn, ": too many angles (", angles.numel(), ")");
+  return angles.to(at::kDouble).contiguous();
+}
+
+void check_data(const at::Tensor& t, const char* name, const char* fn) {
+  TORCH_CHECK(t.device().is_cpu(), fn, ": ", name, " must be a CPU tensor here, got ",
+              t.device());
+  TORCH_CHECK(t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble, fn, ": ",
+              name, " must be float32 or float64, got ", t.scalar_type());
+  TORCH_CHECK(t.dim() >= 2, fn, ": ", name, " must have at least 2 dims, got shape ",
+              t.sizes());
+}
+
+// The ray table [A * D], ray index a * D + d. cos/sin come from ATen's own kernels on the
+// same 1-D tensor as the reference's, so the x-/y-major choice matches it exactly.
+std::vector<JosephRay> make_rays(const at::Tensor& angles64, const Geometry& g) {
+  const at::Tensor c = at::cos(angles64), s = at::sin(angles64);
+  const double* cp = c.data_ptr<double>();
+  const double* sp = s.data_ptr<double>();
+  std::vector<JosephRay> rays(g.n_angles * g.n_det);
+  at::parallel_for(0, g.n_angles, 1, [&](int64_t a0, int64_t a1) {
+    for (int64_t a = a0; a < a1; ++a) {
+      for (int64_t d = 0; d < g.n_det; ++d) {
+        rays[a * g.n_det + d] = luser_fast::radon::joseph_ray(
+            cp[a], sp[a], (int)d, (int)g.n_det, g.spacing, g.src, g.det, (int)g.height,
+            (int)g.width);
+      }
+    }
+  });
+  return rays;
+}
+
+// --- fast path --------------------------------------------------------------------------
+
+struct Planes {
+  int64_t row_y, row_x;  // plane row lengths in elements (including the V lanes)
+  int64_t size_y, size_x;
+};
+
+template <int V>
+Planes plane_layout(const Geometry& g) {
+  Planes p;
+  p.row_y = (g.width + 2 * kPad) * V;
+  p.row_x = (g.height + 2 * kPad) * V;
+  p.size_y = g.height * p.row_y;
+  p.size_x = g.width * p.row_x;
+  return p;
+}
+
+// Copy images n0 .. n0 + nb - 1 of x [N, H, W] into the two lane-interleaved planes.
+template <typename T, int V>
+void fill_planes(const T* x, int64_t n0, int nb, const Geometry& g, const Planes& pl,
+                 T* plane_y, T* plane_x) {
+  const int64_t hw = g.height * g.width;
+  std::memset(plane_y, 0, sizeof(T) * pl.size_y);
+  std::memset(plane_x, 0, sizeof(T) * pl.size_x);
+  at::parallel_for(0, g.height, 16, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) {
+      T* py = plane_y + i * pl.row_y + kPad * V;
+      for (int v = 0; v < nb; ++v) {
+        const T* src = x + (n0 + v) * hw + i * g.width;
+        for (int64_t j = 0; j < g.width; ++j) py[j * V + v] = src[j];
+      }
+      T* px = plane_x + (kPad + i) * V;
+      for (int64_t j = 0; j < g.width; ++j) {
+        for (int v = 0; v < V; ++v) px[j * pl.row_x + v] = py[j * V + v];
+      }
+    }
+  });
+}
+
+// Hot loops: compiled for the baseline ISA and, on x86-64, also for AVX2 + FMA (one
+// 256-bit vector holds the 8 float32 / 4 float64 lanes; floor is one instruction), chosen
+// at run time. The bodies are always-inline templates instantiated in both.
+#if defined(__GNUC__)
+#define LF_ALWAYS_INLINE inline __attribute__((always_inline))
+#else
+#define LF_ALWAYS_INLINE inline
+#endif
+#if defined(__x86_64__) && defined(__GNUC__)
+#define LF_HAVE_AVX2_CLONE 1
+#define LF_TARGET_AVX2 __attribute__((target("avx2,fma")))
+#else
+#define LF_HAVE_AVX2_CLONE 0
+#endif
+
+// Samples per block: their positions, floors and weights are computed together (one
+// vector of 4 float64), then applied to the V lanes; 4 accumulators keep 4 independent
+// addition chains in flight.
+constexpr int kBlock = 4;
+
+// Line integrals of the V images in the planes along rays r0 .. r1 - 1.
+template <typename T, int V>
+LF_ALWAYS_INLINE void forward_rays_body(const T* plane_y, const T* plane_x, const Planes& pl,
+                                        const JosephRay* rays, int64_t r0, int64_t r1,
+                                        int64_t n0, int nb, int64_t n_rays, T* out) {
+  for (int64_t r = r0; r < r1; ++r) {
+    const JosephRay ray = rays[r];
+    const T* base = ray.x_major ? plane_x : plane_y;
+    const int64_t row = ray.x_major ? pl.row_x : pl.row_y;
+    T acc[kBlock][V] = {};
+    int k = ray.k_begin;
+    double kd = k;  // k as a double, stepped alongside (no int-to-double conversions)
+    for (; k + kBlock <= ray.k_end; k += kBlock, kd += kBlock) {
+      double fl[kBlock];
+      T w[kBlock];
+      for (int u = 0; u < kBlock; ++u) {
+        const double f = ray.f0 + (kd + u) * ray.df;  // joseph_f(ray, k + u)
+        fl[u] = std::floor(f);
+        w[u] = (T)(f - fl[u]);
+      }
+      const T* pk = base + k * row + kPad * V;
+      for (int u = 0; u < kBlock; ++u) {
+        const T* p = pk + u * row + (int64_t)(int)fl[u] * V;
+        for (int v = 0; v < V; ++v) acc[u][v] += p[v] + w[u] * (p[V + v] - p[v]);
+      }
+    }
+    for (; k < ray.k_end; ++k) {
+      const double f = luser_fast::radon::joseph_f(ray, k);
+      const double fl = std::floor(f);
+      const T w = (T)(f - fl);
+      const T* p = base + k * row + ((int)fl + kPad) * V;
+      for (int v = 0; v < V; ++v) acc[0][v] += p[v] + w * (p[V + v] - p[v]);
+    }
+    const T step = (T)ray.step;
+    T res[V];
+    for (int v = 0; v < V; ++v) res[v] = ((acc[0][v] + acc[1][v]) + (acc[2][v] + acc[3][v])) * step;
+    for (int v = 0; v < nb; ++v) out[(n0 + v) * n_rays + r] = res[v];
+  }
+}
+
+// Scatter sino values of rays of angles a0 .. a1 - 1 (V lanes) into the planes.
+template <typename T, int V>
+LF_ALWAYS_INLINE void adjoint_rays_body(const T* sino, const Planes& pl, const JosephRay* rays,
+                                        const Geometry& g, int64_t a0, int64_t a1, int64_t n0,
+                                        int nb, T* plane_y, T* plane_x) {
+  const int64_t n_rays = g.n_angles * g.n_det;
+  for (int64_t r = a0 * g.n_det; r < a1 * g.n_det; ++r) {
+    const JosephRay ray = rays[r];
+    if (ray.k_end <= ray.k_begin) continue;
+    T val[V] = {};
+    const T step = (T)ray.step;
+    for (int v = 0; v < nb; ++v) val[v] = sino[(n0 + v) * n_rays + r] * step;
+    T* base = ray.x_major ? plane_x : plane_y;
+    const int64_t row = ray.x_major ? pl.row_x : pl.row_y;
+    int k = ray.k_begin;
+    double kd = k;
+    for (; k + kBlock <= ray.k_end; k += kBlock, kd += kBlock) {
+      double fl[kBlock];
+      T w[kBlock];
+      for (int u = 0; u < kBlock; ++u) {
+        const double f = ray.f0 + (kd + u) * ray.df;  // joseph_f(ray, k + u)
+        fl[u] = std::floor(f);
+        w[u] = (T)(f - fl[u]);
+      }
+      T* pk = base + k * row + kPad * V;
+      for (int u = 0; u < kBlock; ++u) {
+        T* p = pk + u * row + (int64_t)(int)fl[u] * V;
+        for (int v = 0; v < V; ++v) {
+          const T t = w[u] * val[v];
+          p[v] += val[v] - t;
+          p[V + v] += t;
+        }
+      }
+    }
+    for (; k < ray.k_end; ++k) {
+      const double f = luser_fast::radon::joseph_f(ray, k);
+      const double fl = std::floor(f);
+      const T w = (T)(f - fl);
+      T* p = base + k * row + ((int)fl + kPad) * V;
+      for (int v = 0; v < V; ++v) {
+        const T t = w * val[v];
+        p[v] += val[v] - t;
+        p[V + v] += t;
+      }
+    }
+  }
+}
+
+template <typename T, int V>
+void forward_rays_base(const T* plane_y, const T* plane_x, const Planes& pl,
+                       const JosephRay* rays, int64_t r0, int64_t r1, int64_t n0, int nb,
+                       int64_t n_rays, T* out) {
+  forward_rays_body<T, V>(plane_y, plane_x, pl, rays, r0, r1, n0, nb, n_rays, out);
+}
+
+template <typename T, int V>
+void adjoint_rays_base(const T* sino, const Planes& pl, const JosephRay* rays,
+                       const Geometry& g, int64_t a0, int64_t a1, int64_t n0, int nb,
+                       T* plane_y, T* plane_x) {
+  adjoint_rays_body<T, V>(sino, pl, rays, g, a0, a1, n0, nb, plane_y, plane_x);
+}
+
+#if LF_HAVE_AVX2_CLONE
+template <typename T, int V>
+LF_TARGET_AVX2 void forward_rays_avx2(const T* plane_y, const T* plane_x, const Planes& pl,
+                                      const JosephRay* rays, int64_t r0, int64_t r1, int64_t n0,
+                                      int nb, int64_t n_rays, T* out) {
+  forward_rays_body<T, V>(plane_y, plane_x, pl, rays, r0, r1, n0, nb, n_rays, out);
+}
+
+template <typename T, int V>
+LF_TARGET_AVX2 void adjoint_rays_avx2(const T* sino, const Planes& pl, const JosephRay* rays,
+                                      const Geometry& g, int64_t a0, int64_t a1, int64_t n0,
+                                      int nb, T* plane_y, T* plane_x) {
+  adjoint_rays_body<T, V>(sino, pl, rays, g, a0, a1, n0, nb, plane_y, plane_x);
+}
+
+bool use_avx2() {
+  static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  return ok;
+}
+#endif
+
+template <typename T, int V>
+void forward_rays(const T* plane_y, const T* plane_x, const Planes& pl, const JosephRay* rays,
+                  int64_t r0, int64_t r1, int64_t n0, int nb, int64_t n_rays, T* out) {
+#if LF_HAVE_AVX2_CLONE
+  if (use_avx2()) {
+    forward_rays_avx2<T, V>(plane_y, plane_x, pl, rays, r0, r1, n0, nb, n_rays, out);
+    return;
+  }
+#endif
+  forward_rays_base<T, V>(plane_y, plane_x, pl, rays, r0, r1, n0, nb, n_rays, out);
+}
+
+template <typename T, int V>
+void adjoint_rays(const T* sino, const Planes& pl, const JosephRay* rays, const Geometry& g,
+                  int64_t a0, int64_t a1, int64_t n0, int nb, T* plane_y, T* plane_x) {
+#if LF_HAVE_AVX2_CLONE
+  if (use_avx2()) {
+    adjoint_rays_avx2<T, V>(sino, pl, rays, g, a0, a1, n0, nb, plane_y, plane_x);
+    return;
+  }
+#endif
+  adjoint_rays_base<T, V>(sino, pl, rays, g, a0, a1, n0, nb, plane_y, plane_x);
+}
+
+// Lanes per group for n images left: a full SIMD vector, or the next power of two.
+int lanes_for(int64_t left, int full) {
+  int v = 1;
+  while (v < full && v < left) v *= 2;
+  return v;
+}
+
+template <typename T, int V>
+void forward_group(const T* x, int64_t n0, int nb, const Geometry& g,
+                   const std::vector<JosephRay>& rays, T* out) {
+  const Planes pl = plane_layout<V>(g);
+  std::vector<T> planes(pl.size_y + pl.size_x);
+  fill_planes<T, V>(x, n0, nb, g, pl, planes.data(), planes.data() + pl.size_y);
+  const int64_t n_rays = g.n_angles * g.n_det;
+  at::parallel_for(0, n_rays, std::max<int64_t>(1, g.n_det / 4), [&](int64_t r0, int64_t r1) {
+    forward_rays<T, V>(planes.data(), planes.data() + pl.size_y, pl, rays.data(), r0, r1, n0,
+                       nb, n_rays, out);
+  });
+}
+
+template <typename T, int V>
+void adjoint_group(const T* sino, int64_t n0, int nb, const Geometry& g,
+                   const std::vector<JosephRay>& rays, T* out) {
+  const Planes pl = plane_layout<V>(g);
+  const int64_t n_workers = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(),
+                                                                   g.n_angles));
+  const int64_t per = pl.size_y + pl.size_x;
+  std::vector<T> planes(per * n_workers);
+  at::parallel_for(0, n_workers, 1, [&](int64_t w0, int64_t w1) {
+    for (int64_t w = w0; w < w1; ++w) {
+      T* py = planes.data() + w * per;
+      std::memset(py, 0, sizeof(T) * per);
+      adjoint_rays<T, V>(sino, pl, rays.data(), g, g.n_angles * w / n_workers,
+                         g.n_angles * (w + 1) / n_workers, n0, nb, py, py + pl.size_y);
+    }
+  });
+  const int64_t hw = g.height * g.width;
+  at::parallel_for(0, g.height, 16, [&](int64_t i0, int64_t i1) {
+    std::vector<T> row(g.width * V);
+    for (int64_t i = i0; i < i1; ++i) {
+      std::fill(row.begin(), row.end(), T(0));
+      for (int64_t w = 0; w < n_workers; ++w) {
+        const T* py = planes.data() + w * per + i * pl.row_y + kPad * V;
+        const T* px = planes.data() + w * per + pl.size_y + (kPad + i) * V;
+        for (int64_t j = 0; j < g.width; ++j) {
+          for (int v = 0; v < V; ++v) row[j * V + v] += py[j * V + v] + px[j * pl.row_x + v];
+        }
+      }
+      for (int v = 0; v < nb; ++v) {
+        T* dst = out + (n0 + v) * hw + i * g.width;
+        for (int64_t j = 0; j < g.width; ++j) dst[j] = row[j * V + v];
+      }
+    }
+  });
+}
+
+// Runs fn<V>(n0, nb) over the batch in groups of lanes (FULL for full groups).
+template <int FULL, typename F>
+void for_lane_groups(int64_t n_images, F&& fn) {
+  int64_t n0 = 0;
+  while (n0 < n_images) {
+    const int v = lanes_for(n_images - n0, FULL);
+    const int nb = (int)std::min<int64_t>(v, n_images - n0);
+    switch (v) {
+      case 1: fn(std::integral_constant<int, 1>{}, n0, nb); break;
+      case 2: fn(std::integral_constant<int, 2>{}, n0, nb); break;
+      case 4: fn(std::integral_constant<int, 4>{}, n0, nb); break;
+      default: fn(std::integral_constant<int, (FULL > 4 ? FULL : 4)>{}, n0, nb); break;
+    }
+    n0 += nb;
+  }
+}
+
+template <typename T>
+constexpr int full_lanes() {
+  return 32 / (int)sizeof(T);  // one 256-bit vector
+}
+
+Geometry make_geometry(int64_t height, int64_t width, int64_t n_angles, int64_t n_det,
+                       double spacing, const std::optional<double>& src,
+                       const std::optional<double>& det) {
+  Geometry g;
+  g.height = height;
+  g.width = width;
+  g.n_angles = n_angles;
+  g.n_det = n_det;
+  g.spacing = spacing;
+  g.src = src.has_value() ? *src : 0.0;
+  g.det = det.has_value() ? *det : 0.0;
+  return g;
+}
+
+at::Tensor radon_forward_cpu(const at::Tensor& x, const at::Tensor& angles, int64_t n_det,
+                             double spacing, std::optional<double> src,
+                             std::optional<double> det) {
+  const char* fn = "radon_forward";
+  check_data(x, "x", fn);
+  const at::Tensor ang = check_angles(angles, x, fn);
+  const int64_t h = x.size(-2), w = x.size(-1);
+  check_geometry(h, w, n_det, spacing, src, det, fn);
+  const Geometry g = make_geometry(h, w, ang.numel(), n_det, spacing, src, det);
+  std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end() - 2);
+  shape.push_back(g.n_angles);
+  shape.push_back(g.n_det);
+  at::Tensor out = at::empty(shape, x.options());
+  const int64_t n_images = h * w == 0 ? 0 : x.numel() / (h * w);
+  if (n_images == 0) return out;
+  const at::Tensor xc = x.contiguous();
+  const std::vector<JosephRay> rays = make_rays(ang, g);
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "radon_forward_cpu", [&] {
+    const scalar_t* xp = xc.data_ptr<scalar_t>();
+    scalar_t* op = out.data_ptr<scalar_t>();
+    for_lane_groups<full_lanes<scalar_t>()>(n_images, [&](auto lanes, int64_t n0, int nb) {
+      forward_group<scalar_t, decltype(lanes)::value>(xp, n0, nb, g, rays, op);
+    });
+  });
+  return out;
+}
+
+at::Tensor radon_adjoint_cpu(const at::Tensor& sino, const at::Tensor& angles, int64_t height,
+                             int64_t width, double spacing, std::optional<double> src,
+                             std::optional<double> det) {
+  const char* fn = "radon_adjoint";
+  check_data(sino, "sino", fn);
+  const at::Tensor ang = check_angles(angles, sino, fn);
+  const int64_t n_det = sino.size(-1);
+  TORCH_CHECK(sino.size(-2) == ang.numel(), fn, ": sino must end in (A, D) with A = ",
+              ang.numel(), " angles, got shape ", sino.sizes());
+  check_geometry(height, width, n_det, spacing, src, det, fn);
+  const Geometry g = make_geometry(height, width, ang.numel(), n_det, spacing, src, det);
+  std::vector<int64_t> shape(sino.sizes().begin(), sino.sizes().end() - 2);
+  shape.push_back(height);
+  shape.push_back(width);
+  at::Tensor out = at::empty(shape, sino.options());
+  const int64_t n_images = sino.numel() / (g.n_angles * g.n_det);
+  if (n_images == 0) return out;
+  const at::Tensor sc = sino.contiguous();
+  const std::vector<JosephRay> rays = make_rays(ang, g);
+  AT_DISPATCH_FLOATING_TYPES(sino.scalar_type(), "radon_adjoint_cpu", [&] {
+    const scalar_t* sp = sc.data_ptr<scalar_t>();
+    scalar_t* op = out.data_ptr<scalar_t>();
+    for_lane_groups<full_lanes<scalar_t>()>(n_images, [&](auto lanes, int64_t n0, int nb) {
+      adjoint_group<scalar_t, decltype(lanes)::value>(sp, n0, nb, g, rays, op);
+    });
+  });
+  return out;
+}
+
+// --- the CUDA kernels' algorithms on the CPU --------------------------------------------
+
+at::Tensor radon_forward_gather_cpu(const at::Tensor& x, const at::Tensor& angles,
+                                    int64_t n_det, double spacing, std::optional<double> src,
+                                    std::optional<double> det) {
+  const char* fn = "_radon_forward_gather";
+  check_data(x, "x", fn);
+  const at::Tensor ang = check_angles(angles, x, fn);
+  const int64_t h = x.size(-2), w = x.size(-1);
+  check_geometry(h, w, n_det, spacing, src, det, fn);
+  const Geometry g = make_geometry(h, w, ang.numel(), n_det, spacing, src, det);
+  std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end() - 2);
+  shape.push_back(g.n_angles);
+  shape.push_back(g.n_det);
+  at::Tensor out = at::empty(shape, x.options());
+  const int64_t n_images = h * w == 0 ? 0 : x.numel() / (h * w);
+  if (n_images == 0) return out;
+  const at::Tensor xc = x.contiguous();
+  const at::Tensor xt = xc.transpose(-1, -2).contiguous();
+  const std::vector<JosephRay> rays = make_rays(ang, g);
+  const int64_t n_rays = g.n_angles * g.n_det, hw = h * w;
+  const int64_t n_groups = (n_images + kGatherImages - 1) / kGatherImages;
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "radon_forward_gather_cpu", [&] {
+    const scalar_t* img = xc.data_ptr<scalar_t>();
+    const scalar_t* img_t = xt.data_ptr<scalar_t>();
+    scalar_t* op = out.data_ptr<scalar_t>();
+    at::parallel_for(0, n_groups * n_rays, 256, [&](int64_t t0, int64_t t1) {
+      for (int64_t t = t0; t < t1; ++t) {
+        const int64_t n0 = (t / n_rays) * kGatherImages, r = t % n_rays;
+        const int nb = (int)std::min<int64_t>(kGatherImages, n_images - n0);
+        const JosephRay ray = rays[r];
+        const scalar_t* rows = (ray.x_major ? img_t : img) + n0 * hw;
+        scalar_t acc[kGatherImages];
+        luser_fast::radon::joseph_forward_ray<scalar_t, kGatherImages>(
+            rows, hw, nb, ray.x_major ? (int)h : (int)w, ray, acc);
+        for (int b = 0; b < nb; ++b) op[(n0 + b) * n_rays + r] = acc[b];
+      }
+    });
+  });
+  return out;
+}
+
+at::Tensor radon_adjoint_gather_cpu(const at::Tensor& sino, const at::Tensor& angles,
+                                    int64_t height, int64_t width, double spacing,
+                                    std::optional<double> src, std::optional<double> det) {
+  const char* fn = "_radon_adjoint_gather";
+  check_data(sino, "sino", fn);
+  const at::Tensor ang = check_angles(angles, sino, fn);
+  const int64_t n_det = sino.size(-1);
+  TORCH_CHECK(sino.size(-2) == ang.numel(), fn, ": sino must end in (A, D) with A = ",
+              ang.numel(), " angles, got shape ", sino.sizes());
+  check_geometry(height, width, n_det, spacing, src, det, fn);
+  const Geometry g = make_geometry(height, width, ang.numel(), n_det, spacing, src, det);
+  std::vector<int64_t> shape(sino.sizes().begin(), sino.sizes().end() - 2);
+  shape.push_back(height);
+  shape.push_back(width);
+  at::Tensor out = at::empty(shape, sino.options());
+  const int64_t n_images = sino.numel() / (g.n_angles * g.n_det);
+  if (n_images == 0) return out;
+  const at::Tensor sc = sino.contiguous();
+  const std::vector<JosephRay> rays = make_rays(ang, g);
+  const at::Tensor c = at::cos(ang), s = at::sin(ang);
+  const double* cp = c.data_ptr<double>();
+  const double* spp = s.data_ptr<double>();
+  const int64_t n_rays = g.n_angles * g.n_det, hw = height * width;
+  const int64_t n_groups = (n_images + kGatherImages - 1) / kGatherImages;
+  AT_DISPATCH_FLOATING_TYPES(sino.scalar_type(), "radon_adjoint_gather_cpu", [&] {
+    const scalar_t* sp = sc.data_ptr<scalar_t>();
+    scalar_t* op = out.data_ptr<scalar_t>();
+    at::parallel_for(0, n_groups * hw, 64, [&](int64_t t0, int64_t t1) {
+      for (int64_t t = t0; t < t1; ++t) {
+        const int64_t n0 = (t / hw) * kGatherImages, p = t % hw;
+        const int nb = (int)std::min<int64_t>(kGatherImages, n_images - n0);
+        scalar_t acc[kGatherImages] = {};
+        const int i = (int)(p / width), j = (int)(p % width);
+        for (int64_t a = 0; a < g.n_angles; ++a) {
+          const JosephRay* rays_a = rays.data() + a * g.n_det;
+          const scalar_t* sino_a = sp + n0 * n_rays + a * g.n_det;
+          if (g.src > 0.0) {
+            luser_fast::radon::joseph_adjoint_pixel<scalar_t, kGatherImages, true>(
+                rays_a, sino_a, n_rays, nb, (int)g.n_det, cp[a], spp[a], g.spacing, g.src,
+                g.det, (int)height, (int)width, i, j, acc);
+          } else {
+            luser_fast::radon::joseph_adjoint_pixel<scalar_t, kGatherImages, false>(
+                rays_a, sino_a, n_rays, nb, (int)g.n_det, cp[a], spp[a], g.spacing, g.src,
+                g.det, (int)height, (int)width, i, j, acc);
+          }
+        }
+        for (int b = 0; b < nb; ++b) op[(n0 + b) * hw + p] = acc[b];
+      }
+    });
+  });
+  return out;
+}
+
+// The ray table as float64 [A, D, 6]: f0, df, step, x_major, k_begin, k_end (for tests and
+// for inspecting the discretisation).
+at::Tensor radon_rays_cpu(const at::Tensor& angles, int64_t height, int64_t width,
+                          int64_t n_det, double spacing, std::optional<double> src,
+                          std::optional<double> det) {
+  const char* fn = "_radon_rays";
+  const at::Tensor ang = check_angles(angles, angles, fn);
+  check_geometry(height, width, n_det, spacing, src, det, fn);
+  const Geometry g = make_geometry(height, width, ang.numel(), n_det, spacing, src, det);
+  const std::vector<JosephRay> rays = make_rays(ang, g);
+  at::Tensor out = at::empty({g.n_angles, g.n_det, 6}, ang.options());
+  double* op = out.data_ptr<double>();
+  for (size_t r = 0; r < rays.size(); ++r) {
+    op[6 * r + 0] = rays[r].f0;
+    op[6 * r + 1] = rays[r].df;
+    op[6 * r + 2] = rays[r].step;
+    op[6 * r + 3] = rays[r].x_major;
+    op[6 * r + 4] = rays[r].k_begin;
+    op[6 * r + 5] = rays[r].k_end;
+  }
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(luser_fast, m) {
+  m.def(
+      "radon_forward(Tensor x, Tensor angles, int n_detectors, float det_spacing, "
+      "float? source_distance, float? detector_distance) -> Tensor");
+  m.def(
+      "radon_adjoint(Tensor sino, Tensor angles, int height, int width, float det_spacing, "
+      "float? source_distance, float? detector_distance) -> Tensor");
+  m.def(
+      "_radon_forward_gather(Tensor x, Tensor angles, int n_detectors, float det_spacing, "
+      "float? source_distance, float? detector_distance) -> Tensor");
+  m.def(
+      "_radon_adjoint_gather(Tensor sino, Tensor angles, int height, int width, "
+      "float det_spacing, float? source_distance, float? detector_distance) -> Tensor");
+  m.def(
+      "_radon_rays(Tensor angles, int height, int width, int n_detectors, float det_spacing, "
+      "float? source_distance, float? detector_distance) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(luser_fast, CPU, m) {
+  m.impl("radon_forward", &radon_forward_cpu);
+  m.impl("radon_adjoint", &radon_adjoint_cpu);
+  m.impl("_radon_forward_gather", &radon_forward_gather_cpu);
+  m.impl("_radon_adjoint_gather", &radon_adjoint_gather_cpu);
+  m.impl("_radon_rays", &radon_rays_cpu);
+}
+
+// The extension module's init: an empty module, importing it runs the registrations
+// above. Weak, so that another op family's source in the same extension may define it too.
+extern "C" __attribute__((weak)) PyObject* PyInit__C(void) {
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  return PyModule_Create(&module_def);
+}
