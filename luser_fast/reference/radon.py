@@ -265,6 +265,33 @@ def _backproject(s2: torch.Tensor, origin, direction, h: int, w: int) -> torch.T
     return out
 
 
+class _Project(torch.autograd.Function):
+    """``_project`` with its transpose as the backward: a linear operator's gradient is its
+    adjoint, so autograd keeps only the geometry (no gathered indices or values)."""
+
+    @staticmethod
+    def forward(ctx, x2, origin, direction, h, w):
+        ctx.geometry = (origin, direction, h, w)
+        return _project(x2, origin, direction, h, w)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return _Backproject.apply(grad, *ctx.geometry), None, None, None, None
+
+
+class _Backproject(torch.autograd.Function):
+    """``_backproject`` with ``_project`` as its backward (see ``_Project``)."""
+
+    @staticmethod
+    def forward(ctx, s2, origin, direction, h, w):
+        ctx.geometry = (origin, direction, h, w)
+        return _backproject(s2, origin, direction, h, w)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return _Project.apply(grad, *ctx.geometry), None, None, None, None
+
+
 def radon_forward_ref(x: torch.Tensor, angles: torch.Tensor, n_detectors: int | None = None,
                       det_spacing: float = 1.0, source_distance: float | None = None,
                       detector_distance: float | None = None) -> torch.Tensor:
@@ -292,7 +319,7 @@ def radon_forward_ref(x: torch.Tensor, angles: torch.Tensor, n_detectors: int | 
     n_det, spacing, src, det = _check_geometry((h, w), n_detectors, det_spacing,
                                                source_distance, detector_distance, fn)
     origin, direction = _rays(angles, n_det, spacing, src, det)
-    out = _project(x.reshape(-1, h * w), origin, direction, h, w)
+    out = _Project.apply(x.reshape(-1, h * w), origin, direction, h, w)
     return out.reshape(*x.shape[:-2], angles.numel(), n_det)
 
 
@@ -324,7 +351,7 @@ def radon_adjoint_ref(sino: torch.Tensor, angles: torch.Tensor, image_size,
         raise ValueError(f"{fn}: sino must end in (A, D) = ({angles.numel()}, {n_det}), "
                          f"got shape {tuple(sino.shape)}")
     origin, direction = _rays(angles, n_det, spacing, src, det)
-    out = _backproject(sino.reshape(-1, angles.numel() * n_det), origin, direction, h, w)
+    out = _Backproject.apply(sino.reshape(-1, angles.numel() * n_det), origin, direction, h, w)
     return out.reshape(*sino.shape[:-2], h, w)
 
 
