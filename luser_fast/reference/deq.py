@@ -1,54 +1,58 @@
-"""Reference equilibrium core: Anderson and Picard solvers, the DEQ layer, SolverInfo.
+"""Reference equilibrium core: Anderson and fixed-point solvers and the DEQ layer.
 
-The textbook implementation, written for clarity and robustness; the fast core is tested
-against it.
+The textbook versions, written for clarity and robustness rather than speed (the full
+Anderson Gram matrix is recomputed every step, the host is synchronised every iteration);
+the fast core is tested against them. API.md, "Equilibrium"; ALGORITHMS.md, "Anderson
+acceleration" and "Implicit backward".
 
-Solvers take ``f`` (a callable z -> f(z), batch first, any trailing shape, flattened per
-sample) and ``z0``, and return ``(z, info)``. Per sample they
+Conventions shared by both solvers, for a batch of B samples z of any trailing shape
+(flattened per sample internally; complex z is treated as pairs of reals):
 
-* stop when the residual is <= ``tol`` (``stop="rel"``: ||f(z) - z|| / (||f(z)|| + 1e-12);
-  ``stop="abs"``: ||f(z) - z||) and freeze: the sample stops changing and keeps its own
-  iteration count (the number of evaluations of f it took);
-* return the iterate with the lowest residual seen;
-* when f(z) turns non-finite, keep the best finite iterate, freeze and report
-  ``converged=False``; no quantity is shared across samples, so one bad sample never
-  poisons the others.
-
-Anderson (type II, Walker & Ni 2011): with the last n <= m iterates X_i, images F_i and
-residuals G_i = F_i - X_i of a sample, the weights alpha (sum alpha = 1) minimise
-||sum alpha_i G_i||^2 + lam' ||alpha||^2 through the bordered system
-[[0, 1^T], [1, G G^T + lam' I]] [mu; alpha] = [1; 0], solved in float64, with
-lam' = lam * mean(diag(G G^T)) (a lambda relative to the residuals' scale: an absolute one
-dominates once residuals are small and stalls the solver at tight tolerances). The next
-iterate is beta * sum alpha_i F_i + (1 - beta) * sum alpha_i X_i. A singular or non-finite
-solve retries with lam' * 1e3 and then falls back to the damped step
-beta * f(z) + (1 - beta) z for that sample; the solvers never raise on it. The full Gram
-matrix is recomputed every iteration (O(m^2 D)); the fast core updates it incrementally.
+* Each solver step evaluates f once. The residual of iterate z is ``||f(z) - z||``
+  (``stop="abs"``) or ``||f(z) - z|| / (||f(z)|| + REL_EPS)`` (``stop="rel"``), per sample,
+  with norms taken in float64.
+* A sample whose residual reaches ``tol`` is frozen: its iterate and history stop changing
+  and its iteration count stops. A sample whose f(z) (or z) turns non-finite is frozen too,
+  keeps its best finite iterate and is marked not converged. Nothing mixes samples, so one
+  sample cannot poison another (as long as f itself treats samples independently).
+* The returned z is, per sample, the iterate with the lowest residual seen.
+* The solvers run under ``torch.no_grad``; gradients come from ``DEQ``.
 """
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from torch import nn
 
-__all__ = ["SolverInfo", "anderson", "fixed_point", "DEQ"]
+#: eps of the relative residual ||f(z) - z|| / (||f(z)|| + REL_EPS). Tiny, so the residual
+#: stays scale-free; for a fixed point at (or near) zero use stop="abs".
+REL_EPS = 1e-12
 
-_EPS = 1e-12
+#: when the bordered Anderson system cannot be solved (lam=0 with a rank-deficient history),
+#: the Tikhonov weight is multiplied by this once before falling back to a fixed-point step.
+_RETRY_FACTOR = 1e3
+
 _STOPS = ("rel", "abs")
+_BACKWARDS = ("ift", "jfb", "phantom")
+_PHANTOM_DEFAULTS = {"k": 5, "lam": 0.5}
 
 
 @dataclass
 class SolverInfo:
-    """Per-sample outcome of a solve (every field a tensor of shape [B]).
+    """Per-sample outcome of a solve; every field is a tensor of shape [B] on z0's device.
 
     Attributes:
-        iterations: evaluations of f each sample took (int64).
-        residual: the stopping residual (rel or abs, as requested) of the returned iterate.
-        converged: residual <= tol reached (bool).
-        abs_residual: ||f(z) - z|| of the returned iterate.
-        rel_residual: ||f(z) - z|| / (||f(z)|| + 1e-12) of the returned iterate.
+        iterations: int64, evaluations of f spent on the sample, counting the one that
+            converged it (or found it non-finite); ``max_iter`` when it never stopped.
+        residual: float64, the stopping residual (``rel_residual`` or ``abs_residual``,
+            per ``stop``) of the returned iterate; inf when no finite iterate was seen.
+        converged: bool, ``residual <= tol``.
+        abs_residual: float64, ``||f(z) - z||`` of the returned iterate.
+        rel_residual: float64, ``||f(z) - z|| / (||f(z)|| + REL_EPS)`` of the returned iterate.
     """
 
     iterations: torch.Tensor
@@ -58,287 +62,428 @@ class SolverInfo:
     rel_residual: torch.Tensor
 
 
-def _check_common(tol, max_iter, stop):
-    if not isinstance(tol, (int, float)) or isinstance(tol, bool) or not tol > 0 or not math.isfinite(tol):
-        raise ValueError(f"tol must be a positive finite number, got {tol!r}")
-    if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
-        raise ValueError(f"max_iter must be an int >= 1, got {max_iter!r}")
-    if stop not in _STOPS:
-        raise ValueError(f"stop must be one of {_STOPS}, got {stop!r}")
+def _check_option(name, value):
+    """Raise ValueError naming ``name`` unless ``value`` is valid for that solver option."""
+    if name in ("m", "max_iter"):
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+            raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+        return
+    if name == "stop":
+        if not isinstance(value, str) or value not in _STOPS:
+            raise ValueError(f"stop must be one of {_STOPS}, got {value!r}")
+        return
+    real = (isinstance(value, numbers.Real) and not isinstance(value, bool)
+            and math.isfinite(value))
+    if name == "beta" and not (real and 0 < value <= 1):
+        raise ValueError(f"beta must be a real number in (0, 1], got {value!r}")
+    if name == "lam" and not (real and value >= 0):
+        raise ValueError(f"lam must be a finite real number >= 0, got {value!r}")
+    if name == "tol" and not (real and value > 0):
+        raise ValueError(f"tol must be a finite real number > 0, got {value!r}")
 
 
-def _check_anderson(m, beta, lam):
-    if isinstance(m, bool) or not isinstance(m, int) or m < 1:
-        raise ValueError(f"m must be an int >= 1, got {m!r}")
-    if not isinstance(beta, (int, float)) or isinstance(beta, bool) or not 0 < beta <= 1:
-        raise ValueError(f"beta must be in (0, 1], got {beta!r}")
-    if not isinstance(lam, (int, float)) or isinstance(lam, bool) or not lam >= 0 or not math.isfinite(lam):
-        raise ValueError(f"lam must be a finite number >= 0, got {lam!r}")
-
-
-def _check_z0(z0):
+def _check_problem(f, z0):
+    if not callable(f):
+        raise TypeError(f"f must be callable, got {type(f).__name__}")
     if not isinstance(z0, torch.Tensor):
-        raise TypeError(f"z0 must be a tensor, got {type(z0).__name__}")
+        raise TypeError(f"z0 must be a torch.Tensor, got {type(z0).__name__}")
     if z0.dim() < 1 or z0.shape[0] < 1:
-        raise ValueError(f"z0 must have a leading batch dimension of size >= 1, got shape {tuple(z0.shape)}")
+        raise ValueError(f"z0 must have a leading batch dimension B >= 1, got shape "
+                         f"{tuple(z0.shape)}")
     if not (z0.is_floating_point() or z0.is_complex()):
-        raise ValueError(f"z0 must be floating point or complex, got {z0.dtype}")
+        raise ValueError(f"z0 must be a floating-point or complex tensor, got {z0.dtype}")
 
 
-def _anderson_weights(X, F, lam):
-    """Anderson weights [B, n] for histories X, F [B, n, D] (float64 small system)."""
-    B, n, _ = X.shape
-    G = (F - X).to(torch.float64 if not X.is_complex() else torch.complex128)
-    gram = (G @ G.conj().transpose(1, 2)).real                            # [B, n, n]
-    scale = gram.diagonal(dim1=1, dim2=2).mean(dim=1).clamp_min(1e-300)   # [B]
-    H = torch.zeros(B, n + 1, n + 1, dtype=torch.float64, device=X.device)
-    H[:, 0, 1:] = 1
-    H[:, 1:, 0] = 1
-    rhs = torch.zeros(B, n + 1, 1, dtype=torch.float64, device=X.device)
+def _flat(x):
+    """[B, ...] -> [B, D] real view (complex entries become (re, im) pairs)."""
+    if x.is_complex():
+        x = torch.view_as_real(x.resolve_conj())
+    return x.reshape(x.shape[0], -1)
+
+
+def _unflat(flat, like):
+    """Inverse of ``_flat``: [B, D] -> the shape and dtype of ``like``."""
+    if like.is_complex():
+        flat = torch.view_as_complex(flat.reshape(*like.shape, 2).contiguous())
+    return flat.reshape(like.shape).to(like.dtype)
+
+
+def _work_dtype(x):
+    """Real dtype of the Anderson history and mixing: float32 or better."""
+    real = torch.empty((), dtype=x.dtype).real.dtype if x.is_complex() else x.dtype
+    return torch.promote_types(real, torch.float32)
+
+
+def _evaluate(f, z):
+    fz = f(z)
+    if not isinstance(fz, torch.Tensor) or fz.shape != z.shape:
+        got = tuple(fz.shape) if isinstance(fz, torch.Tensor) else type(fz).__name__
+        raise ValueError(f"z0 has shape {tuple(z.shape)} but f(z) returned {got}; the "
+                         "fixed-point map must preserve the shape of z0")
+    return fz.to(z.dtype)
+
+
+class _Tracker:
+    """Per-sample bookkeeping shared by the solvers: residuals, best iterate, freezing."""
+
+    def __init__(self, z0, tol, stop):
+        b, dev = z0.shape[0], z0.device
+        self.tol, self.stop = tol, stop
+        self.best = z0.clone()
+        self.abs_residual = torch.full((b,), math.inf, dtype=torch.float64, device=dev)
+        self.rel_residual = self.abs_residual.clone()
+        self.iterations = torch.zeros(b, dtype=torch.int64, device=dev)
+        self.converged = torch.zeros(b, dtype=torch.bool, device=dev)
+        self.active = torch.ones(b, dtype=torch.bool, device=dev)
+
+    @property
+    def residual(self):
+        return self.rel_residual if self.stop == "rel" else self.abs_residual
+
+    def record(self, z, fz):
+        """Score iterate z (fz = f(z)) for the active samples; freeze the finished ones."""
+        fz_flat = _flat(fz).double()
+        abs_r = torch.linalg.vector_norm(fz_flat - _flat(z).double(), dim=1)
+        fz_norm = torch.linalg.vector_norm(fz_flat, dim=1)
+        rel_r = abs_r / (fz_norm + REL_EPS)
+        res = rel_r if self.stop == "rel" else abs_r
+        live = self.active
+        finite = torch.isfinite(abs_r) & torch.isfinite(fz_norm)
+        better = live & finite & (res < self.residual)
+        self.best = torch.where(better.view(-1, *[1] * (z.dim() - 1)), z, self.best)
+        self.abs_residual = torch.where(better, abs_r, self.abs_residual)
+        self.rel_residual = torch.where(better, rel_r, self.rel_residual)
+        self.iterations += live
+        self.converged |= live & finite & (res <= self.tol)
+        self.active = live & finite & ~self.converged
+
+    def done(self):
+        return not bool(self.active.any())
+
+    def info(self):
+        return SolverInfo(self.iterations, self.residual, self.converged,
+                          self.abs_residual, self.rel_residual)
+
+
+def _mixing_weights(g, lam, newest):
+    """Anderson weights for residual histories ``g`` [B', n, D] (one system per sample).
+
+    Solves [[0, 1^T], [1, G G^T + lam' I]] [mu; alpha] = [1; 0] in float64 with
+    lam' = lam * mean(diag(G G^T)). A sample whose system is singular or gives non-finite
+    weights retries with lam' raised by ``_RETRY_FACTOR``, then falls back to the one-hot
+    weight on the newest entry (a damped fixed-point step).
+
+    Returns:
+        alpha [B', n] float64, each row summing to 1.
+    """
+    g = g.double()
+    gram = g @ g.mT
+    b, n = gram.shape[0], gram.shape[-1]
+    scale = gram.diagonal(dim1=-2, dim2=-1).mean(-1)
+    system = gram.new_zeros(b, n + 1, n + 1)
+    system[:, 0, 1:] = 1
+    system[:, 1:, 0] = 1
+    rhs = gram.new_zeros(b, n + 1, 1)
     rhs[:, 0] = 1
-    eye = torch.eye(n, dtype=torch.float64, device=X.device)
-    alpha = torch.zeros(B, n, dtype=torch.float64, device=X.device)
-    alpha[:, -1] = 1.0                      # the damped fixed-point step, the last resort
-    todo = torch.ones(B, dtype=torch.bool, device=X.device)
-    for factor in (1.0, 1e3):
-        H[:, 1:, 1:] = gram + (lam * factor * scale + 1e-300)[:, None, None] * eye
-        sol, status = torch.linalg.solve_ex(H, rhs)
-        a = sol[:, 1:, 0]
-        ok = todo & (status == 0) & torch.isfinite(a).all(dim=1)
-        alpha = torch.where(ok[:, None], a, alpha)
-        todo = todo & ~ok
-        if not todo.any():
+    eye = torch.eye(n, dtype=gram.dtype, device=gram.device)
+    alpha = gram.new_zeros(b, n)
+    alpha[:, newest] = 1
+    pending = torch.ones(b, dtype=torch.bool, device=gram.device)
+    for reg in (lam, _RETRY_FACTOR * max(lam, torch.finfo(torch.float64).eps)):
+        system[:, 1:, 1:] = gram + (reg * scale)[:, None, None] * eye
+        sol, status = torch.linalg.solve_ex(system, rhs)
+        ok = pending & (status == 0) & torch.isfinite(sol).all(dim=(1, 2))
+        alpha[ok] = sol[ok, 1:, 0]
+        pending &= ~ok
+        if not pending.any():
             break
     return alpha
 
 
-def _solve(f, z0, mix, tol, max_iter, stop):
-    """The shared loop of both solvers; ``mix(k, X, F, n)`` returns the next iterate [B, D]."""
-    _check_z0(z0)
-    B, shape = z0.shape[0], z0.shape
-    x = z0.reshape(B, -1).clone()
-    D = x.shape[1]
-    real = x.real.dtype if x.is_complex() else x.dtype
-    active = torch.ones(B, dtype=torch.bool, device=x.device)
-    converged = torch.zeros_like(active)
-    iterations = torch.zeros(B, dtype=torch.int64, device=x.device)
-    best = x.clone()
-    best_res = torch.full((B,), math.inf, dtype=real, device=x.device)
-    best_abs = best_res.clone()
-    best_rel = best_res.clone()
-    m = getattr(mix, "m", 1)
-    X = torch.zeros(B, m, D, dtype=x.dtype, device=x.device)
-    F = torch.zeros_like(X)
-    for k in range(max_iter):
-        fx = f(x.view(shape))
-        if not isinstance(fx, torch.Tensor) or fx.shape != shape:
-            raise ValueError(f"f(z) must return a tensor of the shape of z0 {tuple(shape)}, "
-                             f"got {getattr(fx, 'shape', type(fx).__name__)}")
-        fx = fx.reshape(B, -1)
-        iterations += active.to(torch.int64)
-        abs_res = torch.linalg.vector_norm(fx - x, dim=1)
-        rel_res = abs_res / (torch.linalg.vector_norm(fx, dim=1) + _EPS)
-        res = rel_res if stop == "rel" else abs_res
-        finite = torch.isfinite(fx).all(dim=1) & torch.isfinite(res)
-        better = active & finite & (res < best_res)
-        best = torch.where(better[:, None], x, best)
-        best_res = torch.where(better, res, best_res)
-        best_abs = torch.where(better, abs_res, best_abs)
-        best_rel = torch.where(better, rel_res, best_rel)
-        done = active & finite & (res <= tol)
-        converged |= done
-        active &= finite & ~done
-        if not active.any() or k == max_iter - 1:
-            break
-        slot = k % m
-        X[:, slot] = x
-        F[:, slot] = torch.where(finite[:, None], fx, x)
-        n = min(k + 1, m)
-        # chronological order of the ring buffer, newest last
-        order = [(slot - n + 1 + i) % m for i in range(n)]
-        x = torch.where(active[:, None], mix(X[:, order], F[:, order]), x)
-    info = SolverInfo(iterations=iterations, residual=best_res, converged=converged,
-                      abs_residual=best_abs, rel_residual=best_rel)
-    return best.view(shape), info
+def anderson(f: Callable[[torch.Tensor], torch.Tensor], z0: torch.Tensor, *, m: int = 5,
+             beta: float = 1.0, lam: float = 1e-4, tol: float = 1e-3, max_iter: int = 50,
+             stop: str = "rel") -> tuple[torch.Tensor, SolverInfo]:
+    """Solve z = f(z) per sample with Anderson acceleration (type II).
 
-
-class _AndersonMix:
-    def __init__(self, m, beta, lam):
-        self.m, self.beta, self.lam = m, beta, lam
-
-    def __call__(self, X, F):
-        alpha = _anderson_weights(X, F, self.lam).to(X.dtype)[:, None, :]   # [B, 1, n]
-        fmix = (alpha @ F)[:, 0]
-        if self.beta == 1.0:
-            return fmix
-        return self.beta * fmix + (1 - self.beta) * (alpha @ X)[:, 0]
-
-
-def _picard(X, F):
-    return F[:, -1]
-
-
-def anderson(f, z0, *, m=5, beta=1.0, lam=1e-4, tol=1e-3, max_iter=50, stop="rel"):
-    """Solve z = f(z) by Anderson acceleration, per sample.
+    Keeps the last ``m`` iterates X_i and images F_i = f(X_i) of each sample, with
+    residuals G_i = F_i - X_i, and steps to
+    ``z = beta * sum_i alpha_i F_i + (1 - beta) * sum_i alpha_i X_i``, where alpha
+    minimises ||sum_i alpha_i G_i||^2 + lam' ||alpha||^2 subject to sum_i alpha_i = 1,
+    lam' = lam * mean(diag(G G^T)) (a Tikhonov weight scaled to the residuals, so tight
+    tolerances stay reachable). The small system is solved per sample in float64 and never
+    raises: a singular one falls back to a damped fixed-point step.
 
     Args:
-        f: callable z [B, ...] -> f(z) [B, ...].
-        z0: starting point [B, ...].
-        m: history size.
-        beta: mixing (damping) in (0, 1].
-        lam: Tikhonov regularisation, relative to the mean diagonal of G G^T.
-        tol: stopping tolerance on the residual chosen by ``stop``.
-        max_iter: maximum evaluations of f.
-        stop: "rel" or "abs" residual.
+        f: the map, [B, ...] -> [B, ...]; must treat samples independently.
+        z0: starting point [B, ...], floating or complex.
+        m: history size (>= 1).
+        beta: mixing (damping) weight in (0, 1].
+        lam: relative Tikhonov weight (>= 0).
+        tol: stopping tolerance on the residual (> 0).
+        max_iter: most evaluations of f (>= 1).
+        stop: "rel" (||f(z) - z|| / (||f(z)|| + REL_EPS)) or "abs" (||f(z) - z||).
 
     Returns:
-        (z [B, ...], SolverInfo).
+        (z, info): z [B, ...] the best iterate per sample, in z0's dtype, detached;
+        info a ``SolverInfo``.
 
     Example:
         >>> z, info = anderson(lambda z: 0.5 * z + 1, torch.zeros(2, 3), tol=1e-8)
+        >>> bool(info.converged.all())
+        True
     """
-    _check_anderson(m, beta, lam)
-    _check_common(tol, max_iter, stop)
-    return _solve(f, z0, _AndersonMix(m, beta, lam), tol, max_iter, stop)
+    for name, value in (("m", m), ("beta", beta), ("lam", lam), ("tol", tol),
+                        ("max_iter", max_iter), ("stop", stop)):
+        _check_option(name, value)
+    _check_problem(f, z0)
+    with torch.no_grad():
+        z = z0.detach()
+        tracker = _Tracker(z, tol, stop)
+        work = _work_dtype(z)
+        hist_x = hist_f = None
+        for k in range(max_iter):
+            fz = _evaluate(f, z)
+            tracker.record(z, fz)
+            if k + 1 == max_iter or tracker.done():
+                break
+            act, slot, n = tracker.active, k % m, min(k + 1, m)
+            z_flat, fz_flat = _flat(z).to(work), _flat(fz).to(work)
+            if hist_x is None:
+                hist_x = z_flat.new_zeros(z.shape[0], m, z_flat.shape[1])
+                hist_f = torch.zeros_like(hist_x)
+            hist_x[act, slot] = z_flat[act]
+            hist_f[act, slot] = fz_flat[act]
+            xs, fs = hist_x[act, :n], hist_f[act, :n]
+            alpha = _mixing_weights(fs - xs, lam, slot).to(work).unsqueeze(1)
+            mixed = (beta * (alpha @ fs) + (1 - beta) * (alpha @ xs)).squeeze(1)
+            z = tracker.best.clone()
+            z[act] = _unflat(mixed, z[act])
+        return tracker.best, tracker.info()
 
 
-def fixed_point(f, z0, *, tol=1e-3, max_iter=50, stop="rel"):
-    """Solve z = f(z) by plain fixed-point (Picard) iteration, per sample.
+def fixed_point(f: Callable[[torch.Tensor], torch.Tensor], z0: torch.Tensor, *,
+                tol: float = 1e-3, max_iter: int = 50,
+                stop: str = "rel") -> tuple[torch.Tensor, SolverInfo]:
+    """Solve z = f(z) per sample by plain Picard iteration z <- f(z).
 
-    Args and returns as ``anderson`` (without m, beta, lam).
+    Same freezing, best-iterate and non-finite rules as ``anderson``.
+
+    Args:
+        f: the map, [B, ...] -> [B, ...]; must treat samples independently.
+        z0: starting point [B, ...], floating or complex.
+        tol: stopping tolerance on the residual (> 0).
+        max_iter: most evaluations of f (>= 1).
+        stop: "rel" or "abs", as in ``anderson``.
+
+    Returns:
+        (z, info): z [B, ...] the best iterate per sample, detached; info a ``SolverInfo``.
     """
-    _check_common(tol, max_iter, stop)
-    return _solve(f, z0, _picard, tol, max_iter, stop)
+    for name, value in (("tol", tol), ("max_iter", max_iter), ("stop", stop)):
+        _check_option(name, value)
+    _check_problem(f, z0)
+    with torch.no_grad():
+        z = z0.detach()
+        tracker = _Tracker(z, tol, stop)
+        for k in range(max_iter):
+            fz = _evaluate(f, z)
+            tracker.record(z, fz)
+            if k + 1 == max_iter or tracker.done():
+                break
+            mask = tracker.active.view(-1, *[1] * (z.dim() - 1))
+            z = torch.where(mask, fz, tracker.best)
+        return tracker.best, tracker.info()
 
 
 _SOLVERS = {"anderson": anderson, "fixed_point": fixed_point}
 _SOLVER_KEYS = {"anderson": ("m", "beta", "lam", "tol", "max_iter", "stop"),
                 "fixed_point": ("tol", "max_iter", "stop")}
-_BACKWARDS = ("ift", "jfb", "phantom")
-_BACKWARD_KEYS = {"ift": _SOLVER_KEYS, "jfb": (), "phantom": ("k", "lam")}
 
 
-def _check_kwargs(name, kwargs, allowed):
+def _checked_kwargs(what, kwargs, allowed):
     if kwargs is None:
         return {}
     if not isinstance(kwargs, dict):
-        raise TypeError(f"{name} must be a dict or None, got {type(kwargs).__name__}")
+        raise TypeError(f"{what} must be a dict or None, got {type(kwargs).__name__}")
     for key in kwargs:
         if key not in allowed:
-            raise TypeError(f"{name}: unexpected keyword {key!r}; allowed: {allowed}")
+            raise TypeError(f"{what}: unexpected keyword argument {key!r} "
+                            f"(accepted: {', '.join(allowed) or 'none'})")
     return dict(kwargs)
+
+
+class _ImplicitGradFunction(torch.autograd.Function):
+    """Identity forward; backward maps the incoming g to the adjoint fixed point u.
+
+    ``adjoint`` (a closure over the graph of one f application at z*) solves
+    u = J_f(z*)^T u + g. Autograd then carries u on through that same f application to v
+    and to f's parameters. The output is a copy, not a view, so callers may modify it in
+    place.
+
+    This plays the part of the usual tensor hook on z_out (Bai et al.), without its flaw:
+    a hook's closure must hold z_out, which holds the hook, and that cycle runs through
+    autograd's C++ graph where Python's garbage collector cannot break it, so every call's
+    graph leaked. Here only this Function's node holds the closure.
+    """
+
+    @staticmethod
+    def forward(ctx, z, adjoint):
+        ctx.adjoint = adjoint
+        return z.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        if torch.is_grad_enabled():
+            raise RuntimeError(
+                "DEQ(backward='ift') does not support create_graph=True (double backward): "
+                "the adjoint solve is not differentiable; use backward='phantom' instead")
+        return ctx.adjoint(grad), None
 
 
 class DEQ(nn.Module):
     """Equilibrium layer: z* = f(z*, v), differentiable w.r.t. v and f's parameters.
 
+    The forward solve always runs under ``torch.no_grad`` with the chosen solver; no solver
+    iterate is kept. When autograd is recording and v or a parameter of the layer requires
+    grad, the output is re-attached to the graph according to ``backward``:
+
+    * ``"ift"`` (implicit function theorem, Bai et al. 2019): returns f(z*, v) computed from
+      a detached z* (so its value differs from z* by the solver residual) through an
+      autograd Function whose backward solves the adjoint fixed point
+      u = J_f(z*)^T u + g with the same solver (``solver_kwargs``, overridden by
+      ``backward_kwargs``, e.g. ``{"tol": 1e-6, "max_iter": 100}``), each step one VJP of f
+      at z* (``torch.autograd.grad`` on the kept graph). Autograd then propagates u through
+      that f application: dL/dv = (df/dv)^T u, dL/dtheta = (df/dtheta)^T u. Memory kept: z*,
+      v, the activations of one f application and a copy of its output (the reference
+      keeps that graph; the fast core rebuilds f at z* in backward instead). Double backward (create_graph=True) is
+      not supported and raises RuntimeError. The backward solve's ``SolverInfo`` is stored
+      in ``last_backward_info``.
+    * ``"jfb"`` (Jacobian-free backprop, Fung et al. 2022): returns f(z*, v) with z*
+      detached, so u = g. Memory: one f application. No ``backward_kwargs``.
+    * ``"phantom"`` (phantom gradient, Geng et al. 2021): from z = z* (detached), ``k`` times
+      z = (1 - lam) z + lam f(z, v), and returns z; gradients flow through these k steps.
+      ``backward_kwargs``: ``k`` int >= 1 (default 5), ``lam`` in (0, 1] (default 0.5).
+      Memory: k f applications.
+
+    Otherwise (``torch.no_grad``, or nothing requiring grad) z* is returned as is. The
+    choice depends on autograd state only, not on ``self.training``, so input gradients
+    in eval mode stay correct. For a plain callable f, only v's ``requires_grad`` is seen:
+    wrap f in an ``nn.Module`` if it holds trainable tensors.
+
     Args:
-        f: module or callable (z, v) -> z. If it defines ``init_state(v)``, the solve
-            starts there, else at zeros.
+        f: the map f(z, v) -> z (an ``nn.Module``, registered as a submodule, or any
+            callable); must treat samples independently. If it has ``init_state(v)``, the
+            solve starts there when z0 is not given.
         solver: "anderson" or "fixed_point".
-        backward: how gradients are formed --
-            "ift": implicit function theorem. The forward re-attaches one step
-                f(z*, v) to the graph; a hook on its output solves the adjoint fixed
-                point u = J_f(z*)^T u + g with the same solver (each step one VJP of f at
-                z*), and u flows into f's graph to v and the parameters. Memory: the graph
-                of one f application (the fast core keeps only z*, v and the parameters).
-                Double backward is not supported and raises.
-            "jfb": Jacobian-free backprop (Fung et al. 2022): returns f(z*, v) with z*
-                detached, so the gradient is the one step's (u = g).
-            "phantom": phantom gradient (Geng et al. 2021): k damped steps
-                z <- (1 - lam) z + lam f(z, v) from the detached z*, differentiated
-                through; memory grows with k.
-        solver_kwargs: solver arguments (m, beta, lam, tol, max_iter, stop).
-        backward_kwargs: "ift": solver arguments for the adjoint solve (default: those of
-            the forward); "phantom": {"k": 5, "lam": 0.5}; "jfb": none.
+        backward: "ift", "jfb" or "phantom".
+        solver_kwargs: keyword arguments of the solver (e.g. ``{"tol": 1e-4, "m": 6}``).
+        backward_kwargs: for "ift", solver keyword arguments overriding ``solver_kwargs``
+            in the adjoint solve; for "phantom", ``k`` and ``lam``; none for "jfb".
 
     Attributes:
-        last_info: SolverInfo of the last forward solve.
-        last_backward_info: SolverInfo of the last adjoint solve ("ift").
+        last_info: ``SolverInfo`` of the last forward solve.
+        last_backward_info: ``SolverInfo`` of the last "ift" adjoint solve (None before).
 
-    Shapes: v [B, ...] -> z [B, ...] (the shape of ``f``'s state).
+    Shapes: v [B, ...]; z0 and the output [B, ...] (the shape f returns; v's by default).
+
+    Example:
+        >>> layer = DEQ(ShallowEquilibrium(channels=16), solver_kwargs={"tol": 1e-4})
+        >>> z = layer(v)            # v [B, 1, H, W]
+        >>> z.square().sum().backward()
     """
 
     def __init__(self, f, solver="anderson", backward="ift", solver_kwargs=None,
                  backward_kwargs=None):
         super().__init__()
         if not callable(f):
-            raise TypeError("f must be callable (z, v) -> z")
-        if solver not in _SOLVERS:
+            raise TypeError(f"f must be callable, got {type(f).__name__}")
+        if not isinstance(solver, str) or solver not in _SOLVERS:
             raise ValueError(f"solver must be one of {tuple(_SOLVERS)}, got {solver!r}")
-        if backward not in _BACKWARDS:
+        if not isinstance(backward, str) or backward not in _BACKWARDS:
             raise ValueError(f"backward must be one of {_BACKWARDS}, got {backward!r}")
         self.f = f
         self.solver = solver
         self.backward = backward
-        self.solver_kwargs = _check_kwargs("solver_kwargs", solver_kwargs, _SOLVER_KEYS[solver])
-        allowed = _BACKWARD_KEYS[backward]
-        allowed = allowed[solver] if isinstance(allowed, dict) else allowed
-        self.backward_kwargs = _check_kwargs("backward_kwargs", backward_kwargs, allowed)
-        self._validate()
+        keys = _SOLVER_KEYS[solver]
+        self.solver_kwargs = _checked_kwargs("solver_kwargs", solver_kwargs, keys)
+        allowed = {"ift": keys, "jfb": (), "phantom": tuple(_PHANTOM_DEFAULTS)}[backward]
+        self.backward_kwargs = _checked_kwargs("backward_kwargs", backward_kwargs, allowed)
+        if backward == "phantom":
+            self.backward_kwargs = {**_PHANTOM_DEFAULTS, **self.backward_kwargs}
+            lam = self.backward_kwargs["lam"]
+            if isinstance(lam, bool) or not isinstance(lam, numbers.Real) or not 0 < lam <= 1:
+                raise ValueError(f"lam (phantom damping) must be in (0, 1], got {lam!r}")
+            k = self.backward_kwargs["k"]
+            if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1:
+                raise ValueError(f"k must be an int >= 1, got {k!r}")
+        else:
+            for name, value in self.backward_kwargs.items():
+                _check_option(name, value)
+        for name, value in self.solver_kwargs.items():
+            _check_option(name, value)
         self.last_info = None
         self.last_backward_info = None
 
-    def _validate(self):
-        probe = lambda z: z  # noqa: E731 -- validates the values with one cheap call
-        z = torch.zeros(1, 1)
-        _SOLVERS[self.solver](probe, z, **self.solver_kwargs)
-        if self.backward == "ift":
-            _SOLVERS[self.solver](probe, z, **{**self.solver_kwargs, **self.backward_kwargs})
-        if self.backward == "phantom":
-            k = self.backward_kwargs.get("k", 5)
-            lam = self.backward_kwargs.get("lam", 0.5)
-            if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-                raise ValueError(f"backward_kwargs k must be an int >= 1, got {k!r}")
-            if not isinstance(lam, (int, float)) or not 0 < lam <= 1:
-                raise ValueError(f"backward_kwargs lam must be in (0, 1], got {lam!r}")
+    def extra_repr(self):
+        return (f"solver={self.solver!r}, backward={self.backward!r}, "
+                f"solver_kwargs={self.solver_kwargs}, backward_kwargs={self.backward_kwargs}")
 
-    def _params_require_grad(self):
-        return isinstance(self.f, nn.Module) and any(p.requires_grad for p in self.f.parameters())
+    def forward(self, v: torch.Tensor, z0: torch.Tensor | None = None) -> torch.Tensor:
+        """Solve z* = f(z*, v) and attach gradients as set by ``backward``.
 
-    def forward(self, v, z0=None):
-        """Solve and return z* [B, ...]; see the class docstring for gradients."""
+        Args:
+            v: the injected input [B, ...].
+            z0: starting point; defaults to ``f.init_state(v)`` if f defines it, else
+                ``zeros_like(v)``. Never differentiated (z* does not depend on it).
+
+        Returns:
+            z [B, ...]: z* (no grad), or its re-attached form (see the class docstring).
+        """
+        if not isinstance(v, torch.Tensor) or v.dim() < 1 or v.shape[0] < 1:
+            shape = tuple(v.shape) if isinstance(v, torch.Tensor) else type(v).__name__
+            raise ValueError(f"v must be a tensor with a leading batch dimension B >= 1, "
+                             f"got {shape}")
         if z0 is None:
-            z0 = self.f.init_state(v) if hasattr(self.f, "init_state") else torch.zeros_like(v)
+            init = getattr(self.f, "init_state", None)
+            z0 = init(v) if callable(init) else torch.zeros_like(v)
         solve = _SOLVERS[self.solver]
         with torch.no_grad():
-            z_star, self.last_info = solve(lambda z: self.f(z, v), z0, **self.solver_kwargs)
-        if not torch.is_grad_enabled() or not (v.requires_grad or self._params_require_grad()):
+            v_fixed = v.detach()
+            if isinstance(z0, torch.Tensor):
+                z0 = z0.detach()
+            z_star, self.last_info = solve(lambda z: self.f(z, v_fixed), z0,
+                                           **self.solver_kwargs)
+        if not (torch.is_grad_enabled()
+                and (v.requires_grad or any(p.requires_grad for p in self.parameters()))):
             return z_star
         if self.backward == "jfb":
             return self.f(z_star, v)
         if self.backward == "phantom":
-            k = self.backward_kwargs.get("k", 5)
-            lam = self.backward_kwargs.get("lam", 0.5)
+            k, lam = self.backward_kwargs["k"], self.backward_kwargs["lam"]
             z = z_star
             for _ in range(k):
                 z = (1 - lam) * z + lam * self.f(z, v)
             return z
-        return self._ift(z_star, v, solve)
+        z_in = z_star.detach().requires_grad_()
+        z_out = self.f(z_in, v)
+        return _ImplicitGradFunction.apply(z_out, self._adjoint_solver(z_in, z_out))
 
-    def _ift(self, z_star, v, solve):
-        z_star = z_star.detach().requires_grad_()
-        fz = self.f(z_star, v)
+    def _adjoint_solver(self, z_in, z_out):
+        """g -> u solving u = J_f(z*)^T u + g, with VJPs on the graph z_in -> z_out.
+
+        The closure holds z_in and z_out, and only the autograd node of
+        ``_ImplicitGradFunction`` holds the closure (there is no hook on z_out pointing back
+        to it), so the graph is freed as soon as the output is, without reference cycles.
+        """
+        solve = _SOLVERS[self.solver]
         kwargs = {**self.solver_kwargs, **self.backward_kwargs}
 
-        solving = []   # non-empty while the adjoint solve runs: its VJPs re-enter this hook
+        def vjp(u):
+            (jt_u,) = torch.autograd.grad(z_out, z_in, u, retain_graph=True,
+                                          allow_unused=True)
+            return torch.zeros_like(u) if jt_u is None else jt_u
 
-        def adjoint_hook(g):
-            if solving or g is None:      # re-entry from our own VJPs, or an undefined grad
-                return None
-            if torch.is_grad_enabled():
-                raise RuntimeError("DEQ backward='ift' does not support double backward "
-                                   "(create_graph=True); use backward='phantom'")
-
-            def vjp(u):
-                return torch.autograd.grad(fz, z_star, u, retain_graph=True)[0] + g
-
-            solving.append(True)
-            try:
-                u, self.last_backward_info = solve(vjp, g, **kwargs)
-            finally:
-                solving.clear()
+        def adjoint(grad):
+            u, self.last_backward_info = solve(lambda u: vjp(u) + grad, grad, **kwargs)
             return u
 
-        fz.register_hook(adjoint_hook)
-        return fz
+        return adjoint
