@@ -78,8 +78,8 @@ def _train(model, y, x, steps, batch, lr, seed, desc):
     return losses, (time.perf_counter() - t0) / max(steps, 1)
 
 
-def run_demo(out="out/demo", steps=150, size=64, angles=60, channels=32, batch=4, n_train=64,
-             n_test=16, noise=0.01, seed=0, lr=2e-3, log=print):
+def run_demo(out="out/demo", steps=200, size=64, angles=60, channels=32, batch=4, n_train=64,
+             n_test=16, noise=0.03, seed=0, lr=1e-3, log=print):
     """Train LU (depth 5) and LUSER (depth 2) on synthetic CT and compare.
 
     Data: ``random_ellipses`` phantoms (size x size), parallel-beam Radon with ``angles``
@@ -177,7 +177,7 @@ def _cmd_demo(args):
 
     torch.set_num_threads(args.threads or torch.get_num_threads())
     run_demo(out=args.out, steps=args.steps, size=args.size, angles=args.angles,
-             channels=args.channels, batch=args.batch, seed=args.seed)
+             channels=args.channels, batch=args.batch, seed=args.seed, noise=args.noise, lr=args.lr)
     return 0
 
 
@@ -190,7 +190,10 @@ def build_parser():
     pi.set_defaults(func=_cmd_info)
     pd = sub.add_parser("demo", help="train LU and LUSER on synthetic CT (minutes on a CPU)")
     pd.add_argument("--out", default="out/demo", help="output folder for the PNG and JSON")
-    pd.add_argument("--steps", type=int, default=150, help="training steps per model")
+    pd.add_argument("--steps", type=int, default=200, help="training steps per model")
+    pd.add_argument("--noise", type=float, default=0.03,
+                    help="noise std relative to the mean absolute sinogram value")
+    pd.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
     pd.add_argument("--size", type=int, default=64, help="image size")
     pd.add_argument("--angles", type=int, default=60, help="projection angles")
     pd.add_argument("--channels", type=int, default=32, help="network width")

@@ -98,7 +98,7 @@ class ShallowEquilibrium(nn.Module):
         self.conv_out = nn.Conv2d(channels, in_channels, kernel_size, padding=pad)
         self.act = _ACTS[act]()
         with torch.no_grad():
-            self.conv_out.weight.zero_()
+            self.conv_out.weight.mul_(0.01)
             self.conv_out.bias.zero_()
 
     def init_state(self, v):
@@ -132,7 +132,7 @@ class DeepRegularizer(nn.Module):
         self.conv_out = nn.Conv2d(channels, in_channels, kernel_size, padding=pad)
         self.act = _ACTS[act]()
         with torch.no_grad():
-            self.conv_out.weight.zero_()
+            self.conv_out.weight.mul_(0.01)
             self.conv_out.bias.zero_()
 
     def forward(self, v):
