@@ -41,6 +41,15 @@ using luser_fast::radon::JosephRay;
 constexpr int64_t kPad = 4;
 // Images per thread in the gather algorithms (as in the CUDA kernels).
 constexpr int kGatherImages = 4;
+// Least work (interpolated samples times lanes, or output elements) worth a thread:
+// smaller problems run on the calling thread, where a parallel region costs more than it
+// saves (and much more on an oversubscribed machine).
+constexpr int64_t kMinWork = 1 << 16;
+
+// Grain (items per chunk) for at::parallel_for over items of ~work_per_item each.
+int64_t grain(int64_t work_per_item) {
+  return std::max<int64_t>(1, kMinWork / std::max<int64_t>(1, work_per_item));
+}
 
 struct Geometry {
   int64_t height, width, n_angles, n_det;
@@ -97,7 +106,7 @@ std::vector<JosephRay> make_rays(const at::Tensor& angles64, const Geometry& g) 
   const double* cp = c.data_ptr<double>();
   const double* sp = s.data_ptr<double>();
   std::vector<JosephRay> rays(g.n_angles * g.n_det);
-  at::parallel_for(0, g.n_angles, 1, [&](int64_t a0, int64_t a1) {
+  at::parallel_for(0, g.n_angles, grain(64 * g.n_det), [&](int64_t a0, int64_t a1) {
     for (int64_t a = a0; a < a1; ++a) {
       for (int64_t d = 0; d < g.n_det; ++d) {
         rays[a * g.n_det + d] = luser_fast::radon::joseph_ray(
@@ -133,7 +142,7 @@ void fill_planes(const T* x, int64_t n0, int nb, const Geometry& g, const Planes
   const int64_t hw = g.height * g.width;
   std::memset(plane_y, 0, sizeof(T) * pl.size_y);
   std::memset(plane_x, 0, sizeof(T) * pl.size_x);
-  at::parallel_for(0, g.height, 16, [&](int64_t i0, int64_t i1) {
+  at::parallel_for(0, g.height, grain(2 * g.width * V), [&](int64_t i0, int64_t i1) {
     for (int64_t i = i0; i < i1; ++i) {
       T* py = plane_y + i * pl.row_y + kPad * V;
       for (int v = 0; v < nb; ++v) {
@@ -168,6 +177,12 @@ void fill_planes(const T* x, int64_t n0, int nb, const Geometry& g, const Planes
 // addition chains in flight.
 constexpr int kBlock = 4;
 
+// No FMA contraction in the hot loops: g++ fuses a * b + c in vector code but not in the
+// scalar parts of partly vectorised loops, which made an image's result depend on its
+// batch size (the lanes per group) at the last bit. Unfused, every image gets the same
+// bits in any batch.
+#pragma GCC push_options
+#pragma GCC optimize("fp-contract=off")
 // Line integrals of the V images in the planes along rays r0 .. r1 - 1.
 template <typename T, int V>
 LF_ALWAYS_INLINE void forward_rays_body(const T* plane_y, const T* plane_x, const Planes& pl,
@@ -235,10 +250,10 @@ LF_ALWAYS_INLINE void adjoint_rays_body(const T* sino, const Planes& pl, const J
       T* pk = base + k * row + kPad * V;
       for (int u = 0; u < kBlock; ++u) {
         T* p = pk + u * row + (int64_t)(int)fl[u] * V;
+        const T w0 = T(1) - w[u];
         for (int v = 0; v < V; ++v) {
-          const T t = w[u] * val[v];
-          p[v] += val[v] - t;
-          p[V + v] += t;
+          p[v] += w0 * val[v];
+          p[V + v] += w[u] * val[v];
         }
       }
     }
@@ -247,10 +262,10 @@ LF_ALWAYS_INLINE void adjoint_rays_body(const T* sino, const Planes& pl, const J
       const double fl = std::floor(f);
       const T w = (T)(f - fl);
       T* p = base + k * row + ((int)fl + kPad) * V;
+      const T w0 = T(1) - w;
       for (int v = 0; v < V; ++v) {
-        const T t = w * val[v];
-        p[v] += val[v] - t;
-        p[V + v] += t;
+        p[v] += w0 * val[v];
+        p[V + v] += w * val[v];
       }
     }
   }
@@ -291,6 +306,8 @@ bool use_avx2() {
 }
 #endif
 
+#pragma GCC pop_options
+
 template <typename T, int V>
 void forward_rays(const T* plane_y, const T* plane_x, const Planes& pl, const JosephRay* rays,
                   int64_t r0, int64_t r1, int64_t n0, int nb, int64_t n_rays, T* out) {
@@ -329,7 +346,8 @@ void forward_group(const T* x, int64_t n0, int nb, const Geometry& g,
   std::vector<T> planes(pl.size_y + pl.size_x);
   fill_planes<T, V>(x, n0, nb, g, pl, planes.data(), planes.data() + pl.size_y);
   const int64_t n_rays = g.n_angles * g.n_det;
-  at::parallel_for(0, n_rays, std::max<int64_t>(1, g.n_det / 4), [&](int64_t r0, int64_t r1) {
+  const int64_t per_ray = std::max(g.height, g.width) * V;
+  at::parallel_for(0, n_rays, grain(per_ray), [&](int64_t r0, int64_t r1) {
     forward_rays<T, V>(planes.data(), planes.data() + pl.size_y, pl, rays.data(), r0, r1, n0,
                        nb, n_rays, out);
   });
@@ -339,8 +357,10 @@ template <typename T, int V>
 void adjoint_group(const T* sino, int64_t n0, int nb, const Geometry& g,
                    const std::vector<JosephRay>& rays, T* out) {
   const Planes pl = plane_layout<V>(g);
-  const int64_t n_workers = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(),
-                                                                   g.n_angles));
+  // workers: each a contiguous range of angles and its own planes (at least kMinWork each)
+  const int64_t work = g.n_angles * g.n_det * std::max(g.height, g.width) * V;
+  const int64_t n_workers = std::max<int64_t>(
+      1, std::min<int64_t>({(int64_t)at::get_num_threads(), g.n_angles, work / kMinWork}));
   const int64_t per = pl.size_y + pl.size_x;
   std::vector<T> planes(per * n_workers);
   at::parallel_for(0, n_workers, 1, [&](int64_t w0, int64_t w1) {
@@ -352,7 +372,7 @@ void adjoint_group(const T* sino, int64_t n0, int nb, const Geometry& g,
     }
   });
   const int64_t hw = g.height * g.width;
-  at::parallel_for(0, g.height, 16, [&](int64_t i0, int64_t i1) {
+  at::parallel_for(0, g.height, grain(2 * g.width * V * n_workers), [&](int64_t i0, int64_t i1) {
     std::vector<T> row(g.width * V);
     for (int64_t i = i0; i < i1; ++i) {
       std::fill(row.begin(), row.end(), T(0));
@@ -489,7 +509,8 @@ at::Tensor radon_forward_gather_cpu(const at::Tensor& x, const at::Tensor& angle
     const scalar_t* img = xc.data_ptr<scalar_t>();
     const scalar_t* img_t = xt.data_ptr<scalar_t>();
     scalar_t* op = out.data_ptr<scalar_t>();
-    at::parallel_for(0, n_groups * n_rays, 256, [&](int64_t t0, int64_t t1) {
+    at::parallel_for(0, n_groups * n_rays, grain(std::max(h, w) * kGatherImages),
+                     [&](int64_t t0, int64_t t1) {
       for (int64_t t = t0; t < t1; ++t) {
         const int64_t n0 = (t / n_rays) * kGatherImages, r = t % n_rays;
         const int nb = (int)std::min<int64_t>(kGatherImages, n_images - n0);
@@ -532,7 +553,8 @@ at::Tensor radon_adjoint_gather_cpu(const at::Tensor& sino, const at::Tensor& an
   AT_DISPATCH_FLOATING_TYPES(sino.scalar_type(), "radon_adjoint_gather_cpu", [&] {
     const scalar_t* sp = sc.data_ptr<scalar_t>();
     scalar_t* op = out.data_ptr<scalar_t>();
-    at::parallel_for(0, n_groups * hw, 64, [&](int64_t t0, int64_t t1) {
+    at::parallel_for(0, n_groups * hw, grain(4 * g.n_angles * kGatherImages),
+                     [&](int64_t t0, int64_t t1) {
       for (int64_t t = t0; t < t1; ++t) {
         const int64_t n0 = (t / hw) * kGatherImages, p = t % hw;
         const int nb = (int)std::min<int64_t>(kGatherImages, n_images - n0);

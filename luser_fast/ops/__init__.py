@@ -1,0 +1,2 @@
+"""Fast ops, registered as ``torch.ops.luser_fast.*``; one module per op family."""
+from .radon import radon_adjoint, radon_forward
