@@ -1,0 +1,298 @@
+"""Radon transform benchmarks: luser_fast's kernels against scikit-image and ASTRA.
+
+CPU (this machine): 256 x 256 images, 180 angles on [0, pi), D = 363 detectors, float32.
+luser_fast runs batch 8 with 2 threads (forward, adjoint), and batch 1, and batch 8 on one
+thread; scikit-image's ``radon`` and ASTRA's CPU ``linear`` projector (forward and
+back-projection) run one image per call, as they take it, on one thread (neither
+threads its CPU path). Every timing is preceded by a correctness check against the
+reference (ASTRA's ``linear`` projector is the same Joseph discretisation with the same
+conventions, so it must agree to float32 rounding; scikit-image rotates about pixel
+N // 2 with bilinear interpolation, so it agrees to a few percent). Per-image medians and
+the ratios against the peers measured in the same run go to ``bench/results/radon_cpu.json``
+(keyed by machine, versions and git SHA) and are printed.
+
+GPU (only where one exists): 256 x 256, 256 angles, batch 128, float32: images/s for the
+forward and the adjoint, checked against the reference first.
+
+    pytest bench/test_bench_radon.py --benchmark-only
+"""
+from __future__ import annotations
+
+import datetime
+import json
+import math
+import os
+import platform
+import subprocess
+
+import numpy as np
+import pytest
+import torch
+
+from luser_fast.ops import radon as radon_ops
+from luser_fast.ops import radon_adjoint, radon_forward
+from luser_fast.reference.radon import radon_adjoint_ref, radon_forward_ref
+
+N, N_ANGLES, BATCH, THREADS = 256, 180, 8, 2
+N_DET = math.ceil(math.sqrt(2) * N)
+GPU_ANGLES, GPU_BATCH = 256, 128
+RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "radon_cpu.json")
+
+
+def rel(a, b) -> float:
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
+
+
+def phantoms(n: int, batch: int) -> np.ndarray:
+    """[batch, n, n] float32: Shepp-Logan, each with a bright block in a different place."""
+    from skimage.data import shepp_logan_phantom
+    from skimage.transform import resize
+
+    base = resize(shepp_logan_phantom(), (n, n), anti_aliasing=True)
+    out = np.repeat(base[None], batch, 0).astype(np.float32)
+    for b in range(batch):
+        r, c = (17 * b) % (n // 2) + n // 8, (29 * b) % (n // 2) + n // 4
+        out[b, r:r + n // 12, c:c + n // 12] += 1.0
+    return out
+
+
+@pytest.fixture(scope="module")
+def data():
+    x = phantoms(N, BATCH)
+    angles = torch.arange(N_ANGLES, dtype=torch.float64) * (math.pi / N_ANGLES)
+    y = np.random.default_rng(0).random((BATCH, N_ANGLES, N_DET), dtype=np.float32)
+    return {"x": x, "angles": angles, "y": y}
+
+
+@pytest.fixture(scope="module")
+def report():
+    """Collects per-image medians (seconds); writes the JSON and prints the table at the end."""
+    results: dict[str, float] = {}
+    before = torch.get_num_threads()
+    torch.set_num_threads(THREADS)
+    yield results
+    torch.set_num_threads(before)
+    if results:
+        _write_report(results)
+
+
+def _per_image(benchmark, name: str, images: int, results: dict) -> None:
+    if not benchmark.disabled:
+        results[name] = benchmark.stats.stats.median / images
+
+
+def _git_sha() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, cwd=os.path.dirname(os.path.abspath(__file__)),
+                              timeout=10).stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _versions() -> dict:
+    import skimage
+
+    out = {"torch": torch.__version__, "scikit-image": skimage.__version__,
+           "numpy": np.__version__, "python": platform.python_version()}
+    try:
+        import astra
+
+        out["astra-toolbox"] = astra.__version__
+    except ImportError:
+        out["astra-toolbox"] = None
+    return out
+
+
+def _write_report(results: dict) -> None:
+    ms = {k: 1e3 * v for k, v in results.items()}
+    ours = ms.get("luser_fast_forward_b8", math.nan) + ms.get("luser_fast_adjoint_b8", math.nan)
+    ratios = {}
+    if "skimage_radon" in ms:
+        ratios["skimage radon / luser_fast forward (b8)"] = ms["skimage_radon"] / ms.get(
+            "luser_fast_forward_b8", math.nan)
+        ratios["skimage radon / luser_fast forward + adjoint (b8)"] = ms["skimage_radon"] / ours
+    if "astra_forward" in ms and "astra_backprojection" in ms:
+        astra_total = ms["astra_forward"] + ms["astra_backprojection"]
+        ratios["astra forward + backprojection / luser_fast forward + adjoint (b8)"] = (
+            astra_total / ours)
+        ratios["astra forward / luser_fast forward (b8)"] = ms["astra_forward"] / ms.get(
+            "luser_fast_forward_b8", math.nan)
+        ratios["astra backprojection / luser_fast adjoint (b8)"] = (
+            ms["astra_backprojection"] / ms.get("luser_fast_adjoint_b8", math.nan))
+    run = {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "machine": {"cpu": _cpu_model(), "cores": os.cpu_count(), "threads": THREADS},
+        "versions": _versions(),
+        "git_sha": _git_sha(),
+        "problem": {"image": [N, N], "angles": N_ANGLES, "detectors": N_DET,
+                    "batch": BATCH, "dtype": "float32"},
+        "ms_per_image": {k: round(v, 3) for k, v in sorted(ms.items())},
+        "luser_fast_forward_plus_adjoint_b8_ms_per_image": round(ours, 3),
+        "ratios": {k: round(v, 2) for k, v in ratios.items()},
+    }
+    key = f"{run['machine']['cpu']} | torch {run['versions']['torch']} | {run['git_sha']}"
+    os.makedirs(os.path.dirname(RESULTS), exist_ok=True)
+    runs = {}
+    if os.path.exists(RESULTS):
+        with open(RESULTS) as fh:
+            runs = json.load(fh)
+    runs[key] = run
+    with open(RESULTS, "w") as fh:
+        json.dump(runs, fh, indent=2)
+        fh.write("\n")
+    lines = [f"Radon CPU benchmark ({key}), ms per image:"]
+    lines += [f"  {k:28s} {v:9.2f}" for k, v in sorted(ms.items())]
+    lines += [f"  {'luser_fast fwd+adj (b8)':28s} {ours:9.2f}"]
+    lines += [f"  {k}: {v:.1f}x" for k, v in ratios.items()]
+    print("\n" + "\n".join(lines))
+
+
+# --- luser_fast on the CPU ----------------------------------------------------------------
+
+@pytest.mark.skipif(not radon_ops.HAS_CPU_KERNELS, reason="the C++ extension is not built")
+def test_luser_fast_forward_b8(benchmark, data, report):
+    x = torch.from_numpy(data["x"])
+    got = radon_forward(x, data["angles"], N_DET)
+    assert rel(got, radon_forward_ref(x, data["angles"], N_DET)) < 1e-5
+    benchmark.pedantic(radon_forward, (x, data["angles"], N_DET), rounds=10, warmup_rounds=1)
+    _per_image(benchmark, "luser_fast_forward_b8", BATCH, report)
+
+
+@pytest.mark.skipif(not radon_ops.HAS_CPU_KERNELS, reason="the C++ extension is not built")
+def test_luser_fast_adjoint_b8(benchmark, data, report):
+    y = torch.from_numpy(data["y"])
+    got = radon_adjoint(y, data["angles"], N)
+    assert rel(got, radon_adjoint_ref(y, data["angles"], N)) < 1e-5
+    benchmark.pedantic(radon_adjoint, (y, data["angles"], N), rounds=10, warmup_rounds=1)
+    _per_image(benchmark, "luser_fast_adjoint_b8", BATCH, report)
+
+
+@pytest.mark.skipif(not radon_ops.HAS_CPU_KERNELS, reason="the C++ extension is not built")
+def test_luser_fast_forward_adjoint_b1(benchmark, data, report):
+    x = torch.from_numpy(data["x"][:1])
+
+    def both():
+        return radon_adjoint(radon_forward(x, data["angles"], N_DET), data["angles"], N)
+
+    ref = radon_adjoint_ref(radon_forward_ref(x, data["angles"], N_DET), data["angles"], N)
+    assert rel(both(), ref) < 1e-5
+    benchmark.pedantic(both, rounds=10, warmup_rounds=1)
+    _per_image(benchmark, "luser_fast_fwd_adj_b1", 1, report)
+
+
+@pytest.mark.skipif(not radon_ops.HAS_CPU_KERNELS, reason="the C++ extension is not built")
+def test_luser_fast_forward_adjoint_b8_one_thread(benchmark, data, report):
+    """The same work on one thread, for a per-core comparison (the peers run on one)."""
+    x = torch.from_numpy(data["x"])
+
+    def both():
+        return radon_adjoint(radon_forward(x, data["angles"], N_DET), data["angles"], N)
+
+    torch.set_num_threads(1)
+    try:
+        benchmark.pedantic(both, rounds=5, warmup_rounds=1)
+    finally:
+        torch.set_num_threads(THREADS)
+    _per_image(benchmark, "luser_fast_fwd_adj_b8_1thread", BATCH, report)
+
+
+# --- peers, one image per call -----------------------------------------------------------
+
+def test_skimage_radon(benchmark, data, report):
+    from skimage.transform import radon
+
+    img = data["x"][0]
+    theta = np.rad2deg(data["angles"].numpy())
+    sino = radon(img, theta=theta, circle=False).T
+    # same geometry up to scikit-image's centring (index N // 2) and its bilinear rotation
+    assert sino.shape == (N_ANGLES, N_DET)
+    assert rel(sino, radon_forward_ref(torch.from_numpy(img), data["angles"], N_DET)) < 0.06
+    benchmark.pedantic(radon, (img,), {"theta": theta, "circle": False}, rounds=3,
+                       warmup_rounds=0)
+    _per_image(benchmark, "skimage_radon", 1, report)
+
+
+@pytest.fixture(scope="module")
+def astra_projector(data):
+    astra = pytest.importorskip("astra", reason="astra-toolbox is not installed "
+                                                "(pip install astra-toolbox)")
+    vol = astra.create_vol_geom(N, N)
+    proj = astra.create_proj_geom("parallel", 1.0, N_DET, data["angles"].numpy())
+    pid = astra.create_projector("linear", proj, vol)
+    yield astra, pid
+    astra.projector.delete(pid)
+
+
+def test_astra_forward(benchmark, data, astra_projector, report):
+    astra, pid = astra_projector
+    img = data["x"][0]
+
+    def forward():
+        sid, sino = astra.create_sino(img, pid)
+        astra.data2d.delete(sid)
+        return sino
+
+    # ASTRA's linear projector is Joseph's method with our conventions
+    assert rel(forward(), radon_forward_ref(torch.from_numpy(img), data["angles"], N_DET)) < 1e-3
+    benchmark.pedantic(forward, rounds=5, warmup_rounds=1)
+    _per_image(benchmark, "astra_forward", 1, report)
+
+
+def test_astra_backprojection(benchmark, data, astra_projector, report):
+    astra, pid = astra_projector
+    y = data["y"][0]
+
+    def backproject():
+        bid, image = astra.create_backprojection(y, pid)
+        astra.data2d.delete(bid)
+        return image
+
+    assert rel(backproject(), radon_adjoint_ref(torch.from_numpy(y), data["angles"], N)) < 1e-3
+    benchmark.pedantic(backproject, rounds=5, warmup_rounds=1)
+    _per_image(benchmark, "astra_backprojection", 1, report)
+
+
+# --- GPU -------------------------------------------------------------------------------------
+
+needs_gpu = pytest.mark.skipif(
+    not (torch.cuda.is_available() and radon_ops.cuda_available()),
+    reason="no CUDA device with CuPy here: the GPU benchmark runs only where one exists")
+
+
+@needs_gpu
+@pytest.mark.parametrize("direction", ["forward", "adjoint"])
+def test_luser_fast_cuda_throughput(benchmark, direction):
+    angles = torch.arange(GPU_ANGLES, dtype=torch.float64, device="cuda") * (
+        math.pi / GPU_ANGLES)
+    x = torch.from_numpy(phantoms(N, GPU_BATCH)).cuda()
+    y = radon_forward(x, angles, N_DET)
+    assert rel(y[:4].cpu(), radon_forward_ref(x[:4].cpu(), angles.cpu(), N_DET)) < 1e-5
+    back = radon_adjoint(y, angles, N)
+    assert rel(back[:4].cpu(), radon_adjoint_ref(y[:4].cpu(), angles.cpu(), N)) < 1e-5
+    if direction == "forward":
+        def run():
+            radon_forward(x, angles, N_DET)
+            torch.cuda.synchronize()
+    else:
+        def run():
+            radon_adjoint(y, angles, N)
+            torch.cuda.synchronize()
+    benchmark.pedantic(run, rounds=20, warmup_rounds=3)
+    if not benchmark.disabled:
+        benchmark.extra_info["images_per_second"] = GPU_BATCH / benchmark.stats.stats.median
+        benchmark.extra_info["device"] = torch.cuda.get_device_name()
+        print(f"\n{torch.cuda.get_device_name()}: radon {direction} 256x256, 256 angles, "
+              f"batch {GPU_BATCH}: {benchmark.extra_info['images_per_second']:.0f} images/s")
