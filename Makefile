@@ -31,6 +31,7 @@ test: $(STAMP)
 	$(PY) -m pytest tests -q -ra $(PYTEST_ARGS)
 
 bench: $(STAMP)
+	$(PIP) install -q astra-toolbox
 	$(PY) -m pytest bench -q --benchmark-only
 
 clean:

@@ -109,7 +109,7 @@ setup(
         "test": ["pytest", "hypothesis", "pytest-benchmark", "scipy", "finufft"],
         "triton": ["triton>=3.2,<3.9"],
         "cuda": ["cupy-cuda12x"],
-        "peers": ["finufft", "torchkbnufft", "torchdeq"],
+        "peers": ["finufft", "torchkbnufft", "torchdeq", "astra-toolbox"],
     },
     entry_points={"console_scripts": ["luser-fast=luser_fast.cli:main"]},
     ext_modules=ext_modules,

@@ -406,6 +406,7 @@ def test_raw_op_rejects_bad_input_without_crashing():
 
 DTYPES = [torch.float16, torch.bfloat16, torch.float32, torch.float64, torch.int32,
           torch.complex64, torch.bool]
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -416,9 +417,9 @@ DTYPES = [torch.float16, torch.bfloat16, torch.float32, torch.float64, torch.int
        spacing=st.sampled_from([1.0, 0.3, 4.0, 0.0, -1.0, math.inf]),
        src=st.sampled_from([None, 3.0, 9.0, 1e9, math.nan]),
        det=st.sampled_from([None, 0.0, 5.0, -1.0]),
-       transposed=st.booleans(), adjoint=st.booleans())
+       transposed=st.booleans(), adjoint=st.booleans(), device=st.sampled_from(DEVICES))
 def test_fuzz_no_crash(batch, h, w, dtype, n_angles, angle_scale, n_det, spacing, src, det,
-                       transposed, adjoint):
+                       transposed, adjoint, device):
     """Any call either raises TypeError/ValueError naming an argument or returns a finite
     tensor of the right shape (never a C++ crash)."""
     g = torch.Generator().manual_seed(8)
@@ -431,7 +432,7 @@ def test_fuzz_no_crash(batch, h, w, dtype, n_angles, angle_scale, n_det, spacing
         shape = (*batch, n_angles, max(d, 0))
     else:
         shape = (*batch, h, w)
-    data = torch.ones(shape, dtype=dtype) if dtype != torch.bool else torch.ones(shape).bool()
+    data = torch.ones(shape).to(device=device, dtype=dtype)
     if transposed and data.dim() >= 2:
         data = data.transpose(-1, -2).contiguous().transpose(-1, -2)
     try:
