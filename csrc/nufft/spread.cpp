@@ -1,0 +1,542 @@
+// CPU kernels of the 2-D NUFFT: the plan (stencils, kernel weights and bin sort of a
+// trajectory), spreading (points -> grid, type 1) and interpolation (grid -> points, type
+// 2), registered as torch.ops.luser_fast._nufft_plan / _nufft_spread / _nufft_interp.
+// luser_fast/ops/nufft.py wraps them with the FFTs and deapodisation into the public ops.
+//
+// Layout. A grid is [B, n_r, n_c] complex, rows of n_c cells contiguous; a plan speaks of
+// "row" and "column" coordinates (the caller decides which image axis is which). Values
+// are [B, M] complex. B (batch x coils) is looped inside each point, so a point's stencil
+// and weights are loaded once and applied to all B planes.
+//
+// Plan (once per trajectory): every point's wrapped stencil start (row, column), its
+// 2 x w separable weights evaluated in float64 by es_kernel.h, and a counting sort of the
+// points by bin (row-major bins), so neighbouring points are processed together.
+//
+// Spreading: bins of one parity class (row bin mod 2, column bin mod 2) never write the
+// same cell (es_kernel.h), so the four classes are spread one after the other, each with
+// its bins in parallel, straight into the shared grid: no atomics, no sub-grid copies,
+// and the result is deterministic (each cell receives its points in sorted order whatever
+// the thread count). Interpolation is a gather, parallel over chunks of sorted points.
+//
+// Inner loops: per point and plane, one stencil row of w complex cells is a contiguous run
+// of 2 w reals, updated as row[j] += ky[i] * kx_v[j] with kx_v = kx * value precomputed
+// (interpolation: acc[j] += ky[i] * row[j], then a w-term dot with kx). The width is a
+// template parameter (2 .. 16; wider kernels take a runtime-width loop), so the run is
+// fully unrolled and vectorised; the hot functions are compiled for the baseline ISA and,
+// on x86-64, for AVX2 + FMA and AVX-512, chosen at run time.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <c10/util/complex.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <cstdint>
+#include <tuple>
+#include <vector>
+
+#include "nufft/es_kernel.h"
+
+namespace {
+
+namespace nu = luser_fast::nufft;
+
+#if defined(__GNUC__)
+#define LFN_ALWAYS_INLINE inline __attribute__((always_inline))
+#else
+#define LFN_ALWAYS_INLINE inline
+#endif
+#if defined(__x86_64__) && defined(__GNUC__)
+#define LFN_HAVE_X86_CLONES 1
+#define LFN_TARGET_AVX2 __attribute__((target("avx2,fma")))
+#define LFN_TARGET_AVX512 __attribute__((target("avx512f,avx512vl,avx512dq,avx2,fma")))
+#else
+#define LFN_HAVE_X86_CLONES 0
+#endif
+
+// Largest |k| accepted (radians): pi with the reference's slack for float32 pi.
+constexpr double kMaxAbsK = 3.14159265358979323846 * (1.0 + 1e-5);
+// Largest grid side; keeps cell indices (and 2 * cells + 2 * w) inside int32.
+constexpr int64_t kMaxGridSide = int64_t(1) << 28;
+// Sorted points per interpolation task.
+constexpr int64_t kInterpChunk = 256;
+
+// Instruction sets of the hot loops: -1 best available, 0 baseline, 1 AVX2 + FMA, 2 AVX-512.
+int best_simd() {
+#if LFN_HAVE_X86_CLONES
+  static const int best = (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
+                           __builtin_cpu_supports("avx512dq"))
+                              ? 2
+                              : (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") ? 1 : 0);
+  return best;
+#else
+  return 0;
+#endif
+}
+
+int resolve_simd(int64_t simd, const char* fn) {
+  TORCH_CHECK(simd >= -1 && simd <= 2, fn, ": simd must be -1 (auto), 0, 1 or 2, got ", simd);
+  const int best = best_simd();
+  TORCH_CHECK(simd <= best, fn, ": simd level ", simd, " is not supported by this CPU (best ",
+              best, ")");
+  return simd < 0 ? best : (int)simd;
+}
+
+// Run f(i) for i in [0, n_tasks) on torch's intra-op threads, handing out tasks one at a
+// time (the bins of a radial trajectory differ in load by orders of magnitude). The atomic
+// is the task counter only; no data is shared between tasks.
+template <typename F>
+void run_dynamic(int64_t n_tasks, const F& f) {
+  if (n_tasks <= 0) return;
+  std::atomic<int64_t> next{0};
+  const int64_t n_workers = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), n_tasks));
+  at::parallel_for(0, n_workers, 1, [&](int64_t w0, int64_t w1) {
+    for (int64_t w = w0; w < w1; ++w) {
+      for (int64_t i = next.fetch_add(1); i < n_tasks; i = next.fetch_add(1)) f(i);
+    }
+  });
+}
+
+// --- plan -------------------------------------------------------------------------------
+
+void check_grid(int64_t n_r, int64_t n_c, int64_t width, const char* fn) {
+  TORCH_CHECK(width >= 2 && width <= nu::kMaxWidth, fn, ": kernel width must be in [2, ",
+              nu::kMaxWidth, "], got ", width);
+  TORCH_CHECK(n_r >= 2 * width && n_c >= 2 * width && n_r <= kMaxGridSide && n_c <= kMaxGridSide,
+              fn, ": grid size (", n_r, ", ", n_c, ") must be >= 2 * width = ", 2 * width,
+              " and <= ", kMaxGridSide);
+}
+
+void check_bins(int64_t n, int64_t nb, int64_t width, const char* what, const char* fn) {
+  TORCH_CHECK(nb >= 2 && nb % 2 == 0 && n / nb >= width, fn, ": ", what,
+              " must be even, >= 2 and leave every bin >= width = ", width, " cells; got ", nb,
+              " bins for ", n, " cells");
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> nufft_plan_cpu(
+    const at::Tensor& ktraj, int64_t n_r, int64_t n_c, int64_t width, double beta,
+    int64_t nb_r, int64_t nb_c) {
+  const char* fn = "_nufft_plan";
+  TORCH_CHECK(ktraj.device().is_cpu(), fn, ": ktraj must be a CPU tensor, got ", ktraj.device());
+  TORCH_CHECK(ktraj.scalar_type() == at::kDouble, fn, ": ktraj must be float64, got ",
+              ktraj.scalar_type());
+  TORCH_CHECK(ktraj.dim() == 2 && ktraj.size(1) == 2, fn, ": ktraj must have shape [M, 2], got ",
+              ktraj.sizes());
+  TORCH_CHECK(ktraj.size(0) < (int64_t(1) << 31), fn, ": too many points (", ktraj.size(0), ")");
+  check_grid(n_r, n_c, width, fn);
+  check_bins(n_r, nb_r, width, "nb_r", fn);
+  check_bins(n_c, nb_c, width, "nb_c", fn);
+  TORCH_CHECK(std::isfinite(beta) && beta > 0.0, fn, ": beta must be positive and finite, got ",
+              beta);
+  const at::Tensor k = ktraj.contiguous();
+  const double* kp = k.data_ptr<double>();
+  const int64_t m = k.size(0);
+  for (int64_t i = 0; i < 2 * m; ++i) {
+    TORCH_CHECK(std::isfinite(kp[i]) && std::fabs(kp[i]) <= kMaxAbsK, fn,
+                ": ktraj must be finite radians in [-pi, pi], got ", kp[i]);
+  }
+  const int w = (int)width, nr = (int)n_r, nc = (int)n_c, br = (int)nb_r, bc = (int)nb_c;
+  const int64_t n_bins = nb_r * nb_c;
+
+  // wrapped stencil starts and bins, in the input order
+  std::vector<int32_t> s_in(2 * m);
+  std::vector<int32_t> bin(m);
+  at::parallel_for(0, m, 4096, [&](int64_t p0, int64_t p1) {
+    for (int64_t p = p0; p < p1; ++p) {
+      const int sr = nu::wrap_cell(nu::stencil_start(nu::grid_position(kp[2 * p], nr), w), nr);
+      const int sc = nu::wrap_cell(nu::stencil_start(nu::grid_position(kp[2 * p + 1], nc), w), nc);
+      s_in[2 * p] = sr;
+      s_in[2 * p + 1] = sc;
+      bin[p] = nu::bin_of_cell(sr, nr, br) * bc + nu::bin_of_cell(sc, nc, bc);
+    }
+  });
+  // counting sort by bin (stable: a bin keeps its points in input order)
+  at::Tensor offsets = at::zeros({n_bins + 1}, k.options().dtype(at::kLong));
+  int64_t* off = offsets.data_ptr<int64_t>();
+  for (int64_t p = 0; p < m; ++p) ++off[bin[p] + 1];
+  for (int64_t b = 0; b < n_bins; ++b) off[b + 1] += off[b];
+  at::Tensor order = at::empty({m}, k.options().dtype(at::kLong));
+  int64_t* ord = order.data_ptr<int64_t>();
+  {
+    std::vector<int64_t> fill(off, off + n_bins);
+    for (int64_t p = 0; p < m; ++p) ord[fill[bin[p]]++] = p;
+  }
+  at::Tensor start = at::empty({m, 2}, k.options().dtype(at::kInt));
+  at::Tensor weights = at::empty({m, 2, width}, k.options());
+  int32_t* st = start.data_ptr<int32_t>();
+  double* wt = weights.data_ptr<double>();
+  at::parallel_for(0, m, 1024, [&](int64_t p0, int64_t p1) {
+    for (int64_t p = p0; p < p1; ++p) {
+      const int64_t q = ord[p];
+      st[2 * p] = s_in[2 * q];
+      st[2 * p + 1] = s_in[2 * q + 1];
+      for (int d = 0; d < 2; ++d) {
+        const double t = nu::grid_position(kp[2 * q + d], d == 0 ? nr : nc);
+        const long long s = nu::stencil_start(t, w);
+        for (int a = 0; a < w; ++a) wt[(2 * p + d) * w + a] = nu::stencil_weight(t, s, a, w, beta);
+      }
+    }
+  });
+  return {order, start, weights, offsets};
+}
+
+// --- argument checks of spread / interp ---------------------------------------------------
+
+at::ScalarType real_type(at::ScalarType t) {
+  return t == at::kComplexDouble ? at::kDouble : at::kFloat;
+}
+
+// Validates a plan against the data; every index the kernels use is checked here, so a
+// malformed plan raises instead of reading or writing out of bounds.
+void check_plan(const at::Tensor& order, const at::Tensor& start, const at::Tensor& weights,
+                int64_t m, int64_t n_r, int64_t n_c, at::ScalarType real, const char* fn) {
+  TORCH_CHECK(order.device().is_cpu() && start.device().is_cpu() && weights.device().is_cpu(), fn,
+              ": the plan tensors must be on the CPU");
+  TORCH_CHECK(order.scalar_type() == at::kLong && order.dim() == 1 && order.size(0) == m, fn,
+              ": order must be int64 of shape [", m, "], got ", order.scalar_type(), " ",
+              order.sizes());
+  TORCH_CHECK(start.scalar_type() == at::kInt && start.dim() == 2 && start.size(0) == m &&
+                  start.size(1) == 2,
+              fn, ": start must be int32 of shape [", m, ", 2], got ", start.scalar_type(), " ",
+              start.sizes());
+  TORCH_CHECK(weights.scalar_type() == real && weights.dim() == 3 && weights.size(0) == m &&
+                  weights.size(1) == 2,
+              fn, ": weights must be ", real, " of shape [", m, ", 2, width], got ",
+              weights.scalar_type(), " ", weights.sizes());
+  check_grid(n_r, n_c, weights.size(2), fn);
+  TORCH_CHECK(order.is_contiguous() && start.is_contiguous() && weights.is_contiguous(), fn,
+              ": the plan tensors must be contiguous");
+  const int64_t* ord = order.data_ptr<int64_t>();
+  const int32_t* st = start.data_ptr<int32_t>();
+  bool ok = true;
+  for (int64_t p = 0; p < m; ++p) {
+    ok &= (ord[p] >= 0) & (ord[p] < m) & (st[2 * p] >= 0) & (st[2 * p] < n_r) &
+          (st[2 * p + 1] >= 0) & (st[2 * p + 1] < n_c);
+  }
+  TORCH_CHECK(ok, fn, ": plan indices out of range (order in [0, M), start in [0, n))");
+}
+
+template <typename R>
+struct Work {
+  R* grid;          // [B, n_r, n_c] complex, as interleaved reals
+  R* values;        // [B, M] complex, as interleaved reals
+  const int64_t* order;
+  const int32_t* start;
+  const R* weights;  // [M, 2, width]
+  int64_t batch, n_points;
+  int width, n_r, n_c;
+};
+
+// One bin's spreading task: its points, its first cell, its sub-grid shape, and the
+// planes (batch entries) it covers.
+struct Bin {
+  int64_t p0, p1;   // sorted points
+  int lo_r, lo_c;   // first cell
+  int sub_r, sub_c;  // sub-grid rows and columns (bin length + w - 1)
+  int64_t b0, nb;   // planes b0 .. b0 + nb - 1
+};
+
+// --- hot loops (always inlined into one function per instruction set) -----------------
+
+// A bin's points spread into a private sub-grid [nb][sub_r][sub_c] (complex) holding the
+// bin and its w - 1 cell halo, for planes b0 .. b0 + nb - 1. The sub-grid is small and
+// contiguous; spreading straight into the big grid would cycle through rows 2 n0 reals
+// apart (a power of two), all in the same few cache sets.
+template <typename R, int W>
+LFN_ALWAYS_INLINE void spread_body(const Work<R>& a, const Bin& bin, R* __restrict__ sub) {
+  constexpr int kCap = W > 0 ? W : nu::kMaxWidth;
+  const int w = W > 0 ? W : a.width;
+  const int64_t row_len = 2 * (int64_t)bin.sub_c;
+  const int64_t plane = row_len * bin.sub_r;
+  for (int64_t p = bin.p0; p < bin.p1; ++p) {
+    const R* __restrict__ ky = a.weights + p * 2 * w;
+    const R* __restrict__ kx = ky + w;
+    const int64_t corner = (a.start[2 * p] - bin.lo_r) * row_len + 2 * (a.start[2 * p + 1] - bin.lo_c);
+    const R* __restrict__ v = a.values + 2 * (bin.b0 * a.n_points + a.order[p]);
+    for (int64_t b = 0; b < bin.nb; ++b) {
+      const R vr = v[2 * b * a.n_points], vi = v[2 * b * a.n_points + 1];
+      R kv[2 * kCap];
+      for (int j = 0; j < w; ++j) {
+        kv[2 * j] = kx[j] * vr;
+        kv[2 * j + 1] = kx[j] * vi;
+      }
+      R* __restrict__ s = sub + b * plane + corner;
+      for (int i = 0; i < w; ++i) {
+        R* __restrict__ row = s + i * row_len;
+        const R y = ky[i];
+        for (int j = 0; j < 2 * w; ++j) row[j] += y * kv[j];
+      }
+    }
+  }
+}
+
+// Adds a bin's sub-grid into the grid (rows and columns wrapped). Bins of one parity
+// class never overlap, so this needs no atomics.
+template <typename R>
+LFN_ALWAYS_INLINE void add_sub_body(const Work<R>& a, const Bin& bin, const R* __restrict__ sub) {
+  const int64_t sub_len = 2 * (int64_t)bin.sub_c;
+  const int64_t grid_len = 2 * (int64_t)a.n_c;
+  // columns lo_c .. lo_c + sub_c - 1: a first run up to the grid's edge, then the wrap
+  const int first = std::min(bin.sub_c, a.n_c - bin.lo_c);
+  for (int64_t b = 0; b < bin.nb; ++b) {
+    for (int i = 0; i < bin.sub_r; ++i) {
+      const int r = bin.lo_r + i < a.n_r ? bin.lo_r + i : bin.lo_r + i - a.n_r;
+      R* __restrict__ g = a.grid + ((bin.b0 + b) * a.n_r + r) * grid_len;
+      const R* __restrict__ s = sub + (b * bin.sub_r + i) * sub_len;
+      R* __restrict__ g0 = g + 2 * (int64_t)bin.lo_c;
+      for (int j = 0; j < 2 * first; ++j) g0[j] += s[j];
+      for (int j = 2 * first; j < sub_len; ++j) g[j - 2 * first] += s[j];
+    }
+  }
+}
+
+template <typename R, int W>
+LFN_ALWAYS_INLINE void interp_body(const Work<R>& a, int64_t p0, int64_t p1) {
+  constexpr int kCap = W > 0 ? W : nu::kMaxWidth;
+  const int w = W > 0 ? W : a.width;
+  const int64_t row_len = 2 * (int64_t)a.n_c;
+  const int64_t plane = row_len * a.n_r;
+  for (int64_t p = p0; p < p1; ++p) {
+    const R* __restrict__ ky = a.weights + p * 2 * w;
+    const R* __restrict__ kx = ky + w;
+    const int sr = a.start[2 * p], sc = a.start[2 * p + 1];
+    int64_t rows[kCap];
+    for (int i = 0; i < w; ++i) rows[i] = (sr + i < a.n_r ? sr + i : sr + i - a.n_r) * row_len;
+    const int64_t q = a.order[p];
+    const bool wraps = sc + w > a.n_c;
+    for (int64_t b = 0; b < a.batch; ++b) {
+      const R* __restrict__ g = a.grid + b * plane;
+      R acc[2 * kCap];
+      for (int j = 0; j < 2 * w; ++j) acc[j] = R(0);
+      if (!wraps) {
+        for (int i = 0; i < w; ++i) {
+          const R* __restrict__ row = g + rows[i] + 2 * sc;
+          const R y = ky[i];
+          for (int j = 0; j < 2 * w; ++j) acc[j] += y * row[j];
+        }
+      } else {
+        for (int i = 0; i < w; ++i) {
+          const R* __restrict__ row = g + rows[i];
+          const R y = ky[i];
+          for (int j = 0; j < w; ++j) {
+            const int c = sc + j < a.n_c ? sc + j : sc + j - a.n_c;
+            acc[2 * j] += y * row[2 * c];
+            acc[2 * j + 1] += y * row[2 * c + 1];
+          }
+        }
+      }
+      R re = R(0), im = R(0);
+      for (int j = 0; j < w; ++j) {
+        re += kx[j] * acc[2 * j];
+        im += kx[j] * acc[2 * j + 1];
+      }
+      a.values[2 * (b * a.n_points + q)] = re;
+      a.values[2 * (b * a.n_points + q) + 1] = im;
+    }
+  }
+}
+
+// One switch over the compiled widths, expanded inside each instruction-set function.
+#define LFN_WIDTH_SWITCH(BODY, ...)                 \
+  switch (a.width) {                                \
+    case 2: BODY<R, 2>(__VA_ARGS__); break;         \
+    case 3: BODY<R, 3>(__VA_ARGS__); break;         \
+    case 4: BODY<R, 4>(__VA_ARGS__); break;         \
+    case 5: BODY<R, 5>(__VA_ARGS__); break;         \
+    case 6: BODY<R, 6>(__VA_ARGS__); break;         \
+    case 7: BODY<R, 7>(__VA_ARGS__); break;         \
+    case 8: BODY<R, 8>(__VA_ARGS__); break;         \
+    case 9: BODY<R, 9>(__VA_ARGS__); break;         \
+    case 10: BODY<R, 10>(__VA_ARGS__); break;       \
+    case 11: BODY<R, 11>(__VA_ARGS__); break;       \
+    case 12: BODY<R, 12>(__VA_ARGS__); break;       \
+    case 13: BODY<R, 13>(__VA_ARGS__); break;       \
+    case 14: BODY<R, 14>(__VA_ARGS__); break;       \
+    case 15: BODY<R, 15>(__VA_ARGS__); break;       \
+    case 16: BODY<R, 16>(__VA_ARGS__); break;       \
+    default: BODY<R, 0>(__VA_ARGS__); break;        \
+  }
+
+// A bin: zero its sub-grid, spread its points, add the sub-grid to the grid.
+#define LFN_SPREAD_BIN                                                          \
+  std::fill(sub, sub + 2 * bin.nb * bin.sub_r * bin.sub_c, R(0));               \
+  LFN_WIDTH_SWITCH(spread_body, a, bin, sub)                                    \
+  add_sub_body<R>(a, bin, sub);
+
+template <typename R>
+void spread_bin_base(const Work<R>& a, const Bin& bin, R* sub) { LFN_SPREAD_BIN }
+template <typename R>
+void interp_base(const Work<R>& a, int64_t p0, int64_t p1) {
+  LFN_WIDTH_SWITCH(interp_body, a, p0, p1)
+}
+#if LFN_HAVE_X86_CLONES
+template <typename R>
+LFN_TARGET_AVX2 void spread_bin_avx2(const Work<R>& a, const Bin& bin, R* sub) { LFN_SPREAD_BIN }
+template <typename R>
+LFN_TARGET_AVX2 void interp_avx2(const Work<R>& a, int64_t p0, int64_t p1) {
+  LFN_WIDTH_SWITCH(interp_body, a, p0, p1)
+}
+template <typename R>
+LFN_TARGET_AVX512 void spread_bin_avx512(const Work<R>& a, const Bin& bin, R* sub) {
+  LFN_SPREAD_BIN
+}
+template <typename R>
+LFN_TARGET_AVX512 void interp_avx512(const Work<R>& a, int64_t p0, int64_t p1) {
+  LFN_WIDTH_SWITCH(interp_body, a, p0, p1)
+}
+#endif
+#undef LFN_SPREAD_BIN
+#undef LFN_WIDTH_SWITCH
+
+template <typename R>
+void spread_bin(const Work<R>& a, const Bin& bin, R* sub, int simd) {
+#if LFN_HAVE_X86_CLONES
+  if (simd == 2) return spread_bin_avx512<R>(a, bin, sub);
+  if (simd == 1) return spread_bin_avx2<R>(a, bin, sub);
+#endif
+  spread_bin_base<R>(a, bin, sub);
+}
+
+template <typename R>
+void interp_range(const Work<R>& a, int64_t p0, int64_t p1, int simd) {
+#if LFN_HAVE_X86_CLONES
+  if (simd == 2) return interp_avx512<R>(a, p0, p1);
+  if (simd == 1) return interp_avx2<R>(a, p0, p1);
+#endif
+  interp_base<R>(a, p0, p1);
+}
+
+// --- ops ---------------------------------------------------------------------------------
+
+at::Tensor nufft_spread_cpu(const at::Tensor& values, const at::Tensor& order, const at::Tensor& start,
+                            const at::Tensor& weights, const at::Tensor& bin_offsets, int64_t n_r,
+                            int64_t n_c, int64_t nb_r, int64_t nb_c, int64_t simd) {
+  const char* fn = "_nufft_spread";
+  TORCH_CHECK(values.device().is_cpu(), fn, ": values must be a CPU tensor, got ", values.device());
+  TORCH_CHECK(values.scalar_type() == at::kComplexFloat || values.scalar_type() == at::kComplexDouble,
+              fn, ": values must be complex64 or complex128, got ", values.scalar_type());
+  TORCH_CHECK(values.dim() == 2, fn, ": values must have shape [B, M], got ", values.sizes());
+  const int64_t batch = values.size(0), m = values.size(1);
+  check_plan(order, start, weights, m, n_r, n_c, real_type(values.scalar_type()), fn);
+  const int64_t width = weights.size(2);
+  check_bins(n_r, nb_r, width, "nb_r", fn);
+  check_bins(n_c, nb_c, width, "nb_c", fn);
+  const int64_t n_bins = nb_r * nb_c;
+  TORCH_CHECK(bin_offsets.device().is_cpu() && bin_offsets.scalar_type() == at::kLong &&
+                  bin_offsets.dim() == 1 && bin_offsets.size(0) == n_bins + 1 &&
+                  bin_offsets.is_contiguous(),
+              fn, ": bin_offsets must be contiguous int64 of shape [", n_bins + 1, "], got ",
+              bin_offsets.scalar_type(), " ", bin_offsets.sizes());
+  const int64_t* off = bin_offsets.data_ptr<int64_t>();
+  TORCH_CHECK(off[0] == 0 && off[n_bins] == m, fn, ": bin_offsets must run from 0 to M = ", m);
+  const int32_t* st = start.data_ptr<int32_t>();
+  for (int64_t b = 0; b < n_bins; ++b) {
+    TORCH_CHECK(off[b] <= off[b + 1], fn, ": bin_offsets must be non-decreasing");
+    const int br = (int)(b / nb_c), bc = (int)(b % nb_c);
+    bool inside = true;
+    for (int64_t p = off[b]; p < off[b + 1]; ++p) {
+      inside &= (nu::bin_of_cell(st[2 * p], (int)n_r, (int)nb_r) == br) &
+                (nu::bin_of_cell(st[2 * p + 1], (int)n_c, (int)nb_c) == bc);
+    }
+    TORCH_CHECK(inside, fn, ": a point's stencil start lies outside its bin (stale plan?)");
+  }
+  const int level = resolve_simd(simd, fn);
+  const at::Tensor v = values.contiguous();
+  at::Tensor grid = at::zeros({batch, n_r, n_c}, v.options());
+  if (m == 0 || batch == 0) return grid;
+
+  AT_DISPATCH_FLOATING_TYPES(real_type(v.scalar_type()), "_nufft_spread", [&] {
+    using R = scalar_t;
+    Work<R> a{reinterpret_cast<R*>(grid.data_ptr()),
+              const_cast<R*>(reinterpret_cast<const R*>(v.data_ptr())),
+              order.data_ptr<int64_t>(), st, weights.data_ptr<R>(), batch, m,
+              (int)width, (int)n_r, (int)n_c};
+    // planes per task: a bin's sub-grid for that many planes stays within ~64 KiB
+    const int64_t cells = (n_r / nb_r + width) * (n_c / nb_c + width);
+    const int64_t chunk = std::max<int64_t>(1, std::min<int64_t>(batch, (int64_t(4) << 10) / cells));
+    const int64_t n_chunks = (batch + chunk - 1) / chunk;
+    for (int parity = 0; parity < 4; ++parity) {
+      // this parity class's non-empty bins x plane chunks, heaviest bins first
+      std::vector<int64_t> bins;
+      for (int64_t br = parity / 2; br < nb_r; br += 2) {
+        for (int64_t bc = parity % 2; bc < nb_c; bc += 2) {
+          const int64_t id = br * nb_c + bc;
+          if (off[id + 1] > off[id]) bins.push_back(id);
+        }
+      }
+      std::stable_sort(bins.begin(), bins.end(), [&](int64_t x, int64_t y) {
+        return off[x + 1] - off[x] > off[y + 1] - off[y];
+      });
+      run_dynamic((int64_t)bins.size() * n_chunks, [&](int64_t task) {
+        const int64_t id = bins[task / n_chunks], c = task % n_chunks;
+        const int br = (int)(id / nb_c), bc = (int)(id % nb_c);
+        Bin bin;
+        bin.p0 = off[id];
+        bin.p1 = off[id + 1];
+        bin.lo_r = nu::bin_start(br, (int)n_r, (int)nb_r);
+        bin.lo_c = nu::bin_start(bc, (int)n_c, (int)nb_c);
+        bin.sub_r = nu::bin_start(br + 1, (int)n_r, (int)nb_r) - bin.lo_r + (int)width - 1;
+        bin.sub_c = nu::bin_start(bc + 1, (int)n_c, (int)nb_c) - bin.lo_c + (int)width - 1;
+        bin.b0 = c * chunk;
+        bin.nb = std::min(chunk, batch - bin.b0);
+        thread_local std::vector<R> sub;
+        sub.resize(2 * bin.nb * bin.sub_r * bin.sub_c);
+        spread_bin<R>(a, bin, sub.data(), level);
+      });
+    }
+  });
+  return grid;
+}
+
+at::Tensor nufft_interp_cpu(const at::Tensor& grid, const at::Tensor& order, const at::Tensor& start,
+                            const at::Tensor& weights, int64_t simd) {
+  const char* fn = "_nufft_interp";
+  TORCH_CHECK(grid.device().is_cpu(), fn, ": grid must be a CPU tensor, got ", grid.device());
+  TORCH_CHECK(grid.scalar_type() == at::kComplexFloat || grid.scalar_type() == at::kComplexDouble,
+              fn, ": grid must be complex64 or complex128, got ", grid.scalar_type());
+  TORCH_CHECK(grid.dim() == 3, fn, ": grid must have shape [B, n_r, n_c], got ", grid.sizes());
+  const int64_t batch = grid.size(0), n_r = grid.size(1), n_c = grid.size(2);
+  const int64_t m = order.dim() == 1 ? order.size(0) : -1;
+  TORCH_CHECK(m >= 0, fn, ": order must be 1-D, got ", order.sizes());
+  check_plan(order, start, weights, m, n_r, n_c, real_type(grid.scalar_type()), fn);
+  const int level = resolve_simd(simd, fn);
+  const at::Tensor g = grid.contiguous();
+  at::Tensor out = at::empty({batch, m}, g.options());
+  if (m == 0 || batch == 0) return out;
+
+  AT_DISPATCH_FLOATING_TYPES(real_type(g.scalar_type()), "_nufft_interp", [&] {
+    using R = scalar_t;
+    Work<R> a{const_cast<R*>(reinterpret_cast<const R*>(g.data_ptr())),
+              reinterpret_cast<R*>(out.data_ptr()), order.data_ptr<int64_t>(),
+              start.data_ptr<int32_t>(), weights.data_ptr<R>(), batch, m,
+              (int)weights.size(2), (int)n_r, (int)n_c};
+    run_dynamic((m + kInterpChunk - 1) / kInterpChunk, [&](int64_t i) {
+      interp_range<R>(a, i * kInterpChunk, std::min(m, (i + 1) * kInterpChunk), level);
+    });
+  });
+  return out;
+}
+
+int64_t nufft_simd_level_cpu() { return best_simd(); }
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(luser_fast, m) {
+  m.def(
+      "_nufft_plan(Tensor ktraj, int n_r, int n_c, int width, float beta, int nb_r, int nb_c) "
+      "-> (Tensor, Tensor, Tensor, Tensor)");
+  m.def(
+      "_nufft_spread(Tensor values, Tensor order, Tensor start, Tensor weights, "
+      "Tensor bin_offsets, int n_r, int n_c, int nb_r, int nb_c, int simd=-1) -> Tensor");
+  m.def(
+      "_nufft_interp(Tensor grid, Tensor order, Tensor start, Tensor weights, int simd=-1) "
+      "-> Tensor");
+  m.def("_nufft_simd_level() -> int", &nufft_simd_level_cpu);
+}
+
+TORCH_LIBRARY_IMPL(luser_fast, CPU, m) {
+  m.impl("_nufft_plan", &nufft_plan_cpu);
+  m.impl("_nufft_spread", &nufft_spread_cpu);
+  m.impl("_nufft_interp", &nufft_interp_cpu);
+}

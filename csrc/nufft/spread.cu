@@ -1,0 +1,223 @@
+// CUDA kernels of the 2-D NUFFT, launched through CuPy by luser_fast/ops/nufft.py on
+// torch's current stream. The per-point math (stencil start, bins, ES kernel weights) is
+// es_kernel.h's, shared with the CPU kernels in spread.cpp; the plan produced here has the
+// CPU plan's layout (order [M] int64, start [M, 2] int32, weights [M, 2, w], points sorted
+// by bin), so spreading and interpolation read the same numbers on both devices. What is
+// here is only the mapping of threads to work. Grids are [B, n_r, n_c] complex, values
+// [B, M] complex, both as interleaved reals. Only es_kernel.h and CUDA builtins are
+// included, so NVRTC compiles this file as well.
+#include "nufft/es_kernel.h"
+
+namespace luser_fast {
+namespace nufft {
+
+// Plan, step 1: one thread per point (input order): wrapped stencil start and bin.
+// krc [M, 2] float64 holds each point's (row, column) frequency.
+__device__ void plan_points(const double* __restrict__ krc, int m, int n_r, int n_c, int nb_r,
+                            int nb_c, int width, int* __restrict__ start, int* __restrict__ bins) {
+  const int p = blockIdx.x * blockDim.x + threadIdx.x;
+  if (p >= m) return;
+  const int sr = wrap_cell(stencil_start(grid_position(krc[2 * p], n_r), width), n_r);
+  const int sc = wrap_cell(stencil_start(grid_position(krc[2 * p + 1], n_c), width), n_c);
+  start[2 * p] = sr;
+  start[2 * p + 1] = sc;
+  bins[p] = bin_of_cell(sr, n_r, nb_r) * nb_c + bin_of_cell(sc, n_c, nb_c);
+}
+
+// Plan, step 2: one thread per sorted point: its 2 x w weights, float64.
+__device__ void plan_weights(const double* __restrict__ krc, const long long* __restrict__ order,
+                             int m, int n_r, int n_c, int width, double beta,
+                             double* __restrict__ weights) {
+  const int p = blockIdx.x * blockDim.x + threadIdx.x;
+  if (p >= m) return;
+  const long long q = order[p];
+  for (int d = 0; d < 2; ++d) {
+    const double t = grid_position(krc[2 * q + d], d == 0 ? n_r : n_c);
+    const long long s = stencil_start(t, width);
+    double* out = weights + ((long long)p * 2 + d) * width;
+    for (int a = 0; a < width; ++a) out[a] = stencil_weight(t, s, a, width, beta);
+  }
+}
+
+// Spreading with a shared-memory tile per subproblem (<= 1024 points of one bin):
+// blockIdx.x is the subproblem, blockIdx.y strides over the planes. The tile covers the
+// bin and its w - 1 cell halo, tile_r x tile_c cells (sized for the longest bin); the
+// block's threads add their points' w x w stencils into it with shared-memory atomics,
+// then add the tile to the grid with global atomics (tiles of neighbouring bins overlap).
+// subproblems [S, 3] int32: (bin, first sorted point, end).
+template <typename R>
+__device__ void spread_tile(const R* __restrict__ values, const long long* __restrict__ order,
+                            const int* __restrict__ start, const R* __restrict__ weights,
+                            const int* __restrict__ subproblems, int batch, int m, int width,
+                            int n_r, int n_c, int nb_r, int nb_c, int tile_r, int tile_c,
+                            R* __restrict__ grid) {
+  extern __shared__ double2 smem_raw[];
+  R* tile = reinterpret_cast<R*>(smem_raw);
+  const int bin = subproblems[3 * blockIdx.x];
+  const int p0 = subproblems[3 * blockIdx.x + 1], p1 = subproblems[3 * blockIdx.x + 2];
+  const int br = bin / nb_c, bc = bin % nb_c;
+  const int lo_r = bin_start(br, n_r, nb_r), lo_c = bin_start(bc, n_c, nb_c);
+  const int len_r = bin_start(br + 1, n_r, nb_r) - lo_r;
+  const int len_c = bin_start(bc + 1, n_c, nb_c) - lo_c;
+  const int cells = tile_r * tile_c;
+  for (int b = blockIdx.y; b < batch; b += gridDim.y) {
+    for (int i = threadIdx.x; i < 2 * cells; i += blockDim.x) tile[i] = R(0);
+    __syncthreads();
+    for (int p = p0 + threadIdx.x; p < p1; p += blockDim.x) {
+      const int rr = start[2 * p] - lo_r, cc = start[2 * p + 1] - lo_c;
+      // the plan puts every point in its bin; a point that is not is skipped, never
+      // written outside the tile
+      if (rr < 0 || rr >= len_r || cc < 0 || cc >= len_c) continue;
+      const R* ky = weights + (long long)p * 2 * width;
+      const R* kx = ky + width;
+      const long long v = 2 * ((long long)b * m + order[p]);
+      const R vr = values[v], vi = values[v + 1];
+      for (int i = 0; i < width; ++i) {
+        R* trow = tile + 2 * ((rr + i) * tile_c + cc);
+        const R yr = ky[i] * vr, yi = ky[i] * vi;
+        for (int j = 0; j < width; ++j) {
+          atomicAdd(trow + 2 * j, kx[j] * yr);
+          atomicAdd(trow + 2 * j + 1, kx[j] * yi);
+        }
+      }
+    }
+    __syncthreads();
+    R* plane = grid + 2 * (long long)b * n_r * n_c;
+    for (int i = threadIdx.x; i < cells; i += blockDim.x) {
+      const int tr = i / tile_c, tc = i - tr * tile_c;
+      const R re = tile[2 * i], im = tile[2 * i + 1];
+      if (tr >= len_r + width - 1 || tc >= len_c + width - 1 || (re == R(0) && im == R(0))) continue;
+      const int gr = lo_r + tr < n_r ? lo_r + tr : lo_r + tr - n_r;
+      const int gc = lo_c + tc < n_c ? lo_c + tc : lo_c + tc - n_c;
+      R* cell = plane + 2 * ((long long)gr * n_c + gc);
+      atomicAdd(cell, re);
+      atomicAdd(cell + 1, im);
+    }
+    __syncthreads();
+  }
+}
+
+// Spreading with global atomics, for kernels too wide for a shared-memory tile: one thread
+// per (sorted point, plane).
+template <typename R>
+__device__ void spread_global(const R* __restrict__ values, const long long* __restrict__ order,
+                              const int* __restrict__ start, const R* __restrict__ weights,
+                              int batch, int m, int width, int n_r, int n_c,
+                              R* __restrict__ grid) {
+  const int p = blockIdx.x * blockDim.x + threadIdx.x;
+  if (p >= m) return;
+  const R* ky = weights + (long long)p * 2 * width;
+  const R* kx = ky + width;
+  const int sr = start[2 * p], sc = start[2 * p + 1];
+  for (int b = blockIdx.y; b < batch; b += gridDim.y) {
+    const long long v = 2 * ((long long)b * m + order[p]);
+    const R vr = values[v], vi = values[v + 1];
+    R* plane = grid + 2 * (long long)b * n_r * n_c;
+    for (int i = 0; i < width; ++i) {
+      const int r = sr + i < n_r ? sr + i : sr + i - n_r;
+      R* row = plane + 2 * (long long)r * n_c;
+      const R yr = ky[i] * vr, yi = ky[i] * vi;
+      for (int j = 0; j < width; ++j) {
+        const int c = sc + j < n_c ? sc + j : sc + j - n_c;
+        atomicAdd(row + 2 * c, kx[j] * yr);
+        atomicAdd(row + 2 * c + 1, kx[j] * yi);
+      }
+    }
+  }
+}
+
+// Interpolation, a gather: one thread per (sorted point, plane); the threads of a warp hold
+// neighbouring points of one bin, so their stencils overlap in cache.
+template <typename R>
+__device__ void interp(const R* __restrict__ grid, const long long* __restrict__ order,
+                       const int* __restrict__ start, const R* __restrict__ weights, int batch,
+                       int m, int width, int n_r, int n_c, R* __restrict__ out) {
+  const int p = blockIdx.x * blockDim.x + threadIdx.x;
+  if (p >= m) return;
+  const R* ky = weights + (long long)p * 2 * width;
+  const R* kx = ky + width;
+  const int sr = start[2 * p], sc = start[2 * p + 1];
+  const long long q = order[p];
+  for (int b = blockIdx.y; b < batch; b += gridDim.y) {
+    const R* plane = grid + 2 * (long long)b * n_r * n_c;
+    R re = R(0), im = R(0);
+    for (int i = 0; i < width; ++i) {
+      const int r = sr + i < n_r ? sr + i : sr + i - n_r;
+      const R* row = plane + 2 * (long long)r * n_c;
+      R ar = R(0), ai = R(0);
+      for (int j = 0; j < width; ++j) {
+        const int c = sc + j < n_c ? sc + j : sc + j - n_c;
+        ar += kx[j] * row[2 * c];
+        ai += kx[j] * row[2 * c + 1];
+      }
+      re += ky[i] * ar;
+      im += ky[i] * ai;
+    }
+    out[2 * ((long long)b * m + q)] = re;
+    out[2 * ((long long)b * m + q) + 1] = im;
+  }
+}
+
+}  // namespace nufft
+}  // namespace luser_fast
+
+extern "C" {
+
+__global__ void nufft_plan_points_kernel(const double* krc, int m, int n_r, int n_c, int nb_r,
+                                         int nb_c, int width, int* start, int* bins) {
+  luser_fast::nufft::plan_points(krc, m, n_r, n_c, nb_r, nb_c, width, start, bins);
+}
+
+__global__ void nufft_plan_weights_kernel(const double* krc, const long long* order, int m,
+                                          int n_r, int n_c, int width, double beta,
+                                          double* weights) {
+  luser_fast::nufft::plan_weights(krc, order, m, n_r, n_c, width, beta, weights);
+}
+
+__global__ void nufft_spread_tile_kernel_f32(const float* values, const long long* order,
+                                             const int* start, const float* weights,
+                                             const int* subproblems, int batch, int m,
+                                             int width, int n_r, int n_c, int nb_r, int nb_c,
+                                             int tile_r, int tile_c, float* grid) {
+  luser_fast::nufft::spread_tile<float>(values, order, start, weights, subproblems, batch, m,
+                                        width, n_r, n_c, nb_r, nb_c, tile_r, tile_c, grid);
+}
+
+__global__ void nufft_spread_tile_kernel_f64(const double* values, const long long* order,
+                                             const int* start, const double* weights,
+                                             const int* subproblems, int batch, int m,
+                                             int width, int n_r, int n_c, int nb_r, int nb_c,
+                                             int tile_r, int tile_c, double* grid) {
+  luser_fast::nufft::spread_tile<double>(values, order, start, weights, subproblems, batch, m,
+                                         width, n_r, n_c, nb_r, nb_c, tile_r, tile_c, grid);
+}
+
+__global__ void nufft_spread_global_kernel_f32(const float* values, const long long* order,
+                                               const int* start, const float* weights,
+                                               int batch, int m, int width, int n_r, int n_c,
+                                               float* grid) {
+  luser_fast::nufft::spread_global<float>(values, order, start, weights, batch, m, width, n_r,
+                                          n_c, grid);
+}
+
+__global__ void nufft_spread_global_kernel_f64(const double* values, const long long* order,
+                                               const int* start, const double* weights,
+                                               int batch, int m, int width, int n_r, int n_c,
+                                               double* grid) {
+  luser_fast::nufft::spread_global<double>(values, order, start, weights, batch, m, width, n_r,
+                                           n_c, grid);
+}
+
+__global__ void nufft_interp_kernel_f32(const float* grid, const long long* order,
+                                        const int* start, const float* weights, int batch,
+                                        int m, int width, int n_r, int n_c, float* out) {
+  luser_fast::nufft::interp<float>(grid, order, start, weights, batch, m, width, n_r, n_c, out);
+}
+
+__global__ void nufft_interp_kernel_f64(const double* grid, const long long* order,
+                                        const int* start, const double* weights, int batch,
+                                        int m, int width, int n_r, int n_c, double* out) {
+  luser_fast::nufft::interp<double>(grid, order, start, weights, batch, m, width, n_r, n_c, out);
+}
+
+}  // extern "C"

@@ -1,0 +1,611 @@
+"""2-D NUFFT ops: ``torch.ops.luser_fast.nufft_type2`` (grid -> points) and ``nufft_type1``.
+
+Everything that makes the NUFFT fast, in one place:
+
+- the op schemas and their kernels: on the CPU the C++ spreader/interpolator
+  (``csrc/nufft/spread.cpp``), on CUDA the kernels of ``csrc/nufft/spread.cu`` launched
+  through CuPy on torch's current stream; FFTs and deapodisation through ``torch.fft``;
+  the pure-PyTorch reference (``luser_fast/reference/nufft.py``) wherever neither serves;
+- the plan cache: a trajectory's stencils, kernel weights and bin sort are computed once
+  and kept with the ``ktraj`` tensor itself (a weak-keyed cache, so a plan lives exactly as
+  long as its trajectory; an operator holding ``ktraj`` as a buffer keeps its plan);
+- ``register_fake`` and ``register_autograd``: type 2 and type 1 are each other's adjoint,
+  so each backward is the other op; the gradient with respect to ``ktraj`` is two more
+  type-2 transforms (of the input weighted by the centred pixel index);
+- the public functionals ``nufft_type2`` / ``nufft_type1``, which validate their
+  arguments (every rejection a ``TypeError``/``ValueError`` naming the argument) and
+  dispatch through ``luser_fast.backends``.
+
+Conventions (API.md): ``ktraj`` [M, 2] radians in [-pi, pi], column 0 along H and column 1
+along W; type 2 is y_m = sum_n x_n exp(-i k_m . (n - N // 2)), type 1 its adjoint.
+
+Pipeline (grid n0 x n1 = oversampled H x W). The C++/CUDA kernels see the grid transposed,
+[B, n1, n0] (rows along W), because that is what the cheapest FFT order produces: type 2
+deapodises, zero-pads W -> n1 and FFTs the H rows (half the grid), then transposes and
+zero-pads H -> n0 and FFTs the n1 rows, so every FFT runs along contiguous memory and no
+FFT touches the zero half of the first pass; type 1 is the exact reverse (spread, inverse
+FFT of the n1 rows, keep H of n0, transpose, inverse FFT, keep W of n1, deapodise).
+"""
+from __future__ import annotations
+
+import importlib.util
+import math
+
+import torch
+from torch.utils.weak import WeakIdKeyDictionary
+
+from .. import _ext, backends
+from ..reference import nufft as _ref
+
+__all__ = ["nufft_type2", "nufft_type1", "plan_for"]
+
+#: op schemas (without the name)
+SCHEMAS = {
+    "nufft_type2": "(Tensor image, Tensor ktraj, float tol=1e-06, float oversamp=2.0) -> Tensor",
+    "nufft_type1": "(Tensor values, Tensor ktraj, SymInt[2] image_size, float tol=1e-06, "
+                   "float oversamp=2.0) -> Tensor",
+}
+#: widest kernel the compiled kernels take (``kMaxWidth`` in csrc/nufft/es_kernel.h);
+#: wider ones (tol below ~1e-19 at oversampling 1.25) are served by the reference
+MAX_WIDTH = 32
+#: preferred bin side in grid cells: CPU (a bin's stencil rows for 8 coils stay in L1/L2)
+#: and CUDA (one shared-memory tile per bin)
+_CPU_BIN = 16
+_CUDA_BIN = 32
+#: shared memory a CUDA spreading tile may use without opting in to more
+_CUDA_SMEM = 48 * 1024
+#: points per CUDA spreading block (a bin with more points is split)
+_CUDA_SUBPROBLEM = 1024
+_THREADS = 256
+_MAX_GRID_Y = 65535
+#: plans kept per trajectory tensor (image sizes x tolerances x devices)
+_PLANS_PER_TRAJ = 8
+
+
+def _op_defined(name: str) -> bool:
+    try:
+        getattr(torch.ops.luser_fast, name)
+    except (AttributeError, RuntimeError):
+        return False
+    return True
+
+
+_EXT = _ext.extension()
+#: the C++ CPU kernels are registered (the extension is built and holds the NUFFT ops)
+HAS_CPU_KERNELS = _EXT is not None and _op_defined("_nufft_interp")
+
+_LIB = torch.library.Library("luser_fast", "FRAGMENT")
+for _name, _schema in SCHEMAS.items():
+    if not _op_defined(_name):
+        _LIB.define(_name + _schema)
+
+
+def cuda_available() -> bool:
+    """CuPy is installed, a CUDA device is present and CUDA code (fatbin or sources) ships."""
+    if importlib.util.find_spec("cupy") is None or not torch.cuda.is_available():
+        return False
+    info = _ext.build_info()
+    return info["cuda_fatbin"] is not None or _ext.os.path.exists(
+        _ext.os.path.join(_ext.CUDA_SRC_DIR, "all.cu"))
+
+
+# --- plans -----------------------------------------------------------------------------------
+
+def _bin_count(n: int, width: int, preferred: int) -> int:
+    """Bins along a side of n cells: even, >= 2, each >= max(width, preferred) cells
+    (es_kernel.h: bins two apart never share a cell)."""
+    return 2 * max(1, n // (2 * max(width, preferred)))
+
+
+class NufftPlan:
+    """A trajectory's gridding plan for one image size, tolerance and device.
+
+    Holds the kernel (width, beta), the grid (n0, n1), the deapodisation factors and, for
+    the compiled kernels, the bin-sorted stencils of the trajectory with the axes swapped
+    (rows along W; see the module docstring): ``order`` [M] int64 (sorted -> input
+    index), ``start`` [M, 2] int32 (wrapped first stencil cell, row then column),
+    ``weights`` [M, 2, w] float64 (es_kernel.h, float64) and ``bin_offsets``. Where no
+    compiled kernel serves, ``reference`` holds the reference plan instead.
+
+    Args:
+        ktraj: [M, 2] radians in [-pi, pi] (validated by the caller).
+        image_size: (H, W).
+        tol: target relative error in (0, 0.1].
+        oversamp: grid oversampling sigma > 1.
+        device: where the plan lives (and runs).
+        kind: "cpu", "cuda" or "reference".
+    """
+
+    def __init__(self, ktraj: torch.Tensor, image_size: tuple[int, int], tol: float,
+                 oversamp: float, device: torch.device, kind: str):
+        self.image_size = tuple(int(s) for s in image_size)
+        self.tol, self.oversamp, self.kind, self.device = float(tol), float(oversamp), kind, device
+        self.width, self.beta = _ref.kernel_params(tol, oversamp)
+        self.grid_size = tuple(_ref._next_smooth_even(max(math.ceil(oversamp * s), 2 * self.width))
+                               for s in self.image_size)
+        self.n_points = int(ktraj.shape[0])
+        self._weights = {}
+        self._deapod = {}
+        k64 = ktraj.detach().to(device=device, dtype=torch.float64)
+        if kind == "reference":
+            # the reference plan needs M >= 1; with no points the transforms are zeros
+            self.reference = (_ref.NufftPlan(k64, self.image_size, tol, oversamp)
+                              if self.n_points else None)
+            return
+        self.reference = None
+        n0, n1 = self.grid_size
+        w = self.width
+        # rows along W (grid n1), columns along H (grid n0)
+        krc = k64[:, [1, 0]].contiguous()
+        preferred = _CPU_BIN if kind == "cpu" else self._cuda_bin()
+        self.n_bins = (_bin_count(n1, w, preferred), _bin_count(n0, w, preferred))
+        if kind == "cpu":
+            self.order, self.start, self._weights[torch.float64], self.bin_offsets = \
+                torch.ops.luser_fast._nufft_plan(krc, n1, n0, w, self.beta, *self.n_bins)
+        else:
+            _cuda_plan(self, krc)
+        inv = []
+        for n, s in zip(self.grid_size, self.image_size):
+            j = torch.arange(s, dtype=torch.float64) - s // 2
+            inv.append((1.0 / _ref.es_kernel_ft(2 * math.pi * j / n, w, self.beta)).to(device))
+        self.deapod_inv = inv
+
+    def _cuda_bin(self) -> int:
+        # a tile holds (bin + w - 1)^2 complex128 cells; halve the bin when it would not fit
+        for preferred in (_CUDA_BIN, _CUDA_BIN // 2):
+            longest = [-(-n // _bin_count(n, self.width, preferred)) for n in self.grid_size]
+            if (longest[0] + self.width - 1) * (longest[1] + self.width - 1) * 16 <= _CUDA_SMEM:
+                return preferred
+        return _CUDA_BIN // 2
+
+    def weights(self, dtype: torch.dtype) -> torch.Tensor:
+        """Kernel weights [M, 2, w] in the real dtype matching the complex ``dtype``."""
+        real = torch.float64 if dtype == torch.complex128 else torch.float32
+        if real not in self._weights:
+            self._weights[real] = self._weights[torch.float64].to(real)
+        return self._weights[real]
+
+    def deapod(self, dtype: torch.dtype) -> torch.Tensor:
+        """[H, W] real factors 1 / (psi_hat(h0 j0) psi_hat(h1 j1)) in ``dtype``'s precision."""
+        real = torch.float64 if dtype == torch.complex128 else torch.float32
+        if real not in self._deapod:
+            self._deapod[real] = (self.deapod_inv[0][:, None] * self.deapod_inv[1][None, :]).to(real)
+        return self._deapod[real]
+
+
+_PLANS = WeakIdKeyDictionary()
+
+
+def plan_for(ktraj: torch.Tensor, image_size, tol: float = 1e-6, oversamp: float = 2.0,
+             device: torch.device | None = None, kind: str | None = None) -> NufftPlan:
+    """The cached plan of ``ktraj`` (built on first use; rebuilt if ktraj changes in place).
+
+    Args:
+        ktraj: [M, 2] radians in [-pi, pi].
+        image_size: (H, W).
+        tol, oversamp: kernel accuracy and grid oversampling.
+        device: the plan's device (default: ktraj's).
+        kind: "cpu", "cuda" or "reference"; default: the fastest available for ``device``.
+
+    Returns:
+        The ``NufftPlan``; it lives as long as the ``ktraj`` tensor object.
+    """
+    device = torch.device(device) if device is not None else ktraj.device
+    if kind is None:
+        kind = _fast_kind(device)
+    width = _ref.kernel_params(tol, oversamp)[0]
+    if kind != "reference" and width > MAX_WIDTH:
+        kind = "reference"
+    key = (tuple(int(s) for s in image_size), float(tol), float(oversamp), str(device), kind)
+    version = ktraj._version
+    entry = _PLANS.get(ktraj)
+    if entry is None or entry[0] != version:
+        entry = (version, {})
+        _PLANS[ktraj] = entry
+    plans = entry[1]
+    if key not in plans:
+        if len(plans) >= _PLANS_PER_TRAJ:
+            plans.pop(next(iter(plans)))
+        plans[key] = NufftPlan(ktraj, key[0], tol, oversamp, device, kind)
+    return plans[key]
+
+
+def _fast_kind(device: torch.device) -> str:
+    if device.type == "cpu" and HAS_CPU_KERNELS:
+        return "cpu"
+    if device.type == "cuda" and cuda_available():
+        return "cuda"
+    return "reference"
+
+
+# --- the transforms on a plan ------------------------------------------------------------------
+
+def _spread(plan: NufftPlan, values: torch.Tensor) -> torch.Tensor:
+    """[B, M] -> [B, n1, n0] (rows along W)."""
+    if plan.kind == "cuda":
+        return _spread_cuda(plan, values)
+    n0, n1 = plan.grid_size
+    return torch.ops.luser_fast._nufft_spread(values, plan.order, plan.start,
+                                              plan.weights(values.dtype), plan.bin_offsets,
+                                              n1, n0, *plan.n_bins)
+
+
+def _interp(plan: NufftPlan, grid: torch.Tensor) -> torch.Tensor:
+    """[B, n1, n0] -> [B, M]."""
+    if plan.kind == "cuda":
+        return _interp_cuda(plan, grid)
+    return torch.ops.luser_fast._nufft_interp(grid, plan.order, plan.start,
+                                              plan.weights(grid.dtype))
+
+
+def _type2(plan: NufftPlan, image: torch.Tensor) -> torch.Tensor:
+    lead = image.shape[:-2]
+    batch = math.prod(lead)
+    if batch == 0 or plan.n_points == 0:
+        return image.new_zeros((*lead, plan.n_points))
+    if plan.kind == "reference":
+        return plan.reference.type2(image)
+    (h, w), (n0, n1) = plan.image_size, plan.grid_size
+    x = image.reshape(batch, h, w) * plan.deapod(image.dtype)
+    h2, w2 = h // 2, w // 2
+    # pixel j of a row sits at grid column (j - W // 2) mod n1
+    a = x.new_zeros(batch, h, n1)
+    a[..., :w - w2] = x[..., w2:]
+    a[..., n1 - w2:] = x[..., :w2]
+    a = torch.fft.fft(a, dim=-1).transpose(-1, -2)              # [B, n1, H]
+    t = x.new_zeros(batch, n1, n0)
+    t[..., :h - h2] = a[..., h2:]
+    t[..., n0 - h2:] = a[..., :h2]
+    grid = torch.fft.fft(t, dim=-1)                             # [B, n1, n0]
+    return _interp(plan, grid).reshape(*lead, plan.n_points)
+
+
+def _type1(plan: NufftPlan, values: torch.Tensor) -> torch.Tensor:
+    lead = values.shape[:-1]
+    (h, w), (n0, n1) = plan.image_size, plan.grid_size
+    batch = math.prod(lead)
+    if batch == 0 or plan.n_points == 0:
+        return values.new_zeros((*lead, h, w))
+    if plan.kind == "reference":
+        return plan.reference.type1(values)
+    grid = _spread(plan, values.reshape(batch, plan.n_points))   # [B, n1, n0]
+    t = torch.fft.ifft(grid, dim=-1, norm="forward")
+    h2, w2 = h // 2, w // 2
+    a = torch.cat((t[..., n0 - h2:], t[..., :h - h2]), dim=-1).transpose(-1, -2)  # [B, H, n1]
+    a = torch.fft.ifft(a.contiguous(), dim=-1, norm="forward")
+    x = torch.cat((a[..., n1 - w2:], a[..., :w - w2]), dim=-1)   # [B, H, W]
+    return (x * plan.deapod(values.dtype)).reshape(*lead, h, w)
+
+
+# --- op kernels (CPU and CUDA; the CUDA launchers are below) ----------------------------------
+
+# The dispatcher drops trailing arguments equal to their schema defaults, so every Python
+# kernel below repeats the defaults.
+def _type2_kernel(image, ktraj, tol=1e-6, oversamp=2.0):
+    plan = plan_for(ktraj, image.shape[-2:], tol, oversamp, device=image.device)
+    return _type2(plan, image)
+
+
+def _type1_kernel(values, ktraj, image_size, tol=1e-6, oversamp=2.0):
+    plan = plan_for(ktraj, image_size, tol, oversamp, device=values.device)
+    return _type1(plan, values)
+
+
+_LIB.impl("nufft_type2", _type2_kernel, "CPU")
+_LIB.impl("nufft_type1", _type1_kernel, "CPU")
+torch.library.register_kernel("luser_fast::nufft_type2", "cuda", _type2_kernel)
+torch.library.register_kernel("luser_fast::nufft_type1", "cuda", _type1_kernel)
+
+
+# --- CUDA ------------------------------------------------------------------------------------
+
+def _launch(name: str, device: torch.device, grid, args, shared_mem: int = 0) -> None:
+    """Launch kernel ``name`` on ``device`` on torch's current stream."""
+    import cupy
+
+    kernel = _ext.cuda_kernel(name, device.index)
+    stream = torch.cuda.current_stream(device).cuda_stream
+    with cupy.cuda.Device(device.index), cupy.cuda.ExternalStream(stream):
+        kernel(tuple(int(g) for g in grid), (_THREADS,), args, shared_mem=shared_mem)
+
+
+def _ptr(t: torch.Tensor):
+    import numpy as np
+
+    return np.uint64(t.data_ptr())
+
+
+def _i32(v):
+    import numpy as np
+
+    return np.int32(v)
+
+
+def _f64(v):
+    import numpy as np
+
+    return np.float64(v)
+
+
+def _cuda_plan(plan: NufftPlan, krc: torch.Tensor) -> None:
+    """Fill ``plan``'s sorted stencils on the GPU: per-point starts and bins (es_kernel.h, in
+    nufft_plan_points_kernel), a stable sort by bin, float64 weights in sorted order, and
+    the spreading subproblems (bin, first point, end point), at most _CUDA_SUBPROBLEM each."""
+    n0, n1 = plan.grid_size
+    m, dev = plan.n_points, krc.device
+    nb_r, nb_c = plan.n_bins
+    if m >= 2 ** 31 or n0 * n1 >= 2 ** 31:
+        raise ValueError(f"nufft: too large for the CUDA kernels ({m} points, grid {n0} x {n1})")
+    start = torch.empty(m, 2, dtype=torch.int32, device=dev)
+    bins = torch.empty(m, dtype=torch.int32, device=dev)
+    blocks = (max(1, math.ceil(m / _THREADS)), 1)
+    if m:
+        _launch("nufft_plan_points_kernel", dev, blocks,
+                (_ptr(krc), _i32(m), _i32(n1), _i32(n0), _i32(nb_r), _i32(nb_c),
+                 _i32(plan.width), _ptr(start), _ptr(bins)))
+    order = torch.sort(bins, stable=True).indices
+    plan.order = order
+    plan.start = start[order].contiguous()
+    counts = torch.bincount(bins.long(), minlength=nb_r * nb_c)
+    plan.bin_offsets = torch.cat((counts.new_zeros(1), torch.cumsum(counts, 0)))
+    weights = torch.empty(m, 2, plan.width, dtype=torch.float64, device=dev)
+    if m:
+        _launch("nufft_plan_weights_kernel", dev, blocks,
+                (_ptr(krc), _ptr(order), _i32(m), _i32(n1), _i32(n0), _i32(plan.width),
+                 _f64(plan.beta), _ptr(weights)))
+    plan._weights[torch.float64] = weights
+    n_sub = (counts + _CUDA_SUBPROBLEM - 1) // _CUDA_SUBPROBLEM
+    sub_bin = torch.repeat_interleave(torch.arange(nb_r * nb_c, device=dev), n_sub)
+    first_sub = torch.repeat_interleave(torch.cumsum(n_sub, 0) - n_sub, n_sub)
+    p0 = plan.bin_offsets[sub_bin] + (torch.arange(sub_bin.numel(), device=dev) - first_sub) \
+        * _CUDA_SUBPROBLEM
+    p1 = torch.minimum(p0 + _CUDA_SUBPROBLEM, plan.bin_offsets[sub_bin + 1])
+    plan.subproblems = torch.stack((sub_bin, p0, p1), dim=-1).to(torch.int32).contiguous()
+    longest = (-(-n1 // nb_r), -(-n0 // nb_c))
+    plan.tile = (longest[0] + plan.width - 1, longest[1] + plan.width - 1)
+
+
+def _spread_cuda(plan: NufftPlan, values: torch.Tensor) -> torch.Tensor:
+    n0, n1 = plan.grid_size
+    batch, m = values.shape
+    v = values.contiguous()
+    grid = v.new_zeros(batch, n1, n0)
+    if batch == 0 or m == 0:
+        return grid
+    suffix = "f32" if v.dtype == torch.complex64 else "f64"
+    weights = plan.weights(v.dtype)
+    smem = plan.tile[0] * plan.tile[1] * v.element_size()
+    gy = min(_MAX_GRID_Y, batch)
+    if smem <= _CUDA_SMEM:
+        _launch("nufft_spread_tile_kernel_" + suffix, v.device,
+                (plan.subproblems.shape[0], gy),
+                (_ptr(v), _ptr(plan.order), _ptr(plan.start), _ptr(weights),
+                 _ptr(plan.subproblems), _i32(batch), _i32(m), _i32(plan.width), _i32(n1),
+                 _i32(n0), _i32(plan.n_bins[0]), _i32(plan.n_bins[1]), _i32(plan.tile[0]),
+                 _i32(plan.tile[1]), _ptr(grid)), shared_mem=smem)
+    else:
+        _launch("nufft_spread_global_kernel_" + suffix, v.device, (math.ceil(m / _THREADS), gy),
+                (_ptr(v), _ptr(plan.order), _ptr(plan.start), _ptr(weights), _i32(batch),
+                 _i32(m), _i32(plan.width), _i32(n1), _i32(n0), _ptr(grid)))
+    return grid
+
+
+def _interp_cuda(plan: NufftPlan, grid: torch.Tensor) -> torch.Tensor:
+    batch, n_r, n_c = grid.shape
+    m = plan.n_points
+    g = grid.contiguous()
+    out = g.new_empty(batch, m)
+    if batch == 0 or m == 0:
+        return out
+    suffix = "f32" if g.dtype == torch.complex64 else "f64"
+    _launch("nufft_interp_kernel_" + suffix, g.device,
+            (math.ceil(m / _THREADS), min(_MAX_GRID_Y, batch)),
+            (_ptr(g), _ptr(plan.order), _ptr(plan.start), _ptr(plan.weights(g.dtype)),
+             _i32(batch), _i32(m), _i32(plan.width), _i32(n_r), _i32(n_c), _ptr(out)))
+    return out
+
+
+# --- shapes and gradients ------------------------------------------------------------------------
+
+@torch.library.register_fake("luser_fast::nufft_type2")
+def _type2_fake(image, ktraj, tol=1e-6, oversamp=2.0):
+    torch._check(image.dim() >= 2, lambda: "nufft_type2: image must have at least 2 dims")
+    torch._check(ktraj.dim() == 2 and ktraj.shape[1] == 2, lambda: "nufft_type2: ktraj must be [M, 2]")
+    return image.new_empty((*image.shape[:-2], ktraj.shape[0]))
+
+
+@torch.library.register_fake("luser_fast::nufft_type1")
+def _type1_fake(values, ktraj, image_size, tol=1e-6, oversamp=2.0):
+    torch._check(values.dim() >= 1, lambda: "nufft_type1: values must have at least 1 dim")
+    torch._check(ktraj.dim() == 2 and ktraj.shape[1] == 2, lambda: "nufft_type1: ktraj must be [M, 2]")
+    return values.new_empty((*values.shape[:-1], *image_size))
+
+
+def _centred_index(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(n0 - H // 2)[:, None] and (n1 - W // 2)[None, :] in x's real dtype."""
+    h, w = x.shape[-2:]
+    real = x.real.dtype
+    i0 = torch.arange(h, dtype=real, device=x.device) - h // 2
+    i1 = torch.arange(w, dtype=real, device=x.device) - w // 2
+    return i0[:, None], i1[None, :]
+
+
+def _index_weighted_type2(x: torch.Tensor, ktraj, tol, oversamp) -> torch.Tensor:
+    """[..., M, 2]: type 2 of x (n_d - N_d // 2) for d = 0, 1, stacked on the last dim."""
+    i0, i1 = _centred_index(x)
+    both = torch.stack((x * i0, x * i1), dim=0)
+    y = torch.ops.luser_fast.nufft_type2(both, ktraj, tol, oversamp)
+    return torch.stack((y[0], y[1]), dim=-1)
+
+
+def _ktraj_grad(a: torch.Tensor, b: torch.Tensor, ktraj: torch.Tensor) -> torch.Tensor:
+    """Re(sum over batch of a[..., m, None] * b[..., m, d]) -> [M, 2] in ktraj's dtype."""
+    g = (a[..., None] * b).real.reshape(-1, ktraj.shape[0], 2).sum(0)
+    return g.to(ktraj.dtype)
+
+
+def _defaults(inputs: tuple, n_required: int) -> tuple:
+    """(tol, oversamp) from an op's inputs, where trailing defaults may be left off."""
+    return (tuple(inputs[n_required:]) + (1e-6, 2.0)[len(inputs) - n_required:])[:2]
+
+
+def _type2_setup(ctx, inputs, output):
+    image, ktraj, tol, oversamp = (*inputs[:2], *_defaults(inputs, 2))
+    ctx.save_for_backward(image if ctx.needs_input_grad[1] else None, ktraj)
+    ctx.config = (tuple(image.shape[-2:]), tol, oversamp)
+
+
+def _type2_backward(ctx, grad):
+    image, ktraj = ctx.saved_tensors
+    size, tol, oversamp = ctx.config
+    grad_image = grad_ktraj = None
+    if ctx.needs_input_grad[0]:
+        grad_image = torch.ops.luser_fast.nufft_type1(grad, ktraj, size, tol, oversamp)
+    if ctx.needs_input_grad[1]:
+        # dy_m / dk_m,d = -i type2((n_d - N_d // 2) x)_m; grad = Re(conj(g) dy/dk)
+        deriv = _index_weighted_type2(image, ktraj, tol, oversamp)
+        grad_ktraj = _ktraj_grad(grad.conj(), -1j * deriv, ktraj)
+    return grad_image, grad_ktraj, None, None
+
+
+def _type1_setup(ctx, inputs, output):
+    values, ktraj, image_size, tol, oversamp = (*inputs[:3], *_defaults(inputs, 3))
+    ctx.save_for_backward(values if ctx.needs_input_grad[1] else None, ktraj)
+    ctx.config = (tol, oversamp)
+
+
+def _type1_backward(ctx, grad):
+    values, ktraj = ctx.saved_tensors
+    tol, oversamp = ctx.config
+    grad_values = grad_ktraj = None
+    if ctx.needs_input_grad[0]:
+        grad_values = torch.ops.luser_fast.nufft_type2(grad, ktraj, tol, oversamp)
+    if ctx.needs_input_grad[1]:
+        # dx_n / dk_m,d = i (n_d - N_d // 2) y_m exp(+i k_m . n');
+        # grad = Re(y_m i conj(type2((n_d - N_d // 2) G)_m))
+        deriv = _index_weighted_type2(grad, ktraj, tol, oversamp)
+        grad_ktraj = _ktraj_grad(values, 1j * deriv.conj(), ktraj)
+    return grad_values, grad_ktraj, None, None, None
+
+
+torch.library.register_autograd("luser_fast::nufft_type2", _type2_backward,
+                                setup_context=_type2_setup)
+torch.library.register_autograd("luser_fast::nufft_type1", _type1_backward,
+                                setup_context=_type1_setup)
+
+backends.register("nufft_type2", "cpu", ("cpu",), lambda: HAS_CPU_KERNELS)
+backends.register("nufft_type1", "cpu", ("cpu",), lambda: HAS_CPU_KERNELS)
+backends.register("nufft_type2", "cuda", ("cuda",), cuda_available)
+backends.register("nufft_type1", "cuda", ("cuda",), cuda_available)
+
+
+# --- public functionals ---------------------------------------------------------------------------
+
+def _check_ktraj(ktraj, device: torch.device, fn: str) -> torch.Tensor:
+    """Validated ktraj (M >= 0); moved to ``device`` when it lives elsewhere. The value
+    checks need the data, so they are skipped while torch.compile traces."""
+    if not isinstance(ktraj, torch.Tensor):
+        raise TypeError(f"{fn}: ktraj must be a torch.Tensor of shape [M, 2], got "
+                        f"{type(ktraj).__name__}")
+    if ktraj.dim() != 2 or ktraj.shape[1] != 2:
+        raise ValueError(f"{fn}: ktraj must have shape [M, 2], got {tuple(ktraj.shape)}")
+    if ktraj.is_complex() or not ktraj.is_floating_point():
+        raise ValueError(f"{fn}: ktraj must be real floating point (radians), got {ktraj.dtype}")
+    if not torch.compiler.is_compiling() and ktraj.numel():
+        k = ktraj.detach()
+        if not bool(torch.isfinite(k).all()):
+            raise ValueError(f"{fn}: ktraj has non-finite entries (NaN or inf)")
+        kmax = k.abs().max().item()
+        if kmax > math.pi * (1 + _ref._RANGE_SLACK):
+            raise ValueError(f"{fn}: ktraj must be radians in [-pi, pi]; got max |k| = {kmax:.6g} "
+                             "(a trajectory in cycles, [-0.5, 0.5], needs a factor 2 pi)")
+    return ktraj if ktraj.device == device else ktraj.to(device)
+
+
+def _check_data(t, name: str, min_dim: int, fn: str) -> None:
+    if not isinstance(t, torch.Tensor) or not t.is_complex():
+        got = t.dtype if isinstance(t, torch.Tensor) else type(t).__name__
+        raise TypeError(f"{fn}: {name} must be a complex64 or complex128 tensor, got {got}")
+    if t.dtype not in (torch.complex64, torch.complex128):
+        raise TypeError(f"{fn}: {name} must be complex64 or complex128, got {t.dtype}")
+    if t.dim() < min_dim:
+        raise ValueError(f"{fn}: {name} must have at least {min_dim} dims, got shape "
+                         f"{tuple(t.shape)}")
+
+
+def _check_accuracy(tol, oversamp, fn: str) -> tuple[float, float]:
+    _ref._check_tol(tol, oversamp, fn)
+    return float(tol), float(oversamp)
+
+
+def _use_reference(op: str, t: torch.Tensor) -> bool:
+    if torch.compiler.is_compiling():
+        return False
+    return backends.select(op, t.device.type) == "reference"
+
+
+def nufft_type2(image: torch.Tensor, ktraj: torch.Tensor, tol: float = 1e-6,
+                oversamp: float = 2.0) -> torch.Tensor:
+    """Type-2 NUFFT (uniform grid -> points), y_m = sum_n x_n exp(-i k_m . (n - N // 2)).
+
+    Served by the backend ``luser_fast.backends.select("nufft_type2", device)`` picks (the
+    C++ CPU kernels, the CUDA kernels or the reference); the trajectory's plan is cached
+    with the ``ktraj`` tensor, so repeated calls with the same tensor skip the planning.
+
+    Args:
+        image: [..., H, W] complex64 or complex128 (any strides).
+        ktraj: [M, 2] radians in [-pi, pi]; column 0 along H, column 1 along W. Moved to
+            image's device if it lives elsewhere (the plan is then cached per call only).
+        tol: target relative l2 error against the exact sum, in (0, 0.1].
+        oversamp: grid oversampling sigma > 1 (2.0; 1.25 for a smaller grid, wider kernel).
+
+    Returns:
+        [..., M] in image's dtype; differentiable in image and ktraj.
+
+    Raises:
+        TypeError: image is not a complex tensor, or ktraj not a tensor.
+        ValueError: bad shapes, ktraj not finite or outside [-pi, pi], bad tol/oversamp.
+
+    Example:
+        >>> y = nufft_type2(torch.randn(8, 256, 256, dtype=torch.complex64), ktraj, tol=1e-3)
+    """
+    fn = "nufft_type2"
+    _check_data(image, "image", 2, fn)
+    ktraj = _check_ktraj(ktraj, image.device, fn)
+    tol, oversamp = _check_accuracy(tol, oversamp, fn)
+    if _use_reference(fn, image):
+        return _type2(plan_for(ktraj, image.shape[-2:], tol, oversamp, kind="reference"), image)
+    return torch.ops.luser_fast.nufft_type2(image, ktraj, tol, oversamp)
+
+
+def nufft_type1(values: torch.Tensor, ktraj: torch.Tensor, image_size, tol: float = 1e-6,
+                oversamp: float = 2.0) -> torch.Tensor:
+    """Type-1 NUFFT (points -> grid), the adjoint of ``nufft_type2``:
+    x_n = sum_m y_m exp(+i k_m . (n - N // 2)).
+
+    Args:
+        values: [..., M] complex64 or complex128 (any strides).
+        ktraj: [M, 2] radians in [-pi, pi] (as in ``nufft_type2``).
+        image_size: (H, W) or an int for a square image.
+        tol: target relative l2 error in (0, 0.1].
+        oversamp: grid oversampling sigma > 1.
+
+    Returns:
+        [..., H, W] in values' dtype; differentiable in values and ktraj.
+
+    Raises:
+        TypeError: values is not a complex tensor, or ktraj not a tensor.
+        ValueError: bad shapes or image_size, bad ktraj, bad tol/oversamp.
+    """
+    fn = "nufft_type1"
+    _check_data(values, "values", 1, fn)
+    ktraj = _check_ktraj(ktraj, values.device, fn)
+    size = _ref._image_size(image_size, fn)
+    if values.shape[-1] != ktraj.shape[0]:
+        raise ValueError(f"{fn}: values must have shape [..., M] with M = {ktraj.shape[0]} "
+                         f"(ktraj's points), got {tuple(values.shape)}")
+    tol, oversamp = _check_accuracy(tol, oversamp, fn)
+    if _use_reference(fn, values):
+        return _type1(plan_for(ktraj, size, tol, oversamp, kind="reference"), values)
+    return torch.ops.luser_fast.nufft_type1(values, ktraj, size, tol, oversamp)
+
