@@ -12,7 +12,8 @@
 // padding removes every bounds check from the inner loop. The forward is a gather over
 // rays (parallel over rays); the adjoint scatters the same (pixel, weight) pairs into
 // per-thread planes (each thread a contiguous range of angles), reduced at the end, so it
-// is the exact transpose and deterministic for a given thread count.
+// is the exact transpose. Results are deterministic, and an image's result does not
+// depend on the rest of its batch (the adjoint's rounding depends on the thread count).
 //
 // _radon_forward_gather / _radon_adjoint_gather run the CUDA kernels' algorithms (one ray
 // per thread; one pixel per thread gathering its transpose weights) on the CPU, with the
@@ -157,9 +158,9 @@ void fill_planes(const T* x, int64_t n0, int nb, const Geometry& g, const Planes
   });
 }
 
-// Hot loops: compiled for the baseline ISA and, on x86-64, also for AVX2 + FMA (one
-// 256-bit vector holds the 8 float32 / 4 float64 lanes; floor is one instruction), chosen
-// at run time. The bodies are always-inline templates instantiated in both.
+// Hot loops: compiled for the baseline ISA and, on x86-64, also for AVX2 (one 256-bit
+// vector holds the 8 float32 / 4 float64 lanes; floor is one instruction), chosen at run
+// time. The bodies are always-inline templates instantiated in both.
 #if defined(__GNUC__)
 #define LF_ALWAYS_INLINE inline __attribute__((always_inline))
 #else
@@ -218,7 +219,9 @@ LF_ALWAYS_INLINE void forward_rays_body(const T* plane_y, const T* plane_x, cons
     }
     const T step = (T)ray.step;
     T res[V];
-    for (int v = 0; v < V; ++v) res[v] = ((acc[0][v] + acc[1][v]) + (acc[2][v] + acc[3][v])) * step;
+    for (int v = 0; v < V; ++v) {
+      res[v] = ((acc[0][v] + acc[1][v]) + (acc[2][v] + acc[3][v])) * step;
+    }
     for (int v = 0; v < nb; ++v) out[(n0 + v) * n_rays + r] = res[v];
   }
 }
