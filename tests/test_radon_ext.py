@@ -508,6 +508,61 @@ def test_cuda_kernels_compile_without_spills(arch):
         assert r["registers"] <= 96, (name, r)  # measured 36-70 (sm_80), 36-63 (sm_90)
 
 
+def _kernel_signatures() -> dict[str, list[str]]:
+    """Parameter kinds ("ptr", "int", "double") of every extern "C" kernel in radon.cu,
+    including those the LF_RADON_ADJ_KERNEL macro stamps out."""
+    src = open(RADON_CU).read()
+
+    def kinds(params: str) -> list[str]:
+        out = []
+        for p in params.replace("\\", " ").split(","):
+            p = p.strip()
+            kind = "ptr" if "*" in p else p.split()[0]
+            assert kind in ("ptr", "int", "double"), p
+            out.append(kind)
+        return out
+
+    sigs = {m.group(1): kinds(m.group(2)) for m in re.finditer(
+        r'extern "C" __global__ void (\w+)\(([^)]*)\)', src)}
+    macro = re.search(r"#define LF_RADON_ADJ_KERNEL\(NAME, T, FAN\)(.*?)\{", src, re.S).group(1)
+    params = re.search(r"void NAME\((.*)\)", macro, re.S).group(1)
+    for name in re.findall(r"^LF_RADON_ADJ_KERNEL\((\w+),", src, re.M):
+        sigs[name] = kinds(params)
+    sigs.pop("NAME", None)
+    return sigs
+
+
+def test_cuda_launches_match_kernel_signatures(monkeypatch):
+    """The launchers, run with the launch itself recorded instead of executed (no GPU here):
+    every kernel exists in radon.cu and gets its parameters' count and types."""
+    calls = []
+    monkeypatch.setattr(radon_ops, "_launch",
+                        lambda name, device, grid, args: calls.append((name, grid, args)))
+    monkeypatch.setattr(radon_ops, "cuda_available", lambda: True)
+    sigs = _kernel_signatures()
+    assert len(sigs) == 7
+    angles = AWKWARD_ANGLES
+    for dtype in (torch.float32, torch.float64):
+        x = torch.zeros(9, 2, 7, 6, dtype=dtype)
+        y = torch.zeros(9, 2, angles.numel(), 11, dtype=dtype)
+        for src, det in [(None, None), (20.0, None), (20.0, 4.0)]:
+            calls.clear()
+            out = radon_ops._forward_cuda(x, angles, 11, 1.0, src, det)
+            assert out.shape == (9, 2, angles.numel(), 11) and out.dtype == dtype
+            back = radon_ops._adjoint_cuda(y, angles, 7, 6, 1.0, src, det)
+            assert back.shape == (9, 2, 7, 6) and back.dtype == dtype
+            suffix = "f32" if dtype == torch.float32 else "f64"
+            adj = ("radon_adj_fan_kernel_" if src else "radon_adj_kernel_") + suffix
+            assert [c[0] for c in calls] == ["radon_rays_kernel", "radon_fwd_kernel_" + suffix,
+                                             "radon_rays_kernel", adj]
+            for name, grid, args in calls:
+                want = {"ptr": np.uint64, "int": np.int32, "double": np.float64}
+                assert [type(a) for a in args] == [want[k] for k in sigs[name]], name
+                assert len(grid) == 2 and 1 <= grid[1] <= 65535 and grid[0] >= 1
+            # one thread per ray (forward) / pixel (adjoint), 4 images per thread
+            assert calls[1][1] == (1, 5) and calls[3][1] == (1, 5)
+
+
 def _nvrtc():
     for pattern in ("nvidia/cu*/lib/libnvrtc.so*", "nvidia/cuda_nvrtc/lib/libnvrtc.so*"):
         for site in sys.path:

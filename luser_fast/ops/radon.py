@@ -119,6 +119,8 @@ def _ray_table(angles: torch.Tensor, height: int, width: int, n_det: int, spacin
                src, det) -> torch.Tensor:
     """JosephRay table [A * D * 40 bytes] on the angles' device. The rays' lines come from
     the reference's own torch code on that device, so the x-/y-major choice agrees with it."""
+    if src is not None and det is None:
+        det = 0.0
     origin, direction = _ref._rays(angles, n_det, spacing, src, det)
     lines = torch.cat((origin, direction), -1).contiguous()
     n_rays = lines.shape[0]
