@@ -1,8 +1,12 @@
 """Equilibrium solvers and the DEQ layer. API.md, "Equilibrium".
 
-The reference core serves until the fast core (ring-buffer Anderson, memory-minimal
-implicit backward) replaces it behind the same names.
+The fast core: batched Anderson with ring-buffer history and an incremental Gram matrix,
+per-sample freezing without per-iteration host syncs (``anderson.py``), and a DEQ layer
+whose backward saves only z*, v and f's parameters (``layer.py``). ``SolverInfo`` is the
+reference's type, so results of both cores compare directly.
 """
-from ..reference.deq import DEQ, SolverInfo, anderson, fixed_point
+from ..reference.deq import SolverInfo
+from .anderson import anderson, bytes_per_iteration, fixed_point
+from .layer import DEQ, DEQFunction
 
-__all__ = ["anderson", "fixed_point", "DEQ", "SolverInfo"]
+__all__ = ["anderson", "fixed_point", "DEQ", "DEQFunction", "SolverInfo", "bytes_per_iteration"]

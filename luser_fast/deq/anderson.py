@@ -1,0 +1,291 @@
+"""Fast batched Anderson and fixed-point solvers (per-sample freezing, no per-step sync).
+
+Same maths, arguments, validation and ``SolverInfo`` as ``luser_fast.reference.deq`` (the
+textbook version), reorganised so that an iteration touches as little memory as possible:
+
+* History lives in two ring buffers of shape [B, m, D] in the work dtype (float32 or
+  better): the images F_i = f(X_i) and the residuals G_i = F_i - X_i. The iterates X_i are
+  never stored: for beta = 1 the next iterate is ``alpha @ F``; otherwise
+  ``alpha @ F - (1 - beta) alpha @ G`` (since X = F - G).
+* The Gram matrix G G^T [B, m, m] is kept and updated incrementally: a new residual
+  overwrites one slot and only its m inner products with the stored residuals are
+  computed (one batched matrix-vector product, O(mD)), not the O(m^2 D) product. Its
+  diagonal entry for the new slot is ||f(z) - z||^2, so the residual norm is free.
+* The bordered (m+1)x(m+1) system is solved per sample in float64 with the Tikhonov weight
+  ``lam * mean(diag(G G^T))``; both the plain and the retried (``lam`` raised by 1e3)
+  systems are solved and the result is chosen per sample with ``torch.where`` (no boolean
+  indexing, hence no host sync), falling back to the newest image (a fixed-point step).
+* Freezing is applied with masks on the device every iteration, so iteration counts and
+  frozen iterates are exactly those of the reference; the host only checks "all samples
+  finished?" every ``check_every`` iterations (frozen samples then cost an evaluation of f
+  whose result is discarded, never a change of their state).
+
+Bytes moved per iteration, f excluded, in D-vectors read + written per sample (same-dtype
+data; m the history size; ``bytes_per_iteration`` below). The textbook version gathers the
+active samples' history, forms G = F - X and the full Gram every step:
+
+    reference: residual sub + 2 norms + best (8) + write X, F via masks (8)
+               + gather X, F (4m) + G = F - X (3m) + Gram (m) + mix X and F (2m + 9)
+               + next iterate (4)                                        = 10m + 29
+    torchdeq:  G = F - X (3m) + Gram (m) + mix X and F (2m + 9) + write X (2)
+               + residual sub + 2 norms (5) + lowest iterate (3)        = 6m + 19
+    fast:      write F, G (5) + Gram row (m) + ||f(z)|| (1) + best (3) + mix F (m + 1)
+               + next iterate (3)                                        = 2m + 13
+
+At m = 5: 23 / 79 = 0.29 of the textbook traffic, 0.47 of torchdeq's.
+"""
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Callable
+
+import torch
+
+from ..reference.deq import (REL_EPS, SolverInfo, _check_option, _check_problem, _evaluate,
+                             _flat, _work_dtype)
+
+__all__ = ["anderson", "fixed_point", "bytes_per_iteration"]
+
+#: lam multiplier of the retried bordered solve (same as the reference's).
+_RETRY_FACTOR = 1e3
+
+
+def _check_every(value, device):
+    """Validate ``check_every``; None picks 1 on CPU (a sync is free) and 4 elsewhere."""
+    if value is None:
+        return 1 if device.type == "cpu" else 4
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"check_every must be an int >= 1 or None, got {value!r}")
+    return int(value)
+
+
+class _Tracker:
+    """Per-sample bookkeeping kept on the device: best iterate, residuals, freezing.
+
+    Same rules as the reference's tracker, fed with norms the solver already has.
+    """
+
+    def __init__(self, z0, tol, stop):
+        b, dev = z0.shape[0], z0.device
+        self.tol, self.stop = tol, stop
+        self.best = z0.clone(memory_format=torch.contiguous_format)
+        self.abs_residual = torch.full((b,), math.inf, dtype=torch.float64, device=dev)
+        self.rel_residual = self.abs_residual.clone()
+        self.iterations = torch.zeros(b, dtype=torch.int64, device=dev)
+        self.converged = torch.zeros(b, dtype=torch.bool, device=dev)
+        self.active = torch.ones(b, dtype=torch.bool, device=dev)
+        self._bshape = (b,) + (1,) * (z0.dim() - 1)
+
+    @property
+    def residual(self):
+        return self.rel_residual if self.stop == "rel" else self.abs_residual
+
+    def record(self, z, abs_r, fz_norm):
+        """Score iterate z [B, ...] with ||f(z) - z|| and ||f(z)|| ([B] each)."""
+        abs_r, fz_norm = abs_r.double(), fz_norm.double()
+        rel_r = abs_r / (fz_norm + REL_EPS)
+        res = rel_r if self.stop == "rel" else abs_r
+        live = self.active
+        finite = torch.isfinite(abs_r) & torch.isfinite(fz_norm)
+        better = live & finite & (res < self.residual)
+        torch.where(better.view(self._bshape), z, self.best, out=self.best)
+        self.abs_residual = torch.where(better, abs_r, self.abs_residual)
+        self.rel_residual = torch.where(better, rel_r, self.rel_residual)
+        self.iterations += live
+        self.converged |= live & finite & (res <= self.tol)
+        self.active = live & finite & ~self.converged
+
+    def next_iterate(self, proposal):
+        """The next input of f: ``proposal`` for active samples, the frozen best otherwise."""
+        return torch.where(self.active.view(self._bshape), proposal, self.best)
+
+    def info(self):
+        return SolverInfo(self.iterations, self.residual, self.converged,
+                          self.abs_residual, self.rel_residual)
+
+
+def _flat_view(x):
+    """[B, ...] -> [B, D] real view of a contiguous tensor (complex as (re, im) pairs)."""
+    return _flat(x.contiguous())
+
+
+def _unflat_like(flat, like):
+    """[B, D] real -> the shape and dtype of ``like`` (a view when dtypes agree)."""
+    if like.is_complex():
+        return torch.view_as_complex(flat.to(like.real.dtype).reshape(*like.shape, 2))
+    return flat.to(like.dtype).reshape(like.shape)
+
+
+def _mixing_weights(gram, lam, newest):
+    """Anderson weights from the Gram matrices ``gram`` [B, n, n] (work dtype).
+
+    Solves [[0, 1^T], [1, G G^T + lam' I]] [mu; alpha] = [1; 0] in float64 with
+    lam' = lam * mean(diag(G G^T)); where that fails (singular or non-finite) the retry
+    with lam' * 1e3 is taken, and where that fails too, alpha is one-hot on ``newest``.
+    Every branch is computed for every sample and selected with ``torch.where``.
+
+    Returns:
+        alpha [B, n] float64, rows summing to 1.
+    """
+    gram = gram.double()
+    b, n = gram.shape[0], gram.shape[-1]
+    if n == 1:
+        return gram.new_ones(b, 1)
+    scale = gram.diagonal(dim1=-2, dim2=-1).mean(-1)
+    system = gram.new_zeros(2, b, n + 1, n + 1)
+    system[..., 0, 1:] = 1
+    system[..., 1:, 0] = 1
+    eye = torch.eye(n, dtype=gram.dtype, device=gram.device)
+    retry = _RETRY_FACTOR * max(lam, torch.finfo(torch.float64).eps)
+    regs = torch.tensor([lam, retry], dtype=gram.dtype, device=gram.device)
+    system[..., 1:, 1:] = gram + (regs[:, None] * scale)[..., None, None] * eye
+    rhs = gram.new_zeros(2, b, n + 1, 1)
+    rhs[..., 0, 0] = 1
+    sol, status = torch.linalg.solve_ex(system, rhs)
+    sol = sol[..., 1:, 0]
+    ok = (status == 0) & torch.isfinite(sol).all(-1)
+    alpha = gram.new_zeros(b, n)
+    alpha[:, newest] = 1
+    alpha = torch.where(ok[1, :, None], sol[1], alpha)
+    return torch.where(ok[0, :, None], sol[0], alpha)
+
+
+def anderson(f: Callable[[torch.Tensor], torch.Tensor], z0: torch.Tensor, *, m: int = 5,
+             beta: float = 1.0, lam: float = 1e-4, tol: float = 1e-3, max_iter: int = 50,
+             stop: str = "rel", check_every: int | None = None
+             ) -> tuple[torch.Tensor, SolverInfo]:
+    """Solve z = f(z) per sample with Anderson acceleration (type II), batched.
+
+    The maths, arguments and results of ``luser_fast.reference.anderson`` (see there and
+    this module's docstring for the memory layout): next iterate
+    ``beta * sum alpha_i F_i + (1 - beta) * sum alpha_i X_i`` with alpha minimising
+    ||sum alpha_i G_i||^2 + lam' ||alpha||^2, sum alpha_i = 1, lam' = lam * mean diag(G G^T).
+    Residuals use norms accumulated in the work dtype (float32 or better), so a sample
+    whose squared residual overflows it counts as non-finite.
+
+    Args:
+        f: the map [B, ...] -> [B, ...]; must treat samples independently.
+        z0: starting point [B, ...], floating or complex, any shape and device.
+        m: history size (>= 1).
+        beta: mixing (damping) weight in (0, 1].
+        lam: relative Tikhonov weight (>= 0).
+        tol: stopping tolerance on the residual (> 0).
+        max_iter: most evaluations of f (>= 1).
+        stop: "rel" (||f(z) - z|| / (||f(z)|| + REL_EPS)) or "abs" (||f(z) - z||).
+        check_every: iterations between host checks of "every sample finished" (None: 1 on
+            CPU, 4 on other devices). Iteration counts and results do not depend on it.
+
+    Returns:
+        (z, info): z [B, ...] the best iterate per sample, z0's dtype, detached;
+        info a ``SolverInfo`` with per-sample [B] tensors.
+
+    Example:
+        >>> z, info = anderson(lambda z: 0.5 * z + 1, torch.zeros(2, 3), tol=1e-8)
+        >>> bool(info.converged.all())
+        True
+    """
+    for name, value in (("m", m), ("beta", beta), ("lam", lam), ("tol", tol),
+                        ("max_iter", max_iter), ("stop", stop)):
+        _check_option(name, value)
+    _check_problem(f, z0)
+    check_every = _check_every(check_every, z0.device)
+    with torch.no_grad():
+        z = z0.detach()
+        tracker = _Tracker(z, tol, stop)
+        work = _work_dtype(z)
+        b = z.shape[0]
+        dim = _flat_view(z).shape[1]
+        hist_f = torch.zeros(b, m, dim, dtype=work, device=z.device)
+        hist_g = torch.zeros_like(hist_f)
+        gram = torch.zeros(b, m, m, dtype=work, device=z.device)
+        mixed = torch.empty(b, 1, dim, dtype=work, device=z.device)
+        for k in range(max_iter):
+            fz = _evaluate(f, z)
+            slot, n = k % m, min(k + 1, m)
+            f_new, g_new = hist_f[:, slot], hist_g[:, slot]
+            f_new.copy_(_flat_view(fz))
+            torch.sub(f_new, _flat_view(z), out=g_new)
+            row = torch.bmm(hist_g[:, :n], g_new.unsqueeze(-1)).squeeze(-1)      # [B, n]
+            gram[:, slot, :n] = row
+            gram[:, :n, slot] = row
+            abs_r = row[:, slot].clamp_min(0).sqrt()
+            tracker.record(z, abs_r, torch.linalg.vector_norm(f_new, dim=1))
+            if k + 1 == max_iter:
+                break
+            if (k + 1) % check_every == 0 and not bool(tracker.active.any()):
+                break
+            alpha = _mixing_weights(gram[:, :n, :n], lam, slot).to(work).unsqueeze(1)
+            torch.bmm(alpha, hist_f[:, :n], out=mixed)
+            if beta != 1:
+                mixed.sub_(torch.bmm(alpha, hist_g[:, :n]), alpha=1 - beta)
+            z = tracker.next_iterate(_unflat_like(mixed.squeeze(1), z))
+        return tracker.best, tracker.info()
+
+
+def fixed_point(f: Callable[[torch.Tensor], torch.Tensor], z0: torch.Tensor, *,
+                tol: float = 1e-3, max_iter: int = 50, stop: str = "rel",
+                check_every: int | None = None) -> tuple[torch.Tensor, SolverInfo]:
+    """Solve z = f(z) per sample by Picard iteration z <- f(z), batched.
+
+    Same results and rules as ``luser_fast.reference.fixed_point``; like ``anderson`` here,
+    the host checks for completion only every ``check_every`` iterations.
+
+    Args:
+        f: the map [B, ...] -> [B, ...]; must treat samples independently.
+        z0: starting point [B, ...], floating or complex.
+        tol: stopping tolerance on the residual (> 0).
+        max_iter: most evaluations of f (>= 1).
+        stop: "rel" or "abs", as in ``anderson``.
+        check_every: as in ``anderson``.
+
+    Returns:
+        (z, info): z [B, ...] the best iterate per sample, detached; info a ``SolverInfo``.
+    """
+    for name, value in (("tol", tol), ("max_iter", max_iter), ("stop", stop)):
+        _check_option(name, value)
+    _check_problem(f, z0)
+    check_every = _check_every(check_every, z0.device)
+    with torch.no_grad():
+        z = z0.detach()
+        tracker = _Tracker(z, tol, stop)
+        work = _work_dtype(z)
+        for k in range(max_iter):
+            fz = _evaluate(f, z)
+            fz_flat = _flat_view(fz).to(work)
+            abs_r = torch.linalg.vector_norm(fz_flat - _flat_view(z), dim=1)
+            tracker.record(z, abs_r, torch.linalg.vector_norm(fz_flat, dim=1))
+            if k + 1 == max_iter:
+                break
+            if (k + 1) % check_every == 0 and not bool(tracker.active.any()):
+                break
+            z = tracker.next_iterate(fz)
+        return tracker.best, tracker.info()
+
+
+def bytes_per_iteration(dim: int, m: int = 5, *, beta: float = 1.0, itemsize: int = 8,
+                        implementation: str = "fast") -> int:
+    """Bytes one Anderson iteration moves per sample, f excluded (the model in this
+    module's docstring).
+
+    Every D-vector read or written counts once; the small [m, m] systems are ignored.
+    ``"fast"`` is this module, ``"reference"`` the textbook
+    ``luser_fast.reference.anderson`` and ``"torchdeq"`` torchdeq 0.1's ``anderson_solver``.
+
+    Args:
+        dim: D, elements per sample.
+        m: history size.
+        beta: damping (beta < 1 costs the fast version a pass over G: m + 4 vectors).
+        itemsize: bytes per element.
+        implementation: "fast", "reference" or "torchdeq".
+
+    Returns:
+        bytes per sample per iteration.
+    """
+    vectors = {"fast": 2 * m + 13 + (0 if beta == 1 else m + 4),
+               "reference": 10 * m + 29,
+               "torchdeq": 6 * m + 19}
+    if implementation not in vectors:
+        raise ValueError(f"implementation must be one of {tuple(vectors)}, got "
+                         f"{implementation!r}")
+    return vectors[implementation] * dim * itemsize

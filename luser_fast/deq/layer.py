@@ -1,0 +1,187 @@
+"""The DEQ layer on the fast solvers, with a memory-minimal implicit backward.
+
+``DEQ`` has the reference's constructor, validation and gradients
+(``luser_fast.reference.DEQ``); what changes is what lives between forward and backward.
+The reference keeps the graph of one application of f at z* (every activation of f); here
+the output comes from ``DEQFunction``, an ``autograd.Function`` that saves z*, v and f's
+parameters, nothing else. Its backward rebuilds f at z* under ``enable_grad`` and:
+
+* ``"ift"``: solves u = J_f(z*)^T u + g with the same batched solver, each step one
+  vector-Jacobian product on that rebuilt graph, then returns (df/dv)^T u and
+  (df/dtheta)^T u (one more VJP);
+* ``"jfb"``: u = g, one VJP;
+* ``"phantom"``: replays the k damped steps from z* and backpropagates g through them.
+
+So the bytes saved per layer call are |z*| + |v| (+ the parameters, shared between calls),
+whatever the solver's iterations or f's depth. The rebuilt graph exists only inside the
+backward of one layer at a time.
+"""
+from __future__ import annotations
+
+import numbers
+
+import torch
+
+from ..reference import deq as _ref
+from .anderson import anderson, fixed_point
+
+__all__ = ["DEQ", "DEQFunction"]
+
+_SOLVERS = {"anderson": anderson, "fixed_point": fixed_point}
+
+
+def _split_check_every(what, kwargs):
+    """(kwargs without ``check_every``, its value or None); the rest is validated later."""
+    if not isinstance(kwargs, dict) or "check_every" not in kwargs:
+        return kwargs, None
+    rest = {k: v for k, v in kwargs.items() if k != "check_every"}
+    value = kwargs["check_every"]
+    if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Integral)
+                              or value < 1):
+        raise ValueError(f"check_every must be an int >= 1 or None, got {value!r} ({what})")
+    return rest, value
+
+
+def _bound_map(f, v):
+    """z -> f(z, v); uses ``f.bind(v)`` when f offers one (work on v done once per solve)."""
+    bind = getattr(f, "bind", None)
+    return bind(v) if callable(bind) else (lambda z: f(z, v))
+
+
+class DEQFunction(torch.autograd.Function):
+    """z* (or its jfb/phantom form) -> output; backward rebuilds f at z* (see module doc).
+
+    ``forward(ctx, layer, z_star, v, *params)``: ``layer`` the ``DEQ`` (its ``f``, mode and
+    kwargs), z_star [B, ...] the solved equilibrium (detached), v [B, ...] the injected
+    input, params f's parameters (so autograd routes their gradients). Saves exactly
+    (z_star, v, *params).
+    """
+
+    @staticmethod
+    def forward(ctx, layer, z_star, v, *params):
+        ctx.layer = layer
+        ctx.save_for_backward(z_star, v, *params)
+        if layer.backward == "ift":
+            return z_star.clone()
+        return layer._replay(_bound_map(layer.f, v), z_star)
+
+    @staticmethod
+    def backward(ctx, grad):
+        if torch.is_grad_enabled():
+            raise RuntimeError(
+                "luser_fast.deq.DEQ does not support create_graph=True (double backward): "
+                "its backward rebuilds f at z* and is not itself differentiable")
+        layer = ctx.layer
+        z_star, v, *params = ctx.saved_tensors
+        wanted = [p for p, need in zip(params, ctx.needs_input_grad[3:]) if need]
+        with torch.enable_grad():
+            v_in = v.detach().requires_grad_(ctx.needs_input_grad[2])
+            f = _bound_map(layer.f, v_in)
+            if layer.backward == "phantom":
+                out, u = layer._replay(f, z_star), grad
+            else:
+                ift = layer.backward == "ift"
+                z_in = z_star.detach().requires_grad_(ift)
+                out = f(z_in)
+                u = layer._adjoint(out, z_in, grad) if ift else grad
+            inputs = ([v_in] if v_in.requires_grad else []) + wanted
+            grads = list(torch.autograd.grad(out, inputs, u, allow_unused=True)) if inputs else []
+        grad_v = grads.pop(0) if v_in.requires_grad else None
+        grad_params = iter(grads)
+        grad_params = [next(grad_params) if need else None for need in ctx.needs_input_grad[3:]]
+        return (None, None, grad_v, *grad_params)
+
+
+class DEQ(_ref.DEQ):
+    """Equilibrium layer z* = f(z*, v) on the fast solvers, saving only z*, v and parameters.
+
+    Constructor, attributes and gradients as ``luser_fast.reference.DEQ`` (read its
+    docstring for ``solver``, ``backward``, ``solver_kwargs`` and ``backward_kwargs``), with:
+
+    * the fast ``anderson`` / ``fixed_point`` of ``luser_fast.deq.anderson``; solver kwargs
+      also accept ``check_every`` (iterations between host checks);
+    * every backward mode through ``DEQFunction``: between forward and backward only z*, v
+      and f's parameters are kept; f is rebuilt at z* in the backward. "ift" returns z*
+      itself (the reference returns f(z*), which differs by the solver residual);
+    * if f has ``bind(v)`` returning ``z -> f(z, v)``, the solves use it (e.g. to compute a
+      z-independent injection once per solve).
+
+    Trainable tensors must be parameters of f (an ``nn.Module``): the backward sees f's
+    parameters and v, not tensors a plain callable closes over. Double backward raises
+    RuntimeError.
+
+    Attributes:
+        last_info: ``SolverInfo`` of the last forward solve.
+        last_backward_info: ``SolverInfo`` of the last "ift" adjoint solve (None before).
+
+    Shapes: v [B, ...]; z0 and the output [B, ...].
+
+    Example:
+        >>> layer = DEQ(ShallowEquilibrium(channels=16), solver_kwargs={"tol": 1e-4})
+        >>> z = layer(v)            # v [B, 1, H, W]
+        >>> z.square().sum().backward()
+    """
+
+    def __init__(self, f, solver="anderson", backward="ift", solver_kwargs=None,
+                 backward_kwargs=None):
+        solver_kwargs, check = _split_check_every("solver_kwargs", solver_kwargs)
+        if backward == "ift":
+            backward_kwargs, back_check = _split_check_every("backward_kwargs", backward_kwargs)
+        else:
+            back_check = None
+        super().__init__(f, solver=solver, backward=backward, solver_kwargs=solver_kwargs,
+                         backward_kwargs=backward_kwargs)
+        if check is not None:
+            self.solver_kwargs["check_every"] = check
+        if back_check is not None:
+            self.backward_kwargs["check_every"] = back_check
+
+    def forward(self, v: torch.Tensor, z0: torch.Tensor | None = None) -> torch.Tensor:
+        """Solve z* = f(z*, v) and attach gradients as set by ``backward``.
+
+        Args:
+            v: the injected input [B, ...].
+            z0: starting point [B, ...]; defaults to ``f.init_state(v)`` if f defines it,
+                else ``zeros_like(v)``. Never differentiated.
+
+        Returns:
+            z [B, ...]: z* ("ift" or no grad), f(z*, v) ("jfb") or k damped steps from z*
+            ("phantom"), differentiable w.r.t. v and f's parameters when autograd records.
+        """
+        if not isinstance(v, torch.Tensor) or v.dim() < 1 or v.shape[0] < 1:
+            shape = tuple(v.shape) if isinstance(v, torch.Tensor) else type(v).__name__
+            raise ValueError(f"v must be a tensor with a leading batch dimension B >= 1, "
+                             f"got {shape}")
+        with torch.no_grad():
+            v_fixed = v.detach()
+            if z0 is None:
+                init = getattr(self.f, "init_state", None)
+                z0 = init(v_fixed) if callable(init) else torch.zeros_like(v_fixed)
+            z_star, self.last_info = _SOLVERS[self.solver](
+                _bound_map(self.f, v_fixed), z0.detach(), **self.solver_kwargs)
+        params = list(self.parameters())
+        if not (torch.is_grad_enabled()
+                and (v.requires_grad or any(p.requires_grad for p in params))):
+            return z_star
+        return DEQFunction.apply(self, z_star, v, *params)
+
+    def _replay(self, f, z_star):
+        """The jfb / phantom output from z*: f(z*) or k damped steps z <- (1-lam) z + lam f(z)."""
+        if self.backward == "jfb":
+            return f(z_star)
+        k, lam = self.backward_kwargs["k"], self.backward_kwargs["lam"]
+        z = z_star
+        for _ in range(k):
+            z = (1 - lam) * z + lam * f(z)
+        return z
+
+    def _adjoint(self, out, z_in, grad):
+        """u solving u = J_f(z*)^T u + grad, VJPs on the graph z_in -> out ([B, ...] each)."""
+        kwargs = {**self.solver_kwargs, **self.backward_kwargs}
+
+        def step(u):
+            (jt_u,) = torch.autograd.grad(out, z_in, u, retain_graph=True, allow_unused=True)
+            return grad if jt_u is None else jt_u + grad
+
+        u, self.last_backward_info = _SOLVERS[self.solver](step, grad, **kwargs)
+        return u
