@@ -3,8 +3,8 @@
 ``DEQ`` has the reference's constructor, validation and gradients
 (``luser_fast.reference.DEQ``); what changes is what lives between forward and backward.
 The reference keeps the graph of one application of f at z* (every activation of f); here
-the output comes from ``DEQFunction``, an ``autograd.Function`` that saves z*, v and f's
-parameters, nothing else. Its backward rebuilds f at z* under ``enable_grad`` and:
+the output comes from ``DEQFunction``, an ``autograd.Function`` that saves z* and v,
+nothing else, and refers to f's parameters (which f holds anyway). Its backward rebuilds f at z* under ``enable_grad`` and:
 
 * ``"ift"``: solves u = J_f(z*)^T u + g with the same batched solver, each step one
   vector-Jacobian product on that rebuilt graph, then returns (df/dv)^T u and
@@ -12,12 +12,12 @@ parameters, nothing else. Its backward rebuilds f at z* under ``enable_grad`` an
 * ``"jfb"``: u = g, one VJP;
 * ``"phantom"``: replays the k damped steps from z* and backpropagates g through them.
 
-So the bytes saved per layer call are |z*| + |v| (+ the parameters, shared between calls),
-whatever the solver's iterations or f's depth. The rebuilt graph exists only inside the
+So the bytes saved per layer call are |z*| + |v|, whatever the solver's iterations or f's depth. The rebuilt graph exists only inside the
 backward of one layer at a time.
 """
 from __future__ import annotations
 
+import functools
 import numbers
 
 import torch
@@ -48,21 +48,27 @@ def _bound_map(f, v):
     return bind(v) if callable(bind) else (lambda z: f(z, v))
 
 
+def _swap(f, v, z):
+    return f(z, v)
+
+
 class DEQFunction(torch.autograd.Function):
-    """z* (or its jfb/phantom form) -> output; backward rebuilds f at z* (see module doc).
+    """z* -> f(z*, v) (phantom: k damped steps); backward rebuilds f at z* (module doc).
 
     ``forward(ctx, layer, z_star, v, *params)``: ``layer`` the ``DEQ`` (its ``f``, mode and
     kwargs), z_star [B, ...] the solved equilibrium (detached), v [B, ...] the injected
-    input, params f's parameters (so autograd routes their gradients). Saves exactly
-    (z_star, v, *params).
+    input, params f's parameters (inputs so that autograd routes their gradients). Saves
+    (z_star, v) for backward. The parameters are not saved tensors: they live in f anyway,
+    so saving them would only add their bytes to every saved-memory count; their version
+    counters are checked instead, so an in-place update between forward and backward
+    raises as it would for a saved tensor.
     """
 
     @staticmethod
     def forward(ctx, layer, z_star, v, *params):
-        ctx.layer = layer
-        ctx.save_for_backward(z_star, v, *params)
-        if layer.backward == "ift":
-            return z_star.clone()
+        ctx.layer, ctx.params = layer, params
+        ctx.versions = [p._version for p in params]
+        ctx.save_for_backward(z_star, v)
         return layer._replay(_bound_map(layer.f, v), z_star)
 
     @staticmethod
@@ -71,12 +77,19 @@ class DEQFunction(torch.autograd.Function):
             raise RuntimeError(
                 "luser_fast.deq.DEQ does not support create_graph=True (double backward): "
                 "its backward rebuilds f at z* and is not itself differentiable")
-        layer = ctx.layer
-        z_star, v, *params = ctx.saved_tensors
+        layer, params = ctx.layer, ctx.params
+        z_star, v = ctx.saved_tensors
+        if [p._version for p in params] != ctx.versions:
+            raise RuntimeError(
+                "a parameter of the DEQ's f was modified in place between forward and "
+                "backward (e.g. an optimizer step before backward); the implicit backward "
+                "needs the parameters the forward solved with")
         wanted = [p for p, need in zip(params, ctx.needs_input_grad[3:]) if need]
         with torch.enable_grad():
             v_in = v.detach().requires_grad_(ctx.needs_input_grad[2])
-            f = _bound_map(layer.f, v_in)
+            # f(z, v) as is, not bind(v): a bound map would keep its v-only intermediates
+            # alive through the whole adjoint solve, where they are never needed.
+            f = functools.partial(_swap, layer.f, v_in)
             if layer.backward == "phantom":
                 out, u = layer._replay(f, z_star), grad
             else:
@@ -93,16 +106,16 @@ class DEQFunction(torch.autograd.Function):
 
 
 class DEQ(_ref.DEQ):
-    """Equilibrium layer z* = f(z*, v) on the fast solvers, saving only z*, v and parameters.
+    """Equilibrium layer z* = f(z*, v) on the fast solvers; backward saves only z* and v.
 
     Constructor, attributes and gradients as ``luser_fast.reference.DEQ`` (read its
     docstring for ``solver``, ``backward``, ``solver_kwargs`` and ``backward_kwargs``), with:
 
     * the fast ``anderson`` / ``fixed_point`` of ``luser_fast.deq.anderson``; solver kwargs
       also accept ``check_every`` (iterations between host checks);
-    * every backward mode through ``DEQFunction``: between forward and backward only z*, v
-      and f's parameters are kept; f is rebuilt at z* in the backward. "ift" returns z*
-      itself (the reference returns f(z*), which differs by the solver residual);
+    * every backward mode through ``DEQFunction``: between forward and backward only z* and
+      v are saved; f is rebuilt at z* in the backward. As in the
+      reference, "ift" returns f(z*, v) (one more evaluation, no graph);
     * if f has ``bind(v)`` returning ``z -> f(z, v)``, the solves use it (e.g. to compute a
       z-independent injection once per solve).
 
@@ -145,7 +158,7 @@ class DEQ(_ref.DEQ):
                 else ``zeros_like(v)``. Never differentiated.
 
         Returns:
-            z [B, ...]: z* ("ift" or no grad), f(z*, v) ("jfb") or k damped steps from z*
+            z [B, ...]: z* (no grad), f(z*, v) ("ift", "jfb") or k damped steps from z*
             ("phantom"), differentiable w.r.t. v and f's parameters when autograd records.
         """
         if not isinstance(v, torch.Tensor) or v.dim() < 1 or v.shape[0] < 1:
@@ -166,8 +179,9 @@ class DEQ(_ref.DEQ):
         return DEQFunction.apply(self, z_star, v, *params)
 
     def _replay(self, f, z_star):
-        """The jfb / phantom output from z*: f(z*) or k damped steps z <- (1-lam) z + lam f(z)."""
-        if self.backward == "jfb":
+        """The output from z*: f(z*) ("ift", "jfb") or k damped steps z <- (1-lam) z + lam f(z)
+        ("phantom")."""
+        if self.backward != "phantom":
             return f(z_star)
         k, lam = self.backward_kwargs["k"], self.backward_kwargs["lam"]
         z = z_star

@@ -1,0 +1,107 @@
+"""LUSER on the fast equilibrium core (``luser_fast.deq``).
+
+The reference classes (``luser_fast.reference.models``) define the maths, arguments and
+``state_dict`` keys; this module changes only how the regularizer's equilibrium is solved
+and differentiated:
+
+* ``ShallowEquilibrium.bind(v)`` computes the injection U v once per solve instead of once
+  per solver iteration, and adds it into conv_in's output in place (one 64-channel map
+  fewer at the peak);
+* ``LUSER`` solves every unrolled step with the fast ``DEQ`` (batched Anderson, backward
+  saving only z*, v and the parameters), optionally warm-started from the previous step's
+  equilibrium.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import nn
+
+from ..deq import DEQ
+from ..reference import models as _ref
+
+__all__ = ["ShallowEquilibrium", "LUSER"]
+
+
+class ShallowEquilibrium(_ref.ShallowEquilibrium):
+    """The reference shallow map f(z, v) (same arguments, parameters and outputs) with
+    ``bind``.
+
+    Shapes: z, v [B, C_in, H, W] -> [B, C_in, H, W].
+    """
+
+    def bind(self, v: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+        """z -> f(z, v) with the injection U v [B, channels, H, W] computed once, here."""
+        injected = self.inject(v)
+        return lambda z: self._map(z, v, injected)
+
+    def forward(self, z, v):
+        return self._map(z, v, self.inject(v))
+
+    def _map(self, z, v, injected):
+        # conv_in's output is not saved by autograd (conv saves its input and weight), so
+        # adding in place is safe and saves one [B, channels, H, W] allocation.
+        h = self.act(self.norms[0](self.conv_in(z).add_(injected)))
+        for conv, norm in zip(self.hidden, self.norms[1:]):
+            h = self.act(norm(conv(h)))
+        return v + self.conv_out(h)
+
+
+class LUSER(_ref.LUSER):
+    """LUSER (``luser_fast.reference.LUSER``) on the fast equilibrium core.
+
+    Same constructor arguments, defaults, ``state_dict`` keys and outputs as the reference
+    (a reference checkpoint loads as is); the regularizer of each step is the fast
+    ``luser_fast.deq.DEQ``, so a training step keeps z*, v and the data-term gradient per
+    unrolled step and nothing of the solver or of f's activations.
+
+    Args:
+        operator, iterations, in_channels, channels, depth, share_weights, step_init,
+        solver, solver_kwargs, backward, backward_kwargs: as in the reference
+            (``solver_kwargs`` / ``backward_kwargs`` also accept ``check_every``).
+        warm_start: start the solve of step k >= 1 from the equilibrium of step k - 1
+            (x_k) instead of ``init_state(v_k) = v_k``.
+
+    Attributes:
+        last_solver_info: list of ``SolverInfo``, one per unrolled step of the last call.
+
+    Example:
+        >>> model = LUSER(Radon(64, angles=60), channels=32)
+        >>> x_hat = model(sinogram)       # sinogram [B, 1, 60, 91] -> x_hat [B, 1, 64, 64]
+    """
+
+    def __init__(self, operator, iterations=5, in_channels=1, channels=64, depth=2,
+                 share_weights=True, step_init=-1.0, solver="anderson", solver_kwargs=None,
+                 backward="ift", backward_kwargs=None, warm_start=False):
+        # The reference LUSER.__init__ would build reference DEQs; build the shared parts
+        # (operator, steps) with _Unrolled's, then the same modules in the same order (so
+        # the same seed gives the same parameters) around the fast DEQ.
+        _ref._Unrolled.__init__(self, operator, iterations, in_channels, share_weights,
+                                step_init)
+        if not isinstance(warm_start, bool):
+            raise TypeError("warm_start must be a bool")
+        n = 1 if share_weights else iterations
+        self.regularizers = nn.ModuleList(
+            [ShallowEquilibrium(in_channels, channels, depth) for _ in range(n)])
+        self.deqs = [DEQ(f, solver=solver, backward=backward, solver_kwargs=solver_kwargs,
+                         backward_kwargs=backward_kwargs) for f in self.regularizers]
+        self.warm_start = warm_start
+        self.last_solver_info = []
+        self._previous = None
+
+    def forward(self, y, x0=None):
+        """x_K from measurements y (see ``luser_fast.reference.LUSER``); shaped like x0."""
+        self._previous = None
+        try:
+            return super().forward(y, x0)
+        finally:
+            self._previous = None
+
+    def _regularize(self, k, v):
+        deq = self.deqs[0 if self.share_weights else k]
+        z0 = self._previous if self.warm_start else None
+        z = deq(v, z0=z0)
+        self._previous = z.detach()
+        self.last_solver_info.append(deq.last_info)
+        return z
