@@ -1,0 +1,183 @@
+"""Anderson solver benchmark (CPU): luser_fast.deq against the reference and torchdeq.
+
+Same f, same start, same history size (m = 5) and the same number of evaluations of f
+for all three (tol = 1e-30 so nobody stops early; ``max_iter`` = ITERS), float32, one
+thread. Two problems:
+
+* ``light``: f(z) = 0.6 tanh(depthwise 3x3 conv(z)) + b on [8, 4, 96, 96] (D = 36864 per
+  sample), a map about as cheap as the solver's own work, so the solver's memory traffic
+  shows;
+* ``shallow``: LUSER's ``ShallowEquilibrium`` (16 channels, depth 2) on [4, 1, 96, 96],
+  where f's convolutions dominate.
+
+Every timing is preceded by a correctness check: the three solutions must agree (relative
+1e-4; all three converge to float32 rounding in ITERS iterations). ITERS evaluations of f
+alone are timed too, so each solver's own cost (total minus f) is reported next to the
+totals. Medians and minima, ratios (reference / fast, torchdeq / fast) and the
+bytes-per-iteration model of each
+implementation (``luser_fast.deq.bytes_per_iteration``) go to
+``bench/results/solver_cpu.json``, keyed by machine, versions and git SHA, and are printed.
+
+    pytest bench/test_bench_solver.py --benchmark-only
+"""
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+
+import pytest
+import torch
+from torch import nn
+
+from luser_fast import deq as fast
+from luser_fast import reference
+from luser_fast.deq import bytes_per_iteration
+from luser_fast.models import ShallowEquilibrium
+from test_bench_radon import _cpu_model, _git_sha
+
+ITERS, M, THREADS, ROUNDS = 30, 5, 1, 9
+RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "solver_cpu.json")
+
+try:
+    from torchdeq.solver.anderson import anderson_solver
+    import torchdeq
+    TORCHDEQ = torchdeq.__version__ if hasattr(torchdeq, "__version__") else "installed"
+except ImportError:                                   # optional peer: reported as missing
+    anderson_solver, TORCHDEQ = None, None
+
+
+def _light_problem():
+    g = torch.Generator().manual_seed(0)
+    weight = torch.randn(4, 1, 3, 3, generator=g)
+    weight /= weight.abs().sum(dim=(1, 2, 3), keepdim=True)     # Lipschitz <= 0.6
+    b = torch.randn(8, 4, 96, 96, generator=g)
+
+    def f(z):
+        return 0.6 * torch.tanh(nn.functional.conv2d(z, weight, padding=1, groups=4)) + b
+
+    return f, torch.zeros_like(b)
+
+
+def _shallow_problem():
+    torch.manual_seed(0)
+    net = ShallowEquilibrium(channels=16).requires_grad_(False)
+    with torch.no_grad():
+        net.conv_out.weight.mul_(20.0)                          # f really depends on z
+    v = torch.randn(4, 1, 96, 96, generator=torch.Generator().manual_seed(1))
+    return net.bind(v), v.clone()
+
+
+PROBLEMS = {"light": _light_problem, "shallow": _shallow_problem}
+
+
+def _solvers():
+    kwargs = {"m": M, "tol": 1e-30, "max_iter": ITERS}
+    out = {"fast": lambda f, z0: fast.anderson(f, z0, **kwargs)[0],
+           "reference": lambda f, z0: reference.anderson(f, z0, **kwargs)[0]}
+    if anderson_solver is not None:
+        out["torchdeq"] = lambda f, z0: anderson_solver(
+            f, z0, m=M, tol=1e-30, max_iter=ITERS, stop_mode="rel", lam=1e-4)[0]
+    return out
+
+
+@pytest.fixture(scope="module")
+def report():
+    """Collects medians (seconds) per (problem, solver); writes JSON and prints at the end."""
+    results: dict[str, dict[str, float]] = {}
+    before = torch.get_num_threads()
+    torch.set_num_threads(THREADS)
+    yield results
+    torch.set_num_threads(before)
+    if results:
+        _write_report(results)
+
+
+@pytest.mark.parametrize("problem", list(PROBLEMS))
+def test_f_alone(benchmark, report, problem):
+    """ITERS evaluations of f, no solver: subtracted to get each solver's own cost."""
+    f, z0 = PROBLEMS[problem]()
+    with torch.no_grad():
+        benchmark.pedantic(lambda: [f(z0) for _ in range(ITERS)], rounds=ROUNDS, iterations=1,
+                           warmup_rounds=1)
+    _record(benchmark, report, problem, "f_alone")
+
+
+@pytest.mark.parametrize("solver", ["fast", "reference", "torchdeq"])
+@pytest.mark.parametrize("problem", list(PROBLEMS))
+def test_anderson(benchmark, report, problem, solver):
+    solvers = _solvers()
+    if solver not in solvers:
+        pytest.skip("torchdeq is not installed (pip install torchdeq)")
+    f, z0 = PROBLEMS[problem]()
+    with torch.no_grad():
+        z = solvers[solver](f, z0)
+        z_ref = reference.anderson(f, z0, m=M, tol=1e-30, max_iter=ITERS)[0]
+        residual = ((f(z) - z).norm() / f(z).norm()).item()
+        assert ((z - z_ref).norm() / z_ref.norm()).item() < 1e-4
+        assert residual < 1e-4, residual
+        benchmark.pedantic(solvers[solver], args=(f, z0), rounds=ROUNDS, iterations=1,
+                           warmup_rounds=1)
+    _record(benchmark, report, problem, solver)
+
+
+def _record(benchmark, report, problem, name):
+    if not benchmark.disabled:
+        stats = benchmark.stats.stats
+        report.setdefault(problem, {})[name] = {"median": stats.median, "min": stats.min}
+
+
+def _write_report(results):
+    problems = {}
+    dims = {"light": 4 * 96 * 96, "shallow": 96 * 96}
+    for problem, times in results.items():
+        entry = {"ms_per_iteration": {k: {s: round(1e3 * t / ITERS, 3) for s, t in v.items()}
+                                      for k, v in times.items()}}
+        if "fast" in times:
+            entry["speedup_of_fast"] = {
+                k: {s: round(t / times["fast"][s], 2) for s, t in v.items()}
+                for k, v in times.items() if k not in ("fast", "f_alone")}
+        if "fast" in times and "f_alone" in times:
+            # the solver's own time: total minus ITERS evaluations of f (min over rounds,
+            # the least noisy on a shared machine)
+            own = {k: v["min"] - times["f_alone"]["min"] for k, v in times.items()
+                   if k != "f_alone"}
+            entry["solver_own_ms_per_iteration"] = {k: round(1e3 * v / ITERS, 3)
+                                                    for k, v in own.items()}
+            entry["solver_own_speedup_of_fast"] = {k: round(v / own["fast"], 2)
+                                                   for k, v in own.items() if k != "fast"}
+        entry["model_bytes_per_iteration_per_sample"] = {
+            k: bytes_per_iteration(dims[problem], M, itemsize=4, implementation=k)
+            for k in ("fast", "reference", "torchdeq")}
+        entry["model_bytes_per_iteration_per_sample"]["fast_masked"] = bytes_per_iteration(
+            dims[problem], M, itemsize=4, masked=True)
+        problems[problem] = entry
+    run = {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "machine": {"cpu": _cpu_model(), "cores": os.cpu_count(), "threads": THREADS},
+        "versions": {"torch": torch.__version__, "torchdeq": TORCHDEQ,
+                     "python": platform.python_version()},
+        "git_sha": _git_sha(),
+        "setup": {"m": M, "iterations": ITERS, "dtype": "float32",
+                  "light": "[8, 4, 96, 96], f = 0.6 tanh(depthwise conv3x3) + b",
+                  "shallow": "[4, 1, 96, 96], ShallowEquilibrium(channels=16, depth=2)"},
+        "problems": problems,
+    }
+    key = f"{run['machine']['cpu']} | torch {run['versions']['torch']} | {run['git_sha']}"
+    os.makedirs(os.path.dirname(RESULTS), exist_ok=True)
+    runs = {}
+    if os.path.exists(RESULTS):
+        with open(RESULTS) as fh:
+            runs = json.load(fh)
+    runs[key] = run
+    with open(RESULTS, "w") as fh:
+        json.dump(runs, fh, indent=2)
+        fh.write("\n")
+    lines = [f"Anderson CPU benchmark ({key}), {ITERS} iterations, m={M}:"]
+    for problem, entry in problems.items():
+        lines.append(f"  {problem}: ms/iteration {entry['ms_per_iteration']}")
+        lines.append(f"    speed-up of fast {entry.get('speedup_of_fast', {})}")
+        lines.append(f"    solver's own ms/iteration {entry.get('solver_own_ms_per_iteration')},"
+                     f" speed-up {entry.get('solver_own_speedup_of_fast')}")
+    print("\n".join(lines))
