@@ -33,6 +33,7 @@
 #include <atomic>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <tuple>
 #include <vector>
 
@@ -231,41 +232,136 @@ struct Work {
 // One bin's spreading task: its points, its first cell, its sub-grid shape, and the
 // planes (batch entries) it covers.
 struct Bin {
-  int64_t p0, p1;   // sorted points
-  int lo_r, lo_c;   // first cell
+  int64_t p0, p1;    // sorted points
+  int lo_r, lo_c;    // first cell
   int sub_r, sub_c;  // sub-grid rows and columns (bin length + w - 1)
-  int64_t b0, nb;   // planes b0 .. b0 + nb - 1
+  int64_t sub_ld;    // reals per sub-grid row: 2 sub_c + one vector of slack
+  int64_t b0, nb;    // planes b0 .. b0 + nb - 1
 };
 
 // --- hot loops (always inlined into one function per instruction set) -----------------
+//
+// 64-byte vectors of reals (GCC/Clang vector extensions), which the compiler maps to one
+// AVX-512 register, two AVX2 or four SSE2 registers per the enclosing function's target.
+// The typedefs lower the alignment to the element's, so loads and stores are unaligned.
+typedef float vf32 __attribute__((vector_size(64), aligned(4)));
+typedef double vf64 __attribute__((vector_size(64), aligned(8)));
+typedef float vf32x8 __attribute__((vector_size(32), aligned(4)));
+typedef float vf32x4 __attribute__((vector_size(16), aligned(4)));
+typedef float vf32x2 __attribute__((vector_size(8), aligned(4)));
+typedef double vf64x4 __attribute__((vector_size(32), aligned(8)));
+typedef double vf64x2 __attribute__((vector_size(16), aligned(8)));
 
-// A bin's points spread into a private sub-grid [nb][sub_r][sub_c] (complex) holding the
-// bin and its w - 1 cell halo, for planes b0 .. b0 + nb - 1. The sub-grid is small and
-// contiguous; spreading straight into the big grid would cycle through rows 2 n0 reals
-// apart (a power of two), all in the same few cache sets.
+template <typename R>
+struct Vec;
+template <>
+struct Vec<float> {
+  using type = vf32;
+  static constexpr int kLanes = 16;
+  // (re, im, re, im, ...)
+  static LFN_ALWAYS_INLINE type pair(float re, float im) {
+    return type{re, im, re, im, re, im, re, im, re, im, re, im, re, im, re, im};
+  }
+  // (sum of even lanes, sum of odd lanes)
+  static LFN_ALWAYS_INLINE void fold(type t, float* re, float* im) {
+    const vf32x8 a = __builtin_shufflevector(t, t, 0, 1, 2, 3, 4, 5, 6, 7) +
+                     __builtin_shufflevector(t, t, 8, 9, 10, 11, 12, 13, 14, 15);
+    const vf32x4 b = __builtin_shufflevector(a, a, 0, 1, 2, 3) + __builtin_shufflevector(a, a, 4, 5, 6, 7);
+    const vf32x2 c = __builtin_shufflevector(b, b, 0, 1) + __builtin_shufflevector(b, b, 2, 3);
+    *re = c[0];
+    *im = c[1];
+  }
+};
+template <>
+struct Vec<double> {
+  using type = vf64;
+  static constexpr int kLanes = 8;
+  static LFN_ALWAYS_INLINE type pair(double re, double im) {
+    return type{re, im, re, im, re, im, re, im};
+  }
+  static LFN_ALWAYS_INLINE void fold(type t, double* re, double* im) {
+    const vf64x4 a = __builtin_shufflevector(t, t, 0, 1, 2, 3) + __builtin_shufflevector(t, t, 4, 5, 6, 7);
+    const vf64x2 b = __builtin_shufflevector(a, a, 0, 1) + __builtin_shufflevector(a, a, 2, 3);
+    *re = b[0];
+    *im = b[1];
+  }
+};
+
+template <typename R>
+LFN_ALWAYS_INLINE typename Vec<R>::type vload(const R* p) {
+  typename Vec<R>::type v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+
+template <typename R>
+LFN_ALWAYS_INLINE void vstore(R* p, typename Vec<R>::type v) {
+  std::memcpy(p, &v, sizeof(v));
+}
+
+// A stencil row of w complex cells is 2 w reals, covered by NV vectors; kx_pair holds the
+// column weights duplicated per (re, im) and zero-padded to NV vectors, so one complex
+// value times kx is a vector product and the padding lanes add exact zeros.
+template <typename R, int W>
+struct Row {
+  static constexpr int kLanes = Vec<R>::kLanes;
+  static constexpr int kVectors = (2 * W + kLanes - 1) / kLanes;
+  static LFN_ALWAYS_INLINE void kx_pair(const R* kx, typename Vec<R>::type* out) {
+    alignas(64) R dup[kVectors * kLanes] = {};
+    for (int j = 0; j < W; ++j) dup[2 * j] = dup[2 * j + 1] = kx[j];
+    for (int v = 0; v < kVectors; ++v) out[v] = vload(dup + v * kLanes);
+  }
+};
+
+// Widths with a compiled template (the switch below); wider kernels take the scalar loops.
+template <int W>
+constexpr bool kVectorWidth = W >= 2 && W <= 16;
+
+// A bin's points spread into a private sub-grid [nb][sub_r][sub_ld] (complex cells as
+// interleaved reals) holding the bin and its w - 1 cell halo, for planes b0 .. b0 + nb - 1.
+// The sub-grid is small and contiguous; spreading straight into the big grid would cycle
+// through rows 2 n0 reals apart (a power of two), all in the same few cache sets. The
+// vector stores run past a row's 2 w reals into the row's slack (or the next cells of the
+// row, with the zero lanes), never past sub_ld.
 template <typename R, int W>
 LFN_ALWAYS_INLINE void spread_body(const Work<R>& a, const Bin& bin, R* __restrict__ sub) {
-  constexpr int kCap = W > 0 ? W : nu::kMaxWidth;
-  const int w = W > 0 ? W : a.width;
-  const int64_t row_len = 2 * (int64_t)bin.sub_c;
-  const int64_t plane = row_len * bin.sub_r;
+  const int64_t ld = bin.sub_ld;
+  const int64_t plane = ld * bin.sub_r;
+  const int64_t stride = 2 * a.n_points;
   for (int64_t p = bin.p0; p < bin.p1; ++p) {
-    const R* __restrict__ ky = a.weights + p * 2 * w;
-    const R* __restrict__ kx = ky + w;
-    const int64_t corner = (a.start[2 * p] - bin.lo_r) * row_len + 2 * (a.start[2 * p + 1] - bin.lo_c);
+    const R* __restrict__ ky = a.weights + p * 2 * a.width;
+    const R* __restrict__ kx = ky + a.width;
+    R* corner = sub + (a.start[2 * p] - bin.lo_r) * ld + 2 * (a.start[2 * p + 1] - bin.lo_c);
     const R* __restrict__ v = a.values + 2 * (bin.b0 * a.n_points + a.order[p]);
-    for (int64_t b = 0; b < bin.nb; ++b) {
-      const R vr = v[2 * b * a.n_points], vi = v[2 * b * a.n_points + 1];
-      R kv[2 * kCap];
-      for (int j = 0; j < w; ++j) {
-        kv[2 * j] = kx[j] * vr;
-        kv[2 * j + 1] = kx[j] * vi;
+    if constexpr (kVectorWidth<W>) {
+      using V = typename Vec<R>::type;
+      constexpr int NV = Row<R, W>::kVectors, L = Vec<R>::kLanes;
+      V kxp[NV];
+      Row<R, W>::kx_pair(kx, kxp);
+      for (int64_t b = 0; b < bin.nb; ++b) {
+        const V vp = Vec<R>::pair(v[b * stride], v[b * stride + 1]);
+        V kv[NV];
+        for (int u = 0; u < NV; ++u) kv[u] = kxp[u] * vp;
+        R* s = corner + b * plane;
+        for (int i = 0; i < W; ++i) {
+          R* row = s + i * ld;
+          const R y = ky[i];
+          for (int u = 0; u < NV; ++u) vstore(row + u * L, vload(row + u * L) + y * kv[u]);
+        }
       }
-      R* __restrict__ s = sub + b * plane + corner;
-      for (int i = 0; i < w; ++i) {
-        R* __restrict__ row = s + i * row_len;
-        const R y = ky[i];
-        for (int j = 0; j < 2 * w; ++j) row[j] += y * kv[j];
+    } else {
+      const int w = a.width;
+      for (int64_t b = 0; b < bin.nb; ++b) {
+        const R vr = v[b * stride], vi = v[b * stride + 1];
+        R* s = corner + b * plane;
+        for (int i = 0; i < w; ++i) {
+          R* row = s + i * ld;
+          for (int j = 0; j < w; ++j) {
+            const R k = ky[i] * kx[j];
+            row[2 * j] += k * vr;
+            row[2 * j + 1] += k * vi;
+          }
+        }
       }
     }
   }
@@ -275,64 +371,78 @@ LFN_ALWAYS_INLINE void spread_body(const Work<R>& a, const Bin& bin, R* __restri
 // class never overlap, so this needs no atomics.
 template <typename R>
 LFN_ALWAYS_INLINE void add_sub_body(const Work<R>& a, const Bin& bin, const R* __restrict__ sub) {
-  const int64_t sub_len = 2 * (int64_t)bin.sub_c;
   const int64_t grid_len = 2 * (int64_t)a.n_c;
+  const int64_t sub_len = 2 * (int64_t)bin.sub_c;
   // columns lo_c .. lo_c + sub_c - 1: a first run up to the grid's edge, then the wrap
-  const int first = std::min(bin.sub_c, a.n_c - bin.lo_c);
+  const int64_t first = 2 * (int64_t)std::min(bin.sub_c, a.n_c - bin.lo_c);
   for (int64_t b = 0; b < bin.nb; ++b) {
     for (int i = 0; i < bin.sub_r; ++i) {
       const int r = bin.lo_r + i < a.n_r ? bin.lo_r + i : bin.lo_r + i - a.n_r;
       R* __restrict__ g = a.grid + ((bin.b0 + b) * a.n_r + r) * grid_len;
-      const R* __restrict__ s = sub + (b * bin.sub_r + i) * sub_len;
+      const R* __restrict__ s = sub + (b * bin.sub_r + i) * bin.sub_ld;
       R* __restrict__ g0 = g + 2 * (int64_t)bin.lo_c;
-      for (int j = 0; j < 2 * first; ++j) g0[j] += s[j];
-      for (int j = 2 * first; j < sub_len; ++j) g[j - 2 * first] += s[j];
+      for (int64_t j = 0; j < first; ++j) g0[j] += s[j];
+      for (int64_t j = first; j < sub_len; ++j) g[j - first] += s[j];
     }
   }
 }
 
+// Interpolation of sorted points p0 .. p1 - 1 from the grid, for all planes. Rows wrap
+// through a per-point table; a stencil whose vectors would cross the row's end takes the
+// scalar loop (which also wraps columns).
 template <typename R, int W>
 LFN_ALWAYS_INLINE void interp_body(const Work<R>& a, int64_t p0, int64_t p1) {
-  constexpr int kCap = W > 0 ? W : nu::kMaxWidth;
-  const int w = W > 0 ? W : a.width;
+  const int w = a.width;
   const int64_t row_len = 2 * (int64_t)a.n_c;
   const int64_t plane = row_len * a.n_r;
+  const int64_t stride = 2 * a.n_points;
   for (int64_t p = p0; p < p1; ++p) {
     const R* __restrict__ ky = a.weights + p * 2 * w;
     const R* __restrict__ kx = ky + w;
     const int sr = a.start[2 * p], sc = a.start[2 * p + 1];
-    int64_t rows[kCap];
+    int64_t rows[nu::kMaxWidth];
     for (int i = 0; i < w; ++i) rows[i] = (sr + i < a.n_r ? sr + i : sr + i - a.n_r) * row_len;
-    const int64_t q = a.order[p];
-    const bool wraps = sc + w > a.n_c;
-    for (int64_t b = 0; b < a.batch; ++b) {
-      const R* __restrict__ g = a.grid + b * plane;
-      R acc[2 * kCap];
-      for (int j = 0; j < 2 * w; ++j) acc[j] = R(0);
-      if (!wraps) {
-        for (int i = 0; i < w; ++i) {
-          const R* __restrict__ row = g + rows[i] + 2 * sc;
-          const R y = ky[i];
-          for (int j = 0; j < 2 * w; ++j) acc[j] += y * row[j];
+    R* __restrict__ out = a.values + 2 * a.order[p];
+    bool scalar = true;
+    if constexpr (kVectorWidth<W>) {
+      using V = typename Vec<R>::type;
+      constexpr int NV = Row<R, W>::kVectors, L = Vec<R>::kLanes;
+      if (2 * (int64_t)sc + NV * L <= row_len) {
+        scalar = false;
+        V kxp[NV];
+        Row<R, W>::kx_pair(kx, kxp);
+        for (int64_t b = 0; b < a.batch; ++b) {
+          const R* __restrict__ g = a.grid + b * plane + 2 * (int64_t)sc;
+          V acc[NV] = {};
+          for (int i = 0; i < W; ++i) {
+            const R* row = g + rows[i];
+            const R y = ky[i];
+            for (int u = 0; u < NV; ++u) acc[u] += y * vload(row + u * L);
+          }
+          V t = acc[0] * kxp[0];
+          for (int u = 1; u < NV; ++u) t += acc[u] * kxp[u];
+          Vec<R>::fold(t, out + b * stride, out + b * stride + 1);
         }
-      } else {
+      }
+    }
+    if (scalar) {
+      for (int64_t b = 0; b < a.batch; ++b) {
+        const R* __restrict__ g = a.grid + b * plane;
+        R re = R(0), im = R(0);
         for (int i = 0; i < w; ++i) {
-          const R* __restrict__ row = g + rows[i];
-          const R y = ky[i];
+          const R* row = g + rows[i];
+          R ar = R(0), ai = R(0);
           for (int j = 0; j < w; ++j) {
             const int c = sc + j < a.n_c ? sc + j : sc + j - a.n_c;
-            acc[2 * j] += y * row[2 * c];
-            acc[2 * j + 1] += y * row[2 * c + 1];
+            ar += kx[j] * row[2 * c];
+            ai += kx[j] * row[2 * c + 1];
           }
+          re += ky[i] * ar;
+          im += ky[i] * ai;
         }
+        out[b * stride] = re;
+        out[b * stride + 1] = im;
       }
-      R re = R(0), im = R(0);
-      for (int j = 0; j < w; ++j) {
-        re += kx[j] * acc[2 * j];
-        im += kx[j] * acc[2 * j + 1];
-      }
-      a.values[2 * (b * a.n_points + q)] = re;
-      a.values[2 * (b * a.n_points + q) + 1] = im;
     }
   }
 }
@@ -360,7 +470,7 @@ LFN_ALWAYS_INLINE void interp_body(const Work<R>& a, int64_t p0, int64_t p1) {
 
 // A bin: zero its sub-grid, spread its points, add the sub-grid to the grid.
 #define LFN_SPREAD_BIN                                                          \
-  std::fill(sub, sub + 2 * bin.nb * bin.sub_r * bin.sub_c, R(0));               \
+  std::fill(sub, sub + bin.nb * bin.sub_r * bin.sub_ld, R(0));                  \
   LFN_WIDTH_SWITCH(spread_body, a, bin, sub)                                    \
   add_sub_body<R>(a, bin, sub);
 
@@ -409,10 +519,11 @@ void interp_range(const Work<R>& a, int64_t p0, int64_t p1, int simd) {
 
 // --- ops ---------------------------------------------------------------------------------
 
-at::Tensor nufft_spread_cpu(const at::Tensor& values, const at::Tensor& order, const at::Tensor& start,
-                            const at::Tensor& weights, const at::Tensor& bin_offsets, int64_t n_r,
-                            int64_t n_c, int64_t nb_r, int64_t nb_c, int64_t simd) {
-  const char* fn = "_nufft_spread";
+// Spreads values into grid [B, n_r, n_c] (zeroed first; contiguous, values' dtype).
+void spread_into(const at::Tensor& values, const at::Tensor& order, const at::Tensor& start,
+                 const at::Tensor& weights, const at::Tensor& bin_offsets, int64_t n_r,
+                 int64_t n_c, int64_t nb_r, int64_t nb_c, int64_t simd, at::Tensor& grid,
+                 const char* fn) {
   TORCH_CHECK(values.device().is_cpu(), fn, ": values must be a CPU tensor, got ", values.device());
   TORCH_CHECK(values.scalar_type() == at::kComplexFloat || values.scalar_type() == at::kComplexDouble,
               fn, ": values must be complex64 or complex128, got ", values.scalar_type());
@@ -442,9 +553,14 @@ at::Tensor nufft_spread_cpu(const at::Tensor& values, const at::Tensor& order, c
     TORCH_CHECK(inside, fn, ": a point's stencil start lies outside its bin (stale plan?)");
   }
   const int level = resolve_simd(simd, fn);
+  TORCH_CHECK(grid.device().is_cpu() && grid.scalar_type() == values.scalar_type() &&
+                  grid.dim() == 3 && grid.size(0) == batch && grid.size(1) == n_r &&
+                  grid.size(2) == n_c && grid.is_contiguous(),
+              fn, ": out must be a contiguous ", values.scalar_type(), " CPU tensor of shape [",
+              batch, ", ", n_r, ", ", n_c, "], got ", grid.scalar_type(), " ", grid.sizes());
   const at::Tensor v = values.contiguous();
-  at::Tensor grid = at::zeros({batch, n_r, n_c}, v.options());
-  if (m == 0 || batch == 0) return grid;
+  grid.zero_();
+  if (m == 0 || batch == 0) return;
 
   AT_DISPATCH_FLOATING_TYPES(real_type(v.scalar_type()), "_nufft_spread", [&] {
     using R = scalar_t;
@@ -478,16 +594,37 @@ at::Tensor nufft_spread_cpu(const at::Tensor& values, const at::Tensor& order, c
         bin.lo_c = nu::bin_start(bc, (int)n_c, (int)nb_c);
         bin.sub_r = nu::bin_start(br + 1, (int)n_r, (int)nb_r) - bin.lo_r + (int)width - 1;
         bin.sub_c = nu::bin_start(bc + 1, (int)n_c, (int)nb_c) - bin.lo_c + (int)width - 1;
+        bin.sub_ld = 2 * (int64_t)bin.sub_c + 16;
         bin.b0 = c * chunk;
         bin.nb = std::min(chunk, batch - bin.b0);
         thread_local std::vector<R> sub;
-        sub.resize(2 * bin.nb * bin.sub_r * bin.sub_c);
+        sub.resize(bin.nb * bin.sub_r * bin.sub_ld);
         spread_bin<R>(a, bin, sub.data(), level);
       });
     }
   });
+}
+
+at::Tensor nufft_spread_cpu(const at::Tensor& values, const at::Tensor& order, const at::Tensor& start,
+                            const at::Tensor& weights, const at::Tensor& bin_offsets, int64_t n_r,
+                            int64_t n_c, int64_t nb_r, int64_t nb_c, int64_t simd) {
+  TORCH_CHECK(values.dim() == 2, "_nufft_spread: values must have shape [B, M], got ",
+              values.sizes());
+  TORCH_CHECK(n_r >= 1 && n_c >= 1 && n_r <= kMaxGridSide && n_c <= kMaxGridSide,
+              "_nufft_spread: grid size (", n_r, ", ", n_c, ") out of range");
+  at::Tensor grid = at::empty({values.size(0), n_r, n_c}, values.options());
+  spread_into(values, order, start, weights, bin_offsets, n_r, n_c, nb_r, nb_c, simd, grid,
+              "_nufft_spread");
   return grid;
 }
+
+void nufft_spread_out_cpu(const at::Tensor& values, const at::Tensor& order, const at::Tensor& start,
+                          const at::Tensor& weights, const at::Tensor& bin_offsets, int64_t n_r,
+                          int64_t n_c, int64_t nb_r, int64_t nb_c, int64_t simd, at::Tensor out) {
+  spread_into(values, order, start, weights, bin_offsets, n_r, n_c, nb_r, nb_c, simd, out,
+              "_nufft_spread_out");
+}
+
 
 at::Tensor nufft_interp_cpu(const at::Tensor& grid, const at::Tensor& order, const at::Tensor& start,
                             const at::Tensor& weights, int64_t simd) {
@@ -530,6 +667,9 @@ TORCH_LIBRARY_FRAGMENT(luser_fast, m) {
       "_nufft_spread(Tensor values, Tensor order, Tensor start, Tensor weights, "
       "Tensor bin_offsets, int n_r, int n_c, int nb_r, int nb_c, int simd=-1) -> Tensor");
   m.def(
+      "_nufft_spread_out(Tensor values, Tensor order, Tensor start, Tensor weights, "
+      "Tensor bin_offsets, int n_r, int n_c, int nb_r, int nb_c, int simd, Tensor(a!) out) -> ()");
+  m.def(
       "_nufft_interp(Tensor grid, Tensor order, Tensor start, Tensor weights, int simd=-1) "
       "-> Tensor");
   m.def("_nufft_simd_level() -> int", &nufft_simd_level_cpu);
@@ -538,5 +678,6 @@ TORCH_LIBRARY_FRAGMENT(luser_fast, m) {
 TORCH_LIBRARY_IMPL(luser_fast, CPU, m) {
   m.impl("_nufft_plan", &nufft_plan_cpu);
   m.impl("_nufft_spread", &nufft_spread_cpu);
+  m.impl("_nufft_spread_out", &nufft_spread_out_cpu);
   m.impl("_nufft_interp", &nufft_interp_cpu);
 }

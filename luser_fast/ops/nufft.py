@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import importlib.util
 import math
+import threading
 
 import torch
 from torch.utils.weak import WeakIdKeyDictionary
@@ -60,6 +61,8 @@ _THREADS = 256
 _MAX_GRID_Y = 65535
 #: plans kept per trajectory tensor (image sizes x tolerances x devices)
 _PLANS_PER_TRAJ = 8
+#: scratch memory a plan may keep between calls (``_Workspace``)
+_SCRATCH_BYTES = 256 * 2 ** 20
 
 
 def _op_defined(name: str) -> bool:
@@ -126,6 +129,8 @@ class NufftPlan:
         self.n_points = int(ktraj.shape[0])
         self._weights = {}
         self._deapod = {}
+        self._scratch = (None, {})
+        self._scratch_lock = threading.Lock()
         k64 = ktraj.detach().to(device=device, dtype=torch.float64)
         if kind == "reference":
             # the reference plan needs M >= 1; with no points the transforms are zeros
@@ -158,6 +163,10 @@ class NufftPlan:
                 return preferred
         return _CUDA_BIN // 2
 
+    def workspace(self, batch: int, dtype: torch.dtype) -> "_Workspace":
+        """Scratch buffers for one transform (a context manager; see ``_Workspace``)."""
+        return _Workspace(self, (batch, dtype))
+
     def weights(self, dtype: torch.dtype) -> torch.Tensor:
         """Kernel weights [M, 2, w] in the real dtype matching the complex ``dtype``."""
         real = torch.float64 if dtype == torch.complex128 else torch.float32
@@ -171,6 +180,45 @@ class NufftPlan:
         if real not in self._deapod:
             self._deapod[real] = (self.deapod_inv[0][:, None] * self.deapod_inv[1][None, :]).to(real)
         return self._deapod[real]
+
+
+class _Workspace:
+    """Scratch buffers of a plan for one (batch, dtype), reused across calls on the CPU.
+
+    A fresh multi-megabyte tensor costs a page fault per 4 KiB page on first touch, more
+    than the FFT that fills it, so a plan keeps its padded FFT inputs and its spreading
+    grid between calls (buffers created zeroed keep their zero padding: the transforms
+    only ever write the data region). One (batch, dtype) is kept, up to _SCRATCH_BYTES;
+    a call that finds the buffers busy (another thread) or too large uses fresh ones.
+    CUDA has its caching allocator, so there every buffer is fresh.
+
+    Usage: ``with plan.workspace(batch, dtype) as ws: a = ws(name, shape, zero)``.
+    """
+
+    def __init__(self, plan: NufftPlan, key: tuple):
+        self.plan, self.key, self.dtype = plan, key, key[1]
+        self.cached = plan.device.type == "cpu" and plan._scratch_lock.acquire(blocking=False)
+        if self.cached and plan._scratch[0] != key:
+            plan._scratch = (key, {})
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        if self.cached:
+            self.plan._scratch_lock.release()
+        return False
+
+    def __call__(self, name: str, shape: tuple, zero: bool) -> torch.Tensor:
+        buffers = self.plan._scratch[1]
+        if self.cached and name in buffers:
+            return buffers[name]
+        make = torch.zeros if zero else torch.empty
+        t = make(shape, dtype=self.dtype, device=self.plan.device)
+        held = sum(b.numel() * b.element_size() for b in buffers.values())
+        if self.cached and held + t.numel() * t.element_size() <= _SCRATCH_BYTES:
+            buffers[name] = t
+        return t
 
 
 _PLANS = WeakIdKeyDictionary()
@@ -220,14 +268,15 @@ def _fast_kind(device: torch.device) -> str:
 
 # --- the transforms on a plan ------------------------------------------------------------------
 
-def _spread(plan: NufftPlan, values: torch.Tensor) -> torch.Tensor:
-    """[B, M] -> [B, n1, n0] (rows along W)."""
+def _spread(plan: NufftPlan, values: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """[B, M] -> ``out`` [B, n1, n0] (rows along W), overwritten."""
     if plan.kind == "cuda":
-        return _spread_cuda(plan, values)
+        return _spread_cuda(plan, values, out)
     n0, n1 = plan.grid_size
-    return torch.ops.luser_fast._nufft_spread(values, plan.order, plan.start,
-                                              plan.weights(values.dtype), plan.bin_offsets,
-                                              n1, n0, *plan.n_bins)
+    torch.ops.luser_fast._nufft_spread_out(values.contiguous(), plan.order, plan.start,
+                                           plan.weights(values.dtype), plan.bin_offsets,
+                                           n1, n0, *plan.n_bins, -1, out)
+    return out
 
 
 def _interp(plan: NufftPlan, grid: torch.Tensor) -> torch.Tensor:
@@ -246,17 +295,20 @@ def _type2(plan: NufftPlan, image: torch.Tensor) -> torch.Tensor:
     if plan.kind == "reference":
         return plan.reference.type2(image)
     (h, w), (n0, n1) = plan.image_size, plan.grid_size
-    x = image.reshape(batch, h, w) * plan.deapod(image.dtype)
     h2, w2 = h // 2, w // 2
-    # pixel j of a row sits at grid column (j - W // 2) mod n1
-    a = x.new_zeros(batch, h, n1)
-    a[..., :w - w2] = x[..., w2:]
-    a[..., n1 - w2:] = x[..., :w2]
-    a = torch.fft.fft(a, dim=-1).transpose(-1, -2)              # [B, n1, H]
-    t = x.new_zeros(batch, n1, n0)
-    t[..., :h - h2] = a[..., h2:]
-    t[..., n0 - h2:] = a[..., :h2]
-    grid = torch.fft.fft(t, dim=-1)                             # [B, n1, n0]
+    x = image.reshape(batch, h, w)
+    d = plan.deapod(image.dtype)
+    with plan.workspace(batch, image.dtype) as ws:
+        # deapodised pixel j of a row goes to column (j - W // 2) mod n1; the other
+        # columns of the workspace stay zero
+        a = ws("pad_w", (batch, h, n1), zero=True)
+        torch.mul(x[..., w2:], d[:, w2:], out=a[..., :w - w2])
+        torch.mul(x[..., :w2], d[:, :w2], out=a[..., n1 - w2:])
+        a = torch.fft.fft(a, dim=-1).transpose(-1, -2)                  # [B, n1, H]
+        t = ws("pad_h", (batch, n1, n0), zero=True)
+        t[..., :h - h2].copy_(a[..., h2:])
+        t[..., n0 - h2:].copy_(a[..., :h2])
+        grid = torch.fft.fft(t, dim=-1)                                  # [B, n1, n0]
     return _interp(plan, grid).reshape(*lead, plan.n_points)
 
 
@@ -268,13 +320,21 @@ def _type1(plan: NufftPlan, values: torch.Tensor) -> torch.Tensor:
         return values.new_zeros((*lead, h, w))
     if plan.kind == "reference":
         return plan.reference.type1(values)
-    grid = _spread(plan, values.reshape(batch, plan.n_points))   # [B, n1, n0]
-    t = torch.fft.ifft(grid, dim=-1, norm="forward")
     h2, w2 = h // 2, w // 2
-    a = torch.cat((t[..., n0 - h2:], t[..., :h - h2]), dim=-1).transpose(-1, -2)  # [B, H, n1]
-    a = torch.fft.ifft(a.contiguous(), dim=-1, norm="forward")
-    x = torch.cat((a[..., n1 - w2:], a[..., :w - w2]), dim=-1)   # [B, H, W]
-    return (x * plan.deapod(values.dtype)).reshape(*lead, h, w)
+    with plan.workspace(batch, values.dtype) as ws:
+        grid = _spread(plan, values.reshape(batch, plan.n_points),
+                       ws("grid", (batch, n1, n0), zero=False))              # [B, n1, n0]
+        t = torch.fft.ifft(grid, dim=-1, norm="forward")
+        # keep the H of n0 frequencies that land on pixels, rows along H
+        a = ws("crop_h", (batch, h, n1), zero=False)
+        a[:, :h2].copy_(t[..., n0 - h2:].transpose(-1, -2))
+        a[:, h2:].copy_(t[..., :h - h2].transpose(-1, -2))
+        a = torch.fft.ifft(a, dim=-1, norm="forward")                    # [B, H, n1]
+    d = plan.deapod(values.dtype)
+    x = torch.empty((batch, h, w), dtype=values.dtype, device=values.device)
+    torch.mul(a[..., n1 - w2:], d[:, :w2], out=x[..., :w2])
+    torch.mul(a[..., :w - w2], d[:, w2:], out=x[..., w2:])
+    return x.reshape(*lead, h, w)
 
 
 # --- op kernels (CPU and CUDA; the CUDA launchers are below) ----------------------------------
@@ -365,11 +425,11 @@ def _cuda_plan(plan: NufftPlan, krc: torch.Tensor) -> None:
     plan.tile = (longest[0] + plan.width - 1, longest[1] + plan.width - 1)
 
 
-def _spread_cuda(plan: NufftPlan, values: torch.Tensor) -> torch.Tensor:
+def _spread_cuda(plan: NufftPlan, values: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
     n0, n1 = plan.grid_size
     batch, m = values.shape
     v = values.contiguous()
-    grid = v.new_zeros(batch, n1, n0)
+    grid.zero_()
     if batch == 0 or m == 0:
         return grid
     suffix = "f32" if v.dtype == torch.complex64 else "f64"
