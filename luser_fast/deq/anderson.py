@@ -138,13 +138,30 @@ def _unflat_like(flat, like):
     return flat.to(like.dtype).reshape(like.shape)
 
 
-def _mixing_weights(gram, lam, newest):
+def _bordered_solve(gram, scale, reg):
+    """alpha [B, n] from [[0, 1^T], [1, gram + reg * scale I]] [mu; alpha] = [1; 0] (float64),
+    and ok [B]: the solve succeeded with finite weights."""
+    b, n = gram.shape[0], gram.shape[-1]
+    system = gram.new_zeros(b, n + 1, n + 1)
+    system[:, 0, 1:] = 1
+    system[:, 1:, 0] = 1
+    system[:, 1:, 1:] = gram
+    system[:, 1:, 1:].diagonal(dim1=-2, dim2=-1).add_((reg * scale)[:, None])
+    rhs = gram.new_zeros(b, n + 1, 1)
+    rhs[:, 0] = 1
+    sol, status = torch.linalg.solve_ex(system, rhs)
+    alpha = sol[:, 1:, 0]
+    return alpha, (status == 0) & torch.isfinite(alpha).all(-1)
+
+
+def _mixing_weights(gram, lam, newest, sync=False):
     """Anderson weights from the Gram matrices ``gram`` [B, n, n] (work dtype).
 
     Solves [[0, 1^T], [1, G G^T + lam' I]] [mu; alpha] = [1; 0] in float64 with
     lam' = lam * mean(diag(G G^T)); where that fails (singular or non-finite) the retry
     with lam' * 1e3 is taken, and where that fails too, alpha is one-hot on ``newest``.
-    Every branch is computed for every sample and selected with ``torch.where``.
+    The choice is made per sample with ``torch.where``; the retry is solved for every
+    sample, except with ``sync`` (the host may look), where it is solved only if needed.
 
     Returns:
         alpha [B, n] float64, rows summing to 1.
@@ -154,22 +171,15 @@ def _mixing_weights(gram, lam, newest):
     if n == 1:
         return gram.new_ones(b, 1)
     scale = gram.diagonal(dim1=-2, dim2=-1).mean(-1)
-    system = gram.new_zeros(2, b, n + 1, n + 1)
-    system[..., 0, 1:] = 1
-    system[..., 1:, 0] = 1
-    eye = torch.eye(n, dtype=gram.dtype, device=gram.device)
-    retry = _RETRY_FACTOR * max(lam, torch.finfo(torch.float64).eps)
-    regs = torch.tensor([lam, retry], dtype=gram.dtype, device=gram.device)
-    system[..., 1:, 1:] = gram + (regs[:, None] * scale)[..., None, None] * eye
-    rhs = gram.new_zeros(2, b, n + 1, 1)
-    rhs[..., 0, 0] = 1
-    sol, status = torch.linalg.solve_ex(system, rhs)
-    sol = sol[..., 1:, 0]
-    ok = (status == 0) & torch.isfinite(sol).all(-1)
-    alpha = gram.new_zeros(b, n)
-    alpha[:, newest] = 1
-    alpha = torch.where(ok[1, :, None], sol[1], alpha)
-    return torch.where(ok[0, :, None], sol[0], alpha)
+    alpha, ok = _bordered_solve(gram, scale, lam)
+    if sync and bool(ok.all()):
+        return alpha
+    retry, ok_retry = _bordered_solve(gram, scale,
+                                      _RETRY_FACTOR * max(lam, torch.finfo(torch.float64).eps))
+    fallback = gram.new_zeros(b, n)
+    fallback[:, newest] = 1
+    fallback = torch.where(ok_retry[:, None], retry, fallback)
+    return torch.where(ok[:, None], alpha, fallback)
 
 
 def anderson(f: Callable[[torch.Tensor], torch.Tensor], z0: torch.Tensor, *, m: int = 5,
@@ -235,7 +245,8 @@ def anderson(f: Callable[[torch.Tensor], torch.Tensor], z0: torch.Tensor, *, m: 
                 break
             if (k + 1) % check_every == 0 and not bool(tracker.active.any()):
                 break
-            alpha = _mixing_weights(gram[:, :n, :n], lam, slot).to(work).unsqueeze(1)
+            alpha = _mixing_weights(gram[:, :n, :n], lam, slot, tracker.sync)
+            alpha = alpha.to(work).unsqueeze(1)
             mixed = torch.bmm(alpha, hist_f[:, :n])          # fresh: it may become z and best
             if beta != 1:
                 mixed.sub_(torch.bmm(alpha, hist_g[:, :n]), alpha=1 - beta)
