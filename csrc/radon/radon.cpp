@@ -136,13 +136,11 @@ Planes plane_layout(const Geometry& g) {
   return p;
 }
 
-// Copy images n0 .. n0 + nb - 1 of x [N, H, W] into the two lane-interleaved planes.
+// Copy images n0 .. n0 + nb - 1 of x [N, H, W] into the two zeroed lane-interleaved planes.
 template <typename T, int V>
 void fill_planes(const T* x, int64_t n0, int nb, const Geometry& g, const Planes& pl,
                  T* plane_y, T* plane_x) {
   const int64_t hw = g.height * g.width;
-  std::memset(plane_y, 0, sizeof(T) * pl.size_y);
-  std::memset(plane_x, 0, sizeof(T) * pl.size_x);
   at::parallel_for(0, g.height, grain(2 * g.width * V), [&](int64_t i0, int64_t i1) {
     for (int64_t i = i0; i < i1; ++i) {
       T* py = plane_y + i * pl.row_y + kPad * V;
@@ -166,12 +164,14 @@ void fill_planes(const T* x, int64_t n0, int nb, const Geometry& g, const Planes
 #else
 #define LF_ALWAYS_INLINE inline
 #endif
+#if !defined(LF_HAVE_AVX2_CLONE)  // -DLF_HAVE_AVX2_CLONE=0 builds the baseline path only
 #if defined(__x86_64__) && defined(__GNUC__)
 #define LF_HAVE_AVX2_CLONE 1
-#define LF_TARGET_AVX2 __attribute__((target("avx2,fma")))
 #else
 #define LF_HAVE_AVX2_CLONE 0
 #endif
+#endif
+#define LF_TARGET_AVX2 __attribute__((target("avx2,fma")))
 
 // Samples per block: their positions, floors and weights are computed together (one
 // vector of 4 float64), then applied to the V lanes; 4 accumulators keep 4 independent
@@ -184,123 +184,149 @@ constexpr int kBlock = 4;
 // bits in any batch.
 #pragma GCC push_options
 #pragma GCC optimize("fp-contract=off")
-// Line integrals of the V images in the planes along rays r0 .. r1 - 1.
+// V lanes of T as one vector of the GCC/Clang vector extension (V == 1: a plain scalar):
+// the lane arithmetic is written once, vector-wide, instead of left to the vectoriser,
+// which turned the per-lane loops into scalar shuffles through the stack.
+template <typename T, int V>
+struct LaneVec {
+  typedef T type __attribute__((vector_size(V * sizeof(T))));
+};
+template <typename T>
+struct LaneVec<T, 1> {
+  typedef T type;
+};
+template <typename T, int V>
+using lanes_t = typename LaneVec<T, V>::type;
+
+template <typename Vec, typename T>
+LF_ALWAYS_INLINE Vec load_lanes(const T* p) {
+  Vec v;
+  std::memcpy(&v, p, sizeof(Vec));
+  return v;
+}
+
+template <typename Vec, typename T>
+LF_ALWAYS_INLINE void store_lanes(T* p, const Vec& v) {
+  std::memcpy(p, &v, sizeof(Vec));
+}
+
+// Positions of kBlock consecutive samples of a ray from major step k (kd == k): plane
+// offsets (in elements, lanes included, from the start of row k) and the weights of the
+// second neighbour.
+template <typename T, int V>
+LF_ALWAYS_INLINE void block_samples(const JosephRay& ray, double kd, int64_t row,
+                                    int64_t* offset, T* w) {
+  for (int u = 0; u < kBlock; ++u) {
+    const double f = ray.f0 + (kd + u) * ray.df;  // joseph_f(ray, k + u)
+    const double fl = std::floor(f);
+    w[u] = (T)(f - fl);
+    offset[u] = u * row + ((int64_t)(int)fl + kPad) * V;
+  }
+}
+
+// Adds to sums[(r - r0) * V + v] the samples of rays r0 .. r1 - 1 at major steps
+// k_lo .. k_hi - 1 through the V images in the planes (unscaled by the step length).
 template <typename T, int V>
 LF_ALWAYS_INLINE void forward_rays_body(const T* plane_y, const T* plane_x, const Planes& pl,
                                         const JosephRay* rays, int64_t r0, int64_t r1,
-                                        int64_t n0, int nb, int64_t n_rays, T* out) {
+                                        int k_lo, int k_hi, T* sums) {
+  using Vec = lanes_t<T, V>;
   for (int64_t r = r0; r < r1; ++r) {
     const JosephRay ray = rays[r];
+    const int k_end = std::min(ray.k_end, k_hi);
+    int k = std::max(ray.k_begin, k_lo);
+    if (k >= k_end) continue;
     const T* base = ray.x_major ? plane_x : plane_y;
     const int64_t row = ray.x_major ? pl.row_x : pl.row_y;
-    T acc[kBlock][V] = {};
-    int k = ray.k_begin;
+    Vec acc[kBlock] = {};
     double kd = k;  // k as a double, stepped alongside (no int-to-double conversions)
-    for (; k + kBlock <= ray.k_end; k += kBlock, kd += kBlock) {
-      double fl[kBlock];
+    for (; k + kBlock <= k_end; k += kBlock, kd += kBlock) {
+      int64_t offset[kBlock];
       T w[kBlock];
+      block_samples<T, V>(ray, kd, row, offset, w);
+      const T* pk = base + k * row;
       for (int u = 0; u < kBlock; ++u) {
-        const double f = ray.f0 + (kd + u) * ray.df;  // joseph_f(ray, k + u)
-        fl[u] = std::floor(f);
-        w[u] = (T)(f - fl[u]);
-      }
-      const T* pk = base + k * row + kPad * V;
-      for (int u = 0; u < kBlock; ++u) {
-        const T* p = pk + u * row + (int64_t)(int)fl[u] * V;
-        for (int v = 0; v < V; ++v) acc[u][v] += p[v] + w[u] * (p[V + v] - p[v]);
+        const Vec a = load_lanes<Vec>(pk + offset[u]), b = load_lanes<Vec>(pk + offset[u] + V);
+        acc[u] += a + w[u] * (b - a);
       }
     }
-    for (; k < ray.k_end; ++k) {
+    for (; k < k_end; ++k) {
       const double f = luser_fast::radon::joseph_f(ray, k);
       const double fl = std::floor(f);
       const T w = (T)(f - fl);
       const T* p = base + k * row + ((int)fl + kPad) * V;
-      for (int v = 0; v < V; ++v) acc[0][v] += p[v] + w * (p[V + v] - p[v]);
+      const Vec a = load_lanes<Vec>(p), b = load_lanes<Vec>(p + V);
+      acc[0] += a + w * (b - a);
     }
-    const T step = (T)ray.step;
-    T res[V];
-    for (int v = 0; v < V; ++v) {
-      res[v] = ((acc[0][v] + acc[1][v]) + (acc[2][v] + acc[3][v])) * step;
-    }
-    for (int v = 0; v < nb; ++v) out[(n0 + v) * n_rays + r] = res[v];
+    T* dst = sums + (r - r0) * V;
+    store_lanes(dst, load_lanes<Vec>(dst) + ((acc[0] + acc[1]) + (acc[2] + acc[3])));
   }
 }
 
-// Scatter sino values of rays of angles a0 .. a1 - 1 (V lanes) into the planes.
+// Scatters the values vals[(r - r0) * V + v] (sinogram times step length) of rays
+// r0 .. r1 - 1 at major steps k_lo .. k_hi - 1 into the planes.
 template <typename T, int V>
-LF_ALWAYS_INLINE void adjoint_rays_body(const T* sino, const Planes& pl, const JosephRay* rays,
-                                        const Geometry& g, int64_t a0, int64_t a1, int64_t n0,
-                                        int nb, T* plane_y, T* plane_x) {
-  const int64_t n_rays = g.n_angles * g.n_det;
-  for (int64_t r = a0 * g.n_det; r < a1 * g.n_det; ++r) {
+LF_ALWAYS_INLINE void adjoint_rays_body(const T* vals, const Planes& pl, const JosephRay* rays,
+                                        int64_t r0, int64_t r1, int k_lo, int k_hi,
+                                        T* plane_y, T* plane_x) {
+  using Vec = lanes_t<T, V>;
+  for (int64_t r = r0; r < r1; ++r) {
     const JosephRay ray = rays[r];
-    if (ray.k_end <= ray.k_begin) continue;
-    T val[V] = {};
-    const T step = (T)ray.step;
-    for (int v = 0; v < nb; ++v) val[v] = sino[(n0 + v) * n_rays + r] * step;
+    const int k_end = std::min(ray.k_end, k_hi);
+    int k = std::max(ray.k_begin, k_lo);
+    if (k >= k_end) continue;
+    const Vec val = load_lanes<Vec>(vals + (r - r0) * V);
     T* base = ray.x_major ? plane_x : plane_y;
     const int64_t row = ray.x_major ? pl.row_x : pl.row_y;
-    int k = ray.k_begin;
     double kd = k;
-    for (; k + kBlock <= ray.k_end; k += kBlock, kd += kBlock) {
-      double fl[kBlock];
+    for (; k + kBlock <= k_end; k += kBlock, kd += kBlock) {
+      int64_t offset[kBlock];
       T w[kBlock];
+      block_samples<T, V>(ray, kd, row, offset, w);
+      T* pk = base + k * row;
       for (int u = 0; u < kBlock; ++u) {
-        const double f = ray.f0 + (kd + u) * ray.df;  // joseph_f(ray, k + u)
-        fl[u] = std::floor(f);
-        w[u] = (T)(f - fl[u]);
-      }
-      T* pk = base + k * row + kPad * V;
-      for (int u = 0; u < kBlock; ++u) {
-        T* p = pk + u * row + (int64_t)(int)fl[u] * V;
-        const T w0 = T(1) - w[u];
-        for (int v = 0; v < V; ++v) {
-          p[v] += w0 * val[v];
-          p[V + v] += w[u] * val[v];
-        }
+        T* p = pk + offset[u];
+        store_lanes(p, load_lanes<Vec>(p) + (T(1) - w[u]) * val);
+        store_lanes(p + V, load_lanes<Vec>(p + V) + w[u] * val);
       }
     }
-    for (; k < ray.k_end; ++k) {
+    for (; k < k_end; ++k) {
       const double f = luser_fast::radon::joseph_f(ray, k);
       const double fl = std::floor(f);
       const T w = (T)(f - fl);
       T* p = base + k * row + ((int)fl + kPad) * V;
-      const T w0 = T(1) - w;
-      for (int v = 0; v < V; ++v) {
-        p[v] += w0 * val[v];
-        p[V + v] += w * val[v];
-      }
+      store_lanes(p, load_lanes<Vec>(p) + (T(1) - w) * val);
+      store_lanes(p + V, load_lanes<Vec>(p + V) + w * val);
     }
   }
 }
 
 template <typename T, int V>
 void forward_rays_base(const T* plane_y, const T* plane_x, const Planes& pl,
-                       const JosephRay* rays, int64_t r0, int64_t r1, int64_t n0, int nb,
-                       int64_t n_rays, T* out) {
-  forward_rays_body<T, V>(plane_y, plane_x, pl, rays, r0, r1, n0, nb, n_rays, out);
+                       const JosephRay* rays, int64_t r0, int64_t r1, int k_lo, int k_hi,
+                       T* sums) {
+  forward_rays_body<T, V>(plane_y, plane_x, pl, rays, r0, r1, k_lo, k_hi, sums);
 }
 
 template <typename T, int V>
-void adjoint_rays_base(const T* sino, const Planes& pl, const JosephRay* rays,
-                       const Geometry& g, int64_t a0, int64_t a1, int64_t n0, int nb,
-                       T* plane_y, T* plane_x) {
-  adjoint_rays_body<T, V>(sino, pl, rays, g, a0, a1, n0, nb, plane_y, plane_x);
+void adjoint_rays_base(const T* vals, const Planes& pl, const JosephRay* rays, int64_t r0,
+                       int64_t r1, int k_lo, int k_hi, T* plane_y, T* plane_x) {
+  adjoint_rays_body<T, V>(vals, pl, rays, r0, r1, k_lo, k_hi, plane_y, plane_x);
 }
 
 #if LF_HAVE_AVX2_CLONE
 template <typename T, int V>
 LF_TARGET_AVX2 void forward_rays_avx2(const T* plane_y, const T* plane_x, const Planes& pl,
-                                      const JosephRay* rays, int64_t r0, int64_t r1, int64_t n0,
-                                      int nb, int64_t n_rays, T* out) {
-  forward_rays_body<T, V>(plane_y, plane_x, pl, rays, r0, r1, n0, nb, n_rays, out);
+                                      const JosephRay* rays, int64_t r0, int64_t r1, int k_lo,
+                                      int k_hi, T* sums) {
+  forward_rays_body<T, V>(plane_y, plane_x, pl, rays, r0, r1, k_lo, k_hi, sums);
 }
 
 template <typename T, int V>
-LF_TARGET_AVX2 void adjoint_rays_avx2(const T* sino, const Planes& pl, const JosephRay* rays,
-                                      const Geometry& g, int64_t a0, int64_t a1, int64_t n0,
-                                      int nb, T* plane_y, T* plane_x) {
-  adjoint_rays_body<T, V>(sino, pl, rays, g, a0, a1, n0, nb, plane_y, plane_x);
+LF_TARGET_AVX2 void adjoint_rays_avx2(const T* vals, const Planes& pl, const JosephRay* rays,
+                                      int64_t r0, int64_t r1, int k_lo, int k_hi, T* plane_y,
+                                      T* plane_x) {
+  adjoint_rays_body<T, V>(vals, pl, rays, r0, r1, k_lo, k_hi, plane_y, plane_x);
 }
 
 bool use_avx2() {
@@ -313,26 +339,42 @@ bool use_avx2() {
 
 template <typename T, int V>
 void forward_rays(const T* plane_y, const T* plane_x, const Planes& pl, const JosephRay* rays,
-                  int64_t r0, int64_t r1, int64_t n0, int nb, int64_t n_rays, T* out) {
+                  int64_t r0, int64_t r1, int k_lo, int k_hi, T* sums) {
 #if LF_HAVE_AVX2_CLONE
   if (use_avx2()) {
-    forward_rays_avx2<T, V>(plane_y, plane_x, pl, rays, r0, r1, n0, nb, n_rays, out);
+    forward_rays_avx2<T, V>(plane_y, plane_x, pl, rays, r0, r1, k_lo, k_hi, sums);
     return;
   }
 #endif
-  forward_rays_base<T, V>(plane_y, plane_x, pl, rays, r0, r1, n0, nb, n_rays, out);
+  forward_rays_base<T, V>(plane_y, plane_x, pl, rays, r0, r1, k_lo, k_hi, sums);
 }
 
 template <typename T, int V>
-void adjoint_rays(const T* sino, const Planes& pl, const JosephRay* rays, const Geometry& g,
-                  int64_t a0, int64_t a1, int64_t n0, int nb, T* plane_y, T* plane_x) {
+void adjoint_rays(const T* vals, const Planes& pl, const JosephRay* rays, int64_t r0,
+                  int64_t r1, int k_lo, int k_hi, T* plane_y, T* plane_x) {
 #if LF_HAVE_AVX2_CLONE
   if (use_avx2()) {
-    adjoint_rays_avx2<T, V>(sino, pl, rays, g, a0, a1, n0, nb, plane_y, plane_x);
+    adjoint_rays_avx2<T, V>(vals, pl, rays, r0, r1, k_lo, k_hi, plane_y, plane_x);
     return;
   }
 #endif
-  adjoint_rays_base<T, V>(sino, pl, rays, g, a0, a1, n0, nb, plane_y, plane_x);
+  adjoint_rays_base<T, V>(vals, pl, rays, r0, r1, k_lo, k_hi, plane_y, plane_x);
+}
+
+// Cache blocking. Rays are processed in chunks of kChunkAngles angles, and each chunk in
+// tiles of major steps, so that the plane rows of a tile (~256 KB) stay in L2 while every
+// ray of the chunk passes through them: the planes of a 256 x 256 group (2 x 2.1 MB)
+// would otherwise stream from L3 once per angle. The tile length depends on the geometry
+// only (not on V), so an image's sums do not depend on its batch.
+#ifndef LF_TILE_BYTES
+#define LF_TILE_BYTES (256 << 10)
+#endif
+constexpr int64_t kChunkAngles = 16;
+constexpr int64_t kTileBytes = LF_TILE_BYTES;
+
+int tile_steps(const Geometry& g) {
+  const int64_t row_bytes = (std::max(g.height, g.width) + 2 * kPad) * 32;
+  return (int)std::max<int64_t>(16, (kTileBytes / row_bytes) / kBlock * kBlock);
 }
 
 // Lanes per group for n images left: a full SIMD vector, or the next power of two.
@@ -342,17 +384,37 @@ int lanes_for(int64_t left, int full) {
   return v;
 }
 
+// A zeroed buffer of n elements, 64-byte aligned (ATen's CPU allocator), so that every
+// lane vector of the planes sits inside one cache line.
+template <typename T>
+at::Tensor plane_buffer(int64_t n) {
+  return at::zeros({n}, at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value));
+}
+
 template <typename T, int V>
 void forward_group(const T* x, int64_t n0, int nb, const Geometry& g,
                    const std::vector<JosephRay>& rays, T* out) {
   const Planes pl = plane_layout<V>(g);
-  std::vector<T> planes(pl.size_y + pl.size_x);
-  fill_planes<T, V>(x, n0, nb, g, pl, planes.data(), planes.data() + pl.size_y);
-  const int64_t n_rays = g.n_angles * g.n_det;
-  const int64_t per_ray = std::max(g.height, g.width) * V;
-  at::parallel_for(0, n_rays, grain(per_ray), [&](int64_t r0, int64_t r1) {
-    forward_rays<T, V>(planes.data(), planes.data() + pl.size_y, pl, rays.data(), r0, r1, n0,
-                       nb, n_rays, out);
+  const at::Tensor buffer = plane_buffer<T>(pl.size_y + pl.size_x);
+  T* planes = buffer.data_ptr<T>();
+  fill_planes<T, V>(x, n0, nb, g, pl, planes, planes + pl.size_y);
+  const int64_t n_rays = g.n_angles * g.n_det, n_steps = std::max(g.height, g.width);
+  const int64_t chunk = kChunkAngles * g.n_det;
+  const int tile = tile_steps(g);
+  at::parallel_for(0, n_rays, grain(n_steps * V), [&](int64_t r0, int64_t r1) {
+    std::vector<T> sums(std::min(chunk, r1 - r0) * V);
+    for (int64_t c0 = r0; c0 < r1; c0 += chunk) {
+      const int64_t c1 = std::min(r1, c0 + chunk);
+      std::fill(sums.begin(), sums.end(), T(0));
+      for (int k = 0; k < n_steps; k += tile) {
+        forward_rays<T, V>(planes, planes + pl.size_y, pl, rays.data(), c0, c1, k, k + tile,
+                           sums.data());
+      }
+      for (int64_t r = c0; r < c1; ++r) {
+        const T step = (T)rays[r].step;
+        for (int v = 0; v < nb; ++v) out[(n0 + v) * n_rays + r] = sums[(r - c0) * V + v] * step;
+      }
+    }
   });
 }
 
@@ -360,18 +422,32 @@ template <typename T, int V>
 void adjoint_group(const T* sino, int64_t n0, int nb, const Geometry& g,
                    const std::vector<JosephRay>& rays, T* out) {
   const Planes pl = plane_layout<V>(g);
+  const int64_t n_rays = g.n_angles * g.n_det, n_steps = std::max(g.height, g.width);
   // workers: each a contiguous range of angles and its own planes (at least kMinWork each)
-  const int64_t work = g.n_angles * g.n_det * std::max(g.height, g.width) * V;
+  const int64_t work = n_rays * n_steps * V;
   const int64_t n_workers = std::max<int64_t>(
       1, std::min<int64_t>({(int64_t)at::get_num_threads(), g.n_angles, work / kMinWork}));
   const int64_t per = pl.size_y + pl.size_x;
-  std::vector<T> planes(per * n_workers);
+  const int tile = tile_steps(g);
+  const at::Tensor buffer = plane_buffer<T>(per * n_workers);
+  T* planes = buffer.data_ptr<T>();
   at::parallel_for(0, n_workers, 1, [&](int64_t w0, int64_t w1) {
+    std::vector<T> vals(kChunkAngles * g.n_det * V);
     for (int64_t w = w0; w < w1; ++w) {
-      T* py = planes.data() + w * per;
-      std::memset(py, 0, sizeof(T) * per);
-      adjoint_rays<T, V>(sino, pl, rays.data(), g, g.n_angles * w / n_workers,
-                         g.n_angles * (w + 1) / n_workers, n0, nb, py, py + pl.size_y);
+      T* py = planes + w * per;
+      const int64_t a0 = g.n_angles * w / n_workers, a1 = g.n_angles * (w + 1) / n_workers;
+      for (int64_t c0 = a0 * g.n_det; c0 < a1 * g.n_det; c0 += kChunkAngles * g.n_det) {
+        const int64_t c1 = std::min(a1 * g.n_det, c0 + kChunkAngles * g.n_det);
+        std::fill(vals.begin(), vals.end(), T(0));
+        for (int64_t r = c0; r < c1; ++r) {
+          const T step = (T)rays[r].step;
+          for (int v = 0; v < nb; ++v) vals[(r - c0) * V + v] = sino[(n0 + v) * n_rays + r] * step;
+        }
+        for (int k = 0; k < n_steps; k += tile) {
+          adjoint_rays<T, V>(vals.data(), pl, rays.data(), c0, c1, k, k + tile, py,
+                             py + pl.size_y);
+        }
+      }
     }
   });
   const int64_t hw = g.height * g.width;
@@ -380,8 +456,8 @@ void adjoint_group(const T* sino, int64_t n0, int nb, const Geometry& g,
     for (int64_t i = i0; i < i1; ++i) {
       std::fill(row.begin(), row.end(), T(0));
       for (int64_t w = 0; w < n_workers; ++w) {
-        const T* py = planes.data() + w * per + i * pl.row_y + kPad * V;
-        const T* px = planes.data() + w * per + pl.size_y + (kPad + i) * V;
+        const T* py = planes + w * per + i * pl.row_y + kPad * V;
+        const T* px = planes + w * per + pl.size_y + (kPad + i) * V;
         for (int64_t j = 0; j < g.width; ++j) {
           for (int v = 0; v < V; ++v) row[j * V + v] += py[j * V + v] + px[j * pl.row_x + v];
         }
