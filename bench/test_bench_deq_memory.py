@@ -1,0 +1,148 @@
+"""Training memory of LUSER on the fast equilibrium core against the reference LUSER and LU.
+
+CT (``luser_fast.physics.Radon``), 128 x 128 images, 128 angles, batch 4, K = 5 unrolled
+steps, 64 channels (LUSER depth 2, LU depth 5), float32, CPU, one thread. One training
+step (forward, MSE loss, backward) per model through ``luser_fast.profile.training_memory``:
+saved bytes (saved-tensor hooks) and peak live tensor bytes (dispatch-mode tracker), plus
+the structural checks of issue 3 (saved bytes independent of solver iterations and of
+depth, at the K (|z*| + |v| + |x|) limit) and the parts of the fast LUSER's peak. Results
+go to ``bench/results/deq_memory_cpu.json`` (keyed by machine, versions, git SHA) and are
+printed.
+
+    pytest bench/test_bench_deq_memory.py --benchmark-only -s
+"""
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+
+import pytest
+import torch
+
+from luser_fast import reference
+from luser_fast.models import LU, LUSER
+from luser_fast.physics import Radon
+from luser_fast.profile import LiveTensorBytes, SavedTensorBytes, mse, training_memory
+from test_bench_radon import _cpu_model, _git_sha
+
+N, BATCH, K, CHANNELS, M = 128, 4, 5, 64, 5
+MIB = 2 ** 20
+RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
+                       "deq_memory_cpu.json")
+
+
+@pytest.fixture(scope="module")
+def ct():
+    op = Radon(N, angles=N)
+    torch.manual_seed(0)
+    x = torch.rand(BATCH, 1, N, N)
+    return op, op(x), x
+
+
+def _build(name, op):
+    torch.manual_seed(0)
+    if name == "lu_depth5":
+        return LU(op, iterations=K, channels=CHANNELS, depth=5)
+    cls = LUSER if name.startswith("fast") else reference.LUSER
+    kwargs = {"iterations": K, "channels": CHANNELS}
+    if name == "fast_luser_depth4":
+        kwargs["depth"] = 4
+    if name.startswith("fast_luser_maxiter"):
+        # a tol no residual reaches: every solve runs exactly max_iter iterations
+        kwargs["solver_kwargs"] = {"tol": 1e-30, "max_iter": int(name.rsplit("_", 1)[1])}
+        kwargs["backward_kwargs"] = {"max_iter": 10}
+    return cls(op, **kwargs)
+
+
+def _peak_parts(op, y, x):
+    """Forward-only peak, the graph f rebuilds at z*, one VJP's temporaries, the solver's
+    ring buffers: the parts of the fast LUSER's step peak (MiB)."""
+    model = _build("fast_luser", op)
+    with LiveTensorBytes() as live:
+        loss = mse(model(y), x)
+        forward_peak = live.peak
+        loss.backward()
+    f = model.regularizers[0]
+    z = torch.rand(BATCH, 1, N, N, requires_grad=True)
+    v = torch.rand(BATCH, 1, N, N, requires_grad=True)
+    with SavedTensorBytes() as graph:
+        out = f(z, v)
+    with LiveTensorBytes() as vjp:
+        torch.autograd.grad(out, z, torch.ones_like(out))
+    return {"forward_peak": forward_peak / MIB, "step_peak": live.peak / MIB,
+            "f_graph_at_z_star": graph.bytes / MIB, "one_vjp_temporaries": vjp.peak / MIB,
+            "anderson_ring_buffers": 2 * M * BATCH * N * N * 4 / MIB,
+            "hidden_map": BATCH * CHANNELS * N * N * 4 / MIB}
+
+
+def test_training_memory(benchmark, ct):
+    op, y, x = ct
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        names = ["fast_luser", "reference_luser", "lu_depth5", "fast_luser_depth4",
+                 "fast_luser_maxiter_10", "fast_luser_maxiter_100"]
+        reports = {}
+        for name in names[1:]:
+            model = _build(name, op)
+            reports[name] = training_memory(model, y, x)
+            if name.startswith("fast_luser_maxiter"):
+                max_iter = int(name.rsplit("_", 1)[1])
+                assert all((i.iterations == max_iter).all() for i in model.last_solver_info)
+        model = _build("fast_luser", op)
+        reports["fast_luser"] = benchmark.pedantic(training_memory, args=(model, y, x),
+                                                   rounds=1, iterations=1)
+        parts = _peak_parts(op, y, x)
+    finally:
+        torch.set_num_threads(threads)
+    fast = reports["fast_luser"]
+    image = x.numel() * x.element_size()
+    limit = K * 3 * image + fast.param_bytes
+    checks = {
+        "saved maxiter 100 / maxiter 10": reports["fast_luser_maxiter_100"].saved_bytes
+        / reports["fast_luser_maxiter_10"].saved_bytes,
+        "saved depth 4 / depth 2": reports["fast_luser_depth4"].saved_bytes / fast.saved_bytes,
+        "saved / (K (|z*| + |v| + |x|) + params)": fast.saved_bytes / limit,
+        "LU saved / fast LUSER saved": reports["lu_depth5"].saved_bytes / fast.saved_bytes,
+        "LU peak / fast LUSER peak": reports["lu_depth5"].peak_bytes / fast.peak_bytes,
+        "reference LUSER saved / fast LUSER saved":
+            reports["reference_luser"].saved_bytes / fast.saved_bytes,
+        "reference LUSER peak / fast LUSER peak":
+            reports["reference_luser"].peak_bytes / fast.peak_bytes,
+    }
+    assert abs(checks["saved maxiter 100 / maxiter 10"] - 1) <= 0.02
+    assert abs(checks["saved depth 4 / depth 2"] - 1) <= 0.1
+    assert checks["saved / (K (|z*| + |v| + |x|) + params)"] <= 1.2
+    assert checks["LU saved / fast LUSER saved"] >= 8
+    _write_report(reports, checks, parts)
+
+
+def _write_report(reports, checks, parts):
+    run = {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "machine": {"cpu": _cpu_model(), "cores": os.cpu_count(), "threads": 1},
+        "versions": {"torch": torch.__version__, "python": platform.python_version()},
+        "git_sha": _git_sha(),
+        "setup": {"task": "CT parallel beam", "image": [N, N], "angles": N, "batch": BATCH,
+                  "K": K, "channels": CHANNELS, "dtype": "float32"},
+        "MiB": {name: {"saved": round(r.saved_bytes / MIB, 3),
+                       "peak": round(r.peak_bytes / MIB, 3),
+                       "params": round(r.param_bytes / MIB, 3),
+                       "seconds": round(r.seconds, 2)} for name, r in reports.items()},
+        "ratios": {k: round(v, 3) for k, v in checks.items()},
+        "fast_luser_peak_parts_MiB": {k: round(v, 2) for k, v in parts.items()},
+    }
+    key = f"{run['machine']['cpu']} | torch {run['versions']['torch']} | {run['git_sha']}"
+    os.makedirs(os.path.dirname(RESULTS), exist_ok=True)
+    runs = {}
+    if os.path.exists(RESULTS):
+        with open(RESULTS) as fh:
+            runs = json.load(fh)
+    runs[key] = run
+    with open(RESULTS, "w") as fh:
+        json.dump(runs, fh, indent=2)
+        fh.write("\n")
+    print(json.dumps({"MiB": run["MiB"], "ratios": run["ratios"],
+                      "peak parts": run["fast_luser_peak_parts_MiB"]}, indent=1))
