@@ -1,2 +1,3 @@
 """Fast ops, registered as ``torch.ops.luser_fast.*``; one module per op family."""
 from .radon import radon_adjoint, radon_forward
+from .nufft import nufft_type1, nufft_type2

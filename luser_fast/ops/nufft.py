@@ -631,6 +631,8 @@ def nufft_type2(image: torch.Tensor, ktraj: torch.Tensor, tol: float = 1e-6,
     """
     fn = "nufft_type2"
     _check_data(image, "image", 2, fn)
+    if min(image.shape[-2:]) < 1:
+        raise ValueError(f"{fn}: image must have H, W >= 1, got shape {tuple(image.shape)}")
     ktraj = _check_ktraj(ktraj, image.device, fn)
     tol, oversamp = _check_accuracy(tol, oversamp, fn)
     if _use_reference(fn, image):
