@@ -172,6 +172,8 @@ def test_bad_arguments():
         fast.anderson(f, z0, m=0)
     with pytest.raises(TypeError, match="'k'"):
         fast.DEQ(lambda z, v: z, backward_kwargs={"k": 2})
+    with pytest.raises(TypeError, match="^z0 must be a torch.Tensor"):
+        fast.DEQ(lambda z, v: z)(torch.zeros(2, 3), z0=[0.0])
     with pytest.raises(ValueError, match="implementation"):
         bytes_per_iteration(10, implementation="numpy")
 

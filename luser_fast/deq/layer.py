@@ -170,8 +170,10 @@ class DEQ(_ref.DEQ):
             if z0 is None:
                 init = getattr(self.f, "init_state", None)
                 z0 = init(v_fixed) if callable(init) else torch.zeros_like(v_fixed)
+            if isinstance(z0, torch.Tensor):
+                z0 = z0.detach()
             z_star, self.last_info = _SOLVERS[self.solver](
-                _bound_map(self.f, v_fixed), z0.detach(), **self.solver_kwargs)
+                _bound_map(self.f, v_fixed), z0, **self.solver_kwargs)
         params = list(self.parameters())
         if not (torch.is_grad_enabled()
                 and (v.requires_grad or any(p.requires_grad for p in params))):
