@@ -70,7 +70,7 @@ LF_HD double add_rn(double a, double b) {
 // major steps whose samples can touch an H x W image. A sample touches the image while
 // -1 <= f < n_minor; the range is widened by one step each side against rounding, so a
 // sample inside it has -3 <= f < n_minor + 2 (|df| <= 1). Non-finite input gives an
-// empty range.
+// empty range and a NaN step (so a NaN line integral, never an out-of-range access).
 LF_HD JosephRay joseph_ray_from_line(double ox, double oy, double vx, double vy, int height,
                                      int width) {
   JosephRay r;
