@@ -13,10 +13,7 @@ printed.
 """
 from __future__ import annotations
 
-import datetime
 import json
-import os
-import platform
 
 import pytest
 import torch
@@ -25,12 +22,11 @@ from luser_fast import reference
 from luser_fast.models import LU, LUSER
 from luser_fast.physics import Radon
 from luser_fast.profile import LiveTensorBytes, SavedTensorBytes, mse, training_memory
-from test_bench_radon import _cpu_model, _git_sha
+
+from deq_results import new_run, save_run
 
 N, BATCH, K, CHANNELS, M = 128, 4, 5, 64, 5
 MIB = 2 ** 20
-RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
-                       "deq_memory_cpu.json")
 
 
 @pytest.fixture(scope="module")
@@ -120,29 +116,16 @@ def test_training_memory(benchmark, ct):
 
 
 def _write_report(reports, checks, parts):
-    run = {
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "machine": {"cpu": _cpu_model(), "cores": os.cpu_count(), "threads": 1},
-        "versions": {"torch": torch.__version__, "python": platform.python_version()},
-        "git_sha": _git_sha(),
-        "setup": {"task": "CT parallel beam", "image": [N, N], "angles": N, "batch": BATCH,
-                  "K": K, "channels": CHANNELS, "dtype": "float32"},
-        "MiB": {name: {"saved": round(r.saved_bytes / MIB, 3),
-                       "peak": round(r.peak_bytes / MIB, 3),
-                       "params": round(r.param_bytes / MIB, 3),
-                       "seconds": round(r.seconds, 2)} for name, r in reports.items()},
-        "ratios": {k: round(v, 3) for k, v in checks.items()},
-        "fast_luser_peak_parts_MiB": {k: round(v, 2) for k, v in parts.items()},
-    }
-    key = f"{run['machine']['cpu']} | torch {run['versions']['torch']} | {run['git_sha']}"
-    os.makedirs(os.path.dirname(RESULTS), exist_ok=True)
-    runs = {}
-    if os.path.exists(RESULTS):
-        with open(RESULTS) as fh:
-            runs = json.load(fh)
-    runs[key] = run
-    with open(RESULTS, "w") as fh:
-        json.dump(runs, fh, indent=2)
-        fh.write("\n")
+    run = new_run(1)
+    run["setup"] = {"task": "CT parallel beam", "image": [N, N], "angles": N, "batch": BATCH,
+                    "K": K, "channels": CHANNELS, "dtype": "float32"}
+    run["MiB"] = {name: {"saved": round(r.saved_bytes / MIB, 3),
+                         "peak": round(r.peak_bytes / MIB, 3),
+                         "params": round(r.param_bytes / MIB, 3),
+                         "seconds": round(r.seconds, 2)} for name, r in reports.items()}
+    run["ratios"] = {k: round(v, 3) for k, v in checks.items()}
+    run["fast_luser_peak_parts_MiB"] = {k: round(v, 2) for k, v in parts.items()}
+    key = save_run("deq_memory_cpu.json", run)
+    print(key)
     print(json.dumps({"MiB": run["MiB"], "ratios": run["ratios"],
                       "peak parts": run["fast_luser_peak_parts_MiB"]}, indent=1))

@@ -22,10 +22,7 @@ implementation (``luser_fast.deq.bytes_per_iteration``) go to
 """
 from __future__ import annotations
 
-import datetime
-import json
-import os
-import platform
+from importlib import metadata
 
 import pytest
 import torch
@@ -35,15 +32,14 @@ from luser_fast import deq as fast
 from luser_fast import reference
 from luser_fast.deq import bytes_per_iteration
 from luser_fast.models import ShallowEquilibrium
-from test_bench_radon import _cpu_model, _git_sha
+
+from deq_results import new_run, save_run
 
 ITERS, M, THREADS, ROUNDS = 30, 5, 1, 9
-RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "solver_cpu.json")
 
 try:
     from torchdeq.solver.anderson import anderson_solver
-    import torchdeq
-    TORCHDEQ = torchdeq.__version__ if hasattr(torchdeq, "__version__") else "installed"
+    TORCHDEQ = metadata.version("torchdeq")
 except ImportError:                                   # optional peer: reported as missing
     anderson_solver, TORCHDEQ = None, None
 
@@ -153,27 +149,12 @@ def _write_report(results):
         entry["model_bytes_per_iteration_per_sample"]["fast_masked"] = bytes_per_iteration(
             dims[problem], M, itemsize=4, masked=True)
         problems[problem] = entry
-    run = {
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "machine": {"cpu": _cpu_model(), "cores": os.cpu_count(), "threads": THREADS},
-        "versions": {"torch": torch.__version__, "torchdeq": TORCHDEQ,
-                     "python": platform.python_version()},
-        "git_sha": _git_sha(),
-        "setup": {"m": M, "iterations": ITERS, "dtype": "float32",
-                  "light": "[8, 4, 96, 96], f = 0.6 tanh(depthwise conv3x3) + b",
-                  "shallow": "[4, 1, 96, 96], ShallowEquilibrium(channels=16, depth=2)"},
-        "problems": problems,
-    }
-    key = f"{run['machine']['cpu']} | torch {run['versions']['torch']} | {run['git_sha']}"
-    os.makedirs(os.path.dirname(RESULTS), exist_ok=True)
-    runs = {}
-    if os.path.exists(RESULTS):
-        with open(RESULTS) as fh:
-            runs = json.load(fh)
-    runs[key] = run
-    with open(RESULTS, "w") as fh:
-        json.dump(runs, fh, indent=2)
-        fh.write("\n")
+    run = new_run(THREADS, torchdeq=TORCHDEQ)
+    run["setup"] = {"m": M, "iterations": ITERS, "dtype": "float32",
+                    "light": "[8, 4, 96, 96], f = 0.6 tanh(depthwise conv3x3) + b",
+                    "shallow": "[4, 1, 96, 96], ShallowEquilibrium(channels=16, depth=2)"}
+    run["problems"] = problems
+    key = save_run("solver_cpu.json", run)
     lines = [f"Anderson CPU benchmark ({key}), {ITERS} iterations, m={M}:"]
     for problem, entry in problems.items():
         lines.append(f"  {problem}: ms/iteration {entry['ms_per_iteration']}")

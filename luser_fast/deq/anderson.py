@@ -40,7 +40,6 @@ of torchdeq's); 23 / 79 = 0.29 with masked copies.
 """
 from __future__ import annotations
 
-import math
 import numbers
 from typing import Callable
 
@@ -48,6 +47,7 @@ import torch
 
 from ..reference.deq import (REL_EPS, SolverInfo, _check_option, _check_problem, _evaluate,
                              _flat, _work_dtype)
+from ..reference.deq import _Tracker as _ReferenceTracker
 
 __all__ = ["anderson", "fixed_point", "bytes_per_iteration"]
 
@@ -64,29 +64,21 @@ def _check_every(value, device):
     return int(value)
 
 
-class _Tracker:
+class _Tracker(_ReferenceTracker):
     """Per-sample bookkeeping kept on the device: best iterate, residuals, freezing.
 
-    Same rules as the reference's tracker, fed with norms the solver already has.
+    The reference's tracker (same state, same rules), fed with norms the solver already
+    has instead of recomputing them in float64, and avoiding masked copies when ``sync``
+    (the host may look every iteration).
     """
 
     def __init__(self, z0, tol, stop, sync):
-        b, dev = z0.shape[0], z0.device
-        self.tol, self.stop, self.sync = tol, stop, sync
-        self.best = z0.clone(memory_format=torch.contiguous_format)
+        super().__init__(z0, tol, stop)
+        self.sync = sync
         # best is either this tracker's own buffer (updated in place) or, after an
         # iteration where every live sample improved, the iterate itself (never written)
         self._owned = True
-        self.abs_residual = torch.full((b,), math.inf, dtype=torch.float64, device=dev)
-        self.rel_residual = self.abs_residual.clone()
-        self.iterations = torch.zeros(b, dtype=torch.int64, device=dev)
-        self.converged = torch.zeros(b, dtype=torch.bool, device=dev)
-        self.active = torch.ones(b, dtype=torch.bool, device=dev)
-        self._bshape = (b,) + (1,) * (z0.dim() - 1)
-
-    @property
-    def residual(self):
-        return self.rel_residual if self.stop == "rel" else self.abs_residual
+        self._bshape = (z0.shape[0],) + (1,) * (z0.dim() - 1)
 
     def record(self, z, abs_r, fz_norm):
         """Score iterate z [B, ...] with ||f(z) - z|| and ||f(z)|| ([B] each)."""
@@ -120,10 +112,6 @@ class _Tracker:
         if self.best.data_ptr() == z0.data_ptr():
             return self.best.clone()
         return self.best
-
-    def info(self):
-        return SolverInfo(self.iterations, self.residual, self.converged,
-                          self.abs_residual, self.rel_residual)
 
 
 def _flat_view(x):
