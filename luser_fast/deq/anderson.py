@@ -214,7 +214,8 @@ def anderson(f: Callable[[torch.Tensor], torch.Tensor], z0: torch.Tensor, *, m: 
         tracker = _Tracker(z, tol, stop, sync=check_every == 1)
         work = _work_dtype(z)
         b = z.shape[0]
-        dim = _flat_view(z).shape[1]
+        dim = z[0].numel() * (2 if z.is_complex() else 1)
+        m = min(m, max_iter)            # never more slots than iterations (same k % m)
         hist_f = torch.zeros(b, m, dim, dtype=work, device=z.device)
         hist_g = torch.zeros_like(hist_f)
         gram = torch.zeros(b, m, m, dtype=work, device=z.device)
