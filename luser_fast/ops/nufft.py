@@ -287,6 +287,12 @@ def _interp(plan: NufftPlan, grid: torch.Tensor) -> torch.Tensor:
                                               plan.weights(grid.dtype))
 
 
+def _scale(src: torch.Tensor, factor: torch.Tensor, out: torch.Tensor) -> None:
+    """out = src * factor for complex src/out and a real factor (broadcast over the leading
+    dims), on the real views, so the factor is never converted to complex."""
+    torch.mul(torch.view_as_real(src), factor[..., None], out=torch.view_as_real(out))
+
+
 def _type2(plan: NufftPlan, image: torch.Tensor) -> torch.Tensor:
     lead = image.shape[:-2]
     batch = math.prod(lead)
@@ -297,13 +303,15 @@ def _type2(plan: NufftPlan, image: torch.Tensor) -> torch.Tensor:
     (h, w), (n0, n1) = plan.image_size, plan.grid_size
     h2, w2 = h // 2, w // 2
     x = image.reshape(batch, h, w)
+    if x.stride(-1) != 1:
+        x = x.contiguous()
     d = plan.deapod(image.dtype)
     with plan.workspace(batch, image.dtype) as ws:
         # deapodised pixel j of a row goes to column (j - W // 2) mod n1; the other
         # columns of the workspace stay zero
         a = ws("pad_w", (batch, h, n1), zero=True)
-        torch.mul(x[..., w2:], d[:, w2:], out=a[..., :w - w2])
-        torch.mul(x[..., :w2], d[:, :w2], out=a[..., n1 - w2:])
+        _scale(x[..., w2:], d[:, w2:], a[..., :w - w2])
+        _scale(x[..., :w2], d[:, :w2], a[..., n1 - w2:])
         a = torch.fft.fft(a, dim=-1).transpose(-1, -2)                  # [B, n1, H]
         t = ws("pad_h", (batch, n1, n0), zero=True)
         t[..., :h - h2].copy_(a[..., h2:])
@@ -332,8 +340,8 @@ def _type1(plan: NufftPlan, values: torch.Tensor) -> torch.Tensor:
         a = torch.fft.ifft(a, dim=-1, norm="forward")                    # [B, H, n1]
     d = plan.deapod(values.dtype)
     x = torch.empty((batch, h, w), dtype=values.dtype, device=values.device)
-    torch.mul(a[..., n1 - w2:], d[:, :w2], out=x[..., :w2])
-    torch.mul(a[..., :w - w2], d[:, w2:], out=x[..., w2:])
+    _scale(a[..., n1 - w2:], d[:, :w2], x[..., :w2])
+    _scale(a[..., :w - w2], d[:, w2:], x[..., w2:])
     return x.reshape(*lead, h, w)
 
 

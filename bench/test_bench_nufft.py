@@ -1,0 +1,323 @@
+"""NUFFT benchmarks: luser_fast's ops against FINUFFT and torchkbnufft (issue 6).
+
+CPU (this machine): 256 x 256 image, golden-angle radial trajectory of 402 spokes x 256
+samples (102,912 points), 8 coils, complex64, 2 threads; type 2 (image -> k-space) and
+type 1 (k-space -> image) at tol 1e-3 and 1e-6. Each implementation runs in its fastest
+repeated-use form: luser_fast with the trajectory's plan cached (the ``ktraj`` tensor is
+reused), FINUFFT through ``finufft.Plan`` (``setpts`` once, 8 transforms per ``execute``),
+torchkbnufft's ``KbNufft`` / ``KbNufftAdjoint`` modules (interpolation tables built once;
+its accuracy is fixed by its table, numpoints = 6 by default, so it is run once per type
+and shown against both tolerances). Plan set-up is timed separately.
+
+Correctness before timing: every result is compared with the exact non-uniform DFT on a
+subset (type 2: 2,048 random points; type 1: 1,024 random pixels, summed over all 102,912
+points, in float64), and the relative l2 error is recorded next to the time; luser_fast
+must reach its tol. Medians and minima (the min is the estimate least disturbed by other
+load on a shared machine) and the ratios against the peers measured in the same run go to
+``bench/results/nufft_cpu.json`` (keyed by machine, versions and git SHA) and are printed.
+
+GPU (only where one exists): the same problem at tol 1e-5 in complex64, points per second
+(points x coils / s) against cuFINUFFT's published ~6e8 points/s (A6000, 2-D, fp32,
+tol 1e-5), checked against the CPU kernels first.
+
+    pytest bench/test_bench_nufft.py --benchmark-only
+"""
+from __future__ import annotations
+
+import datetime
+import json
+import math
+import os
+import platform
+import subprocess
+
+import numpy as np
+import pytest
+import torch
+
+from luser_fast.ops import nufft as nufft_ops
+from luser_fast.ops import nufft_type1, nufft_type2
+
+H = W = 256
+SPOKES, SAMPLES, COILS, THREADS = 402, 256, 8, 2
+TOLS = (1e-3, 1e-6)
+GPU_TOL = 1e-5
+CUFINUFFT_POINTS_PER_S = 6e8
+CHECK_POINTS, CHECK_PIXELS = 2048, 1024
+RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "nufft_cpu.json")
+
+
+def golden_angle_radial(spokes: int, samples: int) -> torch.Tensor:
+    """[spokes * samples, 2] float32 radians: spoke s at angle s * pi (sqrt(5) - 1) / 2,
+    samples (j - samples // 2) 2 pi / samples along it (the DC sample included)."""
+    angles = torch.arange(spokes, dtype=torch.float64) * (math.pi * (math.sqrt(5) - 1) / 2)
+    radius = (torch.arange(samples, dtype=torch.float64) - samples // 2) * (2 * math.pi / samples)
+    k = torch.stack((radius[None] * torch.cos(angles[:, None]),
+                     radius[None] * torch.sin(angles[:, None])), dim=-1)
+    return k.reshape(-1, 2).float()
+
+
+class Problem:
+    """The benchmark problem and its exact answers on a subset (float64 NUDFT)."""
+
+    def __init__(self):
+        g = torch.Generator().manual_seed(0)
+        self.ktraj = golden_angle_radial(SPOKES, SAMPLES)
+        m = self.ktraj.shape[0]
+        self.image = torch.complex(torch.randn(COILS, H, W, generator=g),
+                                   torch.randn(COILS, H, W, generator=g))
+        self.values = torch.complex(torch.randn(COILS, m, generator=g),
+                                    torch.randn(COILS, m, generator=g))
+        self.points = torch.randperm(m, generator=g)[:CHECK_POINTS]
+        self.pixels = torch.randperm(H * W, generator=g)[:CHECK_PIXELS]
+        k = self.ktraj.double()
+        n0 = torch.arange(H, dtype=torch.float64) - H // 2
+        n1 = torch.arange(W, dtype=torch.float64) - W // 2
+        x = self.image.to(torch.complex128)
+        ks = k[self.points]
+        e0 = torch.exp(-1j * ks[:, :1] * n0[None])                   # [P, H]
+        e1 = torch.exp(-1j * ks[:, 1:] * n1[None])                   # [P, W]
+        self.exact2 = torch.sum((x @ e1.T) * e0.T[None], dim=1)       # [C, P]
+        row, col = self.pixels // W, self.pixels % W
+        y = self.values.to(torch.complex128)
+        self.exact1 = torch.zeros(COILS, CHECK_PIXELS, dtype=torch.complex128)
+        for s in range(0, m, 8192):
+            kk = k[s:s + 8192]
+            phase = kk[:, :1] * n0[row][None] + kk[:, 1:] * n1[col][None]   # [chunk, P]
+            self.exact1 += y[:, s:s + 8192] @ torch.exp(1j * phase)
+
+    def error(self, kind: str, out) -> float:
+        out = torch.as_tensor(np.asarray(out)).to(torch.complex128)
+        if kind == "type2":
+            got, want = out.reshape(COILS, -1)[:, self.points], self.exact2
+        else:
+            got, want = out.reshape(COILS, H * W)[:, self.pixels], self.exact1
+        return float(torch.linalg.vector_norm(got - want) / torch.linalg.vector_norm(want))
+
+
+@pytest.fixture(scope="module")
+def problem():
+    return Problem()
+
+
+@pytest.fixture(scope="module")
+def report():
+    """Collects seconds (median, min) and errors; writes the JSON and prints the table."""
+    results: dict[str, dict] = {}
+    before = torch.get_num_threads()
+    torch.set_num_threads(THREADS)
+    yield results
+    torch.set_num_threads(before)
+    if any("median" in r for r in results.values()):
+        _write_report(results)
+
+
+def _record(benchmark, name: str, error: float | None, results: dict) -> None:
+    entry = results.setdefault(name, {})
+    if error is not None:
+        entry["error"] = error
+        benchmark.extra_info["relative_l2_error"] = error
+    if not benchmark.disabled:
+        stats = benchmark.stats.stats
+        entry.update(median=stats.median, min=stats.min)
+
+
+def _git_sha() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, cwd=os.path.dirname(os.path.abspath(__file__)),
+                              timeout=10).stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _versions() -> dict:
+    out = {"torch": torch.__version__, "numpy": np.__version__,
+           "python": platform.python_version()}
+    for name in ("finufft", "torchkbnufft"):
+        try:
+            out[name] = __import__(name).__version__
+        except ImportError:
+            out[name] = None
+    return out
+
+
+def _ratios(ms: dict) -> dict:
+    """Our time over each peer's (below 1: we are faster), per type and tol."""
+    out = {}
+    for kind in ("type2", "type1"):
+        kb = ms.get(f"torchkbnufft_{kind}")
+        for tol in TOLS:
+            ours = ms.get(f"luser_fast_{kind}_{tol:g}")
+            fin = ms.get(f"finufft_{kind}_{tol:g}")
+            if ours is None:
+                continue
+            if fin is not None:
+                out[f"luser_fast / finufft, {kind}, tol {tol:g}"] = round(ours / fin, 3)
+            if kb is not None:
+                out[f"torchkbnufft / luser_fast, {kind}, tol {tol:g}"] = round(kb / ours, 1)
+    return out
+
+
+def _write_report(results: dict) -> None:
+    timed = {k: v for k, v in results.items() if "median" in v}
+    ms = {stat: {k: 1e3 * v[stat] for k, v in timed.items()} for stat in ("median", "min")}
+    run = {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "machine": {"cpu": _cpu_model(), "cores": os.cpu_count(), "threads": THREADS},
+        "versions": _versions(),
+        "git_sha": _git_sha(),
+        "problem": {"image": [H, W], "spokes": SPOKES, "samples": SAMPLES,
+                    "points": SPOKES * SAMPLES, "coils": COILS, "dtype": "complex64",
+                    "trajectory": "golden-angle radial", "tols": list(TOLS)},
+        "ms": {stat: {k: round(v, 3) for k, v in sorted(m.items())} for stat, m in ms.items()},
+        "relative_l2_error": {k: float(f"{v['error']:.3g}") for k, v in sorted(results.items())
+                              if "error" in v},
+        "ratios": {stat: _ratios(m) for stat, m in ms.items()},
+    }
+    key = f"{run['machine']['cpu']} | torch {run['versions']['torch']} | {run['git_sha']}"
+    os.makedirs(os.path.dirname(RESULTS), exist_ok=True)
+    runs = {}
+    if os.path.exists(RESULTS):
+        with open(RESULTS) as fh:
+            runs = json.load(fh)
+    runs[key] = run
+    with open(RESULTS, "w") as fh:
+        json.dump(runs, fh, indent=2)
+        fh.write("\n")
+    lines = [f"NUFFT CPU benchmark ({key}), ms (median / min), relative l2 error:"]
+    for k in sorted(timed):
+        err = results[k].get("error")
+        lines.append(f"  {k:28s} {ms['median'][k]:9.2f} {ms['min'][k]:9.2f}"
+                     + (f"   err {err:.2e}" if err is not None else ""))
+    lines += [f"  {k}: {v} (median) / {run['ratios']['min'][k]} (min)"
+              for k, v in run["ratios"]["median"].items()]
+    print("\n" + "\n".join(lines))
+
+
+# --- CPU --------------------------------------------------------------------------------------
+
+@pytest.mark.skipif(not nufft_ops.HAS_CPU_KERNELS, reason="the C++ extension is not built")
+@pytest.mark.parametrize("tol", TOLS)
+@pytest.mark.parametrize("kind", ["type2", "type1"])
+def test_luser_fast(benchmark, problem, report, kind, tol):
+    if kind == "type2":
+        def run():
+            return nufft_type2(problem.image, problem.ktraj, tol)
+    else:
+        def run():
+            return nufft_type1(problem.values, problem.ktraj, (H, W), tol)
+    err = problem.error(kind, run())
+    assert err <= tol, err
+    benchmark.pedantic(run, rounds=20, warmup_rounds=2)
+    _record(benchmark, f"luser_fast_{kind}_{tol:g}", err, report)
+
+
+@pytest.mark.skipif(not nufft_ops.HAS_CPU_KERNELS, reason="the C++ extension is not built")
+def test_luser_fast_plan(benchmark, problem, report):
+    """Plan set-up for a new trajectory tensor (bin sort, stencils, weights, deapodisation)."""
+    def run():
+        nufft_ops.plan_for(problem.ktraj.clone(), (H, W), 1e-6)
+
+    benchmark.pedantic(run, rounds=5, warmup_rounds=1)
+    _record(benchmark, "luser_fast_plan_1e-06", None, report)
+
+
+@pytest.mark.parametrize("tol", TOLS)
+@pytest.mark.parametrize("kind", ["type2", "type1"])
+def test_finufft(benchmark, problem, report, kind, tol):
+    finufft = pytest.importorskip("finufft")
+    kx = problem.ktraj[:, 0].numpy().copy()
+    ky = problem.ktraj[:, 1].numpy().copy()
+    if kind == "type2":
+        plan = finufft.Plan(2, (H, W), n_trans=COILS, eps=tol, isign=-1, nthreads=THREADS,
+                            dtype="complex64")
+        data = problem.image.numpy()
+    else:
+        plan = finufft.Plan(1, (H, W), n_trans=COILS, eps=tol, isign=1, nthreads=THREADS,
+                            dtype="complex64")
+        data = problem.values.numpy()
+    plan.setpts(kx, ky)
+
+    def run():
+        return plan.execute(data)
+
+    err = problem.error(kind, run())
+    # FINUFFT's complex64 transforms spread and FFT in float32: their floor is ~1e-5
+    assert err <= max(10 * tol, 1e-4), err
+    benchmark.pedantic(run, rounds=20, warmup_rounds=2)
+    _record(benchmark, f"finufft_{kind}_{tol:g}", err, report)
+
+
+@pytest.mark.parametrize("kind", ["type2", "type1"])
+def test_torchkbnufft(benchmark, problem, report, kind):
+    tkbn = pytest.importorskip("torchkbnufft")
+    k = problem.ktraj.T.contiguous()
+    if kind == "type2":
+        op = tkbn.KbNufft(im_size=(H, W), dtype=torch.complex64)
+        data = problem.image[:, None]
+
+        def run():
+            return op(data, k)
+    else:
+        op = tkbn.KbNufftAdjoint(im_size=(H, W), dtype=torch.complex64)
+        data = problem.values[:, None]
+
+        def run():
+            return op(data, k)
+
+    err = problem.error(kind, run())
+    assert err <= 1e-2, err
+    benchmark.pedantic(run, rounds=5, warmup_rounds=1)
+    _record(benchmark, f"torchkbnufft_{kind}", err, report)
+
+
+# --- GPU --------------------------------------------------------------------------------------
+
+needs_gpu = pytest.mark.skipif(
+    not (torch.cuda.is_available() and nufft_ops.cuda_available()),
+    reason="no CUDA device with CuPy here: the GPU benchmark runs only where one exists")
+
+
+@needs_gpu
+@pytest.mark.parametrize("kind", ["type2", "type1"])
+def test_luser_fast_cuda_points_per_second(benchmark, problem, kind):
+    k = problem.ktraj.cuda()
+    if kind == "type2":
+        data = problem.image.cuda()
+
+        def run():
+            out = nufft_type2(data, k, GPU_TOL)
+            torch.cuda.synchronize()
+            return out
+    else:
+        data = problem.values.cuda()
+
+        def run():
+            out = nufft_type1(data, k, (H, W), GPU_TOL)
+            torch.cuda.synchronize()
+            return out
+
+    err = problem.error(kind, run().cpu())
+    assert err <= GPU_TOL, err
+    benchmark.pedantic(run, rounds=50, warmup_rounds=5)
+    if not benchmark.disabled:
+        rate = problem.ktraj.shape[0] * COILS / benchmark.stats.stats.median
+        benchmark.extra_info.update(points_per_second=rate, relative_l2_error=err,
+                                    vs_cufinufft_published=rate / CUFINUFFT_POINTS_PER_S,
+                                    device=torch.cuda.get_device_name())
+        print(f"\n{torch.cuda.get_device_name()}: nufft {kind} {H}x{W}, {SPOKES}x{SAMPLES} "
+              f"points x {COILS} coils, tol {GPU_TOL:g}: {rate:.3g} points/s "
+              f"({rate / CUFINUFFT_POINTS_PER_S:.2f}x cuFINUFFT's published {CUFINUFFT_POINTS_PER_S:.0e}), "
+              f"error {err:.2e}")
