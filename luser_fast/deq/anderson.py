@@ -85,9 +85,9 @@ class _Tracker(_ReferenceTracker):
         abs_r, fz_norm = abs_r.double(), fz_norm.double()
         rel_r = abs_r / (fz_norm + REL_EPS)
         res = rel_r if self.stop == "rel" else abs_r
-        live = self.active
-        finite = torch.isfinite(abs_r) & torch.isfinite(fz_norm)
-        better = live & finite & (res < self.residual)
+        # active and finite (both norms are >= 0, so their sum is finite iff both are)
+        live = self.active & torch.isfinite(abs_r + fz_norm)
+        better = live & (res < self.residual)
         if self.sync and bool(better.all()):
             self.best, self._owned = z, False                 # no copy: z is never written
         elif not self.sync or bool(better.any()):
@@ -97,13 +97,18 @@ class _Tracker(_ReferenceTracker):
                 self.best, self._owned = torch.where(better.view(self._bshape), z, self.best), True
         self.abs_residual = torch.where(better, abs_r, self.abs_residual)
         self.rel_residual = torch.where(better, rel_r, self.rel_residual)
-        self.iterations += live
-        self.converged |= live & finite & (res <= self.tol)
-        self.active = live & finite & ~self.converged
+        self.iterations += self.active
+        self.converged |= live & (res <= self.tol)
+        self.active = live & ~self.converged
+        self.n_active = int(self.active.sum()) if self.sync else None
+
+    def finished(self):
+        """True when no sample is active (reads the device: call every check_every)."""
+        return self.n_active == 0 if self.sync else not bool(self.active.any())
 
     def next_iterate(self, proposal):
         """The next input of f: ``proposal`` for active samples, the frozen best otherwise."""
-        if self.sync and bool(self.active.all()):
+        if self.sync and self.n_active == self.active.shape[0]:
             return proposal
         return torch.where(self.active.view(self._bshape), proposal, self.best)
 
@@ -126,23 +131,29 @@ def _unflat_like(flat, like):
     return flat.to(like.dtype).reshape(like.shape)
 
 
-def _bordered_solve(gram, scale, reg):
+def _bordered_solve(gram, scale, reg, border, rhs):
     """alpha [B, n] from [[0, 1^T], [1, gram + reg * scale I]] [mu; alpha] = [1; 0] (float64),
-    and ok [B]: the solve succeeded with finite weights."""
-    b, n = gram.shape[0], gram.shape[-1]
-    system = gram.new_zeros(b, n + 1, n + 1)
-    system[:, 0, 1:] = 1
-    system[:, 1:, 0] = 1
+    and ok [B]: the solve succeeded with finite weights. ``border`` [B, n+1, n+1] holds
+    the ones of the first row and column, ``rhs`` [B, n+1, 1] is e_0."""
+    system = border.clone()
     system[:, 1:, 1:] = gram
     system[:, 1:, 1:].diagonal(dim1=-2, dim2=-1).add_((reg * scale)[:, None])
-    rhs = gram.new_zeros(b, n + 1, 1)
-    rhs[:, 0] = 1
     sol, status = torch.linalg.solve_ex(system, rhs)
     alpha = sol[:, 1:, 0]
-    return alpha, (status == 0) & torch.isfinite(alpha).all(-1)
+    return alpha, (status == 0) & torch.isfinite(alpha.sum(-1))
 
 
-def _mixing_weights(gram, lam, newest, sync=False):
+def _border(b, n, dtype, device):
+    """The constant parts of the bordered system: ([B, n+1, n+1] border, [B, n+1, 1] e_0)."""
+    border = torch.zeros(b, n + 1, n + 1, dtype=dtype, device=device)
+    border[:, 0, 1:] = 1
+    border[:, 1:, 0] = 1
+    rhs = torch.zeros(b, n + 1, 1, dtype=dtype, device=device)
+    rhs[:, 0] = 1
+    return border, rhs
+
+
+def _mixing_weights(gram, lam, newest, sync=False, cache=None):
     """Anderson weights from the Gram matrices ``gram`` [B, n, n] (work dtype).
 
     Solves [[0, 1^T], [1, G G^T + lam' I]] [mu; alpha] = [1; 0] in float64 with
@@ -150,6 +161,7 @@ def _mixing_weights(gram, lam, newest, sync=False):
     with lam' * 1e3 is taken, and where that fails too, alpha is one-hot on ``newest``.
     The choice is made per sample with ``torch.where``; the retry is solved for every
     sample, except with ``sync`` (the host may look), where it is solved only if needed.
+    ``cache`` (a dict kept by the caller across iterations) keeps the constant border.
 
     Returns:
         alpha [B, n] float64, rows summing to 1.
@@ -159,11 +171,14 @@ def _mixing_weights(gram, lam, newest, sync=False):
     if n == 1:
         return gram.new_ones(b, 1)
     scale = gram.diagonal(dim1=-2, dim2=-1).mean(-1)
-    alpha, ok = _bordered_solve(gram, scale, lam)
+    cache = {} if cache is None else cache
+    if n not in cache:
+        cache[n] = _border(b, n, gram.dtype, gram.device)
+    alpha, ok = _bordered_solve(gram, scale, lam, *cache[n])
     if sync and bool(ok.all()):
         return alpha
-    retry, ok_retry = _bordered_solve(gram, scale,
-                                      _RETRY_FACTOR * max(lam, torch.finfo(torch.float64).eps))
+    retry, ok_retry = _bordered_solve(
+        gram, scale, _RETRY_FACTOR * max(lam, torch.finfo(torch.float64).eps), *cache[n])
     fallback = gram.new_zeros(b, n)
     fallback[:, newest] = 1
     fallback = torch.where(ok_retry[:, None], retry, fallback)
@@ -219,6 +234,7 @@ def anderson(f: Callable[[torch.Tensor], torch.Tensor], z0: torch.Tensor, *, m: 
         hist_f = torch.zeros(b, m, dim, dtype=work, device=z.device)
         hist_g = torch.zeros_like(hist_f)
         gram = torch.zeros(b, m, m, dtype=work, device=z.device)
+        borders = {}
         for k in range(max_iter):
             fz = _evaluate(f, z)
             slot, n = k % m, min(k + 1, m)
@@ -232,9 +248,9 @@ def anderson(f: Callable[[torch.Tensor], torch.Tensor], z0: torch.Tensor, *, m: 
             tracker.record(z, abs_r, torch.linalg.vector_norm(f_new, dim=1))
             if k + 1 == max_iter:
                 break
-            if (k + 1) % check_every == 0 and not bool(tracker.active.any()):
+            if (k + 1) % check_every == 0 and tracker.finished():
                 break
-            alpha = _mixing_weights(gram[:, :n, :n], lam, slot, tracker.sync)
+            alpha = _mixing_weights(gram[:, :n, :n], lam, slot, tracker.sync, borders)
             alpha = alpha.to(work).unsqueeze(1)
             mixed = torch.bmm(alpha, hist_f[:, :n])          # fresh: it may become z and best
             if beta != 1:
@@ -277,7 +293,7 @@ def fixed_point(f: Callable[[torch.Tensor], torch.Tensor], z0: torch.Tensor, *,
             tracker.record(z, abs_r, torch.linalg.vector_norm(fz_flat, dim=1))
             if k + 1 == max_iter:
                 break
-            if (k + 1) % check_every == 0 and not bool(tracker.active.any()):
+            if (k + 1) % check_every == 0 and tracker.finished():
                 break
             z = tracker.next_iterate(fz)
         return tracker.result(z0), tracker.info()
