@@ -576,12 +576,13 @@ def _nvrtc():
     os.path.join(_ext.CUDA_SRC_DIR, "all.cu")),
     reason="no NVRTC library (PyPI nvidia-cuda-nvrtc) or no shipped CUDA sources")
 def test_shipped_sources_compile_with_nvrtc():
-    """What CuPy compiles on a device the fatbin lacks: the shipped all.cu, with NVRTC's
-    builtins only (no standard headers)."""
+    """What CuPy compiles on a device the fatbin lacks: the shipped sources (here the Radon
+    part of all.cu), with NVRTC's builtins only (no standard headers)."""
     lib = _nvrtc()
     src_dir = _ext.CUDA_SRC_DIR
     with open(os.path.join(src_dir, "all.cu"), "rb") as fh:
-        code = fh.read()
+        assert b'#include "radon/radon.cu"' in fh.read()
+    code = b'#include "radon/radon.cu"\n'
     for arch in ("compute_80", "compute_90"):
         prog = ctypes.c_void_p()
         assert lib.nvrtcCreateProgram(ctypes.byref(prog), code, b"all.cu", 0, None, None) == 0
