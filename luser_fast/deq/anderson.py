@@ -55,12 +55,18 @@ __all__ = ["anderson", "fixed_point", "bytes_per_iteration"]
 _RETRY_FACTOR = 1e3
 
 
+def validate_check_every(value):
+    """Raise ValueError unless ``check_every`` is None or an int >= 1."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Integral)
+                              or value < 1):
+        raise ValueError(f"check_every must be an int >= 1 or None, got {value!r}")
+
+
 def _check_every(value, device):
     """Validate ``check_every``; None picks 1 on CPU (a sync is free) and 4 elsewhere."""
+    validate_check_every(value)
     if value is None:
         return 1 if device.type == "cpu" else 4
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"check_every must be an int >= 1 or None, got {value!r}")
     return int(value)
 
 

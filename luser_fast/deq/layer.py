@@ -4,7 +4,8 @@
 (``luser_fast.reference.DEQ``); what changes is what lives between forward and backward.
 The reference keeps the graph of one application of f at z* (every activation of f); here
 the output comes from ``DEQFunction``, an ``autograd.Function`` that saves z* and v,
-nothing else, and refers to f's parameters (which f holds anyway). Its backward rebuilds f at z* under ``enable_grad`` and:
+nothing else, and refers to f's parameters (which f holds anyway). Its backward rebuilds
+f at z* under ``enable_grad`` and:
 
 * ``"ift"``: solves u = J_f(z*)^T u + g with the same batched solver, each step one
   vector-Jacobian product on that rebuilt graph, then returns (df/dv)^T u and
@@ -12,44 +13,34 @@ nothing else, and refers to f's parameters (which f holds anyway). Its backward 
 * ``"jfb"``: u = g, one VJP;
 * ``"phantom"``: replays the k damped steps from z* and backpropagates g through them.
 
-So the bytes saved per layer call are |z*| + |v|, whatever the solver's iterations or f's depth. The rebuilt graph exists only inside the
-backward of one layer at a time.
+So the bytes saved per layer call are |z*| + |v|, whatever the solver's iterations or f's
+depth. The rebuilt graph exists only inside the backward of one layer at a time.
 """
 from __future__ import annotations
-
-import functools
-import numbers
 
 import torch
 
 from ..reference import deq as _ref
-from .anderson import anderson, fixed_point
+from .anderson import anderson, fixed_point, validate_check_every
 
 __all__ = ["DEQ", "DEQFunction"]
 
 _SOLVERS = {"anderson": anderson, "fixed_point": fixed_point}
 
 
-def _split_check_every(what, kwargs):
+def _split_check_every(kwargs):
     """(kwargs without ``check_every``, its value or None); the rest is validated later."""
     if not isinstance(kwargs, dict) or "check_every" not in kwargs:
         return kwargs, None
     rest = {k: v for k, v in kwargs.items() if k != "check_every"}
-    value = kwargs["check_every"]
-    if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Integral)
-                              or value < 1):
-        raise ValueError(f"check_every must be an int >= 1 or None, got {value!r} ({what})")
-    return rest, value
+    validate_check_every(kwargs["check_every"])
+    return rest, kwargs["check_every"]
 
 
 def _bound_map(f, v):
     """z -> f(z, v); uses ``f.bind(v)`` when f offers one (work on v done once per solve)."""
     bind = getattr(f, "bind", None)
     return bind(v) if callable(bind) else (lambda z: f(z, v))
-
-
-def _swap(f, v, z):
-    return f(z, v)
 
 
 class DEQFunction(torch.autograd.Function):
@@ -87,9 +78,12 @@ class DEQFunction(torch.autograd.Function):
         wanted = [p for p, need in zip(params, ctx.needs_input_grad[3:]) if need]
         with torch.enable_grad():
             v_in = v.detach().requires_grad_(ctx.needs_input_grad[2])
-            # f(z, v) as is, not bind(v): a bound map would keep its v-only intermediates
-            # alive through the whole adjoint solve, where they are never needed.
-            f = functools.partial(_swap, layer.f, v_in)
+
+            def f(z):
+                # f(z, v) as is, not bind(v): a bound map would keep its v-only
+                # intermediates alive through the whole adjoint solve, which never needs them
+                return layer.f(z, v_in)
+
             if layer.backward == "phantom":
                 out, u = layer._replay(f, z_star), grad
             else:
@@ -137,9 +131,9 @@ class DEQ(_ref.DEQ):
 
     def __init__(self, f, solver="anderson", backward="ift", solver_kwargs=None,
                  backward_kwargs=None):
-        solver_kwargs, check = _split_check_every("solver_kwargs", solver_kwargs)
+        solver_kwargs, check = _split_check_every(solver_kwargs)
         if backward == "ift":
-            backward_kwargs, back_check = _split_check_every("backward_kwargs", backward_kwargs)
+            backward_kwargs, back_check = _split_check_every(backward_kwargs)
         else:
             back_check = None
         super().__init__(f, solver=solver, backward=backward, solver_kwargs=solver_kwargs,
