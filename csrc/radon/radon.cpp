@@ -18,7 +18,6 @@
 // _radon_forward_gather / _radon_adjoint_gather run the CUDA kernels' algorithms (one ray
 // per thread; one pixel per thread gathering its transpose weights) on the CPU, with the
 // same joseph.h functions, so the GPU's math is tested here without a GPU.
-#include <Python.h>  // first, as Python asks: the module init at the end
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -708,11 +707,4 @@ TORCH_LIBRARY_IMPL(luser_fast, CPU, m) {
   m.impl("_radon_forward_gather", &radon_forward_gather_cpu);
   m.impl("_radon_adjoint_gather", &radon_adjoint_gather_cpu);
   m.impl("_radon_rays", &radon_rays_cpu);
-}
-
-// The extension module's init: an empty module, importing it runs the registrations
-// above. Weak, so that another op family's source in the same extension may define it too.
-extern "C" __attribute__((weak)) PyObject* PyInit__C(void) {
-  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
-  return PyModule_Create(&module_def);
 }
