@@ -1,0 +1,325 @@
+"""Fused Anderson history update and mixing: ``torch.ops.luser_fast.anderson_step`` /
+``anderson_mix``.
+
+One Anderson iteration of ``luser_fast.deq.anderson`` touches the [B, D] data twice, with
+the (tiny) bordered solve in between, so it is two kernels, each a single pass:
+
+1. ``_anderson_step_fwd_kernel`` (after f(z) is evaluated): reads f(z) and z, writes the
+   new history slot F[:, slot] = f(z) and G[:, slot] = f(z) - z, and in the same pass
+   accumulates the new Gram row <G_j, g> (j < n, its ``slot`` entry being ||g||^2, the
+   squared residual) and ||f(z)||^2. Samples whose ``active`` flag is false are frozen:
+   their history is left untouched and their row is zero (nothing of theirs is read).
+2. ``_anderson_mix_fwd_kernel`` (after the weights alpha are solved from the Gram
+   matrix): the next iterate ``sum_j alpha_j F_j - (1 - beta) sum_j alpha_j G_j`` for
+   active samples, the frozen ``best`` iterate for the others.
+
+They cannot be one pass: alpha depends on the complete Gram row, which needs every
+element of g, and the row of the next iteration needs f of the mixed iterate.
+
+Bytes moved per sample, s = itemsize, n = valid history slots (the model checked by
+``bench/test_bench_triton.py``):
+
+    anderson_step: read f(z), z (2D) + write F, G slot (2D) + read n-1 old G rows
+                   ((n-1) D; the slot row is the g just computed)      = (n + 3) D s
+    anderson_mix:  read n F rows (+ n G rows when beta != 1) + read best (D, only with
+                   a freeze mask) + write the iterate (D)             = (n + 1 [+ n] [+ 1]) D s
+
+The reference twins ``anderson_step_ref`` / ``anderson_mix_ref`` below are the same maths
+in plain PyTorch; they serve on CPU and wherever Triton is missing. Partial Gram rows are
+written per D-tile and summed on the host side of the launcher (no atomics), so results
+are deterministic.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+
+from .. import backends
+
+__all__ = ["anderson_step", "anderson_mix", "anderson_step_ref", "anderson_mix_ref",
+           "anderson_step_fwd", "anderson_mix_fwd", "HAS_TRITON", "KERNEL_DTYPES"]
+
+try:                                    # optional: the reference serves without Triton
+    import triton
+    import triton.language as tl
+    HAS_TRITON = True
+except ImportError:                     # pragma: no cover - exercised without the extra
+    triton = tl = None
+    HAS_TRITON = False
+
+#: dtypes the kernels take (history buffers are the solver's work dtype)
+KERNEL_DTYPES = (torch.float32, torch.float64)
+#: D-elements per program; with m <= 16 history rows a [16, 1024] fp32 tile is 64 KiB of
+#: registers over 4 warps (128 per thread), so rows are loaded one at a time instead
+_BLOCK_D = 1024
+_NUM_WARPS = 4
+
+
+def interpreted() -> bool:
+    """True when the kernels were built for the Triton interpreter (TRITON_INTERPRET=1)."""
+    return HAS_TRITON and type(_anderson_step_fwd_kernel).__name__ == "InterpretedFunction"
+
+
+def _devices():
+    # the interpreter runs kernels on CPU tensors; compiled kernels need CUDA tensors
+    return ("cuda", "cpu") if os.environ.get("TRITON_INTERPRET", "0") == "1" else ("cuda",)
+
+
+# --------------------------------------------------------------------------- reference
+
+def anderson_step_ref(fz, z, hist_f, hist_g, active, slot: int, n: int):
+    """History update and Gram row, plain PyTorch (the maths of ``anderson_step``).
+
+    Args:
+        fz: f(z) [B, D].
+        z: the iterate [B, D].
+        hist_f, hist_g: ring buffers [B, m, D] (work dtype), updated in place at ``slot``
+            for active samples.
+        active: [B] bool; false rows are frozen (history untouched, zero Gram row).
+        slot: history slot to write (0 <= slot < n).
+        n: valid slots after this write (1 <= n <= m).
+
+    Returns:
+        [B, m + 1] work dtype: columns j < n hold <G_j, g> (column ``slot`` is ||g||^2),
+        columns n..m-1 zero, column m holds ||f(z)||^2; zero rows for frozen samples.
+    """
+    b, m, _ = hist_f.shape
+    mask = active.view(b, 1)
+    f = fz.to(hist_f.dtype)
+    g = f - z.to(hist_f.dtype)
+    hist_f[:, slot] = torch.where(mask, f, hist_f[:, slot])
+    hist_g[:, slot] = torch.where(mask, g, hist_g[:, slot])
+    out = hist_f.new_zeros(b, m + 1)
+    out[:, :n] = torch.bmm(hist_g[:, :n], g.unsqueeze(-1)).squeeze(-1)
+    out[:, m] = (f * f).sum(-1)
+    return torch.where(mask, out, torch.zeros_like(out))
+
+
+def anderson_mix_ref(hist_f, hist_g, alpha, active, best, beta: float):
+    """Next Anderson iterate, plain PyTorch (the maths of ``anderson_mix``).
+
+    Args:
+        hist_f, hist_g: ring buffers [B, m, D].
+        alpha: weights [B, n] (n <= m valid slots), any floating dtype.
+        active: [B] bool; frozen samples take ``best``.
+        best: [B, D] frozen iterates, or None (every sample active).
+        beta: damping in (0, 1].
+
+    Returns:
+        [B, D] in the history dtype.
+    """
+    n = alpha.shape[1]
+    a = alpha.to(hist_f.dtype).unsqueeze(1)
+    mixed = torch.bmm(a, hist_f[:, :n]).squeeze(1)
+    if beta != 1:
+        mixed = mixed - (1 - beta) * torch.bmm(a, hist_g[:, :n]).squeeze(1)
+    if best is None:
+        return mixed
+    return torch.where(active.view(-1, 1), mixed, best.to(mixed.dtype))
+
+
+# --------------------------------------------------------------------------- kernels
+
+if HAS_TRITON:
+    @triton.jit
+    def _anderson_step_fwd_kernel(fz_ptr, z_ptr, hf_ptr, hg_ptr, active_ptr, part_ptr,
+                                  D, slot, n, n_tiles,
+                                  M: tl.constexpr, BLOCK_D: tl.constexpr):
+        """One D-tile of one sample: write F/G slot, partial Gram row and ||f||^2.
+
+        Grid (n_tiles, B). fz, z: [B, D]; hf, hg: [B, M, D] contiguous; active: [B] int8;
+        part: [B, n_tiles, M + 1] partial sums (work dtype). Accumulates in the history
+        dtype (float32 or float64) over a tile of BLOCK_D elements.
+        """
+        tile = tl.program_id(0)
+        b = tl.program_id(1).to(tl.int64)
+        offs = tile * BLOCK_D + tl.arange(0, BLOCK_D)
+        live = tl.load(active_ptr + b) != 0
+        mask = (offs < D) & live           # frozen samples read and write nothing
+        dt = hf_ptr.dtype.element_ty
+        f = tl.load(fz_ptr + b * D + offs, mask=mask, other=0.0).to(dt)
+        g = f - tl.load(z_ptr + b * D + offs, mask=mask, other=0.0).to(dt)
+        row_base = b * M * D
+        tl.store(hf_ptr + row_base + slot * D + offs, f, mask=mask)
+        tl.store(hg_ptr + row_base + slot * D + offs, g, mask=mask)
+        out = part_ptr + (b * n_tiles + tile) * (M + 1)
+        for j in range(0, n):
+            if j == slot:
+                gj = g                      # just written: use the registers
+            else:
+                gj = tl.load(hg_ptr + row_base + j * D + offs, mask=mask, other=0.0)
+            tl.store(out + j, tl.sum(gj * g, axis=0))
+        for j in range(n, M):
+            tl.store(out + j, tl.sum(g * 0.0, axis=0))
+        tl.store(out + M, tl.sum(f * f, axis=0))
+
+    @triton.jit
+    def _anderson_mix_fwd_kernel(hf_ptr, hg_ptr, alpha_ptr, active_ptr, best_ptr, out_ptr,
+                                 D, n, damp,
+                                 M: tl.constexpr, HAS_G: tl.constexpr, HAS_BEST: tl.constexpr,
+                                 BLOCK_D: tl.constexpr):
+        """One D-tile of one sample: out = sum alpha_j (F_j - damp G_j), or best if frozen.
+
+        Grid (cdiv(D, BLOCK_D), B). hf, hg: [B, M, D]; alpha: [B, n] (history dtype);
+        active: [B] int8; best, out: [B, D] (history dtype). damp = 1 - beta; HAS_G false
+        when beta == 1 (G is then not read at all).
+        """
+        tile = tl.program_id(0)
+        b = tl.program_id(1).to(tl.int64)
+        offs = tile * BLOCK_D + tl.arange(0, BLOCK_D)
+        inb = offs < D
+        flag = tl.load(active_ptr + b)
+        live = flag != 0
+        mask = inb & live
+        dt = hf_ptr.dtype.element_ty
+        acc = tl.zeros([BLOCK_D], dtype=dt)
+        row_base = b * M * D
+        for j in range(0, n):
+            a = tl.load(alpha_ptr + b * n + j)
+            fj = tl.load(hf_ptr + row_base + j * D + offs, mask=mask, other=0.0)
+            if HAS_G:
+                fj = fj - damp * tl.load(hg_ptr + row_base + j * D + offs, mask=mask, other=0.0)
+            acc += a * fj
+        if HAS_BEST:
+            keep = tl.load(best_ptr + b * D + offs, mask=inb & (flag == 0), other=0.0)
+            acc = tl.where(live, acc, keep)
+        tl.store(out_ptr + b * D + offs, acc, mask=inb)
+
+
+# --------------------------------------------------------------------------- launchers
+
+def _check_history(hist_f, hist_g, d):
+    if hist_f.shape != hist_g.shape or hist_f.dim() != 3 or hist_f.shape[2] != d:
+        raise ValueError(f"hist_f, hist_g must both be [B, m, {d}], got "
+                         f"{tuple(hist_f.shape)}, {tuple(hist_g.shape)}")
+    if hist_f.dtype not in KERNEL_DTYPES or hist_g.dtype != hist_f.dtype:
+        raise TypeError(f"history dtype must be one of {KERNEL_DTYPES}, got {hist_f.dtype}, "
+                        f"{hist_g.dtype}")
+    if not (hist_f.is_contiguous() and hist_g.is_contiguous()):
+        raise ValueError("hist_f and hist_g must be contiguous (they are updated in place)")
+
+
+def anderson_step_fwd(fz, z, hist_f, hist_g, active, slot: int, n: int):
+    """Triton launcher of the history update; arguments and result as ``anderson_step_ref``.
+
+    Launches ``_anderson_step_fwd_kernel`` on a (cdiv(D, 1024), B) grid, then sums the
+    per-tile partial rows [B, tiles, m + 1] (a few hundred bytes per sample).
+    """
+    b, d = fz.shape
+    m = hist_f.shape[1]
+    _check_history(hist_f, hist_g, d)
+    n_tiles = triton.cdiv(d, _BLOCK_D)
+    part = torch.empty(b, n_tiles, m + 1, dtype=hist_f.dtype, device=fz.device)
+    _anderson_step_fwd_kernel[(n_tiles, b)](
+        fz.contiguous(), z.contiguous(), hist_f, hist_g, active.to(torch.int8).contiguous(),
+        part, d, int(slot), int(n), n_tiles, M=m, BLOCK_D=_BLOCK_D, num_warps=_NUM_WARPS)
+    return part.sum(1)
+
+
+def anderson_mix_fwd(hist_f, hist_g, alpha, active, best, beta: float):
+    """Triton launcher of the mixing; arguments and result as ``anderson_mix_ref``.
+
+    Launches ``_anderson_mix_fwd_kernel`` on a (cdiv(D, 1024), B) grid.
+    """
+    b, m, d = hist_f.shape
+    _check_history(hist_f, hist_g, d)
+    out = torch.empty(b, d, dtype=hist_f.dtype, device=hist_f.device)
+    has_best = best is not None
+    best_arg = best.to(hist_f.dtype).contiguous() if has_best else out
+    grid = (triton.cdiv(d, _BLOCK_D), b)
+    _anderson_mix_fwd_kernel[grid](
+        hist_f, hist_g, alpha.to(hist_f.dtype).contiguous(),
+        active.to(torch.int8).contiguous(), best_arg, out, d, alpha.shape[1], 1.0 - beta,
+        M=m, HAS_G=beta != 1, HAS_BEST=has_best, BLOCK_D=_BLOCK_D, num_warps=_NUM_WARPS)
+    return out
+
+
+# --------------------------------------------------------------------------- ops
+
+def _use_triton(t: torch.Tensor) -> bool:
+    return backends.select("anderson_step", t.device.type) == "triton"
+
+
+@torch.library.custom_op("luser_fast::anderson_step", mutates_args=("hist_f", "hist_g"))
+def _anderson_step_op(fz: torch.Tensor, z: torch.Tensor, hist_f: torch.Tensor,
+                      hist_g: torch.Tensor, active: torch.Tensor, slot: int,
+                      n: int) -> torch.Tensor:
+    if _use_triton(fz):
+        return anderson_step_fwd(fz, z, hist_f, hist_g, active, slot, n)
+    return anderson_step_ref(fz, z, hist_f, hist_g, active, slot, n)
+
+
+@_anderson_step_op.register_fake
+def _anderson_step_fake(fz, z, hist_f, hist_g, active, slot, n):
+    return hist_f.new_empty(hist_f.shape[0], hist_f.shape[1] + 1)
+
+
+@torch.library.custom_op("luser_fast::anderson_mix", mutates_args=())
+def _anderson_mix_op(hist_f: torch.Tensor, hist_g: torch.Tensor, alpha: torch.Tensor,
+                     active: torch.Tensor, best: torch.Tensor | None,
+                     beta: float) -> torch.Tensor:
+    if _use_triton(hist_f):
+        return anderson_mix_fwd(hist_f, hist_g, alpha, active, best, beta)
+    return anderson_mix_ref(hist_f, hist_g, alpha, active, best, beta)
+
+
+@_anderson_mix_op.register_fake
+def _anderson_mix_fake(hist_f, hist_g, alpha, active, best, beta):
+    return hist_f.new_empty(hist_f.shape[0], hist_f.shape[2])
+
+
+backends.register("anderson_step", "triton", _devices(), lambda: HAS_TRITON)
+
+
+def _validate(slot, n, m):
+    if not 1 <= n <= m or not 0 <= slot < n:
+        raise ValueError(f"need 0 <= slot < n <= m, got slot={slot}, n={n}, m={m}")
+
+
+def anderson_step(fz: torch.Tensor, z: torch.Tensor, hist_f: torch.Tensor,
+                  hist_g: torch.Tensor, active: torch.Tensor, slot: int,
+                  n: int) -> torch.Tensor:
+    """Write history slot ``slot`` and return the new Gram row and ||f(z)||^2.
+
+    Args:
+        fz: f(z) [B, D].
+        z: the iterate f was evaluated at [B, D].
+        hist_f, hist_g: contiguous ring buffers [B, m, D] (float32/float64), updated in
+            place at ``slot`` for active samples.
+        active: [B] bool freeze mask (false: history untouched, zero row).
+        slot: the slot to write; n: valid slots after the write (0 <= slot < n <= m).
+
+    Returns:
+        [B, m + 1]: <G_j, f(z) - z> in columns j < n (column ``slot``: the squared
+        residual), zeros up to column m - 1, ||f(z)||^2 in column m.
+
+    Example:
+        >>> hf = torch.zeros(2, 3, 4); hg = torch.zeros_like(hf)
+        >>> row = anderson_step(torch.ones(2, 4), torch.zeros(2, 4), hf, hg,
+        ...                     torch.ones(2, dtype=torch.bool), 0, 1)
+        >>> row[0].tolist()
+        [4.0, 0.0, 0.0, 4.0]
+    """
+    _validate(slot, n, hist_f.shape[1])
+    return torch.ops.luser_fast.anderson_step(fz, z, hist_f, hist_g, active, slot, n)
+
+
+def anderson_mix(hist_f: torch.Tensor, hist_g: torch.Tensor, alpha: torch.Tensor,
+                 active: torch.Tensor, best: torch.Tensor | None = None,
+                 beta: float = 1.0) -> torch.Tensor:
+    """The next Anderson iterate from the history and the weights.
+
+    Args:
+        hist_f, hist_g: ring buffers [B, m, D].
+        alpha: [B, n] weights of the first n slots (rows summing to 1).
+        active: [B] bool; frozen samples take ``best`` (required unless all are active).
+        best: [B, D] frozen iterates or None.
+        beta: damping in (0, 1]; beta == 1 never reads hist_g.
+
+    Returns:
+        [B, D] in the history dtype.
+    """
+    if not 1 <= alpha.shape[1] <= hist_f.shape[1]:
+        raise ValueError(f"alpha must be [B, n] with 1 <= n <= m, got {tuple(alpha.shape)}")
+    return torch.ops.luser_fast.anderson_mix(hist_f, hist_g, alpha, active, best, float(beta))

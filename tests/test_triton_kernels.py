@@ -1,0 +1,125 @@
+"""Triton kernels vs their references, under the Triton interpreter (no GPU needed).
+
+The interpreter is chosen when a ``@triton.jit`` function is decorated, i.e. when
+``luser_fast.ops`` is first imported. This module sets TRITON_INTERPRET=1 before that; if
+another test module imported ``luser_fast`` earlier in the same process (the kernels are
+then compiled-mode functions, unusable on CPU tensors), the same tests run in one
+subprocess with TRITON_INTERPRET=1 instead.
+
+Output buffers are NaN-filled before each kernel call so an unwritten element fails.
+Tolerances: float64 to 1e-12 relative; float32 relative to the float32 reference's own
+error against float64 (times 10, plus a few ulps).
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+os.environ.setdefault("TRITON_INTERPRET", "1")
+pytest.importorskip("triton", reason="the triton extra is not installed")
+
+import torch  # noqa: E402
+
+from luser_fast.ops import anderson as A  # noqa: E402
+
+INTERPRETED = A.interpreted()
+_SUBPROCESS = os.environ.get("LUSER_FAST_TRITON_SUBPROCESS") == "1"
+
+if not INTERPRETED and not _SUBPROCESS:
+    def test_interpreter_suite_in_subprocess():
+        """Kernels were built in compiled mode by an earlier import: rerun this module with
+        TRITON_INTERPRET=1 in a fresh process (one torch import, a few seconds)."""
+        env = dict(os.environ, TRITON_INTERPRET="1", LUSER_FAST_TRITON_SUBPROCESS="1")
+        r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
+                            __file__], env=env, capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stdout[-6000:] + r.stderr[-3000:]
+else:
+    pytestmark = pytest.mark.skipif(not INTERPRETED,
+                                    reason="kernels not built for the Triton interpreter")
+
+
+def _tol(dtype, ref_err=0.0):
+    return 1e-12 if dtype == torch.float64 else 10 * ref_err + 1e-6
+
+
+def _history(b, m, d, dtype, seed):
+    g = torch.Generator().manual_seed(seed)
+    mk = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64)  # noqa: E731
+    return mk(b, m, d), mk(b, m, d), mk(b, d), mk(b, d)
+
+
+def _relmax(a, b):
+    return ((a - b).abs().max() / b.abs().max().clamp_min(1e-30)).item()
+
+
+if INTERPRETED:
+    @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+    @pytest.mark.parametrize("b", [1, 3])
+    @pytest.mark.parametrize("d,m,slot,n", [(1037, 4, 2, 3), (5, 3, 0, 1), (2049, 5, 4, 5)])
+    def test_anderson_step_matches_reference(dtype, b, d, m, slot, n):
+        hf64, hg64, fz64, z64 = _history(b, m, d, dtype, 7 + d)
+        active = torch.tensor([True, False, True])[:b]
+        want = A.anderson_step_ref(fz64, z64, hf64.clone(), hg64.clone(), active, slot, n)
+        hf, hg = hf64.to(dtype), hg64.to(dtype)
+        ref32 = A.anderson_step_ref(fz64.to(dtype), z64.to(dtype), hf.clone(), hg.clone(),
+                                    active, slot, n)
+        got = A.anderson_step_fwd(fz64.to(dtype), z64.to(dtype), hf, hg, active, slot, n)
+        assert got.dtype == dtype and got.shape == (b, m + 1)
+        tol = _tol(dtype, _relmax(ref32.double(), want))
+        assert _relmax(got.double(), want) <= tol
+        exp_f, exp_g = hf64.to(dtype), hg64.to(dtype)
+        exp_f[active, slot] = fz64.to(dtype)[active]
+        exp_g[active, slot] = (fz64.to(dtype) - z64.to(dtype))[active]
+        assert torch.equal(hf, exp_f) and torch.equal(hg, exp_g)
+        if b > 1:                    # frozen sample: zero row, history untouched
+            assert torch.equal(got[1], torch.zeros_like(got[1]))
+            assert torch.equal(hf[1], hf64[1].to(dtype))
+
+    @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+    @pytest.mark.parametrize("b", [1, 3])
+    @pytest.mark.parametrize("beta", [1.0, 0.7])
+    @pytest.mark.parametrize("with_best", [True, False])
+    def test_anderson_mix_matches_reference(dtype, b, beta, with_best):
+        d, m, n = 1031, 4, 3
+        hf64, hg64, best64, _ = _history(b, m, d, dtype, 11)
+        alpha = torch.randn(b, n, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+        active = torch.tensor([True, False, True])[:b] if with_best else torch.ones(b, dtype=torch.bool)
+        best = best64.to(dtype) if with_best else None
+        want = A.anderson_mix_ref(hf64, hg64, alpha, active, best64 if with_best else None, beta)
+        ref32 = A.anderson_mix_ref(hf64.to(dtype), hg64.to(dtype), alpha, active, best, beta)
+        got = A.anderson_mix_fwd(hf64.to(dtype), hg64.to(dtype), alpha, active, best, beta)
+        assert got.dtype == dtype and got.shape == (b, d) and torch.isfinite(got).all()
+        assert _relmax(got.double(), want) <= _tol(dtype, _relmax(ref32.double(), want))
+        if with_best and b > 1:
+            assert torch.equal(got[1], best[1])
+
+    def test_anderson_kernels_leave_no_element_unwritten():
+        """History and output buffers NaN-filled: every written element becomes finite."""
+        b, m, d = 3, 3, 1029
+        hf = torch.full((b, m, d), float("nan"))
+        hg = torch.full((b, m, d), float("nan"))
+        fz, z = torch.randn(b, d), torch.randn(b, d)
+        row = A.anderson_step_fwd(fz, z, hf, hg, torch.ones(b, dtype=torch.bool), 0, 1)
+        assert torch.isfinite(hf[:, 0]).all() and torch.isfinite(hg[:, 0]).all()
+        assert torch.isfinite(row).all()
+        out = A.anderson_mix_fwd(hf, hg, torch.ones(b, 1), torch.ones(b, dtype=torch.bool),
+                                 None, 1.0)
+        assert torch.equal(out, fz)
+
+    def test_anderson_ops_dispatch_to_triton(monkeypatch):
+        """LUSER_FAST_BACKEND=triton serves the registered ops with the kernels on CPU."""
+        monkeypatch.setenv("LUSER_FAST_BACKEND", "triton")
+        b, m, d = 2, 3, 77
+        hf, hg = torch.zeros(b, m, d), torch.zeros(b, m, d)
+        fz, z = torch.randn(b, d), torch.randn(b, d)
+        act = torch.ones(b, dtype=torch.bool)
+        row = A.anderson_step(fz, z, hf, hg, act, 0, 1)
+        torch.testing.assert_close(row[:, 0], ((fz - z) ** 2).sum(1))
+        torch.testing.assert_close(row[:, m], (fz ** 2).sum(1))
+        torch.testing.assert_close(A.anderson_mix(hf, hg, torch.ones(b, 1), act), fz)
+        torch.library.opcheck(torch.ops.luser_fast.anderson_mix,
+                              (hf, hg, torch.ones(b, 1), act, None, 1.0),
+                              test_utils=("test_schema", "test_faketensor"))
