@@ -221,7 +221,7 @@ void check_plan(const at::Tensor& order, const at::Tensor& start, const at::Tens
 template <typename R>
 struct Work {
   R* grid;          // [B, n_r, n_c] complex, as interleaved reals
-  R* values;        // [B, M] complex, as interleaved reals
+  R* values;        // interp: [B, M] out; spread: [M, B] in (sorted order); complex
   const int64_t* order;
   const int32_t* start;
   const R* weights;  // [M, 2, width]
@@ -258,9 +258,21 @@ template <>
 struct Vec<float> {
   using type = vf32;
   static constexpr int kLanes = 16;
-  // (re, im, re, im, ...)
-  static LFN_ALWAYS_INLINE type pair(float re, float im) {
-    return type{re, im, re, im, re, im, re, im, re, im, re, im, re, im, re, im};
+  // the complex value at p as (re, im, re, im, ...): one 64-bit broadcast
+  static LFN_ALWAYS_INLINE type pair(const float* p) {
+    double bits;
+    std::memcpy(&bits, p, sizeof(bits));
+    return (type)(vf64{} + bits);
+  }
+  // (x0, x0, x1, x1, ..., x7, x7) and (x8, x8, ..., x15, x15)
+  static LFN_ALWAYS_INLINE type dup_lo(type x) {
+    return __builtin_shufflevector(x, x, 0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7);
+  }
+  static LFN_ALWAYS_INLINE type dup_hi(type x) {
+    return __builtin_shufflevector(x, x, 8, 8, 9, 9, 10, 10, 11, 11, 12, 12, 13, 13, 14, 14, 15, 15);
+  }
+  static LFN_ALWAYS_INLINE type iota() {
+    return type{0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
   }
   // (sum of even lanes, sum of odd lanes)
   static LFN_ALWAYS_INLINE void fold(type t, float* re, float* im) {
@@ -276,9 +288,18 @@ template <>
 struct Vec<double> {
   using type = vf64;
   static constexpr int kLanes = 8;
-  static LFN_ALWAYS_INLINE type pair(double re, double im) {
-    return type{re, im, re, im, re, im, re, im};
+  static LFN_ALWAYS_INLINE type pair(const double* p) {
+    vf64x2 q;
+    std::memcpy(&q, p, sizeof(q));
+    return __builtin_shufflevector(q, q, 0, 1, 0, 1, 0, 1, 0, 1);
   }
+  static LFN_ALWAYS_INLINE type dup_lo(type x) {
+    return __builtin_shufflevector(x, x, 0, 0, 1, 1, 2, 2, 3, 3);
+  }
+  static LFN_ALWAYS_INLINE type dup_hi(type x) {
+    return __builtin_shufflevector(x, x, 4, 4, 5, 5, 6, 6, 7, 7);
+  }
+  static LFN_ALWAYS_INLINE type iota() { return type{0, 1, 2, 3, 4, 5, 6, 7}; }
   static LFN_ALWAYS_INLINE void fold(type t, double* re, double* im) {
     const vf64x4 a = __builtin_shufflevector(t, t, 0, 1, 2, 3) + __builtin_shufflevector(t, t, 4, 5, 6, 7);
     const vf64x2 b = __builtin_shufflevector(a, a, 0, 1) + __builtin_shufflevector(a, a, 2, 3);
@@ -299,17 +320,23 @@ LFN_ALWAYS_INLINE void vstore(R* p, typename Vec<R>::type v) {
   std::memcpy(p, &v, sizeof(v));
 }
 
-// A stencil row of w complex cells is 2 w reals, covered by NV vectors; kx_pair holds the
-// column weights duplicated per (re, im) and zero-padded to NV vectors, so one complex
-// value times kx is a vector product and the padding lanes add exact zeros.
+// A stencil row of w complex cells is 2 w reals, covered by NV vectors. kx_pairs turns the
+// w column weights into NV vectors (kx0, kx0, kx1, kx1, ...), zero past 2 w, so one complex
+// value times kx is a vector product and the padding lanes add exact zeros. It loads whole
+// vectors from kx: kReads reals must exist there (the last points of a plan, whose loads
+// would run past the weights, take the scalar loops).
 template <typename R, int W>
 struct Row {
+  using V = typename Vec<R>::type;
   static constexpr int kLanes = Vec<R>::kLanes;
   static constexpr int kVectors = (2 * W + kLanes - 1) / kLanes;
-  static LFN_ALWAYS_INLINE void kx_pair(const R* kx, typename Vec<R>::type* out) {
-    alignas(64) R dup[kVectors * kLanes] = {};
-    for (int j = 0; j < W; ++j) dup[2 * j] = dup[2 * j + 1] = kx[j];
-    for (int v = 0; v < kVectors; ++v) out[v] = vload(dup + v * kLanes);
+  static constexpr int kReads = ((kVectors + 1) / 2) * kLanes;
+  static LFN_ALWAYS_INLINE void kx_pairs(const R* kx, V* out) {
+    for (int u = 0; u < kVectors; ++u) {
+      const V src = vload(kx + (u / 2) * kLanes);
+      const V d = u % 2 == 0 ? Vec<R>::dup_lo(src) : Vec<R>::dup_hi(src);
+      out[u] = Vec<R>::iota() < R(2 * W - u * kLanes) ? d : V{};
+    }
   }
 };
 
@@ -322,37 +349,43 @@ constexpr bool kVectorWidth = W >= 2 && W <= 16;
 // The sub-grid is small and contiguous; spreading straight into the big grid would cycle
 // through rows 2 n0 reals apart (a power of two), all in the same few cache sets. The
 // vector stores run past a row's 2 w reals into the row's slack (or the next cells of the
-// row, with the zero lanes), never past sub_ld.
+// row, with the zero lanes), never past sub_ld. Values come gathered in sorted order,
+// [M][B] (a.values, see spread_into), so a point's planes are one contiguous run.
 template <typename R, int W>
 LFN_ALWAYS_INLINE void spread_body(const Work<R>& a, const Bin& bin, R* __restrict__ sub) {
   const int64_t ld = bin.sub_ld;
   const int64_t plane = ld * bin.sub_r;
-  const int64_t stride = 2 * a.n_points;
+  const int64_t n_weights = a.n_points * 2 * a.width;
   for (int64_t p = bin.p0; p < bin.p1; ++p) {
     const R* __restrict__ ky = a.weights + p * 2 * a.width;
     const R* __restrict__ kx = ky + a.width;
     R* corner = sub + (a.start[2 * p] - bin.lo_r) * ld + 2 * (a.start[2 * p + 1] - bin.lo_c);
-    const R* __restrict__ v = a.values + 2 * (bin.b0 * a.n_points + a.order[p]);
+    const R* __restrict__ v = a.values + 2 * (p * a.batch + bin.b0);
+    bool scalar = true;
     if constexpr (kVectorWidth<W>) {
       using V = typename Vec<R>::type;
       constexpr int NV = Row<R, W>::kVectors, L = Vec<R>::kLanes;
-      V kxp[NV];
-      Row<R, W>::kx_pair(kx, kxp);
-      for (int64_t b = 0; b < bin.nb; ++b) {
-        const V vp = Vec<R>::pair(v[b * stride], v[b * stride + 1]);
-        V kv[NV];
-        for (int u = 0; u < NV; ++u) kv[u] = kxp[u] * vp;
-        R* s = corner + b * plane;
-        for (int i = 0; i < W; ++i) {
-          R* row = s + i * ld;
-          const R y = ky[i];
-          for (int u = 0; u < NV; ++u) vstore(row + u * L, vload(row + u * L) + y * kv[u]);
+      if (p * 2 * W + W + Row<R, W>::kReads <= n_weights) {
+        scalar = false;
+        V kxp[NV];
+        Row<R, W>::kx_pairs(kx, kxp);
+        for (int64_t b = 0; b < bin.nb; ++b) {
+          const V vp = Vec<R>::pair(v + 2 * b);
+          V kv[NV];
+          for (int u = 0; u < NV; ++u) kv[u] = kxp[u] * vp;
+          R* s = corner + b * plane;
+          for (int i = 0; i < W; ++i) {
+            R* row = s + i * ld;
+            const R y = ky[i];
+            for (int u = 0; u < NV; ++u) vstore(row + u * L, vload(row + u * L) + y * kv[u]);
+          }
         }
       }
-    } else {
+    }
+    if (scalar) {
       const int w = a.width;
       for (int64_t b = 0; b < bin.nb; ++b) {
-        const R vr = v[b * stride], vi = v[b * stride + 1];
+        const R vr = v[2 * b], vi = v[2 * b + 1];
         R* s = corner + b * plane;
         for (int i = 0; i < w; ++i) {
           R* row = s + i * ld;
@@ -407,10 +440,11 @@ LFN_ALWAYS_INLINE void interp_body(const Work<R>& a, int64_t p0, int64_t p1) {
     if constexpr (kVectorWidth<W>) {
       using V = typename Vec<R>::type;
       constexpr int NV = Row<R, W>::kVectors, L = Vec<R>::kLanes;
-      if (2 * (int64_t)sc + NV * L <= row_len) {
+      if (2 * (int64_t)sc + NV * L <= row_len &&
+          p * 2 * W + W + Row<R, W>::kReads <= a.n_points * 2 * (int64_t)w) {
         scalar = false;
         V kxp[NV];
-        Row<R, W>::kx_pair(kx, kxp);
+        Row<R, W>::kx_pairs(kx, kxp);
         for (int64_t b = 0; b < a.batch; ++b) {
           const R* __restrict__ g = a.grid + b * plane + 2 * (int64_t)sc;
           V acc[NV] = {};
@@ -562,12 +596,25 @@ void spread_into(const at::Tensor& values, const at::Tensor& order, const at::Te
   grid.zero_();
   if (m == 0 || batch == 0) return;
 
+  // the values in sorted point order with the planes innermost, [M][B] (one pass with many
+  // independent loads in flight, instead of B scattered loads inside every stencil)
+  at::Tensor gathered = at::empty({m, batch}, v.options());
   AT_DISPATCH_FLOATING_TYPES(real_type(v.scalar_type()), "_nufft_spread", [&] {
     using R = scalar_t;
-    Work<R> a{reinterpret_cast<R*>(grid.data_ptr()),
-              const_cast<R*>(reinterpret_cast<const R*>(v.data_ptr())),
-              order.data_ptr<int64_t>(), st, weights.data_ptr<R>(), batch, m,
-              (int)width, (int)n_r, (int)n_c};
+    const R* src = reinterpret_cast<const R*>(v.data_ptr());
+    R* dst = reinterpret_cast<R*>(gathered.data_ptr());
+    const int64_t* ord = order.data_ptr<int64_t>();
+    at::parallel_for(0, m, 2048, [&](int64_t p0, int64_t p1) {
+      for (int64_t p = p0; p < p1; ++p) {
+        const int64_t q = ord[p];
+        for (int64_t b = 0; b < batch; ++b) {
+          dst[2 * (p * batch + b)] = src[2 * (b * m + q)];
+          dst[2 * (p * batch + b) + 1] = src[2 * (b * m + q) + 1];
+        }
+      }
+    });
+    Work<R> a{reinterpret_cast<R*>(grid.data_ptr()), dst, ord, st, weights.data_ptr<R>(), batch,
+              m, (int)width, (int)n_r, (int)n_c};
     // planes per task: a bin's sub-grid for that many planes stays within ~64 KiB
     const int64_t cells = (n_r / nb_r + width) * (n_c / nb_c + width);
     const int64_t chunk = std::max<int64_t>(1, std::min<int64_t>(batch, (int64_t(4) << 10) / cells));

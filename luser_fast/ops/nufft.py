@@ -51,7 +51,7 @@ SCHEMAS = {
 MAX_WIDTH = 32
 #: preferred bin side in grid cells: CPU (a bin's stencil rows for 8 coils stay in L1/L2)
 #: and CUDA (one shared-memory tile per bin)
-_CPU_BIN = 16
+_CPU_BIN = 24
 _CUDA_BIN = 32
 #: shared memory a CUDA spreading tile may use without opting in to more
 _CUDA_SMEM = 48 * 1024
