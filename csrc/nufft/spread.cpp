@@ -1,6 +1,6 @@
 // CPU kernels of the 2-D NUFFT: the plan (stencils, kernel weights and bin sort of a
 // trajectory), spreading (points -> grid, type 1) and interpolation (grid -> points, type
-// 2), registered as torch.ops.luser_fast._nufft_plan / _nufft_spread / _nufft_interp.
+// 2), registered as torch.ops.luser_fast._nufft_plan / _nufft_spread(_out) / _nufft_interp.
 // luser_fast/ops/nufft.py wraps them with the FFTs and deapodisation into the public ops.
 //
 // Layout. A grid is [B, n_r, n_c] complex, rows of n_c cells contiguous; a plan speaks of
@@ -12,18 +12,20 @@
 // 2 x w separable weights evaluated in float64 by es_kernel.h, and a counting sort of the
 // points by bin (row-major bins), so neighbouring points are processed together.
 //
-// Spreading: bins of one parity class (row bin mod 2, column bin mod 2) never write the
-// same cell (es_kernel.h), so the four classes are spread one after the other, each with
-// its bins in parallel, straight into the shared grid: no atomics, no sub-grid copies,
-// and the result is deterministic (each cell receives its points in sorted order whatever
-// the thread count). Interpolation is a gather, parallel over chunks of sorted points.
+// Spreading: the values are first gathered into sorted order, planes innermost. Each bin
+// spreads its points into a small private sub-grid (the bin plus a w - 1 cell halo) and
+// adds it to the grid. Bins of one parity class (row bin mod 2, column bin mod 2) never
+// touch the same cell (es_kernel.h), so the four classes run one after the other, each
+// with its bins in parallel: no atomics, and the result is deterministic (each cell
+// receives its contributions in the same order whatever the thread count). Interpolation
+// is a gather, parallel over chunks of sorted points.
 //
 // Inner loops: per point and plane, one stencil row of w complex cells is a contiguous run
 // of 2 w reals, updated as row[j] += ky[i] * kx_v[j] with kx_v = kx * value precomputed
 // (interpolation: acc[j] += ky[i] * row[j], then a w-term dot with kx). The width is a
-// template parameter (2 .. 16; wider kernels take a runtime-width loop), so the run is
-// fully unrolled and vectorised; the hot functions are compiled for the baseline ISA and,
-// on x86-64, for AVX2 + FMA and AVX-512, chosen at run time.
+// template parameter (2 .. 16; wider kernels take a runtime-width loop), and the run is
+// held in 64-byte vectors; the hot functions are compiled for the baseline ISA and, on
+// x86-64, for AVX2 + FMA and AVX-512, chosen at run time.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <c10/util/complex.h>
