@@ -104,6 +104,7 @@ setup(
         "tqdm",
         "matplotlib",
         "scikit-image",
+        "h5py",
     ],
     extras_require={
         "test": ["pytest", "hypothesis", "pytest-benchmark", "scipy", "finufft"],

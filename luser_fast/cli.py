@@ -1,7 +1,12 @@
-"""The ``luser-fast`` command: ``info`` and ``demo``.
+"""The ``luser-fast`` command: info, demo, train, eval, memprofile.
 
     luser-fast info                 versions, extension build info, which backend serves each op
     luser-fast demo [--out DIR]     trains LU (depth 5) and LUSER (depth 2) on synthetic CT
+    luser-fast train --task {deblur,ct,mri,nufft-mri} [--data PATH] [--model luser|lu] ...
+    luser-fast eval CHECKPOINT [--split test] [--n 16]
+    luser-fast memprofile [--vary iterations|depth|batch|K] [--plot out.png]
+
+Multi-process training: ``torchrun --nproc_per_node=N -m luser_fast.cli train ...``.
 """
 from __future__ import annotations
 
@@ -11,6 +16,8 @@ import os
 import platform
 import sys
 import time
+
+from .metrics import psnr
 
 
 def _cmd_info(args):
@@ -46,14 +53,6 @@ def _cmd_info(args):
         else:
             print(f"{key:<{width}}  {value}")
     return 0
-
-
-def psnr(x_hat, x_true, data_range=1.0):
-    """Mean PSNR in dB over the batch; x [B, ...] real."""
-    import torch
-
-    mse = (x_hat - x_true).reshape(x_hat.shape[0], -1).square().mean(dim=1)
-    return (10 * torch.log10(data_range ** 2 / mse.clamp_min(1e-20))).mean().item()
 
 
 def _train(model, y, x, steps, batch, lr, seed, desc):
@@ -181,6 +180,235 @@ def _cmd_demo(args):
     return 0
 
 
+def _cmd_train(args):
+    import torch
+
+    from .data import TaskConfig
+    from .train import TrainConfig, train
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    task = TaskConfig(task=args.task, size=args.size, noise=args.noise, angles=args.angles,
+                      sigma=args.sigma, acceleration=args.acceleration, data=args.data,
+                      seed=args.seed)
+    cfg = TrainConfig(model=args.model, iterations=args.K, channels=args.channels,
+                      depth=args.depth, solver_tol=args.solver_tol,
+                      solver_max_iter=args.solver_max_iter, anderson_m=args.anderson_m,
+                      backward=args.backward, batch=args.batch, steps=args.steps,
+                      epochs=args.epochs, lr=args.lr, seed=args.seed, n_train=args.n_train,
+                      out=args.out, ckpt_every=args.ckpt_every, stop_at=args.stop_at,
+                      log_every=args.log_every, device=args.device)
+    result = train(task, cfg, resume=args.resume)
+    if result["rank"] == 0:
+        last = result["history"][-1] if result["history"] else None
+        summary = f"step {result['step']}/{cfg.total_steps}"
+        if last:
+            summary += f", last loss {last['loss']:.4e}, batch PSNR {last['psnr']:.2f} dB"
+        print(f"{summary}; checkpoint {result['checkpoint']}")
+    return 0
+
+
+def _cmd_eval(args):
+    import torch
+
+    from .train import evaluate
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    evaluate(args.checkpoint, split=args.split, n=args.n, batch=args.batch, out=args.out,
+             device=args.device)
+    return 0
+
+
+#: values swept by ``memprofile --vary`` by default
+MEMPROFILE_VALUES = {"iterations": (5, 10, 20, 40), "depth": (2, 3, 5, 8), "batch": (1, 2, 4, 8),
+                     "K": (1, 2, 4, 8)}
+
+
+def run_memprofile(vary="iterations", values=None, task="ct", size=32, channels=32, batch=2,
+                   K=5, solver_iterations=20, seed=0, plot=None, json_path=None, log=print):
+    """Training memory of LUSER (fast), reference LUSER and LU against one setting.
+
+    One forward + backward step per point, measured by ``luser_fast.profile.training_memory``.
+    Baseline settings: K unrolled steps, LUSER depth 2, LU depth 5, width ``channels``,
+    Anderson run for exactly ``solver_iterations`` iterations (tol 1e-12). ``vary``:
+
+    * iterations: solver iterations (LU has no solver: its row repeats one setting);
+    * depth: regularizer depth of all three models;
+    * batch: batch size;
+    * K: unrolled steps.
+
+    Args:
+        vary: "iterations", "depth", "batch" or "K".
+        values: the swept values (default ``MEMPROFILE_VALUES[vary]``).
+        task: one of the four tasks (data and operator from ``make_task``).
+        size, channels, batch, K, solver_iterations: the fixed settings.
+        plot: PNG path for saved and peak bytes against the swept value (None: no plot).
+        json_path: JSON path for the rows (None: not written).
+
+    Returns:
+        list of rows {model, <vary>, saved_bytes, peak_bytes, seconds}.
+    """
+    import torch
+
+    from .data import TaskConfig, make_task
+    from .models import LU, LUSER
+    from .profile import training_memory
+    from .reference import LUSER as ReferenceLUSER
+
+    if vary not in MEMPROFILE_VALUES:
+        raise ValueError(f"vary must be one of {tuple(MEMPROFILE_VALUES)}, got {vary!r}")
+    values = tuple(MEMPROFILE_VALUES[vary] if values is None else values)
+    if not values or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in values):
+        raise ValueError(f"values must be positive ints, got {values!r}")
+    if vary == "depth" and min(values) < 2:
+        raise ValueError("depth values must be >= 2")
+    n = max(values) if vary == "batch" else batch
+    data = make_task(TaskConfig(task=task, size=size, seed=seed), "train", n)
+    models = {"LUSER": LUSER, "LUSER (reference)": ReferenceLUSER, "LU": LU}
+    rows = []
+    for value in values:
+        setting = {"K": K, "batch": batch, "iterations": solver_iterations, "depth": None}
+        setting[vary] = value
+        for name, cls in models.items():
+            depth = setting["depth"] or (5 if cls is LU else 2)
+            kwargs = dict(iterations=setting["K"], in_channels=data.in_channels,
+                          channels=channels, depth=depth)
+            if cls is not LU:
+                kwargs["solver_kwargs"] = {"tol": 1e-12, "max_iter": setting["iterations"]}
+            torch.manual_seed(seed)
+            model = cls(data.operator, **kwargs)
+            b = setting["batch"]
+            r = training_memory(model, data.y[:b], data.x[:b])
+            rows.append({"model": name, vary: value, "saved_bytes": r.saved_bytes,
+                         "peak_bytes": r.peak_bytes, "seconds": r.seconds})
+    _memprofile_table(rows, vary, log)
+    if json_path:
+        with open(json_path, "w") as fh:
+            json.dump({"vary": vary, "task": task, "size": size, "channels": channels,
+                       "batch": batch, "K": K, "solver_iterations": solver_iterations,
+                       "rows": rows}, fh, indent=1)
+    if plot:
+        _memprofile_plot(plot, rows, vary, task)
+        log(f"figure: {plot}")
+    return rows
+
+
+def _memprofile_table(rows, vary, log):
+    log(f"{'model':<18} {vary:>10} {'saved MB':>9} {'peak MB':>9} {'s/step':>7}")
+    for r in rows:
+        log(f"{r['model']:<18} {r[vary]:>10} {r['saved_bytes'] / 2**20:9.3f} "
+            f"{r['peak_bytes'] / 2**20:9.3f} {r['seconds']:7.3f}")
+
+
+def _memprofile_plot(path, rows, vary, task):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
+    for ax, key, label in zip(axes, ("saved_bytes", "peak_bytes"),
+                              ("saved for backward (MB)", "peak per step (MB)")):
+        for name in dict.fromkeys(r["model"] for r in rows):
+            pts = [(r[vary], r[key] / 2**20) for r in rows if r["model"] == name]
+            ax.plot(*zip(*pts), marker="o", label=name)
+        ax.set_xlabel("solver iterations" if vary == "iterations" else vary)
+        ax.set_ylabel(label)
+        ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle(f"training memory, {task}", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _cmd_memprofile(args):
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    run_memprofile(vary=args.vary, values=args.values, task=args.task, size=args.size,
+                   channels=args.channels, batch=args.batch, K=args.K,
+                   solver_iterations=args.solver_iterations, seed=args.seed, plot=args.plot,
+                   json_path=args.json)
+    return 0
+
+
+def _positive_int(text):
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive int, got {text}")
+    return value
+
+
+def _add_train_parser(sub):
+    from .data import TASKS
+
+    pt = sub.add_parser("train", help="train LUSER or LU on a task (checkpoints, --resume, torchrun)")
+    pt.add_argument("--task", required=True, choices=TASKS)
+    pt.add_argument("--data", default=None,
+                    help="ground-truth images: a PNG/NPY folder or a fastMRI / LoDoPaB-CT HDF5 "
+                         "file (default: built-in phantoms / bundled images)")
+    pt.add_argument("--model", default="luser", choices=("luser", "lu"))
+    pt.add_argument("--size", type=_positive_int, default=64, help="image side")
+    pt.add_argument("--noise", type=float, default=None,
+                    help="noise std relative to the mean |A x| (default per task)")
+    pt.add_argument("--angles", type=_positive_int, default=60, help="CT angles")
+    pt.add_argument("--sigma", type=float, default=1.5, help="deblur Gaussian sigma (pixels)")
+    pt.add_argument("--acceleration", type=float, default=4.0, help="MRI undersampling factor")
+    pt.add_argument("--K", type=_positive_int, default=5, help="unrolled steps")
+    pt.add_argument("--channels", type=_positive_int, default=32, help="network width")
+    pt.add_argument("--depth", type=_positive_int, default=None,
+                    help="regularizer depth (default: 2 LUSER, 5 LU)")
+    pt.add_argument("--solver-tol", type=float, default=1e-3, help="Anderson tolerance")
+    pt.add_argument("--solver-max-iter", type=_positive_int, default=50, help="Anderson iterations cap")
+    pt.add_argument("--anderson-m", type=_positive_int, default=5, help="Anderson history")
+    pt.add_argument("--backward", default="ift", choices=("ift", "jfb", "phantom"))
+    pt.add_argument("--batch", type=_positive_int, default=4, help="global batch size")
+    pt.add_argument("--steps", type=_positive_int, default=200, help="optimiser steps")
+    pt.add_argument("--epochs", type=_positive_int, default=None, help="epochs (overrides --steps)")
+    pt.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (cosine schedule)")
+    pt.add_argument("--seed", type=int, default=0)
+    pt.add_argument("--n-train", type=_positive_int, default=64, help="training samples")
+    pt.add_argument("--out", default="out/train", help="output folder (last.pt, history.json)")
+    pt.add_argument("--ckpt-every", type=int, default=50, help="checkpoint period in steps (0: end only)")
+    pt.add_argument("--stop-at", type=_positive_int, default=None,
+                    help="stop after this step with a checkpoint (continue with --resume)")
+    pt.add_argument("--resume", action="store_true", help="continue exactly from OUT/last.pt")
+    pt.add_argument("--log-every", type=int, default=0, help="log period without a terminal")
+    pt.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    pt.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    pt.set_defaults(func=_cmd_train)
+
+    pe = sub.add_parser("eval", help="PSNR/SSIM of a checkpoint on a split, PNG grid")
+    pe.add_argument("checkpoint")
+    pe.add_argument("--split", default="test", choices=("train", "val", "test"))
+    pe.add_argument("--n", type=_positive_int, default=16, help="samples")
+    pe.add_argument("--batch", type=_positive_int, default=8)
+    pe.add_argument("--out", default=None, help="output folder (default: the checkpoint's)")
+    pe.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    pe.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    pe.set_defaults(func=_cmd_eval)
+
+    pm = sub.add_parser("memprofile", help="training memory: LUSER vs reference LUSER vs LU")
+    pm.add_argument("--vary", default="iterations", choices=tuple(MEMPROFILE_VALUES))
+    pm.add_argument("--values", type=_positive_int, nargs="+", default=None,
+                    help="swept values (default per --vary)")
+    pm.add_argument("--task", default="ct", choices=TASKS)
+    pm.add_argument("--size", type=_positive_int, default=32)
+    pm.add_argument("--channels", type=_positive_int, default=32)
+    pm.add_argument("--batch", type=_positive_int, default=2)
+    pm.add_argument("--K", type=_positive_int, default=5, help="unrolled steps")
+    pm.add_argument("--solver-iterations", type=_positive_int, default=20)
+    pm.add_argument("--seed", type=int, default=0)
+    pm.add_argument("--plot", default=None, help="PNG path")
+    pm.add_argument("--json", default=None, help="JSON path for the rows")
+    pm.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    pm.set_defaults(func=_cmd_memprofile)
+
+
 def build_parser():
     p = argparse.ArgumentParser(prog="luser-fast", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -201,12 +429,17 @@ def build_parser():
     pd.add_argument("--seed", type=int, default=0)
     pd.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     pd.set_defaults(func=_cmd_demo)
+    _add_train_parser(sub)
     return p
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
-    return args.func(args)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError) as exc:
+        parser.exit(2, f"luser-fast {args.command}: error: {exc}\n")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,185 @@
+"""Data: the four tasks' datasets, the image-folder reader and the HDF5 readers."""
+import math
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from luser_fast.data import (TASKS, FastMRISlices, LoDoPaB, TaskConfig, cartesian_mask,
+                             make_task, radial_trajectory, read_folder, read_h5_images,
+                             read_image)
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_task_shapes_and_determinism(task):
+    cfg = TaskConfig(task, size=16)
+    a = make_task(cfg, "train", 3)
+    b = make_task(TaskConfig(task, size=16), "train", 3)
+    assert a.x.shape == (3, 1, 16, 16)
+    assert a.x.is_complex() == (task in ("mri", "nufft-mri"))
+    assert a.in_channels == (2 if a.complex else 1)
+    assert torch.equal(a.x, b.x) and torch.equal(a.y, b.y)
+    assert torch.isfinite(a.y.abs()).all()
+    assert a.x.abs().min() >= 0 and a.x.abs().max() <= 1
+    with torch.no_grad():
+        clean = a.operator(a.x)
+    assert clean.shape == a.y.shape
+    rel = (a.y - clean).abs().square().mean().sqrt() / clean.abs().mean()
+    assert rel == pytest.approx(cfg.noise, rel=0.3)
+    test = make_task(cfg, "test", 3)
+    assert not torch.equal(test.x, a.x)
+
+
+def test_ct_geometry_and_noise_free():
+    d = make_task(TaskConfig("ct", size=16, noise=0.0, angles=60), "val", 2)
+    assert d.y.shape[-2] == 60
+    assert torch.equal(d.y, d.operator(d.x))
+
+
+def test_cartesian_mask_rate():
+    m = cartesian_mask(64, acceleration=4, center_fraction=0.08, seed=3)
+    assert m.shape == (64, 64)
+    assert m[0].sum().item() == 16 and torch.equal(m, m[:1].expand(64, 64))
+    assert m[:, 30:34].all()
+    assert torch.equal(m, cartesian_mask(64, 4, 0.08, seed=3))
+
+
+def test_radial_trajectory():
+    ktraj, density = radial_trajectory(16, acceleration=4)
+    spokes = math.ceil(math.pi / 2 * 16 / 4)
+    assert ktraj.shape == (spokes * 16, 2) and density.shape == (spokes * 16,)
+    assert ktraj.abs().max() <= math.pi and (density > 0).all()
+
+
+@pytest.mark.parametrize("kwargs, word", [
+    ({"task": "pet"}, "task"), ({"task": "ct", "size": 4}, "size"),
+    ({"task": "ct", "noise": -1.0}, "noise"), ({"task": "ct", "angles": 0}, "angles"),
+    ({"task": "mri", "acceleration": 0.5}, "acceleration")])
+def test_task_config_bad_values(kwargs, word):
+    with pytest.raises(ValueError, match=word):
+        TaskConfig(**kwargs)
+
+
+def test_task_config_missing_data(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no such file"):
+        TaskConfig("ct", data=str(tmp_path / "absent"))
+
+
+def _write_images(folder, n):
+    from skimage.io import imsave
+
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        img = rng.random((20 + i, 24))
+        if i % 2:
+            np.save(folder / f"img{i}.npy", img)
+        else:
+            imsave(folder / f"img{i}.png", (img * 255).astype(np.uint8), check_contrast=False)
+    (folder / "notes.txt").write_text("ignored")
+
+
+def test_folder_reader(tmp_path):
+    _write_images(tmp_path / "imgs", 4)
+    images = read_folder(str(tmp_path / "imgs"))
+    assert [tuple(i.shape) for i in images] == [(20, 24), (21, 24), (22, 24), (23, 24)]
+    assert all(i.min() == 0 and i.max() == 1 for i in images)
+    rgb = np.random.default_rng(1).random((8, 9, 3))
+    np.save(tmp_path / "rgb.npy", rgb)
+    assert read_image(str(tmp_path / "rgb.npy")).shape == (8, 9)
+
+
+def test_folder_reader_bad_files(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="no .png/.npy images"):
+        read_folder(str(tmp_path / "empty"))
+    with pytest.raises(FileNotFoundError):
+        read_folder(str(tmp_path / "absent"))
+    (tmp_path / "bad.png").write_bytes(b"not a png")
+    with pytest.raises(ValueError, match="bad.png: cannot read"):
+        read_image(str(tmp_path / "bad.png"))
+    np.save(tmp_path / "vol.npy", np.zeros((2, 3, 4, 5)))
+    with pytest.raises(ValueError, match="2-D grey image"):
+        read_image(str(tmp_path / "vol.npy"))
+    np.save(tmp_path / "nan.npy", np.full((4, 4), np.nan))
+    with pytest.raises(ValueError, match="non-finite"):
+        read_image(str(tmp_path / "nan.npy"))
+
+
+def test_task_from_folder(tmp_path):
+    _write_images(tmp_path / "imgs", 4)
+    for task in ("deblur", "ct"):
+        d = make_task(TaskConfig(task, size=16, data=str(tmp_path / "imgs")), "train", 5)
+        assert d.x.shape == (5, 1, 16, 16) and 0 <= d.x.min() and d.x.max() <= 1
+
+
+def _fastmri(path, slices=3, kshape=(10, 8), tshape=(6, 6)):
+    rng = np.random.default_rng(0)
+    k = (rng.standard_normal((slices, *kshape)) + 1j * rng.standard_normal((slices, *kshape)))
+    with h5py.File(path, "w") as fh:
+        fh["kspace"] = k.astype(np.complex64)
+        fh["reconstruction_esc"] = rng.random((slices, *tshape)).astype(np.float32)
+    return k
+
+
+def test_fastmri_reader(tmp_path):
+    k = _fastmri(tmp_path / "a.h5")
+    _fastmri(tmp_path / "b.h5", slices=2)
+    r = FastMRISlices([str(tmp_path / "a.h5"), str(tmp_path / "b.h5")])
+    assert len(r) == 5
+    s = r[1]
+    assert s["kspace"].dtype == torch.complex64 and s["kspace"].shape == (10, 8)
+    np.testing.assert_allclose(s["kspace"].numpy(), k[1].astype(np.complex64))
+    assert s["target"].shape == (6, 6) and s["slice"] == 1
+    assert r[4]["file"].endswith("b.h5")
+    assert len(read_h5_images(str(tmp_path / "a.h5"))) == 3
+    d = make_task(TaskConfig("mri", size=16, data=str(tmp_path / "a.h5")), "train", 2)
+    assert d.x.shape == (2, 1, 16, 16)
+
+
+def test_lodopab_reader(tmp_path):
+    rng = np.random.default_rng(0)
+    gt = rng.random((4, 12, 12)).astype(np.float32)
+    with h5py.File(tmp_path / "ground_truth_train_000.hdf5", "w") as fh:
+        fh["data"] = gt
+    with h5py.File(tmp_path / "observation_train_000.hdf5", "w") as fh:
+        fh["data"] = rng.random((4, 10, 7)).astype(np.float32)
+    r = LoDoPaB(str(tmp_path / "ground_truth_train_000.hdf5"))
+    assert len(r) == 4
+    np.testing.assert_array_equal(r[2].numpy(), gt[2])
+    assert LoDoPaB(str(tmp_path / "observation_train_000.hdf5"))[0].shape == (10, 7)
+    d = make_task(TaskConfig("ct", size=16, data=str(tmp_path / "ground_truth_train_000.hdf5")),
+                  "test", 2)
+    assert d.x.shape == (2, 1, 16, 16)
+
+
+def test_h5_bad_files(tmp_path):
+    (tmp_path / "text.h5").write_text("not hdf5")
+    with pytest.raises(ValueError, match="not a readable HDF5 file"):
+        FastMRISlices(str(tmp_path / "text.h5"))
+    with pytest.raises(FileNotFoundError):
+        LoDoPaB(str(tmp_path / "absent.hdf5"))
+    with h5py.File(tmp_path / "nokspace.h5", "w") as fh:
+        fh["reconstruction_esc"] = np.zeros((2, 4, 4), np.float32)
+    with pytest.raises(ValueError, match="no dataset 'kspace'"):
+        FastMRISlices(str(tmp_path / "nokspace.h5"))
+    with h5py.File(tmp_path / "realk.h5", "w") as fh:
+        fh["kspace"] = np.zeros((2, 4, 4), np.float32)
+        fh["reconstruction_esc"] = np.zeros((2, 4, 4), np.float32)
+    with pytest.raises(ValueError, match="must be complex"):
+        FastMRISlices(str(tmp_path / "realk.h5"))
+    _fastmri(tmp_path / "mismatch.h5")
+    with h5py.File(tmp_path / "mismatch.h5", "a") as fh:
+        del fh["reconstruction_esc"]
+        fh["reconstruction_esc"] = np.zeros((1, 4, 4), np.float32)
+    with pytest.raises(ValueError, match="3 slices"):
+        FastMRISlices(str(tmp_path / "mismatch.h5"))
+    with h5py.File(tmp_path / "flat.hdf5", "w") as fh:
+        fh["data"] = np.zeros((4, 4), np.float32)
+    with pytest.raises(ValueError, match="must be 3-D"):
+        LoDoPaB(str(tmp_path / "flat.hdf5"))
+    with h5py.File(tmp_path / "other.h5", "w") as fh:
+        fh["images"] = np.zeros((1, 4, 4), np.float32)
+    with pytest.raises(ValueError, match="neither a fastMRI file"):
+        read_h5_images(str(tmp_path / "other.h5"))
