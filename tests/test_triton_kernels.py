@@ -24,6 +24,8 @@ pytest.importorskip("triton", reason="the triton extra is not installed")
 import torch  # noqa: E402
 
 from luser_fast.ops import anderson as A  # noqa: E402
+from luser_fast.ops import shallow as S  # noqa: E402
+from luser_fast.reference.models import ShallowEquilibrium  # noqa: E402
 
 INTERPRETED = A.interpreted()
 _SUBPROCESS = os.environ.get("LUSER_FAST_TRITON_SUBPROCESS") == "1"
@@ -39,6 +41,17 @@ if not INTERPRETED and not _SUBPROCESS:
 else:
     pytestmark = pytest.mark.skipif(not INTERPRETED,
                                     reason="kernels not built for the Triton interpreter")
+
+
+def _nan_alloc(shape, dtype, device):
+    return torch.full(shape, float("nan"), dtype=dtype, device=device)
+
+
+@pytest.fixture(autouse=True)
+def _nan_outputs(monkeypatch):
+    """Every launcher output starts NaN: an element the kernel does not write fails."""
+    monkeypatch.setattr(A, "_alloc", _nan_alloc)
+    monkeypatch.setattr(S, "_alloc", _nan_alloc)
 
 
 def _tol(dtype, ref_err=0.0):
@@ -123,3 +136,83 @@ if INTERPRETED:
         torch.library.opcheck(torch.ops.luser_fast.anderson_mix,
                               (hf, hg, torch.ones(b, 1), act, None, 1.0),
                               test_utils=("test_schema", "test_faketensor"))
+
+    def _params(m):
+        ws = [m.conv_in.weight] + [c.weight for c in m.hidden] + [m.conv_out.weight]
+        bs = [m.conv_in.bias] + [c.bias for c in m.hidden] + [m.conv_out.bias]
+        norm = not isinstance(m.norms[0], torch.nn.Identity)
+        gs = [n.weight for n in m.norms] if norm else []
+        be = [n.bias for n in m.norms] if norm else []
+        return ws, bs, gs, be
+
+    def _cast(ts, dtype):
+        return [t.detach().to(dtype) for t in ts]
+
+    def _shallow_case(b, c_in, c, depth, norm, act, groups, seed):
+        torch.manual_seed(seed)
+        m = ShallowEquilibrium(c_in, c, depth=depth, norm=norm, groups=groups, act=act).double()
+        with torch.no_grad():
+            m.conv_out.weight.mul_(50)          # make conv_out matter in the comparison
+            for n in m.norms if norm == "group" else ():
+                n.weight.uniform_(0.5, 1.5)
+                n.bias.uniform_(-0.5, 0.5)
+        z = torch.randn(b, c_in, 17, 23, dtype=torch.float64)
+        return m, z, torch.randn_like(z)
+
+    @pytest.mark.parametrize("b,c_in,c,depth,norm,act,groups", [
+        (1, 2, 12, 2, "group", "gelu", 3),
+        (3, 2, 12, 2, "group", "gelu", 3),
+        (3, 1, 12, 3, "group", "silu", 4),
+        (1, 2, 6, 2, "none", "relu", 1),
+        (1, 1, 10, 3, "none", "elu", 1),
+        (3, 2, 6, 2, "none", "relu", 1),
+        (1, 2, 40, 2, "group", "gelu", 5),      # two C_in blocks in the second conv
+    ])
+    def test_shallow_map_matches_reference(b, c_in, c, depth, norm, act, groups):
+        """float32 kernel vs the float64 ShallowEquilibrium, relative to the float32
+        reference's own error."""
+        m, z, v = _shallow_case(b, c_in, c, depth, norm, act, groups, seed=c + depth)
+        ws, bs, gs, be = _params(m)
+        with torch.no_grad():
+            want = m(z, v)
+            inj32 = S.shallow_inject_fwd(v.float(), m.inject.weight.float())
+            inj64 = torch.nn.functional.conv2d(v, m.inject.weight, padding=1)
+            args32 = (_cast(ws, torch.float32), _cast(bs, torch.float32),
+                      _cast(gs, torch.float32), _cast(be, torch.float32), groups, act, 1e-5)
+            got = S.shallow_map_fwd(z.float(), inj32, v.float(), *args32)
+            ref32 = S.shallow_map_ref(z.float(), inj64.float(), v.float(), *args32)
+        assert got.shape == z.shape and got.dtype == torch.float32
+        assert _relmax(inj32.double(), inj64) <= 1e-6
+        scale = (want - v).norm()                      # the part the kernel computes
+        err = ((got.double() - want).norm() / scale).item()
+        ref_err = ((ref32.double() - want).norm() / scale).item()
+        assert err <= 10 * ref_err + 1e-6, (err, ref_err)
+
+    def test_shallow_map_float16_storage():
+        """float16 storage, float32 accumulation: within float16 rounding of the reference."""
+        m, z, v = _shallow_case(3, 2, 12, 2, "group", "gelu", 3, seed=5)
+        ws, bs, gs, be = _params(m)
+        with torch.no_grad():
+            want = m(z, v)
+            inj = S.shallow_inject_fwd(v.half(), m.inject.weight.half())
+            got = S.shallow_map_fwd(z.half(), inj, v.half(), _cast(ws, torch.float16),
+                                    _cast(bs, torch.float32), _cast(gs, torch.float32),
+                                    _cast(be, torch.float32), 3, "gelu", 1e-5)
+        assert got.dtype == torch.float16
+        assert ((got.double() - want).norm() / (want - v).norm()).item() < 2e-2
+
+    def test_shallow_model_through_op(monkeypatch):
+        """LUSER_FAST_BACKEND=triton: the registered op (and its fake) serve the map."""
+        monkeypatch.setenv("LUSER_FAST_BACKEND", "triton")
+        m, z, v = _shallow_case(1, 1, 8, 2, "group", "gelu", 2, seed=1)
+        m = m.float()
+        ws, bs, gs, be = _params(m)
+        with torch.no_grad():
+            z, v = z.float(), v.float()
+            inj = S.shallow_inject(v, m.inject.weight)
+            got = S.shallow_map(z, inj, v, ws, bs, gs, be, groups=2)
+            torch.testing.assert_close(got, m(z, v), rtol=1e-4, atol=1e-5)
+            torch.library.opcheck(torch.ops.luser_fast.shallow_map,
+                                  (z, inj, v, list(ws), list(bs), list(gs), list(be), 2,
+                                   "gelu", 1e-5),
+                                  test_utils=("test_schema", "test_faketensor"))

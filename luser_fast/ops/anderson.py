@@ -56,6 +56,11 @@ _BLOCK_D = 1024
 _NUM_WARPS = 4
 
 
+def _alloc(shape, dtype, device):
+    """Output allocation of the launchers (tests replace it to NaN-fill outputs)."""
+    return torch.empty(shape, dtype=dtype, device=device)
+
+
 def interpreted() -> bool:
     """True when the kernels were built for the Triton interpreter (TRITON_INTERPRET=1)."""
     return HAS_TRITON and type(_anderson_step_fwd_kernel).__name__ == "InterpretedFunction"
@@ -210,7 +215,7 @@ def anderson_step_fwd(fz, z, hist_f, hist_g, active, slot: int, n: int):
     m = hist_f.shape[1]
     _check_history(hist_f, hist_g, d)
     n_tiles = triton.cdiv(d, _BLOCK_D)
-    part = torch.empty(b, n_tiles, m + 1, dtype=hist_f.dtype, device=fz.device)
+    part = _alloc((b, n_tiles, m + 1), hist_f.dtype, fz.device)
     _anderson_step_fwd_kernel[(n_tiles, b)](
         fz.contiguous(), z.contiguous(), hist_f, hist_g, active.to(torch.int8).contiguous(),
         part, d, int(slot), int(n), n_tiles, M=m, BLOCK_D=_BLOCK_D, num_warps=_NUM_WARPS)
@@ -224,7 +229,7 @@ def anderson_mix_fwd(hist_f, hist_g, alpha, active, best, beta: float):
     """
     b, m, d = hist_f.shape
     _check_history(hist_f, hist_g, d)
-    out = torch.empty(b, d, dtype=hist_f.dtype, device=hist_f.device)
+    out = _alloc((b, d), hist_f.dtype, hist_f.device)
     has_best = best is not None
     best_arg = best.to(hist_f.dtype).contiguous() if has_best else out
     grid = (triton.cdiv(d, _BLOCK_D), b)

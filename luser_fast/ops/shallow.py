@@ -1,0 +1,355 @@
+"""Fused shallow fixed-point map of LUSER: ``torch.ops.luser_fast.shallow_map``.
+
+The map of ``luser_fast.reference.models.ShallowEquilibrium`` (3x3 convolutions):
+
+    y_1 = conv_in(z) + b_in + U v        h_i = act(GN_i(y_i))
+    y_i = hidden_i(h_{i-1}) + b_i        f(z, v) = v + conv_out(h_{L-1}) + b_out
+
+One kernel, ``_shallow_map_fwd_kernel``, serves every layer: a 3x3 convolution as an
+implicit GEMM (``tl.dot`` of a [pixels x C_in-block] im2col tile built on the fly from
+the NCHW input, one per tap, with a [C_in-block x C_out-block] weight tile), then bias,
+an optional added tensor (the injection U v for conv_in, v for conv_out) and, for layers
+followed by GroupNorm, per-tile per-channel partial sums of y and y^2. The GroupNorm and
+activation of h_i are never a pass of their own: the next layer applies
+``act(y * scale + shift)`` to each input element as it loads it (scale, shift [B, C] from
+the statistics), then zeroes the padding. The statistics ([B, pixel tiles, C], a few KiB)
+are reduced in float64 with torch between the layers: a Triton kernel would save one
+tiny launch, not bytes. Partial sums are float32 over at most 64 pixels per tile before
+the float64 reduction, so E[y^2] - E[y]^2 loses accuracy only when |mean| >> std.
+
+The injection U v does not depend on z: ``shallow_inject`` computes it once per solve with
+the same kernel (no bias, nothing added).
+
+Storage float32, float16 or bfloat16; accumulation float32 (float32 inputs use IEEE fp32
+``tl.dot``, not TF32, to match the reference). Only ``kernel_size`` 3 is fused.
+
+Bytes moved per map evaluation, s = itemsize, P = H W pixels, C hidden channels, C_in
+image channels, L = depth convolutions (weights and statistics ignored; each input tile
+is re-read once per C_out block, counted once, as it is served from L2):
+
+    conv_in:   read z (C_in P) + U v (C P) + write y_1 (C P)
+    hidden_i:  read y_{i-1} (C P) + write y_i (C P)
+    conv_out:  read y_{L-1} (C P) + v (C_in P) + write f (C_in P)
+    total      = ((3 + 2 (L - 2)) C + 3 C_in) P s per sample
+
+against the unfused PyTorch map's (8 + 7 (L - 2)) C P + 4 C_in P (conv, add, GN read
+twice and written, activation read and written, per layer).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .. import backends
+from .anderson import HAS_TRITON, _alloc, _devices
+
+if HAS_TRITON:
+    import triton
+    import triton.language as tl
+
+__all__ = ["shallow_map", "shallow_inject", "shallow_map_ref", "shallow_map_fwd",
+           "shallow_inject_fwd", "ACTS", "KERNEL_DTYPES", "bytes_per_map"]
+
+#: activation codes of the kernel
+ACTS = {"gelu": 0, "relu": 1, "silu": 2, "elu": 3}
+#: storage dtypes the kernel takes (float32 accumulation)
+KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+#: tiles: 64 pixels x up to 64 output channels x up to 32 input channels per tl.dot;
+#: the fp32 accumulator is 4096 values over 128 threads (32 registers each), far below
+#: the 128x128x32 tile that spilled at 255 registers
+_BLOCK_P = 64
+_MAX_BLOCK_CO = 64
+_MAX_BLOCK_CI = 32
+_NUM_WARPS = 4
+
+
+def _act_ref(name):
+    return {"gelu": F.gelu, "relu": F.relu, "silu": F.silu, "elu": F.elu}[name]
+
+
+def shallow_map_ref(z, injected, v, weights, biases, gammas, betas, groups: int,
+                    act: str, eps: float):
+    """The shallow map in plain PyTorch (the maths of ``shallow_map``).
+
+    Args:
+        z, v: [B, C_in, H, W].
+        injected: U v [B, C, H, W].
+        weights: L 3x3 conv weights: [C, C_in, 3, 3], (L - 2) x [C, C, 3, 3], [C_in, C, 3, 3].
+        biases: L biases [C], ..., [C_in].
+        gammas, betas: L - 1 GroupNorm affine parameters [C] each, or empty (no norm).
+        groups: GroupNorm groups (ignored without norm).
+        act: "gelu", "relu", "silu" or "elu".
+        eps: GroupNorm epsilon.
+
+    Returns:
+        f(z, v) [B, C_in, H, W].
+    """
+    fn = _act_ref(act)
+    h = F.conv2d(z, weights[0], biases[0], padding=1) + injected
+    for i in range(1, len(weights)):
+        if gammas:
+            h = F.group_norm(h, groups, gammas[i - 1], betas[i - 1], eps)
+        h = fn(h)
+        h = F.conv2d(h, weights[i], biases[i], padding=1)
+    return v + h
+
+
+if HAS_TRITON:
+    @triton.jit
+    def _act(x, ACT: tl.constexpr):
+        """Elementwise activation in float32 (erf GELU, as torch's default)."""
+        if ACT == 0:
+            y = 0.5 * x * (1.0 + tl.math.erf(x * 0.7071067811865476))
+        elif ACT == 1:
+            y = tl.maximum(x, 0.0)
+        elif ACT == 2:
+            y = x * tl.sigmoid(x)
+        else:
+            y = tl.where(x > 0, x, tl.exp(x) - 1.0)
+        return y
+
+    @triton.jit
+    def _shallow_map_fwd_kernel(x_ptr, w_ptr, bias_ptr, scale_ptr, shift_ptr, add_ptr,
+                                out_ptr, psum_ptr, psq_ptr,
+                                C_in, C_out, H, W, n_ptiles,
+                                IN_MODE: tl.constexpr, ACT: tl.constexpr,
+                                HAS_BIAS: tl.constexpr, HAS_ADD: tl.constexpr,
+                                STATS: tl.constexpr, IEEE: tl.constexpr,
+                                BLOCK_P: tl.constexpr, BLOCK_CO: tl.constexpr,
+                                BLOCK_CI: tl.constexpr):
+        """One [BLOCK_P pixels, BLOCK_CO channels] tile of a 3x3 conv layer, one sample.
+
+        Grid (cdiv(H W, BLOCK_P), cdiv(C_out, BLOCK_CO), B).
+        x: [B, C_in, H, W]; w: [9, C_in, C_out] (tap-major, C_out contiguous);
+        bias: [C_out] fp32; scale, shift: [B, C_in] fp32 (IN_MODE 2: the input is
+        act(x * scale + shift); IN_MODE 1: act(x); IN_MODE 0: x);
+        add, out: [B, C_out, H, W]; psum, psq: [B, n_ptiles, C_out] fp32 partial sums of
+        out and out^2 over this tile's pixels (STATS).
+        """
+        pid_p = tl.program_id(0)
+        pid_co = tl.program_id(1)
+        b = tl.program_id(2).to(tl.int64)
+        hw = H * W
+        offs_p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
+        p_ok = offs_p < hw
+        yy = offs_p // W
+        xx = offs_p % W
+        offs_co = pid_co * BLOCK_CO + tl.arange(0, BLOCK_CO)
+        co_ok = offs_co < C_out
+        acc = tl.zeros([BLOCK_P, BLOCK_CO], dtype=tl.float32)
+        x_base = x_ptr + b * C_in * hw
+        for ci0 in range(0, C_in, BLOCK_CI):
+            offs_ci = ci0 + tl.arange(0, BLOCK_CI)
+            ci_ok = offs_ci < C_in
+            if IN_MODE == 2:
+                sc = tl.load(scale_ptr + b * C_in + offs_ci, mask=ci_ok, other=0.0)
+                sh = tl.load(shift_ptr + b * C_in + offs_ci, mask=ci_ok, other=0.0)
+            for tap in tl.static_range(9):
+                iy = yy + (tap // 3 - 1)
+                ix = xx + (tap % 3 - 1)
+                ok = p_ok & (iy >= 0) & (iy < H) & (ix >= 0) & (ix < W)
+                m2 = ok[:, None] & ci_ok[None, :]
+                a = tl.load(x_base + offs_ci[None, :] * hw + (iy * W + ix)[:, None],
+                            mask=m2, other=0.0).to(tl.float32)
+                if IN_MODE == 2:
+                    a = a * sc[None, :] + sh[None, :]
+                if IN_MODE >= 1:
+                    a = tl.where(m2, _act(a, ACT), 0.0)     # zero padding is of h, not y
+                wt = tl.load(w_ptr + tap * C_in * C_out + offs_ci[:, None] * C_out
+                             + offs_co[None, :],
+                             mask=ci_ok[:, None] & co_ok[None, :], other=0.0)
+                if IEEE:
+                    acc = tl.dot(a, wt.to(tl.float32), acc, input_precision="ieee")
+                else:
+                    acc = tl.dot(a.to(wt.dtype), wt, acc)
+        if HAS_BIAS:
+            acc += tl.load(bias_ptr + offs_co, mask=co_ok, other=0.0)[None, :]
+        m_out = p_ok[:, None] & co_ok[None, :]
+        o_off = b * C_out * hw + offs_co[None, :] * hw + offs_p[:, None]
+        if HAS_ADD:
+            acc += tl.load(add_ptr + o_off, mask=m_out, other=0.0).to(tl.float32)
+        tl.store(out_ptr + o_off, acc.to(out_ptr.dtype.element_ty), mask=m_out)
+        if STATS:
+            accm = tl.where(m_out, acc, 0.0)
+            s_off = (b * n_ptiles + pid_p) * C_out + offs_co
+            tl.store(psum_ptr + s_off, tl.sum(accm, axis=0), mask=co_ok)
+            tl.store(psq_ptr + s_off, tl.sum(accm * accm, axis=0), mask=co_ok)
+
+
+def _pow2_block(c, cap):
+    return min(cap, max(16, triton.next_power_of_2(c)))
+
+
+def _conv_layer(x, w, bias, scale, shift, add, in_mode, act, stats):
+    """Launch one fused conv layer; returns (out [B, C_out, H, W], psum, psq or None)."""
+    b, c_in, h, wd = x.shape
+    c_out = w.shape[0]
+    w_t = w.permute(2, 3, 1, 0).reshape(9, c_in, c_out).contiguous()
+    block_co = _pow2_block(c_out, _MAX_BLOCK_CO)
+    block_ci = _pow2_block(c_in, _MAX_BLOCK_CI)
+    n_pt = triton.cdiv(h * wd, _BLOCK_P)
+    out = _alloc((b, c_out, h, wd), x.dtype, x.device)
+    psum = _alloc((b, n_pt, c_out), torch.float32, x.device) if stats else out
+    psq = _alloc((b, n_pt, c_out), torch.float32, x.device) if stats else out
+    dummy = out
+    grid = (n_pt, triton.cdiv(c_out, block_co), b)
+    _shallow_map_fwd_kernel[grid](
+        x, w_t, bias.float().contiguous() if bias is not None else dummy,
+        scale if scale is not None else dummy, shift if shift is not None else dummy,
+        add.contiguous() if add is not None else dummy, out, psum, psq,
+        c_in, c_out, h, wd, n_pt,
+        IN_MODE=in_mode, ACT=ACTS[act], HAS_BIAS=bias is not None, HAS_ADD=add is not None,
+        STATS=stats, IEEE=x.dtype == torch.float32, BLOCK_P=_BLOCK_P, BLOCK_CO=block_co,
+        BLOCK_CI=block_ci, num_warps=_NUM_WARPS)
+    return out, (psum if stats else None), (psq if stats else None)
+
+
+def _norm_affine(psum, psq, gamma, beta, groups, hw, eps):
+    """GroupNorm as a per-(sample, channel) affine map from the partial sums (float64)."""
+    b, _, c = psum.shape
+    cpg = c // groups
+    count = hw * cpg
+    s = psum.double().sum(1).view(b, groups, cpg).sum(-1) / count          # mean [B, G]
+    q = psq.double().sum(1).view(b, groups, cpg).sum(-1) / count
+    rstd = (q - s * s).clamp_min(0).add(eps).rsqrt()
+    rstd_c = rstd.repeat_interleave(cpg, dim=1)                             # [B, C]
+    mean_c = s.repeat_interleave(cpg, dim=1)
+    scale = rstd_c * gamma.double()
+    shift = beta.double() - mean_c * scale
+    return scale.float().contiguous(), shift.float().contiguous()
+
+
+def shallow_inject_fwd(v, w_inject):
+    """Triton launcher of the injection U v: v [B, C_in, H, W], w [C, C_in, 3, 3] ->
+    [B, C, H, W] in v's dtype (no bias)."""
+    return _conv_layer(v.contiguous(), w_inject.to(v.dtype), None, None, None, None, 0,
+                       "relu", False)[0]
+
+
+def shallow_map_fwd(z, injected, v, weights, biases, gammas, betas, groups: int, act: str,
+                    eps: float):
+    """Triton launcher of the map; arguments and result as ``shallow_map_ref``.
+
+    L launches of ``_shallow_map_fwd_kernel`` (one per conv), GroupNorm statistics reduced
+    in between; the intermediate y_i [B, C, H, W] are the only full-size temporaries.
+    """
+    dtype = z.dtype
+    x = z.contiguous()
+    hw = z.shape[-1] * z.shape[-2]
+    scale = shift = None
+    in_mode = 0
+    n = len(weights)
+    for i in range(n):
+        last = i == n - 1
+        add = injected if i == 0 else (v if last else None)
+        stats = bool(gammas) and not last
+        x, psum, psq = _conv_layer(x, weights[i].to(dtype), biases[i], scale, shift,
+                                   None if add is None else add.to(dtype), in_mode, act, stats)
+        if stats:
+            scale, shift = _norm_affine(psum, psq, gammas[i], betas[i], groups, hw, eps)
+            in_mode = 2
+        else:
+            in_mode = 1
+    return x
+
+
+def _check(z, injected, v, weights, biases, gammas, betas, groups, act):
+    n = len(weights)
+    if n < 2 or len(biases) != n:
+        raise ValueError(f"need >= 2 weights and as many biases, got {n}, {len(biases)}")
+    if len(gammas) not in (0, n - 1) or len(betas) != len(gammas):
+        raise ValueError(f"gammas/betas must hold {n - 1} tensors each or none")
+    if any(w.shape[-2:] != (3, 3) for w in weights):
+        raise ValueError("only 3x3 convolutions are fused")
+    if act not in ACTS:
+        raise ValueError(f"act must be one of {tuple(ACTS)}, got {act!r}")
+    c = weights[0].shape[0]
+    if gammas and (groups < 1 or c % groups):
+        raise ValueError(f"groups={groups} must divide channels={c}")
+    if z.shape != v.shape or z.dim() != 4 or injected.shape != (z.shape[0], c) + z.shape[2:]:
+        raise ValueError(f"z, v must be [B, C_in, H, W] and injected [B, {c}, H, W], got "
+                         f"{tuple(z.shape)}, {tuple(v.shape)}, {tuple(injected.shape)}")
+
+
+def _use_triton(t: torch.Tensor) -> bool:
+    return (backends.select("shallow_map", t.device.type) == "triton"
+            and t.dtype in KERNEL_DTYPES)
+
+
+@torch.library.custom_op("luser_fast::shallow_map", mutates_args=())
+def _shallow_map_op(z: torch.Tensor, injected: torch.Tensor, v: torch.Tensor,
+                    weights: list[torch.Tensor], biases: list[torch.Tensor],
+                    gammas: list[torch.Tensor], betas: list[torch.Tensor], groups: int,
+                    act: str, eps: float) -> torch.Tensor:
+    if _use_triton(z):
+        return shallow_map_fwd(z, injected, v, weights, biases, gammas, betas, groups, act, eps)
+    return shallow_map_ref(z, injected, v, weights, biases, gammas, betas, groups, act, eps)
+
+
+@_shallow_map_op.register_fake
+def _shallow_map_fake(z, injected, v, weights, biases, gammas, betas, groups, act, eps):
+    return torch.empty_like(v)
+
+
+backends.register("shallow_map", "triton", _devices(), lambda: HAS_TRITON)
+
+
+def shallow_inject(v: torch.Tensor, w_inject: torch.Tensor) -> torch.Tensor:
+    """The injection U v (3x3, zero padding, no bias), computed once per solve.
+
+    Args:
+        v: [B, C_in, H, W]; w_inject: [C, C_in, 3, 3].
+
+    Returns:
+        [B, C, H, W] in v's dtype.
+    """
+    if _use_triton(v) and not (torch.is_grad_enabled()
+                               and (v.requires_grad or w_inject.requires_grad)):
+        return shallow_inject_fwd(v, w_inject)
+    return F.conv2d(v, w_inject, padding=1)
+
+
+def shallow_map(z, injected, v, weights, biases, gammas=(), betas=(), groups: int = 1,
+                act: str = "gelu", eps: float = 1e-5) -> torch.Tensor:
+    """f(z, v) of ``ShallowEquilibrium`` with U v given (see ``shallow_inject``).
+
+    Args:
+        z, v: [B, C_in, H, W].
+        injected: U v [B, C, H, W].
+        weights: [C, C_in, 3, 3], (L - 2) x [C, C, 3, 3], [C_in, C, 3, 3].
+        biases: [C], ..., [C_in].
+        gammas, betas: L - 1 GroupNorm weights and biases [C], or empty for no norm.
+        groups: GroupNorm groups; act: "gelu", "relu", "silu" or "elu"; eps: GN epsilon.
+
+    Returns:
+        [B, C_in, H, W].
+
+    Example:
+        >>> m = luser_fast.reference.models.ShallowEquilibrium(1, 8, groups=2)
+        >>> z = torch.randn(1, 1, 5, 7)
+        >>> f = shallow_map(z, shallow_inject(z, m.inject.weight), z,
+        ...                 [m.conv_in.weight, m.conv_out.weight],
+        ...                 [m.conv_in.bias, m.conv_out.bias],
+        ...                 [m.norms[0].weight], [m.norms[0].bias], groups=2)
+    """
+    weights, biases, gammas, betas = list(weights), list(biases), list(gammas), list(betas)
+    _check(z, injected, v, weights, biases, gammas, betas, groups, act)
+    return torch.ops.luser_fast.shallow_map(z, injected, v, weights, biases, gammas, betas,
+                                            int(groups), act, float(eps))
+
+
+def bytes_per_map(channels: int, in_channels: int, height: int, width: int, depth: int = 2,
+                  itemsize: int = 4, fused: bool = True) -> int:
+    """Bytes one map evaluation moves per sample (the model in this module's docstring).
+
+    Args:
+        channels: C; in_channels: C_in; height, width: image size; depth: L convolutions.
+        itemsize: bytes per stored element; fused: this module (True) or plain PyTorch.
+
+    Returns:
+        bytes per sample.
+    """
+    c, ci, p = channels, in_channels, height * width
+    if fused:
+        return ((3 + 2 * (depth - 2)) * c + 3 * ci) * p * itemsize
+    return ((8 + 7 * (depth - 2)) * c + 4 * ci) * p * itemsize
