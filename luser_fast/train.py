@@ -15,6 +15,7 @@ logs and writes.
 """
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import os
@@ -282,8 +283,12 @@ def train(task: TaskConfig, cfg: TrainConfig, resume=False, log=print):
     if world > 1:
         from torch.nn.parallel import DistributedDataParallel
 
+        # Buffers (operator geometry, ||A||^2) are identical on every rank: no per-forward sync.
+        sync = ({"forward_sync_buffers": False}
+                if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
+                else {"broadcast_buffers": False})
         net = DistributedDataParallel(model, device_ids=[local] if device.type == "cuda" else None,
-                                      broadcast_buffers=False)
+                                      **sync)
     batches = _Batches(cfg.n_train, cfg.batch, cfg.seed, rank, world)
     end = total if cfg.stop_at is None else min(total, cfg.stop_at)
     every = cfg.log_every or max(1, total // 10)
