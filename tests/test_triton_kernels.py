@@ -216,3 +216,57 @@ if INTERPRETED:
                                   (z, inj, v, list(ws), list(bs), list(gs), list(be), 2,
                                    "gelu", 1e-5),
                                   test_utils=("test_schema", "test_faketensor"))
+
+    @pytest.mark.parametrize("b,c_in,c,depth,norm,act,groups", [
+        (1, 2, 12, 2, "group", "gelu", 3),
+        (3, 1, 12, 3, "group", "silu", 4),
+        (3, 2, 10, 3, "none", "elu", 1),
+        (1, 2, 6, 2, "none", "relu", 1),
+    ])
+    def test_shallow_map_vjp_matches_reference(b, c_in, c, depth, norm, act, groups):
+        """J^T u and every parameter gradient (float32 kernels) vs float64 autograd of the
+        reference, relative to the float32 reference autograd's own error."""
+        m, z, v = _shallow_case(b, c_in, c, depth, norm, act, groups, seed=3 * c + depth)
+        u = torch.randn_like(z)
+        ws, bs, gs, be = _params(m)
+        inj = torch.nn.functional.conv2d(v, m.inject.weight, padding=1).detach()
+
+        def ref_grads(dtype):
+            leaves = [t.detach().to(dtype).requires_grad_() for t in (z, inj, *ws, *bs, *gs, *be)]
+            n = len(ws)
+            f = S.shallow_map_ref(leaves[0], leaves[1], v.to(dtype), leaves[2:2 + n],
+                                  leaves[2 + n:2 + 2 * n], leaves[2 + 2 * n:2 + 2 * n + len(gs)],
+                                  leaves[2 + 2 * n + len(gs):], groups, act, 1e-5)
+            return torch.autograd.grad(f, leaves, u.to(dtype))
+
+        want, ref32 = ref_grads(torch.float64), ref_grads(torch.float32)
+        with torch.no_grad():
+            dz, dinj, dv, dws, dbs, dgs, dbe = S.shallow_map_bwd(
+                u.float(), z.float(), inj.float(), v.float(), _cast(ws, torch.float32),
+                _cast(bs, torch.float32), _cast(gs, torch.float32), _cast(be, torch.float32),
+                groups, act, 1e-5)
+        assert torch.equal(dv, u.float())
+        got = [dz, dinj, *dws, *dbs, *dgs, *dbe]
+        assert len(got) == len(want)
+        for name, g, w, r in zip(range(len(got)), got, want, ref32):
+            assert g.shape == w.shape and torch.isfinite(g).all(), name
+            err = ((g.double() - w).norm() / w.norm()).item()
+            ref_err = ((r.double() - w).norm() / w.norm()).item()
+            assert err <= 10 * ref_err + 1e-6, (name, err, ref_err)
+
+    def test_shallow_map_autograd_through_op(monkeypatch):
+        """register_autograd: gradients of the op (Triton forward and VJP) match the
+        module's autograd for inputs and all parameters."""
+        monkeypatch.setenv("LUSER_FAST_BACKEND", "triton")
+        m, z, v = _shallow_case(1, 1, 8, 2, "group", "gelu", 2, seed=2)
+        m = m.float()
+        z = z.float().requires_grad_()
+        v = v.float().requires_grad_()
+        ws, bs, gs, be = _params(m)
+        f = S.shallow_map(z, S.shallow_inject(v, m.inject.weight), v, ws, bs, gs, be, groups=2)
+        u = torch.randn_like(f)
+        params = [z, v, *m.parameters()]
+        got = torch.autograd.grad(f, params, u)
+        want = torch.autograd.grad(m(z, v), params, u)
+        for g, w in zip(got, want):
+            torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-5)

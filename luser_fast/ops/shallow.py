@@ -176,6 +176,96 @@ if HAS_TRITON:
             tl.store(psq_ptr + s_off, tl.sum(accm * accm, axis=0), mask=co_ok)
 
 
+    @triton.jit
+    def _act_grad(x, ACT: tl.constexpr):
+        """d act / dx in float32."""
+        if ACT == 0:
+            d = (0.5 * (1.0 + tl.math.erf(x * 0.7071067811865476))
+                 + x * 0.3989422804014327 * tl.exp(-0.5 * x * x))
+        elif ACT == 1:
+            d = tl.where(x > 0, 1.0, 0.0)
+        elif ACT == 2:
+            sg = tl.sigmoid(x)
+            d = sg * (1.0 + x * (1.0 - sg))
+        else:
+            d = tl.where(x > 0, 1.0, tl.exp(x))
+        return d
+
+    @triton.jit
+    def _shallow_map_bwd_kernel(g_ptr, y_in_ptr, w_ptr, p_ptr, q_ptr, r_ptr,
+                                y_out_ptr, scale_ptr, shift_ptr, out_ptr, psum_ptr, pdot_ptr,
+                                C_in, C_out, H, W, n_ptiles,
+                                IN_GN: tl.constexpr, EPI_ACT: tl.constexpr,
+                                EPI_NORM: tl.constexpr, ACT: tl.constexpr,
+                                STATS: tl.constexpr, IEEE: tl.constexpr,
+                                BLOCK_P: tl.constexpr, BLOCK_CO: tl.constexpr,
+                                BLOCK_CI: tl.constexpr):
+        """One [BLOCK_P, BLOCK_CO] tile of a transposed 3x3 conv in the VJP, one sample.
+
+        Grid (cdiv(H W, BLOCK_P), cdiv(C_out, BLOCK_CO), B).
+        g: [B, C_in, H, W] incoming cotangent; with IN_GN it is da of a GroupNorm layer and
+        the conv input is the GroupNorm backward ``g * p + y_in * q + r`` (p, q, r:
+        [B, C_in] fp32, y_in: the layer's recomputed pre-norm output [B, C_in, H, W]).
+        w: [9, C_in, C_out] (flipped, channel-swapped forward weights).
+        EPI_ACT: the result is multiplied by act'(y_out * scale + shift) (EPI_NORM) or
+        act'(y_out) (y_out [B, C_out, H, W]; scale, shift [B, C_out] fp32): it becomes da.
+        out: [B, C_out, H, W]; psum, pdot: [B, n_ptiles, C_out] fp32 partial sums of da and
+        da * y_out (STATS), the GroupNorm backward's reductions.
+        """
+        pid_p = tl.program_id(0)
+        pid_co = tl.program_id(1)
+        b = tl.program_id(2).to(tl.int64)
+        hw = H * W
+        offs_p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
+        p_ok = offs_p < hw
+        yy = offs_p // W
+        xx = offs_p % W
+        offs_co = pid_co * BLOCK_CO + tl.arange(0, BLOCK_CO)
+        co_ok = offs_co < C_out
+        acc = tl.zeros([BLOCK_P, BLOCK_CO], dtype=tl.float32)
+        in_base = b * C_in * hw
+        for ci0 in range(0, C_in, BLOCK_CI):
+            offs_ci = ci0 + tl.arange(0, BLOCK_CI)
+            ci_ok = offs_ci < C_in
+            if IN_GN:
+                pc = tl.load(p_ptr + b * C_in + offs_ci, mask=ci_ok, other=0.0)
+                qc = tl.load(q_ptr + b * C_in + offs_ci, mask=ci_ok, other=0.0)
+                rc = tl.load(r_ptr + b * C_in + offs_ci, mask=ci_ok, other=0.0)
+            for tap in tl.static_range(9):
+                iy = yy + (tap // 3 - 1)
+                ix = xx + (tap % 3 - 1)
+                ok = p_ok & (iy >= 0) & (iy < H) & (ix >= 0) & (ix < W)
+                m2 = ok[:, None] & ci_ok[None, :]
+                off = in_base + offs_ci[None, :] * hw + (iy * W + ix)[:, None]
+                a = tl.load(g_ptr + off, mask=m2, other=0.0).to(tl.float32)
+                if IN_GN:
+                    yv = tl.load(y_in_ptr + off, mask=m2, other=0.0).to(tl.float32)
+                    a = tl.where(m2, a * pc[None, :] + yv * qc[None, :] + rc[None, :], 0.0)
+                wt = tl.load(w_ptr + tap * C_in * C_out + offs_ci[:, None] * C_out
+                             + offs_co[None, :],
+                             mask=ci_ok[:, None] & co_ok[None, :], other=0.0)
+                if IEEE:
+                    acc = tl.dot(a, wt.to(tl.float32), acc, input_precision="ieee")
+                else:
+                    acc = tl.dot(a.to(wt.dtype), wt, acc)
+        m_out = p_ok[:, None] & co_ok[None, :]
+        o_off = b * C_out * hw + offs_co[None, :] * hw + offs_p[:, None]
+        if EPI_ACT:
+            yo = tl.load(y_out_ptr + o_off, mask=m_out, other=0.0).to(tl.float32)
+            if EPI_NORM:
+                sc = tl.load(scale_ptr + b * C_out + offs_co, mask=co_ok, other=0.0)
+                sh = tl.load(shift_ptr + b * C_out + offs_co, mask=co_ok, other=0.0)
+                acc = acc * _act_grad(yo * sc[None, :] + sh[None, :], ACT)
+            else:
+                acc = acc * _act_grad(yo, ACT)
+            if STATS:
+                accm = tl.where(m_out, acc, 0.0)
+                s_off = (b * n_ptiles + pid_p) * C_out + offs_co
+                tl.store(psum_ptr + s_off, tl.sum(accm, axis=0), mask=co_ok)
+                tl.store(pdot_ptr + s_off, tl.sum(accm * yo, axis=0), mask=co_ok)
+        tl.store(out_ptr + o_off, acc.to(out_ptr.dtype.element_ty), mask=m_out)
+
+
 def _pow2_block(c, cap):
     return min(cap, max(16, triton.next_power_of_2(c)))
 
@@ -253,6 +343,146 @@ def shallow_map_fwd(z, injected, v, weights, biases, gammas, betas, groups: int,
     return x
 
 
+def _conv_bwd_layer(g, w, pqr, y_in, y_out, scale, shift, epi_act, act, stats):
+    """Launch one transposed conv of the VJP: conv_T(g', w) [* act'(...)] where g' is g or
+    its GroupNorm backward ``g p + y_in q + r`` (pqr given). Returns (out, psum, pdot)."""
+    b, c_in, h, wd = g.shape                  # c_in: the forward layer's output channels
+    c_out = w.shape[1]
+    w_t = w.flip(2, 3).permute(2, 3, 0, 1).reshape(9, c_in, c_out).contiguous()
+    block_co = _pow2_block(c_out, _MAX_BLOCK_CO)
+    block_ci = _pow2_block(c_in, _MAX_BLOCK_CI)
+    n_pt = triton.cdiv(h * wd, _BLOCK_P)
+    out = _alloc((b, c_out, h, wd), g.dtype, g.device)
+    psum = _alloc((b, n_pt, c_out), torch.float32, g.device) if stats else out
+    pdot = _alloc((b, n_pt, c_out), torch.float32, g.device) if stats else out
+    p, q, r = pqr if pqr is not None else (out, out, out)
+    grid = (n_pt, triton.cdiv(c_out, block_co), b)
+    _shallow_map_bwd_kernel[grid](
+        g, y_in if y_in is not None else out, w_t, p, q, r,
+        y_out if y_out is not None else out, scale if scale is not None else out,
+        shift if shift is not None else out, out, psum, pdot,
+        c_in, c_out, h, wd, n_pt,
+        IN_GN=pqr is not None, EPI_ACT=epi_act, EPI_NORM=scale is not None, ACT=ACTS[act],
+        STATS=stats, IEEE=g.dtype == torch.float32, BLOCK_P=_BLOCK_P, BLOCK_CO=block_co,
+        BLOCK_CI=block_ci, num_warps=_NUM_WARPS)
+    return out, (psum if stats else None), (pdot if stats else None)
+
+
+def _gn_backward_coeffs(psum, pdot, mean, rstd, gamma, groups, hw):
+    """GroupNorm backward as dy = da p + y q + r per (sample, channel), from the partial
+    sums of da and da * y (float64); also (dgamma, dbeta) [C]."""
+    b, _, c = psum.shape
+    cpg = c // groups
+    n = hw * cpg
+    sd = psum.double().sum(1)                                   # [B, C]  sum da
+    sdy = pdot.double().sum(1)                                  # [B, C]  sum da * y
+    mean_c = mean.repeat_interleave(cpg, dim=1)
+    rstd_c = rstd.repeat_interleave(cpg, dim=1)
+    gam = gamma.double()
+    dxhat_xhat = rstd_c * (sdy - mean_c * sd)                   # sum da * xhat per channel
+    m1 = (gam * sd).view(b, groups, cpg).sum(-1) / n            # mean of dxhat
+    m2 = (gam * dxhat_xhat).view(b, groups, cpg).sum(-1) / n    # mean of dxhat * xhat
+    p = rstd_c * gam
+    q = (-rstd * rstd * m2).repeat_interleave(cpg, dim=1)
+    r = (-rstd * m1 + rstd * rstd * m2 * mean).repeat_interleave(cpg, dim=1)
+    coeffs = tuple(t.float().contiguous() for t in (p, q, r))
+    return coeffs, dxhat_xhat.sum(0), sd.sum(0)
+
+
+def _forward_saved(z, injected, v, weights, biases, gammas, betas, groups, act, eps):
+    """Recompute the pre-norm outputs y_i and their GroupNorm statistics (one VJP call
+    keeps them; nothing is kept between calls). Returns (ys, norms) with norms[i] =
+    (scale, shift, mean, rstd) or None."""
+    dtype, hw = z.dtype, z.shape[-1] * z.shape[-2]
+    x, scale, shift, in_mode = z.contiguous(), None, None, 0
+    ys, norms = [], []
+    for i in range(len(weights) - 1):
+        add = injected.to(dtype) if i == 0 else None
+        x, psum, psq = _conv_layer(x, weights[i].to(dtype), biases[i], scale, shift, add,
+                                   in_mode, act, bool(gammas))
+        ys.append(x)
+        if gammas:
+            scale, shift = _norm_affine(psum, psq, gammas[i], betas[i], groups, hw, eps)
+            b, c = psum.shape[0], psum.shape[2]
+            cpg = c // groups
+            mean = psum.double().sum(1).view(b, groups, cpg).sum(-1) / (hw * cpg)
+            var = psq.double().sum(1).view(b, groups, cpg).sum(-1) / (hw * cpg) - mean * mean
+            norms.append((scale, shift, mean, var.clamp_min(0).add(eps).rsqrt()))
+            in_mode = 2
+        else:
+            norms.append(None)
+            in_mode = 1
+    return ys, norms
+
+
+def shallow_map_bwd(u, z, injected, v, weights, biases, gammas, betas, groups: int,
+                    act: str, eps: float, param_grads: bool = True):
+    """Triton VJP of the map: activations recomputed, then transposed convs backwards.
+
+    Args:
+        u: cotangent of f [B, C_in, H, W]; the rest as ``shallow_map_ref``.
+        param_grads: also return the parameter gradients (the end of a backward solve);
+            False returns only the input cotangents (each solver iteration).
+
+    Returns:
+        (dz [B, C_in, H, W], dinjected [B, C, H, W], dv [B, C_in, H, W], dweights,
+        dbiases, dgammas, dbetas): parameter lists like the inputs (None when not
+        ``param_grads``). J^T u goes through ``_shallow_map_bwd_kernel`` (L launches);
+        the weight gradients, needed once per backward solve, use torch's conv2d_weight
+        on the recomputed h (one more recompute, no storage between calls).
+    """
+    dtype, hw = z.dtype, z.shape[-1] * z.shape[-2]
+    u = u.to(dtype).contiguous()
+    ys, norms = _forward_saved(z, injected, v, weights, biases, gammas, betas, groups, act, eps)
+    n = len(weights)
+    g, pqr, g_in_y = u, None, None            # cotangent of y_i, possibly lazily GN-backed
+    dys, dgam, dbet = [None] * n, [None] * (n - 1), [None] * (n - 1)
+    dys[n - 1] = u
+    for i in range(n - 1, 0, -1):
+        nrm = norms[i - 1]
+        da, psum, pdot = _conv_bwd_layer(g, weights[i].to(dtype), pqr, g_in_y, ys[i - 1],
+                                         nrm[0] if nrm else None, nrm[1] if nrm else None,
+                                         True, act, nrm is not None)
+        if nrm is not None:
+            pqr, dgam[i - 1], dbet[i - 1] = _gn_backward_coeffs(
+                psum, pdot, nrm[2], nrm[3], gammas[i - 1], groups, hw)
+            g_in_y = ys[i - 1]
+            if param_grads:
+                p, q, r = pqr
+                dys[i - 1] = (da * p[..., None, None] + ys[i - 1] * q[..., None, None]
+                              + r[..., None, None]).to(dtype)
+        else:
+            pqr, g_in_y = None, None
+            dys[i - 1] = da
+        g = da
+    dz = _conv_bwd_layer(g, weights[0].to(dtype), pqr, g_in_y, None, None, None, False, act,
+                         False)[0]
+    if pqr is not None:
+        p, q, r = pqr
+        dinj = (g * p[..., None, None] + ys[0] * q[..., None, None] + r[..., None, None]).to(dtype)
+    else:
+        dinj = g
+    if not param_grads:
+        return dz, dinj, u, None, None, None, None
+    fn = _act_ref(act)
+    dws, dbs = [], []
+    for i in range(n):
+        if i == 0:
+            x_in = z
+        elif norms[i - 1] is not None:
+            sc, sh = norms[i - 1][0], norms[i - 1][1]
+            x_in = fn(ys[i - 1].float() * sc[..., None, None] + sh[..., None, None]).to(dtype)
+        else:
+            x_in = fn(ys[i - 1])
+        dy = dinj if i == 0 else dys[i]
+        dws.append(torch.nn.grad.conv2d_weight(x_in, weights[i].shape, dy, padding=1)
+                   .to(weights[i].dtype))
+        dbs.append(dy.sum((0, 2, 3)).to(biases[i].dtype))
+    dgammas = [d.to(t.dtype) for d, t in zip(dgam, gammas)] if gammas else []
+    dbetas = [d.to(t.dtype) for d, t in zip(dbet, betas)] if gammas else []
+    return dz, dinj, u, dws, dbs, dgammas, dbetas
+
+
 def _check(z, injected, v, weights, biases, gammas, betas, groups, act):
     n = len(weights)
     if n < 2 or len(biases) != n:
@@ -291,6 +521,40 @@ def _shallow_map_fake(z, injected, v, weights, biases, gammas, betas, groups, ac
     return torch.empty_like(v)
 
 
+def _setup_context(ctx, inputs, output):
+    z, injected, v, weights, biases, gammas, betas, groups, act, eps = inputs
+    ctx.save_for_backward(z, injected, v, *weights, *biases, *gammas, *betas)
+    ctx.sizes = (len(weights), len(gammas))
+    ctx.config = (groups, act, eps)
+    ctx.param_grads = any(t.requires_grad for t in (*weights, *biases, *gammas, *betas))
+
+
+def _backward(ctx, grad):
+    n, n_norm = ctx.sizes
+    z, injected, v, *rest = ctx.saved_tensors
+    weights, biases = rest[:n], rest[n:2 * n]
+    gammas, betas = rest[2 * n:2 * n + n_norm], rest[2 * n + n_norm:]
+    args = (list(weights), list(biases), list(gammas), list(betas), *ctx.config)
+    if _use_triton(z):
+        dz, dinj, dv, dws, dbs, dgs, dbe = shallow_map_bwd(grad, z, injected, v, *args,
+                                                           param_grads=ctx.param_grads)
+        dv = dv.to(v.dtype)
+    else:
+        with torch.enable_grad():
+            leaves = [t.detach().requires_grad_() for t in (z, injected, v, *rest)]
+            out = shallow_map_ref(*leaves[:3], leaves[3:3 + n], leaves[3 + n:3 + 2 * n],
+                                  leaves[3 + 2 * n:3 + 2 * n + n_norm],
+                                  leaves[3 + 2 * n + n_norm:], *ctx.config)
+            grads = torch.autograd.grad(out, leaves, grad)
+        dz, dinj, dv = grads[:3]
+        g = grads[3:]
+        dws, dbs = list(g[:n]), list(g[n:2 * n])
+        dgs, dbe = list(g[2 * n:2 * n + n_norm]), list(g[2 * n + n_norm:])
+    return dz, dinj, dv, dws, dbs, dgs, dbe, None, None, None
+
+
+torch.library.register_autograd("luser_fast::shallow_map", _backward,
+                                setup_context=_setup_context)
 backends.register("shallow_map", "triton", _devices(), lambda: HAS_TRITON)
 
 
