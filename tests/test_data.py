@@ -183,3 +183,14 @@ def test_h5_bad_files(tmp_path):
         fh["images"] = np.zeros((1, 4, 4), np.float32)
     with pytest.raises(ValueError, match="neither a fastMRI file"):
         read_h5_images(str(tmp_path / "other.h5"))
+
+
+@pytest.mark.parametrize("task", ["mri", "nufft-mri"])
+def test_adjoint_start_is_on_the_image_scale(task):
+    from luser_fast.metrics import psnr
+
+    d = make_task(TaskConfig(task, size=32), "val", 2)
+    with torch.no_grad():
+        x0 = d.operator.adjoint(d.y).abs()
+    assert psnr(x0, d.x.abs()) > 12
+    assert x0.mean().item() == pytest.approx(d.x.abs().mean().item(), rel=0.3)

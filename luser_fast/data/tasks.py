@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-from .phantoms import random_ellipses
+from .phantoms import disk, random_ellipses
 
 __all__ = ["TASKS", "SPLITS", "TaskConfig", "TaskData", "build_operator", "ground_truth",
            "make_task", "cartesian_mask", "radial_trajectory", "bundled_images"]
@@ -181,7 +181,13 @@ def build_operator(cfg: TaskConfig) -> torch.nn.Module:
     if cfg.task == "mri":
         return MRI(cartesian_mask(cfg.size, cfg.acceleration, cfg.center_fraction, cfg.seed))
     ktraj, density = radial_trajectory(cfg.size, cfg.acceleration)
-    return NUFFT(ktraj, cfg.size, density=density, tol=1e-4)
+    # Scale the ramp so that A^H A keeps a smooth image's energy (A^H y is then a
+    # usable x0 on the image's own scale); A^H A is linear in the density weights.
+    blob = disk(cfg.size, cfg.size / 4, dtype=torch.float32).to(torch.complex64)[None, None]
+    op = NUFFT(ktraj, cfg.size, density=density, tol=1e-4)
+    with torch.no_grad():
+        gain = (blob.conj() * op.normal(blob)).real.sum() / blob.abs().square().sum()
+    return NUFFT(ktraj, cfg.size, density=density / gain, tol=1e-4)
 
 
 def bundled_images(split):
