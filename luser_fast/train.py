@@ -290,7 +290,8 @@ def train(task: TaskConfig, cfg: TrainConfig, resume=False, log=print):
         net = DistributedDataParallel(model, device_ids=[local] if device.type == "cuda" else None,
                                       **sync)
     batches = _Batches(cfg.n_train, cfg.batch, cfg.seed, rank, world)
-    end = total if cfg.stop_at is None else min(total, cfg.stop_at)
+    # A resumed run never steps back: a stop_at at or before the checkpoint's step ends at it.
+    end = max(step, total if cfg.stop_at is None else min(total, cfg.stop_at))
     every = cfg.log_every or max(1, total // 10)
     progress = _progress(range(step, end), total, step, rank, f"{cfg.model} {task.task}")
     t0 = time.perf_counter()

@@ -36,6 +36,9 @@ def test_resume_is_exact(tmp_path, model):
     for key in a["model"]:
         assert torch.equal(a["model"][key], b["model"][key]), key
     assert a["step"] == b["step"] == 6
+    assert _train(tmp_path / "split", "--steps", "6", "--stop-at", "2", "--resume", model=model) == 0
+    assert load_checkpoint(str(tmp_path / "split" / "last.pt"))["step"] == 6
+    assert _history(tmp_path / "split") == split
 
 
 def test_checkpoint_contents(tmp_path):
