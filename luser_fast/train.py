@@ -255,8 +255,9 @@ def train(task: TaskConfig, cfg: TrainConfig, resume=False, log=print):
         log: callable for rank 0's lines.
 
     Returns:
-        dict: history (list of {step, loss, psnr, solver_iterations}), step reached,
-        checkpoint path, seconds.
+        dict: history (list of {step, loss, psnr, seconds, and solver_iterations for
+        LUSER}; loss and psnr are means over the global batch), step reached,
+        checkpoint path, seconds of this call, rank, world_size and the trained model.
     """
     rank, world, local = _distributed()
     device = _device(cfg, local)
@@ -306,6 +307,7 @@ def train(task: TaskConfig, cfg: TrainConfig, resume=False, log=print):
             _write_json(os.path.join(cfg.out, "history.json"), history)
 
     for s in progress:
+        t_step = time.perf_counter()
         idx = batches(s).to(device)
         x, y = x_all[idx], y_all[idx]
         opt.zero_grad(set_to_none=True)
@@ -315,6 +317,7 @@ def train(task: TaskConfig, cfg: TrainConfig, resume=False, log=print):
         opt.step()
         sched.step()
         row = _step_metrics(s + 1, loss, x_hat, x, model, world)
+        row["seconds"] = time.perf_counter() - t_step
         history.append(row)
         if rank == 0:
             _report(progress, row, every, total, log)
