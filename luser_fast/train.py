@@ -186,17 +186,19 @@ def _train_config(d):
 
 
 def _distributed():
-    """(rank, world_size, local_rank); initialises the process group under torchrun."""
+    """(rank, world_size, local_rank, owned): under torchrun, initialises the process group
+    unless the caller did (owned tells whether this call created it)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
-        return 0, 1, 0
+        return 0, 1, 0, False
     local = int(os.environ.get("LOCAL_RANK", "0"))
-    if not dist.is_initialized():
+    owned = not dist.is_initialized()
+    if owned:
         backend = "nccl" if torch.cuda.is_available() else "gloo"
         if backend == "nccl":
             torch.cuda.set_device(local)
         dist.init_process_group(backend=backend)
-    return dist.get_rank(), dist.get_world_size(), local
+    return dist.get_rank(), dist.get_world_size(), local, owned
 
 
 def _device(cfg, local_rank):
@@ -259,7 +261,7 @@ def train(task: TaskConfig, cfg: TrainConfig, resume=False, log=print):
         LUSER}; loss and psnr are means over the global batch), step reached,
         checkpoint path, seconds of this call, rank, world_size and the trained model.
     """
-    rank, world, local = _distributed()
+    rank, world, local, owned = _distributed()
     device = _device(cfg, local)
     ckpt_path = os.path.join(cfg.out, "last.pt")
     state = None
@@ -326,6 +328,8 @@ def train(task: TaskConfig, cfg: TrainConfig, resume=False, log=print):
     checkpoint(end)
     if world > 1:
         dist.barrier()
+        if owned:
+            dist.destroy_process_group()
     return {"history": history, "step": end, "checkpoint": ckpt_path,
             "seconds": time.perf_counter() - t0, "rank": rank, "world_size": world,
             "model": model}
