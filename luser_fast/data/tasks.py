@@ -243,7 +243,7 @@ def _resize(img, size):
     return torch.from_numpy(resize(img.numpy(), shape, anti_aliasing=True, order=1)).float()
 
 
-def _whole(images, n, size, rng):
+def _whole(images, n, size):
     out = torch.empty(n, 1, size, size)
     for i in range(n):
         img = _resize(images[i % len(images)], size)
@@ -272,7 +272,7 @@ def ground_truth(cfg: TaskConfig, split: str, n: int) -> torch.Tensor:
         images = _user_images(cfg.data, split)
         if cfg.task == "deblur":
             return _patches(images, n, cfg.size, rng)
-        return _whole(images, n, cfg.size, rng)
+        return _whole(images, n, cfg.size)
     if cfg.task == "deblur":
         return _patches(bundled_images(split), n, cfg.size, rng)
     return random_ellipses(n, cfg.size, seed=seed)
