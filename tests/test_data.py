@@ -194,3 +194,12 @@ def test_adjoint_start_is_on_the_image_scale(task):
         x0 = d.operator.adjoint(d.y).abs()
     assert psnr(x0, d.x.abs()) > 12
     assert x0.mean().item() == pytest.approx(d.x.abs().mean().item(), rel=0.3)
+
+
+def test_deblur_patches_have_content_and_held_out_images():
+    from luser_fast.data.tasks import _BUNDLED
+
+    x = make_task(TaskConfig("deblur", size=32), "test", 8).x
+    assert (x.std(dim=(1, 2, 3)) >= 0.05).all()
+    names = [n for split in _BUNDLED.values() for n in split]
+    assert len(names) == len(set(names)) and "cat" not in names   # skimage's cat is chelsea
