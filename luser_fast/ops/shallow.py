@@ -54,12 +54,13 @@ __all__ = ["shallow_map", "shallow_inject", "shallow_map_ref", "shallow_map_fwd"
 ACTS = {"gelu": 0, "relu": 1, "silu": 2, "elu": 3}
 #: storage dtypes the kernel takes (float32 accumulation)
 KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-#: tiles: 64 pixels x up to 64 output channels x up to 32 input channels per tl.dot;
-#: the fp32 accumulator is 4096 values over 128 threads (32 registers each), far below
-#: the 128x128x32 tile that spilled at 255 registers
+#: tiles: 64 pixels x up to (C_out, C_in) channels per tl.dot, by storage dtype (ptxas,
+#: Triton 3.7.1, 4 warps). fp16/bf16 on tensor cores: 64 x 64 x 32 reached 255 registers
+#: and spilled 8 bytes in the VJP kernel on sm_90a, 64 x 32 x 32 uses at most 194. fp32 uses
+#: the IEEE dot, which Triton lowers to FMAs with each thread holding whole K-slices of both
+#: operands: 64 x 64 x 32 spilled there, 64 x 32 x 16 uses at most 238 registers
 _BLOCK_P = 64
-_MAX_BLOCK_CO = 64
-_MAX_BLOCK_CI = 32
+_MAX_BLOCKS = {4: (32, 16), 2: (32, 32)}   # itemsize -> (max BLOCK_CO, max BLOCK_CI)
 _NUM_WARPS = 4
 
 
@@ -144,7 +145,7 @@ if HAS_TRITON:
             if IN_MODE == 2:
                 sc = tl.load(scale_ptr + b * C_in + offs_ci, mask=ci_ok, other=0.0)
                 sh = tl.load(shift_ptr + b * C_in + offs_ci, mask=ci_ok, other=0.0)
-            for tap in tl.static_range(9):
+            for tap in range(9):
                 iy = yy + (tap // 3 - 1)
                 ix = xx + (tap % 3 - 1)
                 ok = p_ok & (iy >= 0) & (iy < H) & (ix >= 0) & (ix < W)
@@ -231,7 +232,7 @@ if HAS_TRITON:
                 pc = tl.load(p_ptr + b * C_in + offs_ci, mask=ci_ok, other=0.0)
                 qc = tl.load(q_ptr + b * C_in + offs_ci, mask=ci_ok, other=0.0)
                 rc = tl.load(r_ptr + b * C_in + offs_ci, mask=ci_ok, other=0.0)
-            for tap in tl.static_range(9):
+            for tap in range(9):
                 iy = yy + (tap // 3 - 1)
                 ix = xx + (tap % 3 - 1)
                 ok = p_ok & (iy >= 0) & (iy < H) & (ix >= 0) & (ix < W)
@@ -275,8 +276,8 @@ def _conv_layer(x, w, bias, scale, shift, add, in_mode, act, stats):
     b, c_in, h, wd = x.shape
     c_out = w.shape[0]
     w_t = w.permute(2, 3, 1, 0).reshape(9, c_in, c_out).contiguous()
-    block_co = _pow2_block(c_out, _MAX_BLOCK_CO)
-    block_ci = _pow2_block(c_in, _MAX_BLOCK_CI)
+    max_co, max_ci = _MAX_BLOCKS[x.element_size()]
+    block_co, block_ci = _pow2_block(c_out, max_co), _pow2_block(c_in, max_ci)
     n_pt = triton.cdiv(h * wd, _BLOCK_P)
     out = _alloc((b, c_out, h, wd), x.dtype, x.device)
     psum = _alloc((b, n_pt, c_out), torch.float32, x.device) if stats else out
@@ -349,8 +350,8 @@ def _conv_bwd_layer(g, w, pqr, y_in, y_out, scale, shift, epi_act, act, stats):
     b, c_in, h, wd = g.shape                  # c_in: the forward layer's output channels
     c_out = w.shape[1]
     w_t = w.flip(2, 3).permute(2, 3, 0, 1).reshape(9, c_in, c_out).contiguous()
-    block_co = _pow2_block(c_out, _MAX_BLOCK_CO)
-    block_ci = _pow2_block(c_in, _MAX_BLOCK_CI)
+    max_co, max_ci = _MAX_BLOCKS[g.element_size()]
+    block_co, block_ci = _pow2_block(c_out, max_co), _pow2_block(c_in, max_ci)
     n_pt = triton.cdiv(h * wd, _BLOCK_P)
     out = _alloc((b, c_out, h, wd), g.dtype, g.device)
     psum = _alloc((b, n_pt, c_out), torch.float32, g.device) if stats else out
