@@ -18,7 +18,9 @@ from typing import Callable
 import torch
 from torch import nn
 
+from .. import backends
 from ..deq import DEQ
+from ..ops import shallow as _shallow
 from ..reference import models as _ref
 
 __all__ = ["ShallowEquilibrium", "LUSER"]
@@ -33,11 +35,34 @@ class ShallowEquilibrium(_ref.ShallowEquilibrium):
 
     def bind(self, v: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
         """z -> f(z, v) with the injection U v [B, channels, H, W] computed once, here."""
+        if self._fused(v):
+            injected = _shallow.shallow_inject(v, self.inject.weight)
+            return lambda z: self._fused_map(z, v, injected)
         injected = self.inject(v)
         return lambda z: self._map(z, v, injected)
 
     def forward(self, z, v):
+        if self._fused(v):
+            return self._fused_map(z, v, _shallow.shallow_inject(v, self.inject.weight))
         return self._map(z, v, self.inject(v))
+
+    def _fused(self, x):
+        """The Triton shallow map serves x's device (``LUSER_FAST_BACKEND`` / auto) and this
+        architecture (3x3 convolutions, a kernel dtype)."""
+        return (backends.select("shallow_map", x.device.type) == "triton"
+                and x.dtype in _shallow.KERNEL_DTYPES and self.conv_in.kernel_size == (3, 3))
+
+    def _fused_map(self, z, v, injected):
+        norm = isinstance(self.norms[0], nn.GroupNorm)
+        act = {nn.GELU: "gelu", nn.ReLU: "relu", nn.SiLU: "silu", nn.ELU: "elu"}[type(self.act)]
+        return _shallow.shallow_map(
+            z, injected, v, [self.conv_in.weight, *(c.weight for c in self.hidden),
+                             self.conv_out.weight],
+            [self.conv_in.bias, *(c.bias for c in self.hidden), self.conv_out.bias],
+            [n.weight for n in self.norms] if norm else [],
+            [n.bias for n in self.norms] if norm else [],
+            self.norms[0].num_groups if norm else 1, act,
+            self.norms[0].eps if norm else 1e-5)
 
     def _map(self, z, v, injected):
         # conv_in's output is not saved by autograd (conv saves its input and weight), so
