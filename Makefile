@@ -19,7 +19,7 @@ $(PY):
 $(STAMP): $(PY) setup.py Makefile $(shell find csrc -name '*.cpp' -o -name '*.h' -o -name '*.cu' 2>/dev/null)
 	$(PIP) install -q --upgrade "pip>=23" "setuptools>=64" wheel ninja
 	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q --no-build-isolation -e ".[test]"
+	$(PIP) install -q --no-build-isolation -e ".[test,triton]"
 	touch $(STAMP)
 
 setup: $(STAMP)

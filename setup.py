@@ -108,7 +108,7 @@ setup(
     ],
     extras_require={
         "test": ["pytest", "hypothesis", "pytest-benchmark", "scipy", "finufft"],
-        "triton": ["triton>=3.2,<3.9"],
+        "triton": ["triton>=3.6,<3.8"],
         "cuda": ["cupy-cuda12x"],
         "peers": ["finufft", "torchkbnufft", "torchdeq", "astra-toolbox"],
     },
