@@ -90,6 +90,7 @@ def _configs():
     for t in ("fp32", "fp16", "bf16"):
         p = f"*{t}"
         max_co, max_ci = S._MAX_BLOCKS[4 if t == "fp32" else 2]
+        warps = S._NUM_WARPS[4 if t == "fp32" else 2]
         tiles = ((max_co, max_ci), (max_co, 16), (16, max_ci))
         for (bco, bci) in tiles:
             for mode, add, stats in ((0, True, True), (2, False, True), (2, True, False)):
@@ -101,7 +102,7 @@ def _configs():
                          "BLOCK_CO": bco, "BLOCK_CI": bci}
                 sig.update({k: "constexpr" for k in const})
                 out.append((f"shallow_fwd_{t}_co{bco}_ci{bci}_mode{mode}_stats{int(stats)}",
-                            S._shallow_map_fwd_kernel, sig, const, S._NUM_WARPS))
+                            S._shallow_map_fwd_kernel, sig, const, warps))
             for in_gn, epi, stats in ((True, True, True), (False, True, True), (True, False, False)):
                 sig = {"g_ptr": p, "y_in_ptr": p, "w_ptr": p, "p_ptr": "*fp32", "q_ptr": "*fp32",
                        "r_ptr": "*fp32", "y_out_ptr": p, "scale_ptr": "*fp32",
@@ -112,7 +113,7 @@ def _configs():
                          "BLOCK_CO": bco, "BLOCK_CI": bci}
                 sig.update({k: "constexpr" for k in const})
                 out.append((f"shallow_bwd_{t}_co{bco}_ci{bci}_gn{int(in_gn)}_epi{int(epi)}",
-                            S._shallow_map_bwd_kernel, sig, const, S._NUM_WARPS))
+                            S._shallow_map_bwd_kernel, sig, const, warps))
     return out
 
 
