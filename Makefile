@@ -30,9 +30,10 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest tests -q -ra $(PYTEST_ARGS)
 
+# the peers timed against (pinning torch keeps pip from swapping in a CUDA build)
 bench: $(STAMP)
-	$(PIP) install -q astra-toolbox
-	$(PY) -m pytest bench -q --benchmark-only
+	$(PIP) install -q finufft torchkbnufft torchdeq astra-toolbox torch==2.13.0
+	$(VENV)/bin/luser-fast bench
 
 clean:
 	rm -rf build *.egg-info .pytest_cache out

@@ -23,9 +23,14 @@ from luser_fast.models import LU, LUSER
 from luser_fast.physics import Radon
 from luser_fast.profile import LiveTensorBytes, SavedTensorBytes, mse, training_memory
 
-from deq_results import new_run, save_run
+import harness
 
-N, BATCH, K, CHANNELS, M = 128, 4, 5, 64, 5
+N, BATCH, K, CHANNELS, M = harness.pick((128, 4, 5, 64, 5), (32, 2, 2, 8, 5))
+MAX_ITERS = harness.pick((10, 100), (3, 6))
+#: ``luser-fast memprofile --vary iterations`` sweep: training memory against solver
+#: iterations (CT, 32 x 32, batch 2, K 5, 32 channels), plotted by the report
+SWEEP = harness.pick({"values": (5, 10, 20, 40), "size": 32, "channels": 32},
+                     {"values": (2, 4), "size": 16, "channels": 4})
 MIB = 2 ** 20
 
 
@@ -79,7 +84,7 @@ def test_training_memory(benchmark, ct):
     torch.set_num_threads(1)
     try:
         names = ["fast_luser", "reference_luser", "lu_depth5", "fast_luser_depth4",
-                 "fast_luser_maxiter_10", "fast_luser_maxiter_100"]
+                 *(f"fast_luser_maxiter_{n}" for n in MAX_ITERS)]
         reports = {}
         for name in names[1:]:
             model = _build(name, op)
@@ -97,8 +102,9 @@ def test_training_memory(benchmark, ct):
     image = x.numel() * x.element_size()
     limit = K * 3 * image + fast.param_bytes
     checks = {
-        "saved maxiter 100 / maxiter 10": reports["fast_luser_maxiter_100"].saved_bytes
-        / reports["fast_luser_maxiter_10"].saved_bytes,
+        "saved maxiter high / maxiter low":
+            reports[f"fast_luser_maxiter_{MAX_ITERS[1]}"].saved_bytes
+            / reports[f"fast_luser_maxiter_{MAX_ITERS[0]}"].saved_bytes,
         "saved depth 4 / depth 2": reports["fast_luser_depth4"].saved_bytes / fast.saved_bytes,
         "saved / (K (|z*| + |v| + |x|) + params)": fast.saved_bytes / limit,
         "LU saved / fast LUSER saved": reports["lu_depth5"].saved_bytes / fast.saved_bytes,
@@ -108,7 +114,7 @@ def test_training_memory(benchmark, ct):
         "reference LUSER peak / fast LUSER peak":
             reports["reference_luser"].peak_bytes / fast.peak_bytes,
     }
-    assert abs(checks["saved maxiter 100 / maxiter 10"] - 1) <= 0.02
+    assert abs(checks["saved maxiter high / maxiter low"] - 1) <= 0.02
     assert abs(checks["saved depth 4 / depth 2"] - 1) <= 0.1
     assert checks["saved / (K (|z*| + |v| + |x|) + params)"] <= 1.2
     assert checks["LU saved / fast LUSER saved"] >= 8
@@ -116,16 +122,39 @@ def test_training_memory(benchmark, ct):
 
 
 def _write_report(reports, checks, parts):
-    run = new_run(1)
+    run = harness.new_run(1)
     run["setup"] = {"task": "CT parallel beam", "image": [N, N], "angles": N, "batch": BATCH,
-                    "K": K, "channels": CHANNELS, "dtype": "float32"}
+                    "K": K, "channels": CHANNELS, "dtype": "float32",
+                    "max_iters": list(MAX_ITERS)}
     run["MiB"] = {name: {"saved": round(r.saved_bytes / MIB, 3),
                          "peak": round(r.peak_bytes / MIB, 3),
                          "params": round(r.param_bytes / MIB, 3),
                          "seconds": round(r.seconds, 2)} for name, r in reports.items()}
     run["ratios"] = {k: round(v, 3) for k, v in checks.items()}
     run["fast_luser_peak_parts_MiB"] = {k: round(v, 2) for k, v in parts.items()}
-    key = save_run("deq_memory_cpu.json", run)
+    key = harness.save_run("deq_memory_cpu", run)
     print(key)
     print(json.dumps({"MiB": run["MiB"], "ratios": run["ratios"],
                       "peak parts": run["fast_luser_peak_parts_MiB"]}, indent=1))
+
+
+def test_memory_against_iterations(benchmark):
+    """Saved and peak bytes of a training step against solver iterations, fast LUSER vs
+    reference LUSER vs LU (``luser_fast.cli.run_memprofile``): the report's memory plot."""
+    from luser_fast.cli import run_memprofile
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        rows = benchmark.pedantic(
+            run_memprofile, kwargs=dict(vary="iterations", values=SWEEP["values"],
+                                        size=SWEEP["size"], channels=SWEEP["channels"],
+                                        log=lambda *a: None), rounds=1, iterations=1)
+    finally:
+        torch.set_num_threads(threads)
+    fast = [r["saved_bytes"] for r in rows if r["model"] == "LUSER"]
+    assert max(fast) <= 1.02 * min(fast)
+    run = harness.new_run(1)
+    run["setup"] = {"task": "ct", "vary": "iterations", "batch": 2, "K": 5, **SWEEP}
+    run["rows"] = rows
+    print(harness.save_run("memprofile_cpu", run))

@@ -12,9 +12,10 @@ and shown against both tolerances). Plan set-up is timed separately.
 Correctness before timing: every result is compared with the exact non-uniform DFT on a
 subset (type 2: 2,048 random points; type 1: 1,024 random pixels, summed over all 102,912
 points, in float64), and the relative l2 error is recorded next to the time; luser_fast
-must reach its tol. Medians and minima (the min is the estimate least disturbed by other
-load on a shared machine) and the ratios against the peers measured in the same run go to
-``bench/results/nufft_cpu.json`` (keyed by machine, versions and git SHA) and are printed.
+must reach its tol. Minima, medians and maxima (the min is the estimate least disturbed
+by other load on a shared machine) and the ratios against the peers measured in the same
+run go through ``harness`` to ``bench/results/nufft_cpu.json`` (keyed by machine,
+versions and git SHA) and are printed.
 
 GPU (only where one exists): the same problem at tol 1e-5 in complex64, points per second
 (points x coils / s) against cuFINUFFT's published ~6e8 points/s (A6000, 2-D, fp32,
@@ -24,13 +25,10 @@ tol 1e-5), checked against the CPU kernels first.
 """
 from __future__ import annotations
 
-import datetime
-import json
 import math
-import os
-import platform
-import subprocess
+import time
 
+import harness
 import numpy as np
 import pytest
 import torch
@@ -38,13 +36,12 @@ import torch
 from luser_fast.ops import nufft as nufft_ops
 from luser_fast.ops import nufft_type1, nufft_type2
 
-H = W = 256
-SPOKES, SAMPLES, COILS, THREADS = 402, 256, 8, 2
+H = W = harness.pick(256, 32)
+SPOKES, SAMPLES, COILS, THREADS = harness.pick((402, 256, 8, 2), (20, 32, 2, 2))
 TOLS = (1e-3, 1e-6)
 GPU_TOL = 1e-5
 CUFINUFFT_POINTS_PER_S = 6e8
-CHECK_POINTS, CHECK_PIXELS = 2048, 1024
-RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "nufft_cpu.json")
+CHECK_POINTS, CHECK_PIXELS = harness.pick((2048, 1024), (64, 64))
 
 
 def golden_angle_radial(spokes: int, samples: int) -> torch.Tensor:
@@ -102,13 +99,13 @@ def problem():
 
 @pytest.fixture(scope="module")
 def report():
-    """Collects seconds (median, min) and errors; writes the JSON and prints the table."""
+    """Collects seconds (min, median, max) and errors; writes the JSON and prints the table."""
     results: dict[str, dict] = {}
     before = torch.get_num_threads()
     torch.set_num_threads(THREADS)
     yield results
     torch.set_num_threads(before)
-    if any("median" in r for r in results.values()):
+    if any("seconds" in r for r in results.values()) or "paired" in results:
         _write_report(results)
 
 
@@ -117,106 +114,59 @@ def _record(benchmark, name: str, error: float | None, results: dict) -> None:
     if error is not None:
         entry["error"] = error
         benchmark.extra_info["relative_l2_error"] = error
-    if not benchmark.disabled:
-        stats = benchmark.stats.stats
-        entry.update(median=stats.median, min=stats.min)
+    t = harness.timing(benchmark)
+    if t is not None:
+        entry["seconds"] = t
 
 
-def _git_sha() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                              text=True, cwd=os.path.dirname(os.path.abspath(__file__)),
-                              timeout=10).stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def _versions() -> dict:
-    out = {"torch": torch.__version__, "numpy": np.__version__,
-           "python": platform.python_version()}
-    for name in ("finufft", "torchkbnufft"):
-        try:
-            out[name] = __import__(name).__version__
-        except ImportError:
-            out[name] = None
-    return out
-
-
-def _ratios(ms: dict) -> dict:
-    """Our time over each peer's (below 1: we are faster), per type and tol."""
+def _ratios(seconds: dict) -> dict:
+    """ours / finufft (below 1: we are faster) and torchkbnufft / ours, per type and tol."""
     out = {}
     for kind in ("type2", "type1"):
-        kb = ms.get(f"torchkbnufft_{kind}")
+        kb = seconds.get(f"torchkbnufft_{kind}")
         for tol in TOLS:
-            ours = ms.get(f"luser_fast_{kind}_{tol:g}")
-            fin = ms.get(f"finufft_{kind}_{tol:g}")
+            ours = seconds.get(f"luser_fast_{kind}_{tol:g}")
+            fin = seconds.get(f"finufft_{kind}_{tol:g}")
             if ours is None:
                 continue
             if fin is not None:
-                out[f"luser_fast / finufft, {kind}, tol {tol:g}"] = round(ours / fin, 3)
+                out[f"luser_fast / finufft, {kind}, tol {tol:g}"] = harness.rounded(
+                    harness.ratio(ours, fin))
             if kb is not None:
-                out[f"torchkbnufft / luser_fast, {kind}, tol {tol:g}"] = round(kb / ours, 1)
+                out[f"torchkbnufft / luser_fast, {kind}, tol {tol:g}"] = harness.rounded(
+                    harness.ratio(kb, ours))
     return out
+
+
+def _section(results: dict) -> dict:
+    seconds = {k: v["seconds"] for k, v in results.items() if "seconds" in v}
+    return {"ms": {k: harness.ms(v) for k, v in sorted(seconds.items())},
+            "relative_l2_error": {k: float(f"{v['error']:.3g}") for k, v in sorted(results.items())
+                                  if "error" in v},
+            "ratios": _ratios(seconds)}
 
 
 def _write_report(results: dict) -> None:
     paired = results.pop("paired", None)
-    timed = {k: v for k, v in results.items() if "median" in v}
-    ms = {stat: {k: 1e3 * v[stat] for k, v in timed.items()} for stat in ("median", "min")}
-    run = {
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "machine": {"cpu": _cpu_model(), "cores": os.cpu_count(), "threads": THREADS},
-        "versions": _versions(),
-        "git_sha": _git_sha(),
-        "problem": {"image": [H, W], "spokes": SPOKES, "samples": SAMPLES,
-                    "points": SPOKES * SAMPLES, "coils": COILS, "dtype": "complex64",
-                    "trajectory": "golden-angle radial", "tols": list(TOLS)},
-        "ms": {stat: {k: round(v, 3) for k, v in sorted(m.items())} for stat, m in ms.items()},
-        "relative_l2_error": {k: float(f"{v['error']:.3g}") for k, v in sorted(results.items())
-                              if "error" in v},
-        "ratios": {stat: _ratios(m) for stat, m in ms.items()},
-    }
+    run = harness.new_run(THREADS, "finufft", "torchkbnufft")
+    run["problem"] = {"image": [H, W], "spokes": SPOKES, "samples": SAMPLES,
+                      "points": SPOKES * SAMPLES, "coils": COILS, "dtype": "complex64",
+                      "trajectory": "golden-angle radial", "tols": list(TOLS)}
+    run.update(_section(results))
     if paired:
-        pms = {stat: {k: 1e3 * v[stat] for k, v in paired.items()} for stat in ("median", "min")}
-        run["paired"] = {
-            "ms": {stat: {k: round(v, 3) for k, v in sorted(m.items())} for stat, m in pms.items()},
-            "relative_l2_error": {k: float(f"{v['error']:.3g}") for k, v in sorted(paired.items())},
-            "ratios": {stat: _ratios(m) for stat, m in pms.items()},
-        }
-    key = f"{run['machine']['cpu']} | torch {run['versions']['torch']} | {run['git_sha']}"
-    os.makedirs(os.path.dirname(RESULTS), exist_ok=True)
-    runs = {}
-    if os.path.exists(RESULTS):
-        with open(RESULTS) as fh:
-            runs = json.load(fh)
-    runs[key] = run
-    with open(RESULTS, "w") as fh:
-        json.dump(runs, fh, indent=2)
-        fh.write("\n")
-    lines = [f"NUFFT CPU benchmark ({key}), ms (median / min), relative l2 error:"]
-    for k in sorted(timed):
-        err = results[k].get("error")
-        lines.append(f"  {k:28s} {ms['median'][k]:9.2f} {ms['min'][k]:9.2f}"
-                     + (f"   err {err:.2e}" if err is not None else ""))
-    lines += [f"  {k}: {v} (median) / {run['ratios']['min'][k]} (min)"
-              for k, v in run["ratios"]["median"].items()]
-    if paired:
-        lines.append("paired rounds, ms (median / min):")
-        lines += [f"  {k:28s} {run['paired']['ms']['median'][k]:9.2f} "
-                  f"{run['paired']['ms']['min'][k]:9.2f}" for k in sorted(paired)]
-        lines += [f"  {k}: {v} (median) / {run['paired']['ratios']['min'][k]} (min)"
-                  for k, v in run["paired"]["ratios"]["median"].items()]
+        run["paired"] = _section(paired)
+    key = harness.save_run("nufft_cpu", run)
+    lines = [f"NUFFT CPU benchmark ({key}), ms (min / median / max), relative l2 error:"]
+    for title, section in (("separate rounds:", run), ("paired rounds:", run.get("paired"))):
+        if section is None:
+            continue
+        lines.append(title)
+        for k, t in section["ms"].items():
+            err = section["relative_l2_error"].get(k)
+            lines.append(f"  {k:28s} " + " ".join(f"{v:9.3f}" for v in t.values())
+                         + (f"   err {err:.2e}" if err is not None else ""))
+        lines += [f"  {k}: {v['median']} [{v['low']}, {v['high']}]"
+                  for k, v in section["ratios"].items()]
     print("\n" + "\n".join(lines))
 
 
@@ -234,7 +184,7 @@ def test_luser_fast(benchmark, problem, report, kind, tol):
             return nufft_type1(problem.values, problem.ktraj, (H, W), tol)
     err = problem.error(kind, run())
     assert err <= tol, err
-    benchmark.pedantic(run, rounds=20, warmup_rounds=2)
+    benchmark.pedantic(run, rounds=harness.pick(20, 2), warmup_rounds=2)
     _record(benchmark, f"luser_fast_{kind}_{tol:g}", err, report)
 
 
@@ -244,7 +194,7 @@ def test_luser_fast_plan(benchmark, problem, report):
     def run():
         nufft_ops.plan_for(problem.ktraj.clone(), (H, W), 1e-6)
 
-    benchmark.pedantic(run, rounds=5, warmup_rounds=1)
+    benchmark.pedantic(run, rounds=harness.pick(5, 2), warmup_rounds=1)
     _record(benchmark, "luser_fast_plan_1e-06", None, report)
 
 
@@ -270,7 +220,7 @@ def test_finufft(benchmark, problem, report, kind, tol):
     err = problem.error(kind, run())
     # FINUFFT's complex64 transforms spread and FFT in float32: their floor is ~1e-5
     assert err <= max(10 * tol, 1e-4), err
-    benchmark.pedantic(run, rounds=20, warmup_rounds=2)
+    benchmark.pedantic(run, rounds=harness.pick(20, 2), warmup_rounds=2)
     _record(benchmark, f"finufft_{kind}_{tol:g}", err, report)
 
 
@@ -293,7 +243,7 @@ def test_torchkbnufft(benchmark, problem, report, kind):
 
     err = problem.error(kind, run())
     assert err <= 1e-2, err
-    benchmark.pedantic(run, rounds=5, warmup_rounds=1)
+    benchmark.pedantic(run, rounds=harness.pick(5, 2), warmup_rounds=1)
     _record(benchmark, f"torchkbnufft_{kind}", err, report)
 
 
@@ -301,10 +251,8 @@ def test_torchkbnufft(benchmark, problem, report, kind):
 def test_paired_rounds(benchmark, problem, report):
     """The same calls in interleaved rounds (ours, FINUFFT, torchkbnufft, ours, ...), so
     that load from other processes on a shared machine hits every implementation alike;
-    per-call min and median go to the JSON as ``paired`` next to the pytest-benchmark
+    per-call min, median and max go to the JSON as ``paired`` next to the pytest-benchmark
     figures. (The benchmark fixture times one round of all of them.)"""
-    import time
-
     finufft = pytest.importorskip("finufft")
     tkbn = pytest.importorskip("torchkbnufft")
     kx = problem.ktraj[:, 0].numpy().copy()
@@ -332,15 +280,15 @@ def test_paired_rounds(benchmark, problem, report):
         if name.startswith("luser_fast"):
             assert err <= float(name.rsplit("_", 1)[1]), (name, err)
     times = {name: [] for name in calls}
-    for r in range(12):
+    for r in range(harness.pick(12, 3)):
         for name, fn in calls.items():
             if name.startswith("torchkbnufft") and r % 3:
                 continue
             start = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - start)
-    report["paired"] = {name: {"median": float(np.median(t)), "min": float(np.min(t)),
-                               "error": errors[name]} for name, t in times.items()}
+    report["paired"] = {name: {"seconds": harness.stats_of(t), "error": errors[name]}
+                        for name, t in times.items()}
     benchmark.pedantic(lambda: [fn() for fn in calls.values()], rounds=1, iterations=1)
 
 
@@ -372,7 +320,7 @@ def test_luser_fast_cuda_points_per_second(benchmark, problem, kind):
 
     err = problem.error(kind, run().cpu())
     assert err <= GPU_TOL, err
-    benchmark.pedantic(run, rounds=50, warmup_rounds=5)
+    benchmark.pedantic(run, rounds=harness.pick(50, 2), warmup_rounds=5)
     if not benchmark.disabled:
         rate = problem.ktraj.shape[0] * COILS / benchmark.stats.stats.median
         benchmark.extra_info.update(points_per_second=rate, relative_l2_error=err,

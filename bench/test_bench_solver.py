@@ -22,8 +22,6 @@ implementation (``luser_fast.deq.bytes_per_iteration``) go to
 """
 from __future__ import annotations
 
-from importlib import metadata
-
 import pytest
 import torch
 from torch import nn
@@ -33,25 +31,27 @@ from luser_fast import reference
 from luser_fast.deq import bytes_per_iteration
 from luser_fast.models import ShallowEquilibrium
 
-from deq_results import new_run, save_run
+import harness
 
-ITERS, M, THREADS, ROUNDS = 30, 5, 1, 9
+ITERS, M, THREADS, ROUNDS = 30, 5, 1, harness.pick(9, 2)
+#: problem shapes: "light" [B, C, S, S], "shallow" [B, 1, S, S]
+LIGHT, SHALLOW = harness.pick(((8, 4, 96), (4, 96)), ((2, 4, 16), (2, 16)))
 
 try:
     from torchdeq.solver.anderson import anderson_solver
-    TORCHDEQ = metadata.version("torchdeq")
 except ImportError:                                   # optional peer: reported as missing
-    anderson_solver, TORCHDEQ = None, None
+    anderson_solver = None
 
 
 def _light_problem():
     g = torch.Generator().manual_seed(0)
-    weight = torch.randn(4, 1, 3, 3, generator=g)
+    batch, channels, side = LIGHT
+    weight = torch.randn(channels, 1, 3, 3, generator=g)
     weight /= weight.abs().sum(dim=(1, 2, 3), keepdim=True)     # Lipschitz <= 0.6
-    b = torch.randn(8, 4, 96, 96, generator=g)
+    b = torch.randn(batch, channels, side, side, generator=g)
 
     def f(z):
-        return 0.6 * torch.tanh(nn.functional.conv2d(z, weight, padding=1, groups=4)) + b
+        return 0.6 * torch.tanh(nn.functional.conv2d(z, weight, padding=1, groups=channels)) + b
 
     return f, torch.zeros_like(b)
 
@@ -61,7 +61,8 @@ def _shallow_problem():
     net = ShallowEquilibrium(channels=16).requires_grad_(False)
     with torch.no_grad():
         net.conv_out.weight.mul_(20.0)                          # f really depends on z
-    v = torch.randn(4, 1, 96, 96, generator=torch.Generator().manual_seed(1))
+    batch, side = SHALLOW
+    v = torch.randn(batch, 1, side, side, generator=torch.Generator().manual_seed(1))
     return net.bind(v), v.clone()
 
 
@@ -119,28 +120,25 @@ def test_anderson(benchmark, report, problem, solver):
 
 
 def _record(benchmark, report, problem, name):
-    if not benchmark.disabled:
-        stats = benchmark.stats.stats
-        report.setdefault(problem, {})[name] = {"median": stats.median, "min": stats.min}
+    t = harness.timing(benchmark, per=ITERS)
+    if t is not None:
+        report.setdefault(problem, {})[name] = t
 
 
 def _write_report(results):
     problems = {}
-    dims = {"light": 4 * 96 * 96, "shallow": 96 * 96}
+    dims = {"light": LIGHT[1] * LIGHT[2] ** 2, "shallow": SHALLOW[1] ** 2}
     for problem, times in results.items():
-        entry = {"ms_per_iteration": {k: {s: round(1e3 * t / ITERS, 3) for s, t in v.items()}
-                                      for k, v in times.items()}}
+        entry = {"ms_per_iteration": {k: harness.ms(v) for k, v in times.items()}}
         if "fast" in times:
-            entry["speedup_of_fast"] = {
-                k: {s: round(t / times["fast"][s], 2) for s, t in v.items()}
-                for k, v in times.items() if k not in ("fast", "f_alone")}
+            entry["speedup_of_fast"] = {k: harness.rounded(harness.ratio(v, times["fast"]))
+                                        for k, v in times.items() if k not in ("fast", "f_alone")}
         if "fast" in times and "f_alone" in times:
             # the solver's own time: total minus ITERS evaluations of f (min over rounds,
             # the least noisy on a shared machine)
             own = {k: v["min"] - times["f_alone"]["min"] for k, v in times.items()
                    if k != "f_alone"}
-            entry["solver_own_ms_per_iteration"] = {k: round(1e3 * v / ITERS, 3)
-                                                    for k, v in own.items()}
+            entry["solver_own_ms_per_iteration"] = {k: round(1e3 * v, 3) for k, v in own.items()}
             entry["solver_own_speedup_of_fast"] = {k: round(v / own["fast"], 2)
                                                    for k, v in own.items() if k != "fast"}
         entry["model_bytes_per_iteration_per_sample"] = {
@@ -149,12 +147,14 @@ def _write_report(results):
         entry["model_bytes_per_iteration_per_sample"]["fast_masked"] = bytes_per_iteration(
             dims[problem], M, itemsize=4, masked=True)
         problems[problem] = entry
-    run = new_run(THREADS, torchdeq=TORCHDEQ)
+    run = harness.new_run(THREADS, "torchdeq")
     run["setup"] = {"m": M, "iterations": ITERS, "dtype": "float32",
-                    "light": "[8, 4, 96, 96], f = 0.6 tanh(depthwise conv3x3) + b",
-                    "shallow": "[4, 1, 96, 96], ShallowEquilibrium(channels=16, depth=2)"}
+                    "light": f"{list(LIGHT[:2]) + [LIGHT[2]] * 2}, "
+                             "f = 0.6 tanh(depthwise conv3x3) + b",
+                    "shallow": f"[{SHALLOW[0]}, 1, {SHALLOW[1]}, {SHALLOW[1]}], "
+                               "ShallowEquilibrium(channels=16, depth=2)"}
     run["problems"] = problems
-    key = save_run("solver_cpu.json", run)
+    key = harness.save_run("solver_cpu", run)
     lines = [f"Anderson CPU benchmark ({key}), {ITERS} iterations, m={M}:"]
     for problem, entry in problems.items():
         lines.append(f"  {problem}: ms/iteration {entry['ms_per_iteration']}")

@@ -6,19 +6,17 @@ Triton result against the PyTorch reference on the same device, then times both 
 ``triton.testing.do_bench`` (median ms) and reports GB/s from the kernel's bytes-moved
 model (``luser_fast.ops.shallow.bytes_per_map`` / the model in ``luser_fast/ops/anderson.py``)
 and the fraction of the device's memory bandwidth, with the speed-up over the reference
-measured in the same run. Results go to ``bench/results/triton_gpu.json`` keyed by device,
-versions and git SHA. Without a CUDA device (or without Triton) every case is skipped.
+measured in the same run. Results go through ``harness`` to ``bench/results/triton_gpu.json``
+(keyed by machine, versions and git SHA; the device and its bandwidth in the run). Without a CUDA device (or without Triton) every case is skipped.
 
     pytest bench/test_bench_triton.py -s
 """
 from __future__ import annotations
 
-import datetime
 import json
 import os
-import platform
-import subprocess
 
+import harness
 import pytest
 import torch
 
@@ -36,7 +34,6 @@ from luser_fast.reference.models import ShallowEquilibrium  # noqa: E402
 
 BATCH, GROUPS = 8, 4
 CASES = [(c, n) for c in (32, 64) for n in (128, 256)]
-RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "triton_gpu.json")
 _rows = []
 
 
@@ -141,13 +138,7 @@ def test_anderson_step_and_mix(benchmark, d):
 def teardown_module(module):
     if not _rows:
         return
-    sha = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                         cwd=os.path.dirname(RESULTS)).stdout.strip()
-    key = f"{torch.cuda.get_device_name(0)}|torch {torch.__version__}|triton {triton.__version__}"
-    data = json.load(open(RESULTS)) if os.path.exists(RESULTS) else {}
-    data[key] = {"git_sha": sha, "host": platform.node(), "bandwidth_B_s": bandwidth(),
-                 "date": datetime.datetime.now(datetime.timezone.utc).isoformat(),
-                 "rows": _rows}
-    os.makedirs(os.path.dirname(RESULTS), exist_ok=True)
-    with open(RESULTS, "w") as fh:
-        json.dump(data, fh, indent=1)
+    run = harness.new_run(torch.get_num_threads())
+    run["device"] = {"name": torch.cuda.get_device_name(0), "bandwidth_B_s": bandwidth()}
+    run["rows"] = _rows
+    print(harness.save_run("triton_gpu", run))

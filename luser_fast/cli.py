@@ -1,10 +1,11 @@
-"""The ``luser-fast`` command: info, demo, train, eval, memprofile.
+"""The ``luser-fast`` command: info, demo, train, eval, memprofile, bench.
 
     luser-fast info                 versions, extension build info, which backend serves each op
-    luser-fast demo [--out DIR]     trains LU (depth 5) and LUSER (depth 2) on synthetic CT
+    luser-fast demo [--out DIR]     LU (depth 5) vs LUSER (depth 2) on deblur, CT and MRI
     luser-fast train --task {deblur,ct,mri,nufft-mri} [--data PATH] [--model luser|lu] ...
     luser-fast eval CHECKPOINT [--split test] [--n 16]
     luser-fast memprofile [--vary iterations|depth|batch|K] [--plot out.png]
+    luser-fast bench [--suite ops solver train gpu] [--json out.json]
 
 Multi-process training: ``torchrun --nproc_per_node=N -m luser_fast.cli train ...``.
 """
@@ -16,8 +17,6 @@ import os
 import platform
 import sys
 import time
-
-from .metrics import psnr
 
 
 def _cmd_info(args):
@@ -55,128 +54,20 @@ def _cmd_info(args):
     return 0
 
 
-def _train(model, y, x, steps, batch, lr, seed, desc):
-    import torch
-    from tqdm import tqdm
-
-    from .profile import mse
-
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    g = torch.Generator().manual_seed(seed)
-    losses, t0 = [], time.perf_counter()
-    bar = tqdm(range(steps), desc=desc, file=sys.stderr, dynamic_ncols=True,
-               disable=not sys.stderr.isatty() and os.environ.get("LUSER_FAST_PROGRESS") != "1")
-    for _ in bar:
-        idx = torch.randint(0, x.shape[0], (batch,), generator=g)
-        opt.zero_grad(set_to_none=True)
-        loss = mse(model(y[idx]), x[idx])
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
-        bar.set_postfix(loss=f"{losses[-1]:.2e}")
-    return losses, (time.perf_counter() - t0) / max(steps, 1)
-
-
-def run_demo(out="out/demo", steps=200, size=64, angles=60, channels=32, batch=4, n_train=64,
-             n_test=16, noise=0.03, seed=0, lr=1e-3, log=print):
-    """Train LU (depth 5) and LUSER (depth 2) on synthetic CT and compare.
-
-    Data: ``random_ellipses`` phantoms (size x size), parallel-beam Radon with ``angles``
-    angles, Gaussian noise of std ``noise`` times the mean absolute sinogram value. Both
-    models: K=5 steps, shared weights, Adam, the same steps, batch and seed.
-
-    Returns:
-        dict with per-model PSNR, losses, saved bytes, peak bytes, seconds per step, and the
-        path of the PNG written.
-    """
-    import torch
-
-    from .data import random_ellipses
-    from .models import LU, LUSER
-    from .physics import Radon
-    from .profile import training_memory
-
-    torch.manual_seed(seed)
-    os.makedirs(out, exist_ok=True)
-    x = random_ellipses(n_train + n_test, size, seed=seed)
-    op = Radon(size, angles=angles)
-    with torch.no_grad():
-        clean = op(x)
-        g = torch.Generator().manual_seed(seed + 1)
-        y = clean + noise * clean.abs().mean() * torch.randn(clean.shape, generator=g)
-        fbp = op.fbp(y).clamp(0, 1)
-    xtr, ytr, xte, yte = x[:n_train], y[:n_train], x[n_train:], y[n_train:]
-    rows = {"FBP": {"psnr": psnr(fbp[n_train:], xte)}}
-    recon = {"FBP": fbp[n_train:]}
-    models = {
-        "LU (depth 5)": LU(op, iterations=5, channels=channels, depth=5),
-        "LUSER (depth 2)": LUSER(op, iterations=5, channels=channels, depth=2),
-    }
-    for name, model in models.items():
-        torch.manual_seed(seed)
-        with torch.no_grad():
-            psnr_before = psnr(model(yte), xte)
-        mem = training_memory(model, ytr[:batch], xtr[:batch])
-        losses, sec = _train(model, ytr, xtr, steps, batch, lr, seed, name)
-        with torch.no_grad():
-            recon[name] = model(yte)
-        rows[name] = {"psnr_init": psnr_before, "psnr": psnr(recon[name], xte),
-                      "loss_first": losses[0], "loss_last": sum(losses[-10:]) / len(losses[-10:]),
-                      "saved_bytes": mem.saved_bytes, "peak_bytes": mem.peak_bytes,
-                      "sec_per_step": sec}
-        if isinstance(model, LUSER):
-            its = torch.stack([i.iterations.float() for i in model.last_solver_info])
-            rows[name]["solver_iterations"] = its.mean().item()
-    png = os.path.join(out, "demo_ct.png")
-    _plot(png, xte, recon)
-    rows["_png"] = png
-    _print_table(rows, log)
-    with open(os.path.join(out, "demo_ct.json"), "w") as fh:
-        json.dump(rows, fh, indent=2)
-    return rows
-
-
-def _print_table(rows, log):
-    log(f"{'model':<16} {'PSNR init':>9} {'PSNR':>7} {'saved MB/step':>13} {'peak MB/step':>12} {'s/step':>7}")
-    for name, r in rows.items():
-        if name.startswith("_"):
-            continue
-        if "saved_bytes" not in r:
-            log(f"{name:<16} {'':>9} {r['psnr']:7.2f}")
-            continue
-        log(f"{name:<16} {r['psnr_init']:9.2f} {r['psnr']:7.2f} {r['saved_bytes'] / 2**20:13.2f} "
-            f"{r['peak_bytes'] / 2**20:12.2f} {r['sec_per_step']:7.3f}")
-    log(f"figure: {rows['_png']}")
-
-
-def _plot(path, x, recon, n=3):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    cols = ["ground truth"] + list(recon)
-    fig, axes = plt.subplots(n, len(cols), figsize=(2.4 * len(cols), 2.4 * n), squeeze=False)
-    for i in range(n):
-        imgs = [x[i, 0]] + [recon[c][i, 0] for c in recon]
-        for j, (title, img) in enumerate(zip(cols, imgs)):
-            ax = axes[i, j]
-            ax.imshow(img.detach().clamp(0, 1).numpy(), cmap="gray", vmin=0, vmax=1)
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if i == 0:
-                ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-
-
 def _cmd_demo(args):
+    import shlex
+
     import torch
 
-    torch.set_num_threads(args.threads or torch.get_num_threads())
-    run_demo(out=args.out, steps=args.steps, size=args.size, angles=args.angles,
-             channels=args.channels, batch=args.batch, seed=args.seed, noise=args.noise, lr=args.lr)
+    from .demo import run_demo
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    run_demo(out=args.out, tasks=args.tasks, steps=args.steps, size=args.size,
+             channels=args.channels, batch=args.batch, n_train=args.n_train, n_test=args.n_test,
+             K=args.K, lr=args.lr, seed=args.seed, noise=args.noise, angles=args.angles,
+             sigma=args.sigma, acceleration=args.acceleration, wide_channels=args.wide_channels,
+             results=args.results, command=shlex.join(["luser-fast", *args.argv]))
     return 0
 
 
@@ -409,33 +300,175 @@ def _add_train_parser(sub):
     pm.set_defaults(func=_cmd_memprofile)
 
 
+#: ``luser-fast bench --suite``: pytest files of bench/ (and a -k filter) per suite
+BENCH_SUITES = {
+    "ops": (("test_bench_radon.py", "test_bench_nufft.py"), "not cuda"),
+    "solver": (("test_bench_solver.py",), None),
+    "train": (("test_bench_deq_memory.py",), None),
+    "gpu": (("test_bench_triton.py", "test_bench_radon.py", "test_bench_nufft.py"),
+            "cuda or triton"),
+}
+
+
+def _bench_dir():
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    path = os.path.join(here, "bench")
+    if not os.path.exists(os.path.join(path, "harness.py")):
+        raise FileNotFoundError(f"no bench/ suites next to the package ({path}): "
+                                "`luser-fast bench` runs from a source checkout")
+    return path
+
+
+def run_bench(suites=("ops", "solver", "train", "gpu"), results=None, json_path=None, tiny=False,
+              report=True, pytest_args=(), log=print):
+    """Run the benchmark suites of ``bench/`` and regenerate BENCHMARKS.md from their JSON.
+
+    Each suite runs in its own ``python -m pytest ... --benchmark-only`` process (so one
+    suite's failure or crash does not hide the others); its results go through
+    ``bench/harness.py`` into ``<results>/<suite file>.json`` keyed by machine, versions
+    and git SHA. The GPU suite runs only on a machine with a CUDA device and is otherwise
+    recorded as skipped, with the reason. This invocation is recorded too
+    (``<results>/bench_runs.json``: suites, exit codes, wall seconds), and
+    ``bench/report.py`` then rewrites BENCHMARKS.md and the plots.
+
+    Args:
+        suites: names from ``BENCH_SUITES`` (ops: Radon and NUFFT against their peers;
+            solver: Anderson against the reference and torchdeq; train: a training step's
+            memory and time, LUSER vs LU; gpu: Triton, Radon and NUFFT on the device).
+        results: results folder (default ``bench/results``).
+        json_path: also write this invocation's record and every run it produced here.
+        tiny: run every suite on a tiny problem (a harness check; the report ignores it).
+        report: regenerate BENCHMARKS.md afterwards (never for tiny runs).
+        pytest_args: extra pytest arguments.
+
+    Returns:
+        dict: the invocation record (suites -> files, returncode, wall_seconds; skipped).
+    """
+    import subprocess
+
+    import torch
+
+    bench = _bench_dir()
+    unknown = [s for s in suites if s not in BENCH_SUITES]
+    if unknown or not suites:
+        raise ValueError(f"suite must be among {tuple(BENCH_SUITES)}, got {list(suites)!r}")
+    results = os.path.abspath(results or os.path.join(bench, "results"))
+    env = dict(os.environ, LUSER_FAST_BENCH_RESULTS=results,
+               LUSER_FAST_BENCH_TINY="1" if tiny else "0")
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (bench, env.get("PYTHONPATH")) if p)
+    record = {"suites": {}, "skipped": {}}
+    started = time.time()
+    for suite in dict.fromkeys(suites):
+        files, select = BENCH_SUITES[suite]
+        if suite == "gpu" and not torch.cuda.is_available():
+            record["skipped"][suite] = "no CUDA device on this machine"
+            log(f"bench {suite}: skipped (no CUDA device on this machine)")
+            continue
+        cmd = [sys.executable, "-m", "pytest", *(os.path.join(bench, f) for f in files), "-q",
+               "-s", "-p", "no:cacheprovider", "--benchmark-only",
+               *(["-k", select] if select else []), *pytest_args]
+        log(f"bench {suite}: {' '.join(cmd[1:])}")
+        t0 = time.perf_counter()
+        rc = subprocess.run(cmd, env=env, cwd=os.path.dirname(bench)).returncode
+        record["suites"][suite] = {"files": list(files), "returncode": rc,
+                                   "wall_seconds": round(time.perf_counter() - t0, 1)}
+    sys.path.insert(0, bench)
+    try:
+        import harness
+    finally:
+        sys.path.remove(bench)
+    os.environ.update(LUSER_FAST_BENCH_RESULTS=results)
+    run = harness.new_run(torch.get_num_threads())
+    run["tiny"] = tiny
+    run["command"] = "luser-fast bench --suite " + " ".join(dict.fromkeys(suites))
+    run.update(record)
+    harness.save_run("bench_runs", run)
+    if json_path:
+        produced = {}
+        for name in sorted(os.listdir(results)):
+            if name.endswith(".json") and name != "bench_runs.json":
+                with open(os.path.join(results, name)) as fh:
+                    new = {k: r for k, r in json.load(fh).items()
+                           if r.get("date", "") >= time.strftime("%Y-%m-%dT%H:%M:%S",
+                                                                 time.gmtime(started))}
+                if new:
+                    produced[name[:-5]] = new
+        with open(json_path, "w") as fh:
+            json.dump({"invocation": run, "runs": produced}, fh, indent=1)
+    if report and not tiny:
+        subprocess.run([sys.executable, os.path.join(bench, "report.py"), "--results", results],
+                       check=True)
+    failed = [s for s, r in record["suites"].items() if r["returncode"] not in (0, 5)]
+    if failed:
+        log(f"bench: suites with failures: {', '.join(failed)}")
+    return run
+
+
+def _cmd_bench(args):
+    run = run_bench(suites=args.suite, results=args.results, json_path=args.json, tiny=args.tiny,
+                    report=not args.no_report, pytest_args=args.pytest_args)
+    return 1 if any(r["returncode"] not in (0, 5) for r in run["suites"].values()) else 0
+
+
+def _add_bench_parser(sub):
+    pb = sub.add_parser("bench", help="run the benchmark suites, regenerate BENCHMARKS.md")
+    pb.add_argument("--suite", nargs="+", default=list(BENCH_SUITES), choices=tuple(BENCH_SUITES),
+                    help="suites to run (default: all; gpu only runs on a CUDA machine)")
+    pb.add_argument("--json", default=None, help="write this run's record and results here")
+    pb.add_argument("--results", default=None, help="results folder (default bench/results)")
+    pb.add_argument("--tiny", action="store_true",
+                    help="tiny problems: a check that the harness runs (no report)")
+    pb.add_argument("--no-report", action="store_true", help="do not rewrite BENCHMARKS.md")
+    pb.add_argument("--pytest-args", nargs=argparse.REMAINDER, default=[],
+                    help="extra pytest arguments (the rest of the command line)")
+    pb.set_defaults(func=_cmd_bench)
+
+
 def build_parser():
+    from .data import TASKS
+    from .demo import DEMO_TASKS
+
     p = argparse.ArgumentParser(prog="luser-fast", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
     pi = sub.add_parser("info", help="versions, build info, backend per op")
     pi.add_argument("--json", action="store_true", help="print JSON")
     pi.add_argument("--cuda", action="store_true", help="also query CUDA availability")
     pi.set_defaults(func=_cmd_info)
-    pd = sub.add_parser("demo", help="train LU and LUSER on synthetic CT (minutes on a CPU)")
-    pd.add_argument("--out", default="out/demo", help="output folder for the PNG and JSON")
-    pd.add_argument("--steps", type=int, default=200, help="training steps per model")
-    pd.add_argument("--noise", type=float, default=0.03,
-                    help="noise std relative to the mean absolute sinogram value")
+    pd = sub.add_parser("demo", help="LU (depth 5) vs LUSER (depth 2) on deblur, CT and MRI "
+                                      "(minutes on a CPU)")
+    pd.add_argument("--out", default="out/demo", help="output folder for the PNGs and demo.json")
+    pd.add_argument("--tasks", nargs="+", default=list(DEMO_TASKS), choices=TASKS,
+                    help="tasks to run (default: %(default)s)")
+    pd.add_argument("--steps", type=_positive_int, default=300, help="training steps per model")
+    pd.add_argument("--batch", type=_positive_int, default=4, help="batch size")
     pd.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
-    pd.add_argument("--size", type=int, default=64, help="image size")
-    pd.add_argument("--angles", type=int, default=60, help="projection angles")
-    pd.add_argument("--channels", type=int, default=32, help="network width")
-    pd.add_argument("--batch", type=int, default=4, help="batch size")
+    pd.add_argument("--channels", type=_positive_int, default=32, help="network width")
+    pd.add_argument("--K", type=_positive_int, default=5, help="unrolled steps")
+    pd.add_argument("--size", type=_positive_int, default=64, help="image side")
+    pd.add_argument("--n-train", type=_positive_int, default=128, help="training samples")
+    pd.add_argument("--n-test", type=_positive_int, default=16, help="held-out test samples")
+    pd.add_argument("--noise", type=float, default=None,
+                    help="noise std relative to the mean |A x| (default per task)")
+    pd.add_argument("--angles", type=_positive_int, default=60, help="CT angles")
+    pd.add_argument("--sigma", type=float, default=1.5, help="deblur Gaussian sigma (pixels)")
+    pd.add_argument("--acceleration", type=float, default=4.0, help="MRI undersampling factor")
+    pd.add_argument("--wide-channels", type=int, default=64,
+                    help="also measure training memory at this width (0: skip)")
+    pd.add_argument("--results", default=None,
+                    help="JSON of runs keyed by machine | torch | git SHA to store this run in "
+                         "(e.g. bench/results/demo_cpu.json)")
     pd.add_argument("--seed", type=int, default=0)
     pd.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     pd.set_defaults(func=_cmd_demo)
     _add_train_parser(sub)
+    _add_bench_parser(sub)
     return p
 
 
 def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     try:
         return args.func(args)
     except (ValueError, FileNotFoundError) as exc:

@@ -1,0 +1,147 @@
+"""The one harness every benchmark suite in ``bench/`` records through.
+
+A suite writes one *run* per invocation into ``<results>/<suite>.json``, a dict keyed by
+"machine | torch version | git SHA" (a rerun on the same key replaces its entry). A run
+holds the date, the machine (CPU model, cores, threads, GPU name if any), the versions
+(torch, python, triton, luser_fast and the peers the suite used), the git SHA, the
+problem set-up, and its measurements. Timings are seconds over repeats as
+``{"min", "median", "max"}``; a ratio row ``ours / peer`` (or ``peer / ours``) carries the
+ratio of medians with the band [best case, worst case] the repeats allow, so that two runs
+can be compared within the noise each reports.
+
+Environment (set by ``luser-fast bench``):
+
+* ``LUSER_FAST_BENCH_RESULTS``: results folder (default ``bench/results``);
+* ``LUSER_FAST_BENCH_TINY=1``: every suite shrinks its problem to a few milliseconds, so
+  the test suite can run the harness end to end (tiny runs are marked ``"tiny": true``
+  and the report ignores them).
+"""
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import subprocess
+from importlib import metadata
+
+import torch
+
+BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
+TINY = os.environ.get("LUSER_FAST_BENCH_TINY") == "1"
+
+
+def results_dir() -> str:
+    return os.environ.get("LUSER_FAST_BENCH_RESULTS") or os.path.join(BENCH_DIR, "results")
+
+
+def pick(full, tiny):
+    """``tiny`` under ``LUSER_FAST_BENCH_TINY=1``, else ``full`` (problem sizes, rounds)."""
+    return tiny if TINY else full
+
+
+def git_sha() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, cwd=BENCH_DIR, timeout=10).stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def gpu_name() -> str | None:
+    """The CUDA device's name, or None (queried only when CUDA is available)."""
+    return torch.cuda.get_device_name() if torch.cuda.is_available() else None
+
+
+def machine(threads: int) -> dict:
+    return {"cpu": cpu_model(), "cores": os.cpu_count(), "threads": threads, "gpu": gpu_name()}
+
+
+def versions(*packages: str) -> dict:
+    """torch, python, triton, luser_fast, numpy and ``packages`` (None when not installed)."""
+    out = {"torch": torch.__version__, "python": platform.python_version()}
+    for name in ("luser_fast", "triton", "numpy", *packages):
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def new_run(threads: int, *packages: str) -> dict:
+    """The header of a run: date, machine, versions (with ``packages``), SHA, tiny flag."""
+    return {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "machine": machine(threads),
+        "versions": versions(*packages),
+        "git_sha": git_sha(),
+        "tiny": TINY,
+    }
+
+
+def run_key(run: dict) -> str:
+    """"machine | torch version | git SHA" (and "| tiny" for a harness check, so a check
+    never replaces a full run at the same SHA)."""
+    key = f"{run['machine']['cpu']} | torch {run['versions']['torch']} | {run['git_sha']}"
+    return key + " | tiny" if run.get("tiny") else key
+
+
+def save_run(suite: str, run: dict) -> str:
+    """Store ``run`` in ``<results>/<suite>.json`` under its key; returns the key."""
+    key = run_key(run)
+    folder = results_dir()
+    path = os.path.join(folder, f"{suite}.json")
+    os.makedirs(folder, exist_ok=True)
+    runs = {}
+    if os.path.exists(path):
+        with open(path) as fh:
+            runs = json.load(fh)
+    runs[key] = run
+    with open(path, "w") as fh:
+        json.dump(runs, fh, indent=2)
+        fh.write("\n")
+    return key
+
+
+def timing(benchmark, per: float = 1.0) -> dict | None:
+    """min / median / max seconds of a pytest-benchmark fixture's rounds, divided by
+    ``per`` (e.g. images per call); None when benchmarking is disabled."""
+    if benchmark.disabled:
+        return None
+    s = benchmark.stats.stats
+    return {"min": s.min / per, "median": s.median / per, "max": s.max / per}
+
+
+def stats_of(seconds) -> dict:
+    """min / median / max of a list of seconds (hand-timed interleaved rounds)."""
+    xs = sorted(seconds)
+    n = len(xs)
+    median = xs[n // 2] if n % 2 else 0.5 * (xs[n // 2 - 1] + xs[n // 2])
+    return {"min": xs[0], "median": median, "max": xs[-1]}
+
+
+def ratio(num: dict, den: dict) -> dict:
+    """num / den from two timings: the ratio of medians, and the band the repeats allow
+    (num's min over den's max up to num's max over den's min)."""
+    return {"median": num["median"] / den["median"], "low": num["min"] / den["max"],
+            "high": num["max"] / den["min"]}
+
+
+def ms(t: dict | None) -> dict | None:
+    """A timing in milliseconds, rounded to 4 significant digits."""
+    return None if t is None else {k: float(f"{1e3 * v:.4g}") for k, v in t.items()}
+
+
+def rounded(r: dict) -> dict:
+    return {k: float(f"{v:.4g}") for k, v in r.items()}

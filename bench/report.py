@@ -1,0 +1,464 @@
+"""BENCHMARKS.md and its plots, generated from the measured JSON in ``bench/results``.
+
+    python bench/report.py [--results bench/results] [--out BENCHMARKS.md] [--plots bench/plots]
+
+Every figure in BENCHMARKS.md comes from a run that a suite in ``bench/`` wrote through
+``harness`` (``luser-fast bench`` runs them all): for each results file the newest run
+(by date) that is not a tiny harness check is shown, with the machine, versions, git SHA
+and date it was measured at. Goal figures of the issues are checked against those runs;
+a figure that needs a GPU is "not measured" unless a GPU run exists. Nothing here is typed
+by hand: edit the suites or this generator, never the output.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+
+BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(BENCH_DIR)
+MIB = 2 ** 20
+
+# --- loading -------------------------------------------------------------------------------
+
+
+def latest(results: str, suite: str, tiny: bool = False) -> dict | None:
+    """The newest harness-format run of ``<results>/<suite>.json``: a full one, or with
+    ``tiny`` a tiny harness check too (the harness's own test renders those)."""
+    path = os.path.join(results, f"{suite}.json")
+    if not os.path.exists(path):
+        return None
+    with open(path) as fh:
+        runs = json.load(fh)
+    runs = [r for r in runs.values() if r.get("tiny") is False or (tiny and r.get("tiny"))]
+    return max(runs, key=lambda r: r["date"]) if runs else None
+
+
+SUITES = ("radon_cpu", "nufft_cpu", "solver_cpu", "deq_memory_cpu", "memprofile_cpu",
+          "demo_cpu", "triton_gpu", "bench_runs")
+
+
+def load(results: str, tiny: bool = False) -> dict:
+    return {s: latest(results, s, tiny) for s in SUITES}
+
+
+# --- formatting ----------------------------------------------------------------------------
+
+
+def fmt(v, digits=3) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "n/a"
+    if isinstance(v, bool):
+        return str(v)
+    if isinstance(v, int):
+        return f"{v:,}"
+    return f"{v:.{digits}g}" if abs(v) < 10 ** digits else f"{v:,.0f}"
+
+
+def band(r: dict) -> str:
+    """A ratio row: median [low, high] (the band the repeats allow)."""
+    return f"**{fmt(r['median'])}** [{fmt(r['low'])}, {fmt(r['high'])}]"
+
+
+def timing(t: dict | None) -> str:
+    return "n/a" if t is None else f"{fmt(t['min'])} / **{fmt(t['median'])}** / {fmt(t['max'])}"
+
+
+def table(header, rows, left=1) -> list[str]:
+    """A markdown table; the first ``left`` columns align left, the rest (figures) right."""
+    def cell(c):
+        return str(c).replace("|", "\\|")
+
+    out = ["| " + " | ".join(header) + " |",
+           "|" + "|".join("---" if i < left else "---:" for i in range(len(header))) + "|"]
+    out += ["| " + " | ".join(cell(c) for c in row) + " |" for row in rows]
+    return out + [""]
+
+
+def provenance(run: dict) -> str:
+    m, v = run["machine"], run["versions"]
+    gpu = f", GPU {m['gpu']}" if m.get("gpu") else ""
+    extra = ", ".join(f"{k} {val}" for k, val in v.items()
+                      if k not in ("torch", "python") and val is not None)
+    return (f"Measured {run['date']} at git `{run['git_sha']}` on \"{m['cpu']}\" ({m['cores']} "
+            f"cores, {m['threads']} thread(s){gpu}); torch {v['torch']}, Python {v['python']}"
+            + (f", {extra}" if extra else "") + ".")
+
+
+# --- goals ---------------------------------------------------------------------------------
+
+
+class Goals:
+    """Rows of the goal table: issue, figure, goal, measured, verdict."""
+
+    def __init__(self):
+        self.rows = []
+
+    def add(self, issue, figure, goal, value, ok, note=""):
+        verdict = "not measured" if value is None else ("met" if ok else "**missed**")
+        shown = "not measured" if value is None else value
+        self.rows.append((f"#{issue}", figure, goal, shown, verdict + (f" ({note})" if note else "")))
+
+    def at_least(self, issue, figure, value, goal, suffix="x", note=""):
+        self.add(issue, figure, f">= {fmt(goal)}{suffix}",
+                 None if value is None else f"{fmt(value)}{suffix}",
+                 value is not None and value >= goal, note)
+
+    def at_most(self, issue, figure, value, goal, suffix="x", note=""):
+        self.add(issue, figure, f"<= {fmt(goal)}{suffix}",
+                 None if value is None else f"{fmt(value)}{suffix}",
+                 value is not None and value <= goal, note)
+
+
+# --- sections ------------------------------------------------------------------------------
+
+
+def radon_section(run, goals, plots) -> list[str]:
+    out = ["## Radon transform (CPU)", ""]
+    if run is None:
+        goals.at_least(5, "scikit-image radon / luser_fast, per image", None, 30)
+        goals.at_least(5, "ASTRA CPU / luser_fast, forward + adjoint per image", None, 4)
+        return out + ["No full run recorded: `luser-fast bench --suite ops`.", ""]
+    p = run["problem"]
+    out += [provenance(run), "",
+            f"{p['image'][0]} x {p['image'][1]} images, {p['angles']} angles, {p['detectors']} "
+            f"detectors, {p['dtype']}; luser_fast on batch {p['batch']} with "
+            f"{run['machine']['threads']} threads (and on 1); scikit-image `radon` and ASTRA's CPU "
+            "`linear` projector one image per call on one thread (as they run). Correctness "
+            "against the reference is asserted before each timing. Milliseconds per image over "
+            "the repeats (min / **median** / max):", ""]
+    out += table(("case", "ms per image"), [(k, timing(t)) for k, t in run["ms_per_image"].items()])
+    out += ["Ratios (peer / luser_fast; above 1: luser_fast is faster), **median** [band over "
+            "repeats]:", ""]
+    out += table(("ratio", "value"), [(k, band(r)) for k, r in run["ratios"].items()])
+    ratios = run["ratios"]
+    sk = ratios.get("skimage radon / luser_fast forward + adjoint (b8)")
+    goals.at_least(5, "scikit-image radon / luser_fast forward + adjoint, per image (b8)",
+                   sk and sk["median"], 30)
+    ast = ratios.get("astra forward + backprojection / luser_fast forward + adjoint (b8)")
+    goals.at_least(5, "ASTRA CPU forward + backprojection / luser_fast, per image (b8)",
+                   ast and ast["median"], 4)
+    one = ratios.get("astra forward + backprojection / luser_fast forward + adjoint "
+                     "(b8, 1 thread)")
+    goals.at_least(5, "... the same on 1 thread (per core)", one and one["median"], 4)
+    sweep = {int(k.rsplit("_n", 1)[1]): t for k, t in run["ms_per_image"].items()
+             if "_n" in k and k.startswith("luser_fast_fwd_adj")}
+    if sweep and plots:
+        path = _plot_sweep(plots, sweep, p)
+        out += [f"![Radon throughput against image size]({path})", ""]
+    return out
+
+
+def _plot_sweep(plots, sweep, p) -> str:
+    plt = _pyplot()
+    sizes = sorted(sweep)
+    rate = [1e3 / sweep[s]["median"] for s in sizes]
+    lo = [r - 1e3 / sweep[s]["max"] for r, s in zip(rate, sizes)]
+    hi = [1e3 / sweep[s]["min"] - r for r, s in zip(rate, sizes)]
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ax.errorbar(sizes, rate, yerr=[lo, hi], marker="o", capsize=3,
+                label=f"luser_fast forward + adjoint, batch {p['batch']}")
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("image side (pixels)")
+    ax.set_ylabel("images / s")
+    ax.set_title(f"Radon CPU, {p['angles']} angles", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return plots.save(fig, "radon_throughput_vs_size.png")
+
+
+def nufft_section(run, goals) -> list[str]:
+    out = ["## NUFFT (CPU)", ""]
+    kinds = [(k, t) for k in ("type2", "type1") for t in ("0.001", "1e-06")]
+    if run is None:
+        for kind, tol in kinds:
+            goals.at_most(6, f"luser_fast / finufft, {kind}, tol {tol}", None, 1.0)
+        return out + ["No full run recorded: `luser-fast bench --suite ops`.", ""]
+    p = run["problem"]
+    out += [provenance(run), "",
+            f"{p['image'][0]} x {p['image'][1]} image, {p['trajectory']} {p['spokes']} spokes x "
+            f"{p['samples']} samples ({p['points']:,} points), {p['coils']} coils, {p['dtype']}, "
+            f"{run['machine']['threads']} threads. Each result is checked against the exact "
+            "NUDFT on a subset first; the relative l2 error is shown next to the time. "
+            "torchkbnufft's accuracy is fixed by its table (numpoints 6).", ""]
+    sections = [("separate rounds (pytest-benchmark)", run)]
+    if run.get("paired"):
+        sections.append(("paired rounds (interleaved calls: load from other processes hits "
+                         "every implementation alike)", run["paired"]))
+    for title, sec in sections:
+        out += [f"Milliseconds, {title} (min / **median** / max):", ""]
+        out += table(("case", "ms", "relative l2 error"),
+                     [(k, timing(t), fmt(sec["relative_l2_error"].get(k)))
+                      for k, t in sec["ms"].items()])
+        out += table(("ratio", "**median** [band]"), [(k, band(r)) for k, r in sec["ratios"].items()])
+    judged = run.get("paired") or run
+    which = "paired rounds" if run.get("paired") else "separate rounds"
+    for kind, tol in kinds:
+        r = judged["ratios"].get(f"luser_fast / finufft, {kind}, tol {tol}")
+        goals.at_most(6, f"luser_fast / finufft time, {kind}, tol {tol}", r and r["median"], 1.0,
+                      note=which)
+    for kind, tol in kinds:
+        r = judged["ratios"].get(f"torchkbnufft / luser_fast, {kind}, tol {tol}")
+        goals.at_least(6, f"torchkbnufft / luser_fast time, {kind} (ours at tol {tol})",
+                       r and r["median"], 10, note=which)
+    return out
+
+
+def solver_section(run, goals) -> list[str]:
+    out = ["## Anderson solver (CPU)", ""]
+    if run is None:
+        goals.at_least(3, "Anderson speed-up vs reference and torchdeq", None, 1.5)
+        return out + ["No full run recorded: `luser-fast bench --suite solver`.", ""]
+    s = run["setup"]
+    out += [provenance(run), "",
+            f"Same f, same start, m = {s['m']}, exactly {s['iterations']} evaluations of f for "
+            f"every solver (tol 1e-30), {s['dtype']}; solutions checked against each other "
+            f"first. Problems: light = {s['light']}; shallow = {s['shallow']}. "
+            "Milliseconds per iteration (min / **median** / max); \"own\" is the solver's own "
+            "time, the total minus f alone (minima).", ""]
+    rows = []
+    for problem, e in run["problems"].items():
+        for name, t in e["ms_per_iteration"].items():
+            own = e.get("solver_own_ms_per_iteration", {}).get(name)
+            speed = e.get("speedup_of_fast", {}).get(name)
+            rows.append((problem, name, timing(t), fmt(own),
+                         band(speed) if speed else ""))
+    out += table(("problem", "solver", "ms / iteration", "own ms / iteration",
+                  "its time / fast's"), rows, left=2)
+    for problem, e in run["problems"].items():
+        for peer in ("reference", "torchdeq"):
+            r = e.get("speedup_of_fast", {}).get(peer)
+            goals.at_least(3, f"Anderson total time {peer} / fast, {problem}",
+                           r and r["median"], 1.5)
+    e = next(iter(run["problems"].values()))
+    b = e["model_bytes_per_iteration_per_sample"]
+    out += ["Bytes moved per iteration and sample, f excluded, from the op-by-op model in "
+            "`luser_fast/deq/anderson.py` (`luser_fast.deq.bytes_per_iteration`), as a "
+            "fraction of the textbook (reference) version:", ""]
+    out += table(("implementation", "fraction of textbook"),
+                 [(k, fmt(v / b["reference"])) for k, v in b.items()])
+    goals.at_most(3, "Anderson bytes per iteration, fast (masked copies) / textbook",
+                  b["fast_masked"] / b["reference"], 0.4, suffix="")
+    return out
+
+
+def memory_section(run, sweep, goals, plots) -> list[str]:
+    out = ["## Training memory of one step (CPU)", ""]
+    if run is None:
+        goals.at_least(3, "LU deep-5 / LUSER peak training memory", None, 8)
+        return out + ["No full run recorded: `luser-fast bench --suite train`.", ""]
+    s = run["setup"]
+    out += [provenance(run), "",
+            f"{s['task']}, {s['image'][0]} x {s['image'][1]}, {s['angles']} angles, batch "
+            f"{s['batch']}, K = {s['K']}, {s['channels']} channels (LUSER depth 2, LU depth 5), "
+            f"{s['dtype']}: one forward + MSE + backward through "
+            "`luser_fast.profile.training_memory` (saved: saved-tensor hooks; peak: live "
+            "tensor bytes tracked by a dispatch mode). The max_iter rows run a tol no "
+            "residual reaches, so every solve takes exactly max_iter iterations.", ""]
+    out += table(("model", "saved MiB", "peak MiB", "parameters MiB", "step s"),
+                 [(k, fmt(v["saved"]), fmt(v["peak"]), fmt(v["params"]), fmt(v["seconds"]))
+                  for k, v in run["MiB"].items()])
+    out += table(("ratio", "value"), [(k, fmt(v)) for k, v in run["ratios"].items()])
+    parts = run["fast_luser_peak_parts_MiB"]
+    out += ["Where the fast LUSER's step peak goes (MiB; the peak is reached in a backward, "
+            "while the adjoint fixed point of one unrolled step is solved):", ""]
+    out += table(("part", "MiB"), [(k, fmt(v)) for k, v in parts.items()])
+    r = run["ratios"]
+    goals.add(3, "LUSER saved bytes, max_iter high / low", "within 2%",
+              fmt(r["saved maxiter high / maxiter low"], 4),
+              abs(r["saved maxiter high / maxiter low"] - 1) <= 0.02)
+    goals.add(3, "LUSER saved bytes, depth 4 / depth 2", "within 10%",
+              fmt(r["saved depth 4 / depth 2"], 4), abs(r["saved depth 4 / depth 2"] - 1) <= 0.1)
+    goals.at_most(3, "LUSER saved / (K (|z*|+|v|+|x|) + parameters)",
+                  r["saved / (K (|z*| + |v| + |x|) + params)"], 1.2)
+    goals.at_least(3, "LU deep-5 / LUSER saved bytes", r["LU saved / fast LUSER saved"], 8,
+                   note="aim 10")
+    goals.at_least(3, "LU deep-5 / LUSER peak training memory", r["LU peak / fast LUSER peak"], 8)
+    if sweep:
+        ss = sweep["setup"]
+        out += [f"Memory against solver iterations ({ss['task']}, {ss['size']} x {ss['size']}, "
+                f"batch {ss['batch']}, K = {ss['K']}, {ss['channels']} channels; "
+                "`luser-fast memprofile --vary iterations`), measured at git "
+                f"`{sweep['git_sha']}`, {sweep['date']}:", ""]
+        names = list(dict.fromkeys(row["model"] for row in sweep["rows"]))
+        out += table(("model", *(f"{v} it: saved / peak MiB" for v in ss["values"])),
+                     [(n, *(f"{fmt(row['saved_bytes'] / MIB)} / {fmt(row['peak_bytes'] / MIB)}"
+                            for row in sweep["rows"] if row["model"] == n)) for n in names])
+        if plots:
+            path = _plot_memory(plots, sweep)
+            out += [f"![Training memory against solver iterations]({path})", ""]
+    return out
+
+
+def _plot_memory(plots, sweep) -> str:
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
+    names = list(dict.fromkeys(row["model"] for row in sweep["rows"]))
+    for ax, key, label in zip(axes, ("saved_bytes", "peak_bytes"),
+                              ("saved for backward (MiB)", "peak per step (MiB)")):
+        for name in names:
+            pts = [(row["iterations"], row[key] / MIB) for row in sweep["rows"]
+                   if row["model"] == name]
+            ax.plot(*zip(*pts), marker="o", label=name)
+        ax.set_xlabel("solver iterations")
+        ax.set_ylabel(label)
+        ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle(f"training memory, {sweep['setup']['task']} (git {sweep['git_sha']})",
+                 fontsize=10)
+    return plots.save(fig, "memory_vs_iterations.png")
+
+
+def demo_section(run, goals) -> list[str]:
+    out = ["## The paper's claims, small (`luser-fast demo`, CPU)", ""]
+    if run is None:
+        for task in ("deblur", "ct", "mri"):
+            goals.at_least(7, f"{task}: LU deep-5 / LUSER peak memory", None, 8)
+        return out + ["No full run recorded: `luser-fast demo --results "
+                      "bench/results/demo_cpu.json`.", ""]
+    out += [provenance(run), "", f"Command: `{run.get('command', 'luser-fast demo')}`"
+            + (f"; wall time {fmt(run['wall_seconds'])} s." if "wall_seconds" in run else "."),
+            ""]
+    for task, t in run["tasks"].items():
+        cfg = ", ".join(f"{k} {v}" for k, v in t.get("config", {}).items())
+        out += [f"### {task}", "", cfg, ""] if cfg else [f"### {task}", ""]
+        rows = t["rows"]
+        keys = [k for k in ("psnr", "ssim", "psnr_init", "saved_bytes", "peak_bytes",
+                            "sec_per_step", "solver_iterations")
+                if any(k in r for r in rows.values())]
+        out += table(("model", *keys),
+                     [(name, *(fmt(r[k] / MIB) + " MiB" if k.endswith("bytes") and k in r
+                               else fmt(r.get(k), 4) for k in keys))
+                      for name, r in rows.items()])
+        ratios = t.get("ratios", {})
+        if ratios:
+            out += table(("figure", "value"), [(k, fmt(v, 4)) for k, v in ratios.items()])
+        lu = next((r for n, r in rows.items() if n.startswith("LU ")), None)
+        us = next((r for n, r in rows.items() if n.startswith("LUSER")), None)
+        if lu and us:
+            goals.at_least(7, f"{task}: LU deep-5 / LUSER peak training memory",
+                           lu["peak_bytes"] / us["peak_bytes"], 8)
+            goals.at_least(7, f"{task}: LU deep-5 / LUSER saved bytes",
+                           lu["saved_bytes"] / us["saved_bytes"], 10)
+            goals.at_least(7, f"{task}: PSNR LUSER - LU", us["psnr"] - lu["psnr"], -0.3,
+                           suffix=" dB")
+    if "wall_seconds" in run:
+        goals.at_most(7, "`luser-fast demo` wall time on this machine", run["wall_seconds"], 600,
+                      suffix=" s")
+    return out
+
+
+def gpu_section(run, goals) -> list[str]:
+    out = ["## GPU", ""]
+    goals_gpu = [(4, "Triton shallow map / Anderson: GB/s and fraction of bandwidth"),
+                 (5, "Radon CUDA, 256x256, 256 angles, batch 128: images/s"),
+                 (6, "NUFFT CUDA, tol 1e-5: points/s")]
+    if run is None:
+        for issue, figure in goals_gpu:
+            goals.add(issue, figure, "measured on a GPU", None, False)
+        return out + ["Not measured: no run on a GPU machine has been recorded. "
+                      "`luser-fast bench --suite gpu` on a CUDA machine runs the Triton, Radon "
+                      "and NUFFT GPU suites (`triton.testing.do_bench`, CUDA synchronisation) "
+                      "and records ms, GB/s and the fraction of the device's bandwidth.", ""]
+    out += [provenance(run), "", f"Device: {run['device']['name']}, bandwidth "
+            f"{fmt(run['device']['bandwidth_B_s'] / 1e9)} GB/s.", ""]
+    keys = ["case", "ms", "ms_reference", "speedup", "GB_s", "fraction_of_bandwidth"]
+    out += table(keys, [[fmt(r.get(k)) if k != "case" else r[k] for k in keys]
+                        for r in run["rows"]])
+    best = max(r["fraction_of_bandwidth"] for r in run["rows"])
+    goals.add(4, goals_gpu[0][1], "measured on a GPU", f"best {fmt(best)} of bandwidth", True)
+    return out
+
+
+def bench_runs_section(run, goals) -> list[str]:
+    if run is None:
+        goals.at_most(8, "`luser-fast bench` wall time on this CPU", None, 900, suffix=" s")
+        return []
+    out = ["## The harness run", "", provenance(run), "",
+           f"Command: `{run['command']}`.", ""]
+    out += table(("suite", "files", "exit", "wall s"),
+                 [(k, " ".join(v["files"]), v["returncode"], fmt(v["wall_seconds"]))
+                  for k, v in run["suites"].items()])
+    for k, why in run.get("skipped", {}).items():
+        out += [f"- {k}: skipped, {why}"]
+    total = sum(v["wall_seconds"] for v in run["suites"].values())
+    if set(run["suites"]) >= {"ops", "solver", "train"}:
+        goals.at_most(8, "`luser-fast bench` (ops, solver, train) wall time on this CPU", total,
+                      900, suffix=" s")
+    return out + [""]
+
+
+# --- output --------------------------------------------------------------------------------
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+class Plots:
+    """Where the PNG plots go, and the folder their links in the markdown are relative to."""
+
+    def __init__(self, folder: str, base: str):
+        self.folder, self.base = folder, base
+
+    def save(self, fig, name: str) -> str:
+        os.makedirs(self.folder, exist_ok=True)
+        path = os.path.join(self.folder, name)
+        fig.tight_layout()
+        fig.savefig(path, dpi=100)
+        _pyplot().close(fig)
+        return os.path.relpath(path, self.base)
+
+
+def render(results: str, plots: Plots | None, tiny: bool = False) -> str:
+    runs = load(results, tiny)
+    goals = Goals()
+    body = []
+    body += radon_section(runs["radon_cpu"], goals, plots)
+    body += nufft_section(runs["nufft_cpu"], goals)
+    body += solver_section(runs["solver_cpu"], goals)
+    body += memory_section(runs["deq_memory_cpu"], runs["memprofile_cpu"], goals, plots)
+    body += demo_section(runs["demo_cpu"], goals)
+    body += gpu_section(runs["triton_gpu"], goals)
+    body += bench_runs_section(runs["bench_runs"], goals)
+    head = ["# Benchmarks", "",
+            "Generated by `python bench/report.py` from the JSON in `bench/results/` that the "
+            "suites in `bench/` wrote (`luser-fast bench` runs them and then this report); "
+            "do not edit by hand. Each section names the machine, versions, git SHA and date "
+            "of the run it shows. Timings on this shared 2-core CPU carry noise: every timing "
+            "is min / **median** / max over repeats, and every ratio is the ratio of medians "
+            "with the band [low, high] its repeats allow. No GPU figure appears unless it was "
+            "measured on a GPU.", "",
+            "## Goal figures", ""]
+    head += table(("issue", "figure", "goal", "measured", "verdict"), goals.rows, left=5)
+    return "\n".join(head + body).rstrip() + "\n"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--results", default=os.path.join(BENCH_DIR, "results"))
+    p.add_argument("--out", default=os.path.join(ROOT, "BENCHMARKS.md"))
+    p.add_argument("--plots", default=os.path.join(BENCH_DIR, "plots"),
+                   help="folder for the PNG plots ('' for none)")
+    p.add_argument("--include-tiny", action="store_true",
+                   help="also take tiny harness-check runs (for the harness's own test)")
+    args = p.parse_args(argv)
+    plots = Plots(args.plots, os.path.dirname(os.path.abspath(args.out))) if args.plots else None
+    text = render(args.results, plots, args.include_tiny)
+    with open(args.out, "w") as fh:
+        fh.write(text)
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
