@@ -439,7 +439,7 @@ def build_parser():
     pd.add_argument("--out", default="out/demo", help="output folder for the PNGs and demo.json")
     pd.add_argument("--tasks", nargs="+", default=list(DEMO_TASKS), choices=TASKS,
                     help="tasks to run (default: %(default)s)")
-    pd.add_argument("--steps", type=_positive_int, default=300, help="training steps per model")
+    pd.add_argument("--steps", type=_positive_int, default=250, help="training steps per model")
     pd.add_argument("--batch", type=_positive_int, default=4, help="batch size")
     pd.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
     pd.add_argument("--channels", type=_positive_int, default=32, help="network width")

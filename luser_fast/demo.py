@@ -1,0 +1,271 @@
+"""``luser-fast demo``: the paper's comparison, small, on a CPU.
+
+For each task (deblur, ct, mri by default; data and operator from ``make_task``), LU with a
+deep CNN regularizer (depth 5) and LUSER with a shallow equilibrium regularizer (depth 2)
+are trained with the same K, width, seed, batch order, learning rate and number of steps,
+then compared on held-out test samples: PSNR / SSIM (magnitudes, data range 1) next to the
+starting point x0, the bytes saved for backward and the peak bytes of one training step
+(``training_memory``), seconds per step, and LUSER's solver iterations. Each task gets a
+table, the LU / LUSER ratios against the goals below, and a PNG; one JSON holds every row.
+"""
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+
+import torch
+
+from .data import TaskConfig, make_task
+from .metrics import psnr, ssim
+from .models import LU, LUSER
+from .profile import mse, training_memory
+from .train import _magnitude
+
+__all__ = ["DEMO_TASKS", "GOALS", "run_demo"]
+
+DEMO_TASKS = ("deblur", "ct", "mri")
+#: the claims checked per task: LU / LUSER peak and saved bytes of a training step at
+#: least these factors, and LUSER's test PSNR at most this far below LU's
+GOALS = {"peak_ratio": 8.0, "saved_ratio": 10.0, "psnr_tolerance_db": 0.3}
+LU_NAME, LUSER_NAME = "LU (depth 5)", "LUSER (depth 2)"
+_X0_LABEL = {"ct": "FBP", "deblur": "A^T y"}
+
+
+def _train(model, y, x, steps, batch, lr, seed, desc):
+    """Adam on random batches drawn by a generator seeded with ``seed`` (the same batches
+    for every model). Returns (losses, mean wall seconds per step)."""
+    from tqdm import tqdm
+
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    g = torch.Generator().manual_seed(seed)
+    losses, t0 = [], time.perf_counter()
+    bar = tqdm(range(steps), desc=desc, file=sys.stderr, dynamic_ncols=True,
+               disable=not sys.stderr.isatty() and os.environ.get("LUSER_FAST_PROGRESS") != "1")
+    for _ in bar:
+        idx = torch.randint(0, x.shape[0], (batch,), generator=g)
+        opt.zero_grad(set_to_none=True)
+        loss = mse(model(y[idx]), x[idx])
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+        bar.set_postfix(loss=f"{losses[-1]:.2e}")
+    return losses, (time.perf_counter() - t0) / max(steps, 1)
+
+
+def _quality(x_hat, truth):
+    x_hat = _magnitude(x_hat)
+    return {"psnr": psnr(x_hat, truth), "ssim": ssim(x_hat, truth)}
+
+
+def _build(name, operator, in_channels, channels, iterations, seed):
+    torch.manual_seed(seed)
+    cls, depth = (LU, 5) if name == LU_NAME else (LUSER, 2)
+    return cls(operator, iterations=iterations, in_channels=in_channels, channels=channels,
+               depth=depth)
+
+
+def _memory(model, y, x):
+    r = training_memory(model, y, x)
+    model.zero_grad(set_to_none=True)
+    return {"saved_bytes": r.saved_bytes, "peak_bytes": r.peak_bytes}
+
+
+def _ratios(lu, luser):
+    return {"peak_ratio": lu["peak_bytes"] / luser["peak_bytes"],
+            "saved_ratio": lu["saved_bytes"] / luser["saved_bytes"]}
+
+
+def _run_task(task, cfg, settings, out, log):
+    s = settings
+    train = make_task(cfg, "train", s["n_train"])
+    test = make_task(cfg, "test", s["n_test"], operator=train.operator)
+    truth = _magnitude(test.x)
+    models = {name: _build(name, train.operator, train.in_channels, s["channels"], s["K"],
+                           s["seed"]) for name in (LU_NAME, LUSER_NAME)}
+    with torch.no_grad():
+        # x0 as both models start from it (FBP for CT, A^T y / A^H y otherwise), clamped
+        # to the data range: the strongest form of the classical baseline
+        x0 = _magnitude(models[LU_NAME].initial(test.y)).clamp(0, 1)
+    x0_label = _X0_LABEL.get(task, "|A^H y|")
+    rows = {"x0": {"label": x0_label, **_quality(x0, truth)}}
+    recon = {f"x0 ({x0_label})": x0}
+    for name, model in models.items():
+        with torch.no_grad():
+            before = _quality(model(test.y), truth)
+        losses, sec = _train(model, train.y, train.x, s["steps"], s["batch"], s["lr"], s["seed"],
+                             f"{task} {name}")
+        with torch.no_grad():
+            recon[name] = _magnitude(model(test.y))
+        row = {**_quality(recon[name], truth), "psnr_init": before["psnr"],
+               "ssim_init": before["ssim"], "loss_first": losses[0],
+               "loss_last": sum(losses[-10:]) / len(losses[-10:]), "sec_per_step": sec,
+               "params": sum(p.numel() for p in model.parameters())}
+        if isinstance(model, LUSER):
+            # of the test-set forward: mean over samples and unrolled steps
+            for key, attr in (("solver_iterations", "iterations"), ("solver_converged", "converged")):
+                values = [getattr(info, attr).float() for info in model.last_solver_info]
+                row[key] = torch.stack(values).mean().item()
+        row.update(_memory(model, train.y[:s["batch"]], train.x[:s["batch"]]))
+        rows[name] = row
+    ratios = _ratios(rows[LU_NAME], rows[LUSER_NAME])
+    ratios["psnr_diff_db"] = rows[LUSER_NAME]["psnr"] - rows[LU_NAME]["psnr"]
+    ratios["ssim_diff"] = rows[LUSER_NAME]["ssim"] - rows[LU_NAME]["ssim"]
+    ratios["peak_goal_met"] = ratios["peak_ratio"] >= GOALS["peak_ratio"]
+    ratios["saved_goal_met"] = ratios["saved_ratio"] >= GOALS["saved_ratio"]
+    ratios["psnr_goal_met"] = ratios["psnr_diff_db"] >= -GOALS["psnr_tolerance_db"]
+    ratios["met"] = ratios["peak_goal_met"] and ratios["saved_goal_met"] and ratios["psnr_goal_met"]
+    result = {"config": {**cfg.to_dict(), **s}, "rows": rows, "ratios": ratios}
+    if s["wide_channels"]:
+        # memory at a realistic width: one measured step per model, untrained weights
+        wide = {name: _memory(_build(name, train.operator, train.in_channels, s["wide_channels"],
+                                     s["K"], s["seed"]), train.y[:s["batch"]], train.x[:s["batch"]])
+                for name in (LU_NAME, LUSER_NAME)}
+        result["wide"] = {"channels": s["wide_channels"], "rows": wide,
+                          **_ratios(wide[LU_NAME], wide[LUSER_NAME])}
+        ratios["wide_peak_ratio"] = result["wide"]["peak_ratio"]
+        ratios["wide_saved_ratio"] = result["wide"]["saved_ratio"]
+    png = os.path.join(out, f"demo_{task}.png")
+    _plot(png, truth, recon, f"{task} {cfg.size}x{cfg.size}, held-out test samples")
+    result["png"] = png
+    _print_task(task, result, log)
+    return result
+
+
+def run_demo(out="out/demo", tasks=DEMO_TASKS, steps=250, size=64, channels=32, batch=4,
+             n_train=128, n_test=16, K=5, lr=1e-3, seed=0, noise=None, angles=60, sigma=1.5,
+             acceleration=4.0, wide_channels=64, results=None, command=None, log=print):
+    """Train LU (depth 5) and LUSER (depth 2) on each task and compare them.
+
+    Args:
+        out: folder for ``demo_<task>.png`` (ground truth / x0 / LU / LUSER) and
+            ``demo.json`` (the whole run, as returned).
+        tasks: task names (``luser_fast.data.TASKS``; default deblur, ct, mri).
+        steps, batch, lr, seed: training of both models (Adam, the same batches).
+        size, noise, angles, sigma, acceleration: the task configs (``TaskConfig``; noise
+            None takes each task's default).
+        channels, K: network width and unrolled steps of both models.
+        n_train, n_test: samples of the train and (held-out) test splits.
+        wide_channels: also measure training memory at this width (0: skip).
+        results: JSON file of runs keyed by "<cpu> | torch <version> | <git sha>"; this
+            run is stored under its key (None: not written).
+        command: the command line recorded in the run.
+
+    Returns:
+        dict: date, machine, versions, git_sha, command, wall_seconds and ``tasks``
+        {task: {config, rows {"x0", "LU (depth 5)", "LUSER (depth 2)": {psnr, ssim,
+        saved_bytes, peak_bytes, sec_per_step, ...}}, ratios {peak_ratio, saved_ratio,
+        psnr_diff_db, ssim_diff, <goal>_goal_met, met, wide_*_ratio} (numbers and bools
+        only), wide {channels, rows, peak_ratio, saved_ratio}, png}}.
+    """
+    t0 = time.perf_counter()
+    os.makedirs(out, exist_ok=True)
+    settings = {"steps": steps, "batch": batch, "lr": lr, "seed": seed, "channels": channels,
+                "K": K, "n_train": n_train, "n_test": n_test, "wide_channels": wide_channels}
+    run = _header(command)
+    run["goals"] = GOALS
+    run["tasks"] = {}
+    for task in tasks:
+        cfg = TaskConfig(task=task, size=size, noise=noise, angles=angles, sigma=sigma,
+                         acceleration=acceleration, seed=seed)
+        run["tasks"][task] = _run_task(task, cfg, settings, out, log)
+    run["wall_seconds"] = time.perf_counter() - t0
+    log(f"demo: {len(run['tasks'])} tasks in {run['wall_seconds']:.0f} s")
+    _write_json(os.path.join(out, "demo.json"), run)
+    if results:
+        key = f"{run['machine']['cpu']} | torch {run['versions']['torch']} | {run['git_sha']}"
+        runs = {}
+        if os.path.exists(results):
+            with open(results) as fh:
+                runs = json.load(fh)
+        runs[key] = run
+        os.makedirs(os.path.dirname(os.path.abspath(results)), exist_ok=True)
+        _write_json(results, runs)
+        log(f"results: {results} [{key}]")
+    return run
+
+
+def _header(command):
+    # the same key bench/harness.py gives its runs (the library does not import bench/)
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as fh:
+            cpu = next((ln.split(":", 1)[1].strip() for ln in fh
+                        if ln.startswith("model name")), cpu)
+    except OSError:
+        pass
+    try:
+        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                             text=True, timeout=10,
+                             cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        sha = ""
+    return {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "machine": {"cpu": cpu, "cores": os.cpu_count(), "threads": torch.get_num_threads()},
+            "versions": {"torch": torch.__version__, "python": platform.python_version()},
+            "git_sha": sha or "unknown", "command": command}
+
+
+def _write_json(path, obj):
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w") as fh:
+        json.dump(obj, fh, indent=1)
+        fh.write("\n")
+    os.replace(tmp, path)
+
+
+def _print_task(task, result, log):
+    c, rows, r = result["config"], result["rows"], result["ratios"]
+    log(f"\n{task} {c['size']}x{c['size']}, noise {c['noise']:g}, {c['steps']} steps, batch "
+        f"{c['batch']}, {c['channels']} channels, K={c['K']}; {c['n_test']} held-out test samples")
+    log(f"{'model':<16} {'PSNR init':>9} {'PSNR':>7} {'SSIM':>6} {'saved MB':>9} {'peak MB':>8} "
+        f"{'s/step':>7} {'solver its':>10}")
+    for name, row in rows.items():
+        if name == "x0":
+            log(f"{'x0 (' + row['label'] + ')':<16} {'':>9} {row['psnr']:7.2f} {row['ssim']:6.3f}")
+            continue
+        its = f"{row['solver_iterations']:10.1f}" if "solver_iterations" in row else ""
+        log(f"{name:<16} {row['psnr_init']:9.2f} {row['psnr']:7.2f} {row['ssim']:6.3f} "
+            f"{row['saved_bytes'] / 2**20:9.2f} {row['peak_bytes'] / 2**20:8.2f} "
+            f"{row['sec_per_step']:7.3f} {its}")
+
+    def mark(ok):
+        return "met" if ok else "MISSED"
+
+    log(f"LU/LUSER peak {r['peak_ratio']:.1f}x (goal >= {GOALS['peak_ratio']:g}x: "
+        f"{mark(r['peak_goal_met'])}), saved {r['saved_ratio']:.1f}x (goal >= "
+        f"{GOALS['saved_ratio']:g}x: {mark(r['saved_goal_met'])}), PSNR LUSER - LU "
+        f"{r['psnr_diff_db']:+.2f} dB (goal >= -{GOALS['psnr_tolerance_db']:g} dB: "
+        f"{mark(r['psnr_goal_met'])})")
+    if "wide" in result:
+        w = result["wide"]
+        log(f"at {w['channels']} channels (untrained): peak {w['peak_ratio']:.1f}x, "
+            f"saved {w['saved_ratio']:.1f}x")
+    log(f"figure: {result['png']}")
+
+
+def _plot(path, truth, recon, title, n=3):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cols = ["ground truth", *recon]
+    n = min(n, truth.shape[0])
+    fig, axes = plt.subplots(n, len(cols), figsize=(2.4 * len(cols), 2.4 * n + 0.3), squeeze=False)
+    for i in range(n):
+        for j, img in enumerate([truth[i, 0], *[r[i, 0] for r in recon.values()]]):
+            ax = axes[i, j]
+            ax.imshow(img.detach().clamp(0, 1).numpy(), cmap="gray", vmin=0, vmax=1)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if i == 0:
+                ax.set_title(cols[j], fontsize=9)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
