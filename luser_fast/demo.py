@@ -24,7 +24,7 @@ from .data import TaskConfig, make_task
 from .metrics import psnr, ssim
 from .models import LU, LUSER
 from .profile import mse, training_memory
-from .train import _magnitude
+from .train import _magnitude, _write_json
 
 __all__ = ["DEMO_TASKS", "GOALS", "run_demo"]
 
@@ -208,14 +208,6 @@ def _header(command):
             "machine": {"cpu": cpu, "cores": os.cpu_count(), "threads": torch.get_num_threads()},
             "versions": {"torch": torch.__version__, "python": platform.python_version()},
             "git_sha": sha or "unknown", "command": command}
-
-
-def _write_json(path, obj):
-    tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "w") as fh:
-        json.dump(obj, fh, indent=1)
-        fh.write("\n")
-    os.replace(tmp, path)
 
 
 def _print_task(task, result, log):
