@@ -30,9 +30,12 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest tests -q -ra $(PYTEST_ARGS)
 
-# the peers timed against (pinning torch keeps pip from swapping in a CUDA build)
+# the peers timed against (pinning torch keeps pip from swapping in a CUDA build); the CPU
+# suites run twice, the first time into bench/results/repeat, so that the report shows
+# whether the ratios of two runs agree within the noise each reports
 bench: $(STAMP)
 	$(PIP) install -q finufft torchkbnufft torchdeq astra-toolbox torch==2.13.0
+	$(VENV)/bin/luser-fast bench --suite ops solver train --results bench/results/repeat --no-report
 	$(VENV)/bin/luser-fast bench
 
 clean:

@@ -77,8 +77,10 @@ def test_report_renders_from_the_recorded_json(tiny_results, tmp_path):
         sys.path.remove(BENCH)
     out = tmp_path / "BENCHMARKS.md"
     assert report.main(["--results", str(folder), "--out", str(out), "--plots",
-                        str(tmp_path / "plots"), "--include-tiny"]) == 0
+                        str(tmp_path / "plots"), "--include-tiny", "--repeat", str(folder)]) == 0
     text = out.read_text()
+    # a run compared with itself: every ratio within its own band
+    assert "## Repeatability" in text and "**no**" not in text.split("## Repeatability")[1]
     for heading in ("## Goal figures", "## Radon transform (CPU)", "## NUFFT (CPU)",
                     "## Anderson solver (CPU)", "## Training memory of one step (CPU)", "## GPU"):
         assert heading in text
@@ -86,7 +88,8 @@ def test_report_renders_from_the_recorded_json(tiny_results, tmp_path):
     assert (tmp_path / "plots" / "radon_throughput_vs_size.png").stat().st_size > 5000
     assert (tmp_path / "plots" / "memory_vs_iterations.png").stat().st_size > 5000
     # without --include-tiny the tiny runs are not shown: nothing measured at all
-    assert report.main(["--results", str(folder), "--out", str(out), "--plots", ""]) == 0
+    assert report.main(["--results", str(folder), "--out", str(out), "--plots", "",
+                        "--repeat", ""]) == 0
     assert "No full run recorded" in out.read_text()
 
 
