@@ -105,21 +105,33 @@ def _sum(results: dict, names) -> dict | None:
     return {k: sum(results[n][k] for n in names) for k in ("min", "median", "max")}
 
 
-def _write_report(results: dict) -> None:
-    run = harness.new_run(THREADS, "scikit-image", "astra-toolbox")
-    run["problem"] = {"image": [N, N], "angles": N_ANGLES, "detectors": N_DET,
-                      "batch": BATCH, "dtype": "float32", "sizes": list(SIZES)}
-    run["ms_per_image"] = {k: harness.ms(v) for k, v in sorted(results.items())}
-    run["ratios"] = {}
+def _section(results: dict) -> dict:
+    out = {"ms_per_image": {k: harness.ms(v) for k, v in sorted(results.items())}, "ratios": {}}
     for label, (num, den) in RATIOS.items():
         a, b = _sum(results, num), _sum(results, den)
         if a is not None and b is not None:
-            run["ratios"][label] = harness.rounded(harness.ratio(a, b))
+            out["ratios"][label] = harness.rounded(harness.ratio(a, b))
+    return out
+
+
+def _write_report(results: dict) -> None:
+    paired = results.pop("paired", None)
+    run = harness.new_run(THREADS, "scikit-image", "astra-toolbox")
+    run["problem"] = {"image": [N, N], "angles": N_ANGLES, "detectors": N_DET,
+                      "batch": BATCH, "dtype": "float32", "sizes": list(SIZES)}
+    run.update(_section(results))
+    if paired:
+        run["paired"] = _section(paired)
     key = harness.save_run("radon_cpu", run)
     lines = [f"Radon CPU benchmark ({key}), ms per image (min / median / max):"]
-    lines += [f"  {k:34s} " + " ".join(f"{v:9.3f}" for v in run["ms_per_image"][k].values())
-              for k in run["ms_per_image"]]
-    lines += [f"  {k}: {v['median']}x [{v['low']}, {v['high']}]" for k, v in run["ratios"].items()]
+    for title, sec in (("separate rounds:", run), ("paired rounds:", run.get("paired"))):
+        if sec is None:
+            continue
+        lines.append(title)
+        lines += [f"  {k:34s} " + " ".join(f"{v:9.3f}" for v in t.values())
+                  for k, t in sec["ms_per_image"].items()]
+        lines += [f"  {k}: {v['median']}x [{v['low']}, {v['high']}]"
+                  for k, v in sec["ratios"].items()]
     print("\n" + "\n".join(lines))
 
 
@@ -247,6 +259,52 @@ def test_astra_backprojection(benchmark, data, astra_projector, report):
     assert rel(backproject(), radon_adjoint_ref(torch.from_numpy(y), data["angles"], N)) < 1e-3
     benchmark.pedantic(backproject, rounds=harness.pick(5, 2), warmup_rounds=1)
     _per_image(benchmark, "astra_backprojection", 1, report)
+
+
+def test_paired_rounds(benchmark, data, report, request):
+    """luser_fast (batch 8, THREADS threads and one), scikit-image and ASTRA called in
+    interleaved rounds, so that load from other processes on a shared machine hits every
+    implementation alike; per-image min, median and max go to the JSON as ``paired`` (the
+    report's headline ratios). (The benchmark fixture times one round of all of them.)"""
+    import time
+
+    from skimage.transform import radon
+
+    try:
+        astra, pid = request.getfixturevalue("astra_projector")
+    except pytest.skip.Exception:                    # ASTRA is optional: paired without it
+        astra = None
+    x, y, angles = torch.from_numpy(data["x"]), torch.from_numpy(data["y"]), data["angles"]
+    theta = np.rad2deg(angles.numpy())
+
+    def one_thread():
+        torch.set_num_threads(1)
+        try:
+            radon_adjoint(radon_forward(x, angles, N_DET), angles, N)
+        finally:
+            torch.set_num_threads(THREADS)
+
+    def astra_forward():
+        astra.data2d.delete(astra.create_sino(data["x"][0], pid)[0])
+
+    def astra_back():
+        astra.data2d.delete(astra.create_backprojection(data["y"][0], pid)[0])
+
+    # name -> (call, images per call); correctness of each is asserted by the tests above
+    calls = {"luser_fast_forward_b8": (lambda: radon_forward(x, angles, N_DET), BATCH),
+             "luser_fast_adjoint_b8": (lambda: radon_adjoint(y, angles, N), BATCH),
+             "luser_fast_fwd_adj_b8_1thread": (one_thread, BATCH),
+             "skimage_radon": (lambda: radon(data["x"][0], theta=theta, circle=False), 1)}
+    if astra is not None:
+        calls.update(astra_forward=(astra_forward, 1), astra_backprojection=(astra_back, 1))
+    times = {name: [] for name in calls}
+    for _ in range(harness.pick(7, 2)):
+        for name, (fn, images) in calls.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append((time.perf_counter() - start) / images)
+    report["paired"] = {name: harness.stats_of(t) for name, t in times.items()}
+    benchmark.pedantic(lambda: [fn() for fn, _ in calls.values()], rounds=1, iterations=1)
 
 
 # --- GPU -------------------------------------------------------------------------------------
