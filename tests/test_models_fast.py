@@ -123,7 +123,7 @@ def _luser(op, channels, **kwargs):
 
 def test_saved_bytes_structure_on_ct():
     """The acceptance claims at a test-sized CT (the 128x128 figures are in
-    BENCHMARKS-deq.md): saved bytes do not depend on solver iterations or depth, sit at
+    BENCHMARKS.md): saved bytes do not depend on solver iterations or depth, sit at
     the K (|z*| + |v| + |x|) limit, and are a small fraction of LU's."""
     op, y, x = _ct()
     image = x.numel() * x.element_size()
