@@ -67,6 +67,12 @@ class BuildPyWithFatbin(build_py):
                                    f"-DLUSER_FAST_CUDA_ARCHS={archs}"])
             subprocess.check_call(["cmake", "--build", build_dir, "-j", os.environ.get("MAX_JOBS", "2")])
         super().run()
+        if not BUILD_EXT:
+            # build/lib outlives builds: drop compiled files an earlier build left there
+            pkg = os.path.join(self.build_lib, "luser_fast")
+            for path in glob.glob(os.path.join(pkg, "_C*.so")) + glob.glob(
+                    os.path.join(pkg, "_cuda", "*.fatbin")):
+                os.remove(path)
 
 
 def _ext_modules():
@@ -97,7 +103,10 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["luser_fast", "luser_fast.*"]),
-    package_data={"luser_fast": ["_cuda/*.fatbin", "_cuda/src/*", "_cuda/src/*/*"]},
+    # a pure-Python install (LUSER_FAST_BUILD_EXT=0) ships no compiled code, not even a
+    # fatbin an earlier build left in the tree; the CUDA sources (for NVRTC) always go
+    package_data={"luser_fast": (["_cuda/*.fatbin"] if BUILD_EXT else [])
+                  + ["_cuda/src/*", "_cuda/src/*/*"]},
     install_requires=[
         "torch>=2.4",
         "numpy",
