@@ -97,10 +97,11 @@ def run_key(run: dict) -> str:
     return key + " | tiny" if run.get("tiny") else key
 
 
-def save_run(suite: str, run: dict) -> str:
-    """Store ``run`` in ``<results>/<suite>.json`` under its key; returns the key."""
+def save_run(suite: str, run: dict, folder: str | None = None) -> str:
+    """Store ``run`` in ``<folder>/<suite>.json`` (default: ``results_dir()``) under its
+    key; returns the key."""
     key = run_key(run)
-    folder = results_dir()
+    folder = folder or results_dir()
     path = os.path.join(folder, f"{suite}.json")
     os.makedirs(folder, exist_ok=True)
     runs = {}

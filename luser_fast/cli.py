@@ -377,12 +377,11 @@ def run_bench(suites=("ops", "solver", "train", "gpu"), results=None, json_path=
         import harness
     finally:
         sys.path.remove(bench)
-    os.environ.update(LUSER_FAST_BENCH_RESULTS=results)
     run = harness.new_run(torch.get_num_threads())
     run["tiny"] = tiny
     run["command"] = "luser-fast bench --suite " + " ".join(dict.fromkeys(suites))
     run.update(record)
-    harness.save_run("bench_runs", run)
+    harness.save_run("bench_runs", run, folder=results)
     if json_path:
         produced = {}
         for name in sorted(os.listdir(results)):
