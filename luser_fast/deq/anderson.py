@@ -237,8 +237,9 @@ def anderson(f: Callable[[torch.Tensor], torch.Tensor], z0: torch.Tensor, *, m: 
         b = z.shape[0]
         dim = z[0].numel() * (2 if z.is_complex() else 1)
         m = min(m, max_iter)            # never more slots than iterations (same k % m)
-        hist_f = torch.zeros(b, m, dim, dtype=work, device=z.device)
-        hist_g = torch.zeros_like(hist_f)
+        # uninitialised: iteration k writes slot k % m before anything reads [:, :min(k+1, m)]
+        hist_f = torch.empty(b, m, dim, dtype=work, device=z.device)
+        hist_g = torch.empty_like(hist_f)
         gram = torch.zeros(b, m, m, dtype=work, device=z.device)
         borders = {}
         for k in range(max_iter):
