@@ -192,7 +192,9 @@ def nufft_section(run, goals) -> list[str]:
     out += [provenance(run), "",
             f"{p['image'][0]} x {p['image'][1]} image, {p['trajectory']} {p['spokes']} spokes x "
             f"{p['samples']} samples ({p['points']:,} points), {p['coils']} coils, {p['dtype']}, "
-            f"{run['machine']['threads']} threads. Each result is checked against the exact "
+            f"{run['machine']['threads']} threads; luser_fast's grid oversampling per tol "
+            f"{p.get('luser_fast_oversamp', 'n/a')} (FINUFFT chooses its own). "
+            "Each result is checked against the exact "
             "NUDFT on a subset first; the relative l2 error is shown next to the time. "
             "torchkbnufft's accuracy is fixed by its table (numpoints 6).", ""]
     sections = [("separate rounds (pytest-benchmark)", run)]
