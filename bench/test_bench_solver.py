@@ -119,28 +119,60 @@ def test_anderson(benchmark, report, problem, solver):
     _record(benchmark, report, problem, solver)
 
 
+@pytest.mark.parametrize("problem", list(PROBLEMS))
+def test_paired_rounds(benchmark, report, problem):
+    """f alone and every solver called in interleaved rounds (f, fast, reference, torchdeq,
+    f, ...), so that load from other processes on a shared machine hits them alike; per
+    iteration min, median and max go to the JSON as ``paired`` (the report's goal figures).
+    Correctness of each solver is asserted by ``test_anderson``. (The benchmark fixture
+    times one round of all of them.)"""
+    import time
+
+    f, z0 = PROBLEMS[problem]()
+    calls = {"f_alone": lambda f, z0: [f(z0) for _ in range(ITERS)], **_solvers()}
+    times = {name: [] for name in calls}
+    with torch.no_grad():
+        for fn in calls.values():                     # warm-up
+            fn(f, z0)
+        for _ in range(ROUNDS):
+            for name, fn in calls.items():
+                start = time.perf_counter()
+                fn(f, z0)
+                times[name].append((time.perf_counter() - start) / ITERS)
+        benchmark.pedantic(lambda: [fn(f, z0) for fn in calls.values()], rounds=1, iterations=1)
+    report.setdefault("paired", {})[problem] = {k: harness.stats_of(t) for k, t in times.items()}
+
+
 def _record(benchmark, report, problem, name):
     t = harness.timing(benchmark, per=ITERS)
     if t is not None:
         report.setdefault(problem, {})[name] = t
 
 
+def _entry(times: dict) -> dict:
+    """ms per iteration, speed-ups of fast, the solvers' own time (total minus f alone)."""
+    entry = {"ms_per_iteration": {k: harness.ms(v) for k, v in times.items()}}
+    if "fast" in times:
+        entry["speedup_of_fast"] = {k: harness.rounded(harness.ratio(v, times["fast"]))
+                                    for k, v in times.items() if k not in ("fast", "f_alone")}
+    if "fast" in times and "f_alone" in times:
+        # the solver's own time: total minus ITERS evaluations of f (min over rounds,
+        # the least noisy on a shared machine)
+        own = {k: v["min"] - times["f_alone"]["min"] for k, v in times.items() if k != "f_alone"}
+        entry["solver_own_ms_per_iteration"] = {k: round(1e3 * v, 3) for k, v in own.items()}
+        entry["solver_own_speedup_of_fast"] = {k: round(v / own["fast"], 2)
+                                               for k, v in own.items() if k != "fast"}
+    return entry
+
+
 def _write_report(results):
+    paired = results.pop("paired", {})
     problems = {}
     dims = {"light": LIGHT[1] * LIGHT[2] ** 2, "shallow": SHALLOW[1] ** 2}
     for problem, times in results.items():
-        entry = {"ms_per_iteration": {k: harness.ms(v) for k, v in times.items()}}
-        if "fast" in times:
-            entry["speedup_of_fast"] = {k: harness.rounded(harness.ratio(v, times["fast"]))
-                                        for k, v in times.items() if k not in ("fast", "f_alone")}
-        if "fast" in times and "f_alone" in times:
-            # the solver's own time: total minus ITERS evaluations of f (min over rounds,
-            # the least noisy on a shared machine)
-            own = {k: v["min"] - times["f_alone"]["min"] for k, v in times.items()
-                   if k != "f_alone"}
-            entry["solver_own_ms_per_iteration"] = {k: round(1e3 * v, 3) for k, v in own.items()}
-            entry["solver_own_speedup_of_fast"] = {k: round(v / own["fast"], 2)
-                                                   for k, v in own.items() if k != "fast"}
+        entry = _entry(times)
+        if problem in paired:
+            entry["paired"] = _entry(paired[problem])
         entry["model_bytes_per_iteration_per_sample"] = {
             k: bytes_per_iteration(dims[problem], M, itemsize=4, implementation=k)
             for k in ("fast", "reference", "torchdeq")}
@@ -161,4 +193,7 @@ def _write_report(results):
         lines.append(f"    speed-up of fast {entry.get('speedup_of_fast', {})}")
         lines.append(f"    solver's own ms/iteration {entry.get('solver_own_ms_per_iteration')},"
                      f" speed-up {entry.get('solver_own_speedup_of_fast')}")
+        if "paired" in entry:
+            lines.append("    paired rounds: speed-up of fast "
+                         f"{entry['paired'].get('speedup_of_fast')}")
     print("\n".join(lines))
