@@ -24,7 +24,7 @@ from .data import TaskConfig, make_task
 from .metrics import psnr, ssim
 from .models import LU, LUSER
 from .profile import mse, training_memory
-from .train import _magnitude, _write_json
+from .train import _grid, _magnitude, _write_json
 
 __all__ = ["DEMO_TASKS", "GOALS", "run_demo"]
 
@@ -130,7 +130,8 @@ def _run_task(task, cfg, settings, out, log):
         ratios["wide_peak_ratio"] = result["wide"]["peak_ratio"]
         ratios["wide_saved_ratio"] = result["wide"]["saved_ratio"]
     png = os.path.join(out, f"demo_{task}.png")
-    _plot(png, truth, recon, f"{task} {cfg.size}x{cfg.size}, held-out test samples")
+    _grid(png, truth, recon, 3, f"{task} {cfg.size}x{cfg.size}, held-out test samples",
+          error=False)
     result["png"] = png
     _print_task(task, result, log)
     return result
@@ -238,26 +239,3 @@ def _print_task(task, result, log):
         log(f"at {w['channels']} channels (untrained): peak {w['peak_ratio']:.1f}x, "
             f"saved {w['saved_ratio']:.1f}x")
     log(f"figure: {result['png']}")
-
-
-def _plot(path, truth, recon, title, n=3):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    cols = ["ground truth", *recon]
-    n = min(n, truth.shape[0])
-    fig, axes = plt.subplots(n, len(cols), figsize=(2.4 * len(cols), 2.4 * n + 0.3), squeeze=False)
-    for i in range(n):
-        for j, img in enumerate([truth[i, 0], *[r[i, 0] for r in recon.values()]]):
-            ax = axes[i, j]
-            ax.imshow(img.detach().clamp(0, 1).numpy(), cmap="gray", vmin=0, vmax=1)
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if i == 0:
-                ax.set_title(cols[j], fontsize=9)
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)

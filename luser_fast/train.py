@@ -440,23 +440,28 @@ def evaluate(checkpoint, split="test", n=16, batch=8, out=None, log=print, devic
     return result
 
 
-def _grid(path, truth, recon, rows, title):
+def _grid(path, truth, recon, rows, title, error=True):
+    """PNG of ``rows`` samples: ground truth, each of ``recon`` ({name: [N, 1, H, W]}, in
+    [0, 1]) and, with ``error``, |model - truth| (``recon["model"]``)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    cols = ["ground truth", *recon, "|model - truth|"]
-    fig, axes = plt.subplots(rows, len(cols), figsize=(2.2 * len(cols), 2.2 * rows), squeeze=False)
+    columns = {"ground truth": truth, **recon}
+    if error:
+        columns["|model - truth|"] = (recon["model"] - truth).abs()
+    rows = min(rows, truth.shape[0])
+    fig, axes = plt.subplots(rows, len(columns), figsize=(2.2 * len(columns), 2.2 * rows + 0.3),
+                             squeeze=False)
     for i in range(rows):
-        imgs = [truth[i, 0], *[r[i, 0] for r in recon.values()], (recon["model"][i, 0] - truth[i, 0]).abs()]
-        for j, img in enumerate(imgs):
+        for j, (name, images) in enumerate(columns.items()):
             ax = axes[i, j]
-            ax.imshow(img.clamp(0, 1).numpy(), cmap="gray", vmin=0, vmax=1)
+            ax.imshow(images[i, 0].detach().clamp(0, 1).numpy(), cmap="gray", vmin=0, vmax=1)
             ax.set_xticks([])
             ax.set_yticks([])
             if i == 0:
-                ax.set_title(cols[j], fontsize=9)
+                ax.set_title(name, fontsize=9)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
