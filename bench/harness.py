@@ -22,10 +22,11 @@ import datetime
 import json
 import os
 import platform
-import subprocess
 from importlib import metadata
 
 import torch
+
+from luser_fast.profile.provenance import cpu_model, git_sha as _git_sha
 
 BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
 TINY = os.environ.get("LUSER_FAST_BENCH_TINY") == "1"
@@ -41,22 +42,7 @@ def pick(full, tiny):
 
 
 def git_sha() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                              text=True, cwd=BENCH_DIR, timeout=10).stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    return _git_sha(BENCH_DIR)
 
 
 def gpu_name() -> str | None:

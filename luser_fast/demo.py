@@ -14,7 +14,6 @@ import datetime
 import json
 import os
 import platform
-import subprocess
 import sys
 import time
 
@@ -24,6 +23,7 @@ from .data import TaskConfig, make_task
 from .metrics import psnr, ssim
 from .models import LU, LUSER
 from .profile import mse, training_memory
+from .profile.provenance import cpu_model, git_sha
 from .train import _grid, _magnitude, _write_json
 
 __all__ = ["DEMO_TASKS", "GOALS", "run_demo"]
@@ -192,23 +192,11 @@ def run_demo(out="out/demo", tasks=DEMO_TASKS, steps=250, size=64, channels=32, 
 
 def _header(command):
     # the same key bench/harness.py gives its runs (the library does not import bench/)
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as fh:
-            cpu = next((ln.split(":", 1)[1].strip() for ln in fh
-                        if ln.startswith("model name")), cpu)
-    except OSError:
-        pass
-    try:
-        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                             text=True, timeout=10,
-                             cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        sha = ""
     return {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "machine": {"cpu": cpu, "cores": os.cpu_count(), "threads": torch.get_num_threads()},
+            "machine": {"cpu": cpu_model(), "cores": os.cpu_count(),
+                        "threads": torch.get_num_threads()},
             "versions": {"torch": torch.__version__, "python": platform.python_version()},
-            "git_sha": sha or "unknown", "command": command}
+            "git_sha": git_sha(), "command": command}
 
 
 def _print_task(task, result, log):
