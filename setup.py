@@ -114,6 +114,7 @@ setup(
         "matplotlib",
         "scikit-image",
         "h5py",
+        "pydicom",
     ],
     extras_require={
         "test": ["pytest", "hypothesis", "pytest-benchmark", "scipy", "finufft"],
