@@ -1,12 +1,14 @@
 """Data: deterministic synthetic phantoms, scikit-image's bundled images, the four tasks'
-(x, y, operator) datasets, image folders (PNG/NPY) and fastMRI / LoDoPaB-CT HDF5 files."""
+(x, y, operator) datasets, image folders (PNG/NPY), DICOM files and fastMRI / LoDoPaB-CT HDF5
+files."""
+from .dicom import read_dicom
 from .folders import read_folder, read_image
 from .h5 import FastMRISlices, LoDoPaB, read_h5_images
 from .phantoms import disk, random_ellipses, shepp_logan
 from .tasks import (SPLITS, TASKS, TaskConfig, TaskData, build_operator, bundled_images,
                     cartesian_mask, ground_truth, make_task, radial_trajectory)
 
-__all__ = ["random_ellipses", "disk", "shepp_logan", "read_image", "read_folder",
+__all__ = ["random_ellipses", "disk", "shepp_logan", "read_image", "read_folder", "read_dicom",
            "FastMRISlices", "LoDoPaB", "read_h5_images", "TASKS", "SPLITS", "TaskConfig",
            "TaskData", "make_task", "build_operator", "ground_truth", "bundled_images",
            "cartesian_mask", "radial_trajectory"]
