@@ -14,17 +14,16 @@ import datetime
 import json
 import os
 import platform
-import sys
 import time
 
 import torch
 
 from .data import TaskConfig, make_task
-from .metrics import psnr, ssim
+from .experiment import (fit, magnitude, memory_ratios, quality, solver_stats, step_memory,
+                         write_json)
 from .models import LU, LUSER
-from .profile import mse, training_memory
 from .profile.provenance import cpu_model, git_sha
-from .train import _grid, _magnitude, _write_json
+from .train import _grid
 
 __all__ = ["DEMO_TASKS", "GOALS", "run_demo"]
 
@@ -36,32 +35,6 @@ LU_NAME, LUSER_NAME = "LU (depth 5)", "LUSER (depth 2)"
 _X0_LABEL = {"ct": "FBP", "deblur": "A^T y"}
 
 
-def _train(model, y, x, steps, batch, lr, seed, desc):
-    """Adam on random batches drawn by a generator seeded with ``seed`` (the same batches
-    for every model). Returns (losses, mean wall seconds per step)."""
-    from tqdm import tqdm
-
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    g = torch.Generator().manual_seed(seed)
-    losses, t0 = [], time.perf_counter()
-    bar = tqdm(range(steps), desc=desc, file=sys.stderr, dynamic_ncols=True,
-               disable=not sys.stderr.isatty() and os.environ.get("LUSER_FAST_PROGRESS") != "1")
-    for _ in bar:
-        idx = torch.randint(0, x.shape[0], (batch,), generator=g)
-        opt.zero_grad(set_to_none=True)
-        loss = mse(model(y[idx]), x[idx])
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
-        bar.set_postfix(loss=f"{losses[-1]:.2e}")
-    return losses, (time.perf_counter() - t0) / max(steps, 1)
-
-
-def _quality(x_hat, truth):
-    x_hat = _magnitude(x_hat)
-    return {"psnr": psnr(x_hat, truth), "ssim": ssim(x_hat, truth)}
-
-
 def _build(name, operator, in_channels, channels, iterations, seed):
     torch.manual_seed(seed)
     cls, depth = (LU, 5) if name == LU_NAME else (LUSER, 2)
@@ -69,50 +42,36 @@ def _build(name, operator, in_channels, channels, iterations, seed):
                depth=depth)
 
 
-def _memory(model, y, x):
-    r = training_memory(model, y, x)
-    model.zero_grad(set_to_none=True)
-    return {"saved_bytes": r.saved_bytes, "peak_bytes": r.peak_bytes}
-
-
-def _ratios(lu, luser):
-    return {"peak_ratio": lu["peak_bytes"] / luser["peak_bytes"],
-            "saved_ratio": lu["saved_bytes"] / luser["saved_bytes"]}
-
-
 def _run_task(task, cfg, settings, out, log):
     s = settings
     train = make_task(cfg, "train", s["n_train"])
     test = make_task(cfg, "test", s["n_test"], operator=train.operator)
-    truth = _magnitude(test.x)
+    truth = magnitude(test.x)
     models = {name: _build(name, train.operator, train.in_channels, s["channels"], s["K"],
                            s["seed"]) for name in (LU_NAME, LUSER_NAME)}
     with torch.no_grad():
         # x0 as both models start from it (FBP for CT, A^T y / A^H y otherwise), clamped
         # to the data range: the strongest form of the classical baseline
-        x0 = _magnitude(models[LU_NAME].initial(test.y)).clamp(0, 1)
+        x0 = magnitude(models[LU_NAME].initial(test.y)).clamp(0, 1)
     x0_label = _X0_LABEL.get(task, "|A^H y|")
-    rows = {"x0": {"label": x0_label, **_quality(x0, truth)}}
+    rows = {"x0": {"label": x0_label, **quality(x0, truth)}}
     recon = {f"x0 ({x0_label})": x0}
     for name, model in models.items():
         with torch.no_grad():
-            before = _quality(model(test.y), truth)
-        losses, sec = _train(model, train.y, train.x, s["steps"], s["batch"], s["lr"], s["seed"],
-                             f"{task} {name}")
+            before = quality(model(test.y), truth)
+        losses, sec = fit(model, train.y, train.x, s["steps"], s["batch"], s["lr"], s["seed"],
+                          f"{task} {name}")
         with torch.no_grad():
-            recon[name] = _magnitude(model(test.y))
-        row = {**_quality(recon[name], truth), "psnr_init": before["psnr"],
+            recon[name] = magnitude(model(test.y))
+        row = {**quality(recon[name], truth), "psnr_init": before["psnr"],
                "ssim_init": before["ssim"], "loss_first": losses[0],
                "loss_last": sum(losses[-10:]) / len(losses[-10:]), "sec_per_step": sec,
                "params": sum(p.numel() for p in model.parameters())}
-        if isinstance(model, LUSER):
-            # of the test-set forward: mean over samples and unrolled steps
-            for key, attr in (("solver_iterations", "iterations"), ("solver_converged", "converged")):
-                values = [getattr(info, attr).float() for info in model.last_solver_info]
-                row[key] = torch.stack(values).mean().item()
-        row.update(_memory(model, train.y[:s["batch"]], train.x[:s["batch"]]))
+        # of the test-set forward (LUSER): mean over samples and unrolled steps
+        row.update(solver_stats(model))
+        row.update(step_memory(model, train.y[:s["batch"]], train.x[:s["batch"]]))
         rows[name] = row
-    ratios = _ratios(rows[LU_NAME], rows[LUSER_NAME])
+    ratios = memory_ratios(rows[LU_NAME], rows[LUSER_NAME])
     ratios["psnr_diff_db"] = rows[LUSER_NAME]["psnr"] - rows[LU_NAME]["psnr"]
     ratios["ssim_diff"] = rows[LUSER_NAME]["ssim"] - rows[LU_NAME]["ssim"]
     ratios["peak_goal_met"] = ratios["peak_ratio"] >= GOALS["peak_ratio"]
@@ -122,11 +81,12 @@ def _run_task(task, cfg, settings, out, log):
     result = {"config": {**cfg.to_dict(), **s}, "rows": rows, "ratios": ratios}
     if s["wide_channels"]:
         # memory at a realistic width: one measured step per model, untrained weights
-        wide = {name: _memory(_build(name, train.operator, train.in_channels, s["wide_channels"],
-                                     s["K"], s["seed"]), train.y[:s["batch"]], train.x[:s["batch"]])
+        wide = {name: step_memory(_build(name, train.operator, train.in_channels,
+                                         s["wide_channels"], s["K"], s["seed"]),
+                                  train.y[:s["batch"]], train.x[:s["batch"]])
                 for name in (LU_NAME, LUSER_NAME)}
         result["wide"] = {"channels": s["wide_channels"], "rows": wide,
-                          **_ratios(wide[LU_NAME], wide[LUSER_NAME])}
+                          **memory_ratios(wide[LU_NAME], wide[LUSER_NAME])}
         ratios["wide_peak_ratio"] = result["wide"]["peak_ratio"]
         ratios["wide_saved_ratio"] = result["wide"]["saved_ratio"]
     png = os.path.join(out, f"demo_{task}.png")
@@ -176,7 +136,7 @@ def run_demo(out="out/demo", tasks=DEMO_TASKS, steps=250, size=64, channels=32, 
         run["tasks"][task] = _run_task(task, cfg, settings, out, log)
     run["wall_seconds"] = time.perf_counter() - t0
     log(f"demo: {len(run['tasks'])} tasks in {run['wall_seconds']:.0f} s")
-    _write_json(os.path.join(out, "demo.json"), run)
+    write_json(os.path.join(out, "demo.json"), run)
     if results:
         key = f"{run['machine']['cpu']} | torch {run['versions']['torch']} | {run['git_sha']}"
         runs = {}
@@ -185,7 +145,7 @@ def run_demo(out="out/demo", tasks=DEMO_TASKS, steps=250, size=64, channels=32, 
                 runs = json.load(fh)
         runs[key] = run
         os.makedirs(os.path.dirname(os.path.abspath(results)), exist_ok=True)
-        _write_json(results, runs)
+        write_json(results, runs)
         log(f"results: {results} [{key}]")
     return run
 

@@ -1,0 +1,160 @@
+"""Training and measuring one model: what ``luser-fast demo`` and ``luser-fast study`` share.
+
+* ``fit``: Adam on random batches drawn by a generator seeded with ``seed`` (every model
+  trained with the same seed sees the same batches); losses and seconds per step.
+* ``quality``: PSNR / SSIM of a reconstruction on magnitudes, data range 1.
+* ``step_memory``: saved and peak bytes of one training step (``training_memory``).
+* ``solver_stats``: LUSER's mean solver iterations and convergence rate of its last forward.
+* ``memory_ratios``: one model's saved and peak bytes over another's.
+* ``magnitude``, ``write_json``: |x| of complex images, atomic JSON writes.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+import torch
+
+from .metrics import psnr, ssim
+from .profile import mse, training_memory
+
+__all__ = ["fit", "quality", "step_memory", "solver_stats", "memory_ratios", "magnitude",
+           "write_json"]
+
+
+def magnitude(x):
+    """|x| of complex images; real images unchanged.
+
+    Args:
+        x: tensor, real or complex.
+
+    Returns:
+        Real tensor shaped like ``x``.
+    """
+    return x.abs() if x.is_complex() else x
+
+
+def write_json(path, obj):
+    """Write ``obj`` as JSON to ``path`` atomically (a temporary file, then ``os.replace``),
+    so a reader or an interrupted writer never leaves a half-written file.
+
+    Args:
+        path: destination file; its folder must exist.
+        obj: JSON-serialisable object.
+    """
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w") as fh:
+        json.dump(obj, fh, indent=1)
+    os.replace(tmp, path)
+
+
+def fit(model, y, x, steps, batch, lr, seed, desc=None):
+    """Train ``model`` with Adam on random batches of (y, x) under the MSE loss.
+
+    The batch indices come from a ``torch.Generator`` seeded with ``seed`` and nothing
+    else, so every model trained with the same seed (and data) sees the same batches.
+
+    Args:
+        model: module called as ``model(y)``, returning a reconstruction like ``x``.
+        y: measurements [N, ...] of the training set.
+        x: ground truth [N, ...] of the training set.
+        steps: optimiser steps (>= 1).
+        batch: samples per step (>= 1).
+        lr: Adam learning rate.
+        seed: seed of the batch generator.
+        desc: label of the progress bar (shown on a terminal or with
+            ``LUSER_FAST_PROGRESS=1``).
+
+    Returns:
+        (losses, sec_per_step): the loss of every step (floats) and the mean wall seconds
+        per step.
+    """
+    from tqdm import tqdm
+
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be a positive int, got {steps!r}")
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+        raise ValueError(f"batch must be a positive int, got {batch!r}")
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    g = torch.Generator().manual_seed(seed)
+    losses, t0 = [], time.perf_counter()
+    bar = tqdm(range(steps), desc=desc, file=sys.stderr, dynamic_ncols=True,
+               disable=not sys.stderr.isatty() and os.environ.get("LUSER_FAST_PROGRESS") != "1")
+    for _ in bar:
+        idx = torch.randint(0, x.shape[0], (batch,), generator=g)
+        opt.zero_grad(set_to_none=True)
+        loss = mse(model(y[idx]), x[idx])
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+        bar.set_postfix(loss=f"{losses[-1]:.2e}")
+    return losses, (time.perf_counter() - t0) / steps
+
+
+def quality(x_hat, truth):
+    """PSNR and SSIM of a reconstruction, mean over the batch.
+
+    Args:
+        x_hat: reconstructions [B, C, H, W], real or complex (compared on magnitudes).
+        truth: real ground truth [B, C, H, W] in [0, 1] (magnitudes of complex images).
+
+    Returns:
+        dict: psnr (dB), ssim (floats; data range 1).
+    """
+    x_hat = magnitude(x_hat)
+    return {"psnr": psnr(x_hat, truth), "ssim": ssim(x_hat, truth)}
+
+
+def step_memory(model, y, x):
+    """Saved and peak bytes of one training step (forward + MSE + backward) of ``model`` on
+    the batch (y, x), measured by ``luser_fast.profile.training_memory``; the gradients it
+    leaves are cleared.
+
+    Args:
+        model: module called as ``model(y)``.
+        y: measurements of one batch.
+        x: ground truth of that batch.
+
+    Returns:
+        dict: saved_bytes, peak_bytes (ints).
+    """
+    r = training_memory(model, y, x)
+    model.zero_grad(set_to_none=True)
+    return {"saved_bytes": r.saved_bytes, "peak_bytes": r.peak_bytes}
+
+
+def solver_stats(model):
+    """Solver iterations and convergence of the model's last forward, for models with an
+    equilibrium solver (``last_solver_info``: LUSER); mean over samples and unrolled steps.
+
+    Args:
+        model: a model; one without ``last_solver_info`` (LU) has no solver figures.
+
+    Returns:
+        dict: solver_iterations (mean iterations) and solver_converged (fraction of solves
+        that met the tolerance), or {} for a model without a solver or before a forward.
+    """
+    infos = getattr(model, "last_solver_info", None)
+    if not infos:
+        return {}
+    out = {}
+    for key, attr in (("solver_iterations", "iterations"), ("solver_converged", "converged")):
+        values = [torch.as_tensor(getattr(info, attr)).float().reshape(-1) for info in infos]
+        out[key] = torch.cat(values).mean().item()
+    return out
+
+
+def memory_ratios(num, den):
+    """Peak and saved bytes of one step of one model over another's.
+
+    Args:
+        num: dict with peak_bytes and saved_bytes (e.g. LU's ``step_memory``).
+        den: the same for the other model (e.g. LUSER's).
+
+    Returns:
+        dict: peak_ratio, saved_ratio (num / den).
+    """
+    return {"peak_ratio": num["peak_bytes"] / den["peak_bytes"],
+            "saved_ratio": num["saved_bytes"] / den["saved_bytes"]}
