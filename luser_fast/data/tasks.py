@@ -31,7 +31,8 @@ import torch
 from .phantoms import disk, random_ellipses
 
 __all__ = ["TASKS", "SPLITS", "TaskConfig", "TaskData", "build_operator", "ground_truth",
-           "make_task", "cartesian_mask", "radial_trajectory", "bundled_images"]
+           "make_task", "cartesian_mask", "radial_trajectory", "bundled_images", "fit_images",
+           "measure"]
 
 TASKS = ("deblur", "ct", "mri", "nufft-mri")
 SPLITS = ("train", "val", "test")
@@ -305,7 +306,46 @@ def make_task(cfg: TaskConfig, split: str = "train", n: int = 64, operator=None)
         (torch.Size([32, 1, 64, 64]), torch.Size([32, 1, 60, 91]))
     """
     op = build_operator(cfg) if operator is None else operator
-    x = ground_truth(cfg, split, n)
+    return measure(cfg, ground_truth(cfg, split, n), split, operator=op)
+
+
+# ---------------------------------------------------------------------------------------
+# Measurements of given images (make_task's simulation, also used by ``luser-fast eval
+# --data`` on a checkpoint's task)
+# ---------------------------------------------------------------------------------------
+
+
+def fit_images(images, size):
+    """Images resized and centre-cropped to ``size`` as ``ground_truth`` does with ``data``.
+
+    Args:
+        images: list of Tensor [H_i, W_i] real (sizes may differ).
+        size: output side.
+
+    Returns:
+        Tensor [len(images), 1, size, size] float32, clamped to [0, 1].
+    """
+    return _whole(images, len(images), size)
+
+
+def measure(cfg: TaskConfig, x: torch.Tensor, split: str = "test", operator=None) -> TaskData:
+    """The task's measurements of given ground truth: y = A x + noise, as in ``make_task``.
+
+    x becomes complex64 for the MRI tasks; the noise has the task's level (relative to the
+    mean |A x| of ``x``) and the split's seed.
+
+    Args:
+        cfg: the task config.
+        x: ground truth [N, 1, size, size], real in [0, 1].
+        split: "train", "val" or "test" (selects the noise seed).
+        operator: reuse this operator (else ``build_operator(cfg)``).
+
+    Returns:
+        TaskData with x [N, 1, H, W] and y [N, ...] (float32 or complex64).
+    """
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    op = build_operator(cfg) if operator is None else operator
     if cfg.task in ("mri", "nufft-mri"):
         x = x.to(torch.complex64)
     g = torch.Generator().manual_seed(cfg.seed + _SPLIT_SEED[split] + 7)
