@@ -15,12 +15,20 @@ f at z* under ``enable_grad`` and:
 
 So the bytes saved per layer call are |z*| + |v|, whatever the solver's iterations or f's
 depth. The rebuilt graph exists only inside the backward of one layer at a time.
+
+``chunk=n`` bounds the peak further: the solve, the output replay and the backward each
+run on n samples at a time, so f's rebuilt graph, the solver histories and f's
+temporaries are those of n samples, not of the batch. The maths is unchanged (the solvers
+never mix samples and parameter gradients are sums over samples), so for any f that
+treats samples independently the result equals the batched one; ``chunk=1`` gives the
+smallest peak, at the cost of smaller (less efficient) kernels.
 """
 from __future__ import annotations
 
 import torch
 
 from ..reference import deq as _ref
+from ..reference.deq import batch_slices, cat_info
 from .anderson import anderson, fixed_point, validate_check_every
 
 __all__ = ["DEQ", "DEQFunction"]
@@ -60,7 +68,9 @@ class DEQFunction(torch.autograd.Function):
         ctx.layer, ctx.params = layer, params
         ctx.versions = [p._version for p in params]
         ctx.save_for_backward(z_star, v)
-        return layer._replay(_bound_map(layer.f, v), z_star)
+        slices = batch_slices(v.shape[0], layer.chunk)
+        outs = [layer._replay(_bound_map(layer.f, v[sl]), z_star[sl]) for sl in slices]
+        return outs[0] if len(outs) == 1 else torch.cat(outs)
 
     @staticmethod
     def backward(ctx, grad):
@@ -75,28 +85,51 @@ class DEQFunction(torch.autograd.Function):
                 "a parameter of the DEQ's f was modified in place between forward and "
                 "backward (e.g. an optimizer step before backward); the implicit backward "
                 "needs the parameters the forward solved with")
+        need_v = ctx.needs_input_grad[2]
         wanted = [p for p, need in zip(params, ctx.needs_input_grad[3:]) if need]
-        with torch.enable_grad():
-            v_in = v.detach().requires_grad_(ctx.needs_input_grad[2])
-
-            def f(z):
-                # f(z, v) as is, not bind(v): a bound map would keep its v-only
-                # intermediates alive through the whole adjoint solve, which never needs them
-                return layer.f(z, v_in)
-
-            if layer.backward == "phantom":
-                out, u = layer._replay(f, z_star), grad
-            else:
-                ift = layer.backward == "ift"
-                z_in = z_star.detach().requires_grad_(ift)
-                out = f(z_in)
-                u = layer._adjoint(out, z_in, grad) if ift else grad
-            inputs = ([v_in] if v_in.requires_grad else []) + wanted
-            grads = list(torch.autograd.grad(out, inputs, u, allow_unused=True)) if inputs else []
-        grad_v = grads.pop(0) if v_in.requires_grad else None
-        grad_params = iter(grads)
+        grad_v = torch.empty_like(v) if need_v else None
+        sums = [None] * len(wanted)
+        infos = []
+        # one chunk at a time: f's graph is rebuilt for that chunk only, so the peak holds
+        # one chunk's activations; parameter gradients are sums over samples, so summing
+        # the chunks' is exact
+        for sl in batch_slices(v.shape[0], layer.chunk):
+            gv, gp, info = _chunk_backward(layer, z_star[sl], v[sl], grad[sl], need_v, wanted)
+            if need_v:
+                grad_v[sl] = gv
+            sums = [g if acc is None else (acc if g is None else acc.add_(g))
+                    for acc, g in zip(sums, gp)]
+            infos.append(info)
+        if layer.backward == "ift":
+            layer.last_backward_info = cat_info(infos)
+        grad_params = iter(sums)
         grad_params = [next(grad_params) if need else None for need in ctx.needs_input_grad[3:]]
         return (None, None, grad_v, *grad_params)
+
+
+def _chunk_backward(layer, z_star, v, grad, need_v, wanted):
+    """(dL/dv, [dL/dtheta for ``wanted``], adjoint SolverInfo or None) of one chunk, with f
+    rebuilt at that chunk's z* (the module doc)."""
+    with torch.enable_grad():
+        v_in = v.detach().requires_grad_(need_v)
+
+        def f(z):
+            # f(z, v) as is, not bind(v): a bound map would keep its v-only
+            # intermediates alive through the whole adjoint solve, which never needs them
+            return layer.f(z, v_in)
+
+        info = None
+        if layer.backward == "phantom":
+            out, u = layer._replay(f, z_star), grad
+        else:
+            ift = layer.backward == "ift"
+            z_in = z_star.detach().requires_grad_(ift)
+            out = f(z_in)
+            u, info = layer._adjoint(out, z_in, grad) if ift else (grad, None)
+        inputs = ([v_in] if need_v else []) + wanted
+        grads = list(torch.autograd.grad(out, inputs, u, allow_unused=True)) if inputs else []
+    grad_v = grads.pop(0) if need_v else None
+    return grad_v, grads, info
 
 
 class DEQ(_ref.DEQ):
@@ -110,6 +143,8 @@ class DEQ(_ref.DEQ):
     * every backward mode through ``DEQFunction``: between forward and backward only z* and
       v are saved; f is rebuilt at z* in the backward. As in the
       reference, "ift" returns f(z*, v) (one more evaluation, no graph);
+    * ``chunk``: samples per chunk for the solve, the replay and the implicit backward
+      (None: the whole batch); exact for any f that does not mix samples (module doc);
     * if f has ``bind(v)`` returning ``z -> f(z, v)``, the solves use it (e.g. to compute a
       z-independent injection once per solve).
 
@@ -130,14 +165,14 @@ class DEQ(_ref.DEQ):
     """
 
     def __init__(self, f, solver="anderson", backward="ift", solver_kwargs=None,
-                 backward_kwargs=None):
+                 backward_kwargs=None, chunk=None):
         solver_kwargs, check = _split_check_every(solver_kwargs)
         if backward == "ift":
             backward_kwargs, back_check = _split_check_every(backward_kwargs)
         else:
             back_check = None
         super().__init__(f, solver=solver, backward=backward, solver_kwargs=solver_kwargs,
-                         backward_kwargs=backward_kwargs)
+                         backward_kwargs=backward_kwargs, chunk=chunk)
         if check is not None:
             self.solver_kwargs["check_every"] = check
         if back_check is not None:
@@ -166,8 +201,21 @@ class DEQ(_ref.DEQ):
                 z0 = init(v_fixed) if callable(init) else torch.zeros_like(v_fixed)
             if isinstance(z0, torch.Tensor):
                 z0 = z0.detach()
-            z_star, self.last_info = _SOLVERS[self.solver](
-                _bound_map(self.f, v_fixed), z0, **self.solver_kwargs)
+            slices = batch_slices(v_fixed.shape[0], self.chunk)
+            if len(slices) == 1:
+                z_star, self.last_info = _SOLVERS[self.solver](
+                    _bound_map(self.f, v_fixed), z0, **self.solver_kwargs)
+            else:
+                # chunk by chunk: the solver's history and f's temporaries are one chunk's
+                parts, infos = [], []
+                for sl in slices:
+                    z_part, info = _SOLVERS[self.solver](
+                        _bound_map(self.f, v_fixed[sl]),
+                        z0[sl] if isinstance(z0, torch.Tensor) else z0, **self.solver_kwargs)
+                    parts.append(z_part)
+                    infos.append(info)
+                z_star = torch.cat(parts)
+                self.last_info = cat_info(infos)
         params = list(self.parameters())
         if not (torch.is_grad_enabled()
                 and (v.requires_grad or any(p.requires_grad for p in params))):
@@ -186,12 +234,12 @@ class DEQ(_ref.DEQ):
         return z
 
     def _adjoint(self, out, z_in, grad):
-        """u solving u = J_f(z*)^T u + grad, VJPs on the graph z_in -> out ([B, ...] each)."""
+        """(u, SolverInfo): u solves u = J_f(z*)^T u + grad, VJPs on the graph z_in -> out
+        ([B, ...] each)."""
         kwargs = {**self.solver_kwargs, **self.backward_kwargs}
 
         def step(u):
             (jt_u,) = torch.autograd.grad(out, z_in, u, retain_graph=True, allow_unused=True)
             return grad if jt_u is None else jt_u + grad
 
-        u, self.last_backward_info = _SOLVERS[self.solver](step, grad, **kwargs)
-        return u
+        return _SOLVERS[self.solver](step, grad, **kwargs)

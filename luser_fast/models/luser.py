@@ -83,8 +83,10 @@ class LUSER(_ref.LUSER):
 
     Args:
         operator, iterations, in_channels, channels, depth, share_weights, step_init,
-        solver, solver_kwargs, backward, backward_kwargs: as in the reference
-            (``solver_kwargs`` / ``backward_kwargs`` also accept ``check_every``).
+        solver, solver_kwargs, backward, backward_kwargs, chunk: as in the reference
+            (``solver_kwargs`` / ``backward_kwargs`` also accept ``check_every``); with
+            ``chunk=n`` the solves and implicit backward of every step run n samples at a
+            time, which bounds the training peak by n samples' worth of f's graph.
         warm_start: start the solve of step k >= 1 from the equilibrium of step k - 1
             (x_k) instead of ``init_state(v_k) = v_k``.
 
@@ -98,7 +100,7 @@ class LUSER(_ref.LUSER):
 
     def __init__(self, operator, iterations=5, in_channels=1, channels=64, depth=2,
                  share_weights=True, step_init=-1.0, solver="anderson", solver_kwargs=None,
-                 backward="ift", backward_kwargs=None, warm_start=False):
+                 backward="ift", backward_kwargs=None, chunk=None, warm_start=False):
         # The reference LUSER.__init__ would build reference DEQs; build the shared parts
         # (operator, steps) with _Unrolled's, then the same modules in the same order (so
         # the same seed gives the same parameters) around the fast DEQ.
@@ -110,7 +112,8 @@ class LUSER(_ref.LUSER):
         self.regularizers = nn.ModuleList(
             [ShallowEquilibrium(in_channels, channels, depth) for _ in range(n)])
         self.deqs = [DEQ(f, solver=solver, backward=backward, solver_kwargs=solver_kwargs,
-                         backward_kwargs=backward_kwargs) for f in self.regularizers]
+                         backward_kwargs=backward_kwargs, chunk=chunk)
+                     for f in self.regularizers]
         self.warm_start = warm_start
         self.last_solver_info = []
         self._previous = None

@@ -244,6 +244,8 @@ class LUSER(_Unrolled):
         step_init: initial eta of every step (step = exp(eta) / ||A||^2).
         solver, solver_kwargs, backward, backward_kwargs: passed to ``DEQ``; the solver
             defaults are m=5, beta=1, lam=1e-4, tol=1e-3, max_iter=50.
+        chunk: samples per chunk of each equilibrium solve and implicit backward (None:
+            the whole batch); the result does not depend on it (``DEQ``).
 
     Attributes:
         last_solver_info: list of ``SolverInfo``, one per unrolled step of the last call.
@@ -255,13 +257,14 @@ class LUSER(_Unrolled):
 
     def __init__(self, operator, iterations=5, in_channels=1, channels=64, depth=2,
                  share_weights=True, step_init=-1.0, solver="anderson", solver_kwargs=None,
-                 backward="ift", backward_kwargs=None):
+                 backward="ift", backward_kwargs=None, chunk=None):
         super().__init__(operator, iterations, in_channels, share_weights, step_init)
         n = 1 if share_weights else iterations
         self.regularizers = nn.ModuleList(
             [ShallowEquilibrium(in_channels, channels, depth) for _ in range(n)])
         self.deqs = [DEQ(f, solver=solver, backward=backward, solver_kwargs=solver_kwargs,
-                         backward_kwargs=backward_kwargs) for f in self.regularizers]
+                         backward_kwargs=backward_kwargs, chunk=chunk)
+                     for f in self.regularizers]
         self.last_solver_info = []
 
     def forward(self, y, x0=None):
