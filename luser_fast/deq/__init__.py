@@ -7,6 +7,8 @@ reference's type, so results of both cores compare directly.
 """
 from ..reference.deq import SolverInfo
 from .anderson import anderson, bytes_per_iteration, fixed_point
+from .diagnostics import jacobian_spectral_radius
 from .layer import DEQ, DEQFunction
 
-__all__ = ["anderson", "fixed_point", "DEQ", "DEQFunction", "SolverInfo", "bytes_per_iteration"]
+__all__ = ["anderson", "fixed_point", "DEQ", "DEQFunction", "SolverInfo", "bytes_per_iteration",
+           "jacobian_spectral_radius"]

@@ -117,6 +117,7 @@ class LUSER(_ref.LUSER):
         self.warm_start = warm_start
         self.last_solver_info = []
         self._previous = None
+        self._probe = None
 
     def forward(self, y, x0=None):
         """x_K from measurements y (see ``luser_fast.reference.LUSER``); shaped like x0."""
@@ -132,4 +133,36 @@ class LUSER(_ref.LUSER):
         z = deq(v, z0=z0)
         self._previous = z.detach()
         self.last_solver_info.append(deq.last_info)
+        if self._probe is not None:
+            self._probe.append((deq.f, v.detach(), z.detach()))
         return z
+
+    @torch.no_grad()
+    def equilibrium_diagnostics(self, y, iters=20):
+        """How much each unrolled step's equilibrium iterates, on measurements y.
+
+        Runs a forward (no gradients) and, at each step's equilibrium z*_k, estimates the
+        spectral radius of J_f(z*_k) by power iteration
+        (``luser_fast.deq.jacobian_spectral_radius``). A radius near 0 means the
+        equilibrium is reached in one or two steps and adds no depth beyond one pass of f.
+
+        Args:
+            y: measurements [B, ...].
+            iters: power iterations per step.
+
+        Returns:
+            dict: ``iterations`` [K, B] float (solver iterations per step and sample) and
+            ``spectral_radius`` [K, B] float64.
+        """
+        from ..deq import jacobian_spectral_radius
+
+        self._probe = []
+        try:
+            self(y)
+            probes = self._probe
+        finally:
+            self._probe = None
+        rho = torch.stack([jacobian_spectral_radius(lambda z, f=f, v=v: f(z, v), z, iters=iters)
+                           for f, v, z in probes])
+        its = torch.stack([info.iterations.float() for info in self.last_solver_info])
+        return {"iterations": its, "spectral_radius": rho}
