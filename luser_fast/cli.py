@@ -6,6 +6,7 @@
     luser-fast eval CHECKPOINT [--split test] [--n 16]
     luser-fast memprofile [--vary iterations|depth|batch|K] [--plot out.png]
     luser-fast bench [--suite ops solver train gpu] [--json out.json]
+    luser-fast study [--tasks ...] [--configs ...] [--seeds ...] [--results study.json]
 
 Multi-process training: ``torchrun --nproc_per_node=N -m luser_fast.cli train ...``.
 """
@@ -423,6 +424,45 @@ def _add_bench_parser(sub):
     pb.set_defaults(func=_cmd_bench)
 
 
+def _cmd_study(args):
+    import shlex
+
+    import torch
+
+    from .study import run_study
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    run_study(out=args.out, results=args.results, tasks=args.tasks, configs=args.configs,
+              seeds=args.seeds, steps=args.steps, size=args.size,
+              command=shlex.join(["luser-fast", *args.argv]))
+    return 0
+
+
+def _add_study_parser(sub):
+    from .data import TASKS
+    from .study import CONFIGS, SEEDS, SETTINGS, STUDY_TASKS
+
+    ps = sub.add_parser("study", help="design-space sweep of LU / LUSER configurations "
+                                      "(resumable; PSNR against memory and time plots)")
+    ps.add_argument("--out", default="out/study", help="output folder for the PNGs")
+    ps.add_argument("--results", default=None,
+                    help="results JSON, rewritten after each run; runs in it are skipped "
+                         "(default OUT/study.json; e.g. bench/results/study_cpu.json)")
+    ps.add_argument("--tasks", nargs="+", default=list(STUDY_TASKS), choices=TASKS,
+                    help="tasks (default: %(default)s)")
+    ps.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=tuple(CONFIGS),
+                    metavar="CONFIG", help="configurations of luser_fast.study.CONFIGS "
+                                           "(default: all: %(default)s)")
+    ps.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS),
+                    help="training seeds (default: %(default)s)")
+    ps.add_argument("--steps", type=_positive_int, default=SETTINGS["steps"],
+                    help="training steps per run")
+    ps.add_argument("--size", type=_positive_int, default=SETTINGS["size"], help="image side")
+    ps.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ps.set_defaults(func=_cmd_study)
+
+
 def build_parser():
     from .data import TASKS
     from .demo import DEMO_TASKS
@@ -461,6 +501,7 @@ def build_parser():
     pd.set_defaults(func=_cmd_demo)
     _add_train_parser(sub)
     _add_bench_parser(sub)
+    _add_study_parser(sub)
     return p
 
 
