@@ -1,4 +1,5 @@
-"""Training and evaluation of LUSER / LU on the four tasks (``luser-fast train`` / ``eval``).
+"""Training, evaluation and reconstruction with LUSER / LU on the four tasks
+(``luser-fast train`` / ``eval`` / ``reconstruct``).
 
 One step takes a global batch of ``batch`` samples: the training split is reshuffled
 every epoch by a ``DistributedSampler`` seeded with ``seed`` (drop_last), and step s
@@ -9,17 +10,24 @@ trajectory as a run on one.
 
 Checkpoints (``OUT/last.pt``) hold the model, optimiser, scheduler, step, RNG states,
 the loss history and both configs; they are written to a temporary file and renamed, so
-an interrupted write never leaves a truncated checkpoint. Under ``torchrun`` the model
-is wrapped in ``DistributedDataParallel`` (NCCL on GPUs, gloo on CPU) and only rank 0
-logs and writes.
+an interrupted write never leaves a truncated checkpoint (a temporary file left by a
+process that died is removed when ``train`` next starts in that folder). A checkpoint is
+untrusted input: it holds tensors and plain Python types only, is read with
+``torch.load(..., weights_only=True)`` (no pickled code runs) and carries a SHA-256
+digest of its content (``checkpoint_digest``) that ``load_checkpoint`` verifies. Under
+``torchrun`` the model is wrapped in ``DistributedDataParallel`` (NCCL on GPUs, gloo on
+CPU) and only rank 0 logs and writes.
 """
 from __future__ import annotations
 
+import hashlib
 import inspect
 import json
 import math
 import os
+import pickle
 import random
+import re
 import sys
 import time
 from dataclasses import asdict, dataclass, fields
@@ -28,14 +36,19 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from .data import TaskConfig, build_operator, make_task
+from .data import TaskConfig, build_operator, make_task, measure, read_images
 from .metrics import psnr_per_image, ssim_per_image
 from .profile import mse
 
-__all__ = ["TrainConfig", "build_model", "train", "evaluate", "save_checkpoint",
-           "load_checkpoint", "CHECKPOINT_FORMAT"]
+__all__ = ["TrainConfig", "build_model", "train", "evaluate", "reconstruct", "save_checkpoint",
+           "load_checkpoint", "checkpoint_digest", "CHECKPOINT_FORMAT"]
 
-CHECKPOINT_FORMAT = "luser_fast-train-1"
+#: format 2: tensors and plain types only (weights_only loading) and a SHA-256 digest
+CHECKPOINT_FORMAT = "luser_fast-train-2"
+#: tasks whose images are complex (2 network channels) and whose measurements are complex
+_COMPLEX_TASKS = ("mri", "nufft-mri")
+#: temporary files of interrupted writes: ``save_checkpoint``'s and ``_write_json``'s
+_TMP_NAMES = re.compile(r"^(?:\.last\.pt|history\.json)\.(\d+)\.tmp$")
 MODELS = ("luser", "lu")
 BACKWARDS = ("ift", "jfb", "phantom")
 #: TrainConfig fields that may change between a run and its resumption
@@ -148,9 +161,54 @@ def build_model(cfg: TrainConfig, operator, in_channels):
                  backward=cfg.backward)
 
 
+def _canonical(obj, tensors):
+    """``obj`` as JSON-ready data, its tensors replaced by their index in ``tensors``
+    (appended in a fixed order: dict entries sorted by typed key)."""
+    if isinstance(obj, torch.Tensor):
+        tensors.append(obj)
+        return {"tensor": len(tensors) - 1, "dtype": str(obj.dtype), "shape": list(obj.shape)}
+    if isinstance(obj, dict):
+        keyed = {f"{type(k).__name__}:{k}": v for k, v in obj.items()}
+        return {"dict": [[k, _canonical(keyed[k], tensors)] for k in sorted(keyed)]}
+    if isinstance(obj, (list, tuple)):
+        return [_canonical(v, tensors) for v in obj]
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    raise TypeError(f"a checkpoint holds tensors and plain types only, got {type(obj).__name__}")
+
+
+def checkpoint_digest(state):
+    """SHA-256 over a checkpoint's content: a canonical JSON of its structure and plain
+    values (sorted keys, tensors as dtype and shape) followed by every tensor's bytes.
+
+    Args:
+        state: checkpoint dict (its ``"sha256"`` entry, if any, is left out).
+
+    Returns:
+        str: 64 hex digits.
+
+    Raises:
+        TypeError: ``state`` holds something other than tensors, dicts, lists, tuples,
+            str, int, float, bool and None.
+    """
+    tensors = []
+    meta = _canonical({k: v for k, v in state.items() if k != "sha256"}, tensors)
+    h = hashlib.sha256(json.dumps(meta, sort_keys=True, separators=(",", ":")).encode())
+    for t in tensors:
+        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
+    return h.hexdigest()
+
+
 def save_checkpoint(path, state):
-    """Write ``state`` with ``torch.save`` to a temporary file beside ``path``, then rename
-    it over ``path`` (atomic on POSIX: a reader sees the old or the new file, whole)."""
+    """Write ``state`` and its digest with ``torch.save`` to a temporary file beside
+    ``path``, then rename it over ``path`` (atomic on POSIX: a reader sees the old or the
+    new file, whole).
+
+    Args:
+        path: checkpoint path.
+        state: dict of tensors and plain types (see ``checkpoint_digest``).
+    """
+    state = {**state, "sha256": checkpoint_digest(state)}
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     tmp = os.path.join(folder, f".{os.path.basename(path)}.{os.getpid()}.tmp")
@@ -162,22 +220,88 @@ def save_checkpoint(path, state):
             os.remove(tmp)
 
 
+def _refusal(exc):
+    """The reason line of torch's weights-only refusal (its message also suggests
+    ``weights_only=False``, which is no advice for an untrusted file)."""
+    for line in str(exc).splitlines():
+        if "WeightsUnpickler error" in line or "Unsupported" in line:
+            return line.strip()
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+
+
 def load_checkpoint(path):
-    """Read a ``train`` checkpoint; clear errors for a missing or foreign file.
+    """Read a ``train`` checkpoint safely: ``torch.load(..., weights_only=True)`` (a file
+    holding any other Python object is refused, none of its code runs), then the format
+    and the SHA-256 digest are checked.
+
+    Args:
+        path: checkpoint file.
 
     Returns:
-        dict with keys format, task, train, step, model, optimizer, scheduler, rng, history.
+        dict with keys format, task, train, step, model, optimizer, scheduler, rng,
+        history, world_size, sha256.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: naming the file: unreadable, refused (not tensors and plain types
+            only), another format, or content that does not match its digest.
     """
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no checkpoint {path!r}")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise ValueError(f"{path}: not a readable checkpoint: refused, it holds Python objects "
+                         f"other than tensors and plain types ({_refusal(exc)})") from exc
     except Exception as exc:
-        raise ValueError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {exc})") from exc
+        raise ValueError(f"{path}: not a readable checkpoint ({type(exc).__name__}: "
+                         f"{_refusal(exc)})") from exc
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path}: not a luser-fast train checkpoint (format "
                          f"{CHECKPOINT_FORMAT!r} expected)")
+    digest = state.get("sha256")
+    if not isinstance(digest, str) or checkpoint_digest(state) != digest:
+        raise ValueError(f"{path}: checkpoint content does not match its SHA-256 digest "
+                         f"(the file is corrupted or was modified)")
     return state
+
+
+def _remove_stale_tmp(folder):
+    """Remove temporary files of interrupted checkpoint / history writes in ``folder``
+    whose writing process is gone (a live process's file is left alone).
+
+    Returns:
+        list of removed paths.
+    """
+    removed = []
+    if not os.path.isdir(folder):
+        return removed
+    for name in sorted(os.listdir(folder)):
+        m = _TMP_NAMES.match(name)
+        if m and not _pid_alive(int(m.group(1))):
+            path = os.path.join(folder, name)
+            try:
+                os.remove(path)
+                removed.append(path)
+            except FileNotFoundError:
+                pass
+    return removed
+
+
+def _pid_alive(pid):
+    if pid == os.getpid():
+        return True
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    except (OverflowError, OSError):
+        return False
+    return True
 
 
 def _train_config(d):
@@ -214,14 +338,23 @@ def _magnitude(x):
 
 
 def _rng_state():
-    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
-            "python": random.getstate()}
+    """torch, numpy and Python RNG states as tensors and plain types."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    version, internal, gauss = random.getstate()
+    return {"torch": torch.get_rng_state(),
+            "numpy": {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": pos,
+                      "has_gauss": has_gauss, "cached_gaussian": cached},
+            "python": [version, list(internal), gauss]}
 
 
 def _set_rng_state(state):
+    """Inverse of ``_rng_state``."""
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
+    npy = state["numpy"]
+    np.random.set_state((npy["name"], npy["keys"].numpy().astype(np.uint32), npy["pos"],
+                         npy["has_gauss"], npy["cached_gaussian"]))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
 
 
 class _Batches:
@@ -264,6 +397,8 @@ def train(task: TaskConfig, cfg: TrainConfig, resume=False, log=print):
     rank, world, local, owned = _distributed()
     device = _device(cfg, local)
     ckpt_path = os.path.join(cfg.out, "last.pt")
+    if rank == 0:
+        _remove_stale_tmp(cfg.out)
     state = None
     if resume:
         state = load_checkpoint(ckpt_path)
@@ -385,59 +520,195 @@ def _write_json(path, obj):
     os.replace(tmp, path)
 
 
-def evaluate(checkpoint, split="test", n=16, batch=8, out=None, log=print, device="cpu"):
-    """PSNR / SSIM of a trained checkpoint and of its starting point x0 on a split.
+def _load_model(checkpoint, device):
+    """(state, task, cfg, model) of a checkpoint, the model on ``device`` in eval mode."""
+    state = load_checkpoint(checkpoint)
+    task = TaskConfig(**state["task"])
+    cfg = _train_config(state["train"])
+    operator = build_operator(task)
+    model = build_model(cfg, operator, 2 if task.task in _COMPLEX_TASKS else 1)
+    model.load_state_dict(state["model"])
+    model.to(device).eval()
+    return state, task, cfg, model
+
+
+def evaluate(checkpoint, split="test", n=None, batch=8, out=None, log=print, device="cpu",
+             data=None):
+    """PSNR / SSIM of a trained checkpoint and of its starting point x0 on a split of its
+    task or on other ground-truth images.
 
     Images are compared on magnitudes (complex tasks) against ground truth in [0, 1]
-    (data range 1); the checkpoint's task config rebuilds the data and operator.
+    (data range 1); the checkpoint's task config rebuilds the operator, and the data:
+
+    * without ``data``: the task's ``split`` (``make_task``);
+    * with ``data``: its images (``luser_fast.data.read_images``: PNG/NPY folder or file,
+      HDF5 file, DICOM file or folder), each resized and centre-cropped whole to the task's
+      size (also for deblur, whose training patches are random crops), complex for the MRI
+      tasks, and measured with the checkpoint's operator and noise level, the noise drawn
+      from the task's seed and ``split`` (``luser_fast.data.measure``).
 
     Args:
         checkpoint: path of a ``train`` checkpoint.
         split: "train", "val" or "test".
-        n: number of samples.
+        n: number of samples; None: 16 from the split, or every image of ``data``.
         batch: evaluation batch size.
-        out: folder for ``eval_<split>.png`` (ground truth, x0, model, |error| of the first
-            samples) and ``eval_<split>.json``; None: the checkpoint's folder.
+        out: folder for the PNG (ground truth, x0, model, |error| of the first samples) and
+            the JSON, named ``eval_<split>`` or, with ``data``, ``eval_data_<name of data>``;
+            None: the checkpoint's folder.
+        log: callable for the report lines.
         device: "cpu" or "cuda".
+        data: path of ground-truth images, or None.
 
     Returns:
         dict with "x0" and "model" entries {psnr, ssim} (means), per-image lists, the
         PNG and JSON paths.
     """
-    state = load_checkpoint(checkpoint)
-    task = TaskConfig(**state["task"])
-    cfg = _train_config(state["train"])
-    operator = build_operator(task)
-    data = make_task(task, split, n, operator=operator)
-    model = build_model(cfg, operator, data.in_channels)
-    model.load_state_dict(state["model"])
-    model.to(device).eval()
+    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+        raise ValueError(f"n must be a positive int or None, got {n!r}")
+    state, task, cfg, model = _load_model(checkpoint, device)
+    if data is None:
+        n = 16 if n is None else n
+        samples = make_task(task, split, n, operator=model.operator)
+        name = split
+    else:
+        images = read_images(data, size=task.size)[:n]
+        samples = measure(task, images, split, operator=model.operator)
+        n = len(images)
+        stem = os.path.splitext(os.path.basename(os.path.normpath(data)))[0]
+        name = "data_" + (re.sub(r"[^A-Za-z0-9_.-]", "_", stem) or "images")
     x0s, outs = [], []
     with torch.no_grad():
         for i in range(0, n, batch):
-            y = data.y[i:i + batch].to(device)
+            y = samples.y[i:i + batch].to(device)
             x0s.append(_magnitude(model.initial(y)).cpu())
             outs.append(_magnitude(model(y)).cpu())
-    truth = _magnitude(data.x)
+    truth = _magnitude(samples.x)
     recon = {"x0": torch.cat(x0s), "model": torch.cat(outs)}
-    result = {"checkpoint": checkpoint, "split": split, "n": n, "task": task.task,
+    result = {"checkpoint": checkpoint, "split": split, "data": data, "n": n, "task": task.task,
               "model_name": cfg.model, "step": state["step"]}
-    for name, r in recon.items():
+    for key, r in recon.items():
         p, s = psnr_per_image(r, truth), ssim_per_image(r, truth)
-        result[name] = {"psnr": p.mean().item(), "ssim": s.mean().item(),
-                        "psnr_per_image": p.tolist(), "ssim_per_image": s.tolist()}
+        result[key] = {"psnr": p.mean().item(), "ssim": s.mean().item(),
+                       "psnr_per_image": p.tolist(), "ssim_per_image": s.tolist()}
     out = out or os.path.dirname(os.path.abspath(checkpoint))
     os.makedirs(out, exist_ok=True)
-    result["png"] = os.path.join(out, f"eval_{split}.png")
-    result["json"] = os.path.join(out, f"eval_{split}.json")
+    result["png"] = os.path.join(out, f"eval_{name}.png")
+    result["json"] = os.path.join(out, f"eval_{name}.json")
     _grid(result["png"], truth, recon, min(4, n), f"{task.task}, {cfg.model}, step {state['step']}")
     _write_json(result["json"], result)
-    log(f"{task.task} {split} n={n} {cfg.model} step {state['step']}")
+    log(f"{task.task} {split if data is None else data} n={n} {cfg.model} step {state['step']}")
     log(f"{'':<6} {'PSNR':>7} {'SSIM':>7}")
-    for name in recon:
-        log(f"{name:<6} {result[name]['psnr']:7.2f} {result[name]['ssim']:7.4f}")
+    for key in recon:
+        log(f"{key:<6} {result[key]['psnr']:7.2f} {result[key]['ssim']:7.4f}")
     log(f"figure: {result['png']}")
     return result
+
+
+def _measurements(measurements, shape, complex_, task):
+    """Validated measurements as a batch, and whether they came unbatched.
+
+    Args:
+        measurements: path of a ``.npy`` file, or an array / tensor.
+        shape: the operator's measurement shape for one image (no batch dim).
+        complex_: whether the operator's measurements are complex.
+        task: task name (for messages).
+
+    Returns:
+        (Tensor [B, *shape] complex64 or float32, unbatched: bool).
+    """
+    if isinstance(measurements, (str, os.PathLike)):
+        src = os.fspath(measurements)
+        if not os.path.isfile(src):
+            raise FileNotFoundError(f"--measurements {src!r}: no such file")
+        try:
+            arr = np.load(src, allow_pickle=False)
+        except Exception as exc:
+            raise ValueError(f"--measurements {src}: not a readable .npy array "
+                             f"({type(exc).__name__}: {exc})") from exc
+    elif isinstance(measurements, torch.Tensor):
+        src, arr = "(tensor)", measurements.detach().cpu().numpy()
+    else:
+        src, arr = "(array)", np.asarray(measurements)
+    if not isinstance(arr, np.ndarray):
+        raise ValueError(f"--measurements {src}: expected one array, got {type(arr).__name__}")
+    want = f"{'complex' if complex_ else 'real'} {list(shape)} or [B, {', '.join(map(str, shape))}]"
+    if complex_ and not np.iscomplexobj(arr):
+        raise ValueError(f"--measurements {src}: the {task} operator's measurements are complex "
+                         f"({want}), got dtype {arr.dtype}")
+    if not complex_ and (np.iscomplexobj(arr) or arr.dtype == bool
+                         or not np.issubdtype(arr.dtype, np.number)):
+        raise ValueError(f"--measurements {src}: the {task} operator's measurements are real "
+                         f"numbers ({want}), got dtype {arr.dtype}")
+    if tuple(arr.shape) == tuple(shape):
+        arr, unbatched = arr[None], True
+    elif arr.ndim == len(shape) + 1 and tuple(arr.shape[1:]) == tuple(shape) and arr.shape[0] > 0:
+        unbatched = False
+    else:
+        raise ValueError(f"--measurements {src}: shape {list(arr.shape)} does not fit the {task} "
+                         f"operator's measurements ({want})")
+    if not np.isfinite(arr).all():
+        raise ValueError(f"--measurements {src}: has non-finite values (NaN or inf)")
+    dtype = torch.complex64 if complex_ else torch.float32
+    return torch.from_numpy(np.ascontiguousarray(arr)).to(dtype), unbatched
+
+
+def reconstruct(checkpoint, measurements, out=None, png=None, batch=8, device="cpu"):
+    """Reconstruct a user's own measurements with a trained checkpoint and its operator.
+
+    The measurements must be on the scale the model was trained on: ``A x`` (plus noise)
+    for ground truth x in [0, 1], with the operator the checkpoint's task config builds.
+
+    Args:
+        checkpoint: path of a ``train`` checkpoint.
+        measurements: path of a ``.npy`` file, or an array / tensor: one measurement shaped
+            like the operator's output for one image (e.g. [1, A, D] for CT, [1, H, W] for
+            Cartesian MRI, [1, M] for NUFFT; complex for the MRI tasks, real otherwise) or a
+            batch [B, ...] of them.
+        out: write the reconstruction here as ``.npy`` (None: not written).
+        png: write the magnitude of the reconstruction(s) here as a grey PNG, images side by
+            side, clipped to [0, 1] (None: not written).
+        batch: reconstruction batch size.
+        device: "cpu" or "cuda".
+
+    Returns:
+        Tensor [1, H, W] for one measurement or [B, 1, H, W] for a batch: complex64 for
+        the MRI tasks, float32 otherwise.
+
+    Raises:
+        FileNotFoundError: no checkpoint or measurements file.
+        ValueError: naming ``--measurements``: unreadable, wrong dtype (real where complex
+            is expected or the reverse), wrong shape, non-finite values; or a bad checkpoint.
+    """
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+        raise ValueError(f"batch must be a positive int, got {batch!r}")
+    state, task, cfg, model = _load_model(checkpoint, device)
+    complex_ = task.task in _COMPLEX_TASKS
+    probe = torch.zeros(1, 1, task.size, task.size,
+                        dtype=torch.complex64 if complex_ else torch.float32, device=device)
+    with torch.no_grad():
+        shape = tuple(model.operator(probe).shape[1:])
+    y, unbatched = _measurements(measurements, shape, complex_, task.task)
+    with torch.no_grad():
+        x = torch.cat([model(y[i:i + batch].to(device)).cpu() for i in range(0, len(y), batch)])
+    x = x[0] if unbatched else x
+    if out is not None:
+        folder = os.path.dirname(os.path.abspath(out))
+        os.makedirs(folder, exist_ok=True)
+        with open(out, "wb") as fh:
+            np.save(fh, x.numpy())
+    if png is not None:
+        _image_png(png, _magnitude(x.reshape(-1, 1, *x.shape[-2:])))
+    return x
+
+
+def _image_png(path, images):
+    """8-bit grey PNG of ``images`` [N, 1, H, W] (real, clipped to [0, 1]) side by side."""
+    from PIL import Image
+
+    row = torch.cat(list(images[:, 0].detach().clamp(0, 1)), dim=1)
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    Image.fromarray((row.numpy() * 255).round().astype(np.uint8)).save(path, format="PNG")
 
 
 def _grid(path, truth, recon, rows, title, error=True):

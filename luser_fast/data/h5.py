@@ -1,10 +1,12 @@
-"""HDF5 readers for the fastMRI single-coil and LoDoPaB-CT layouts (h5py).
+"""HDF5 readers for the fastMRI single-coil and LoDoPaB-CT layouts, and generic image
+files (h5py).
 
 fastMRI single-coil knee files hold ``kspace`` [slices, H_k, W_k] complex and
 ``reconstruction_esc`` [slices, H, W] real (the target magnitude, 320 x 320 in the
 release). LoDoPaB-CT files hold one dataset ``data``: ``ground_truth_*.hdf5`` files
 [n, 362, 362] images, ``observation_*.hdf5`` files [n, 1000, 513] sinograms. Files are
-read slice by slice (nothing loads a whole volume unless asked).
+read slice by slice (nothing loads a whole volume unless asked). A generic file holds its
+images in one 2-D [H, W] or 3-D [N, H, W] numeric dataset (at any group depth).
 """
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ import os
 import numpy as np
 import torch
 
-__all__ = ["FastMRISlices", "LoDoPaB", "read_h5_images"]
+__all__ = ["FastMRISlices", "LoDoPaB", "read_h5_images", "read_h5_generic", "read_h5"]
 
 
 def _h5py():
@@ -148,9 +150,81 @@ def read_h5_images(path):
     """
     with _open(path) as fh:
         keys = set(fh.keys())
-    if "kspace" in keys:
+    layout = _layout(keys)
+    if layout is FastMRISlices:
         return FastMRISlices(path).targets()
-    if "data" in keys:
+    if layout is LoDoPaB:
         return LoDoPaB(path).targets()
     raise ValueError(f"{path}: neither a fastMRI file ('kspace', 'reconstruction_esc') nor a "
                      f"LoDoPaB-CT file ('data'); its datasets are {sorted(keys)}")
+
+
+def _layout(keys):
+    """The reader class of a file whose top-level names are ``keys``, or None."""
+    if "kspace" in keys:
+        return FastMRISlices
+    if "data" in keys:
+        return LoDoPaB
+    return None
+
+
+def read_h5_generic(path):
+    """Images of a generic HDF5 file: its one 2-D or 3-D numeric dataset.
+
+    The file must hold exactly one dataset (at any group depth) of shape [H, W] (one image)
+    or [N, H, W] (N images) with a real or complex numeric dtype; complex images give their
+    magnitude. Each image is rescaled to [0, 1] by its min and max (a constant image gives
+    zeros), as the folder reader does.
+
+    Args:
+        path: HDF5 file.
+
+    Returns:
+        list of Tensor [H, W] float32 in [0, 1].
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: naming the file: not HDF5, no image dataset or several, an empty one,
+            non-finite values.
+    """
+    from .folders import _to_grey01
+
+    found = []
+    with _open(path) as fh:
+        def visit(name, obj):
+            if (hasattr(obj, "shape") and len(obj.shape) in (2, 3)
+                    and np.issubdtype(obj.dtype, np.number)):
+                found.append(name)
+
+        fh.visititems(visit)
+        if len(found) != 1:
+            what = "no" if not found else f"{len(found)}"
+            raise ValueError(f"{path}: a generic HDF5 image file needs exactly one 2-D [H, W] "
+                             f"or 3-D [N, H, W] numeric dataset; found {what}"
+                             + (f" ({found})" if found else ""))
+        ds = fh[found[0]]
+        if min(ds.shape) < 1:
+            raise ValueError(f"{path}: dataset {found[0]!r} is empty (shape {ds.shape})")
+        count = 1 if ds.ndim == 2 else ds.shape[0]
+        images = []
+        for i in range(count):
+            arr = np.asarray(ds[()] if ds.ndim == 2 else ds[i])
+            where = f"{path}: dataset {found[0]!r}" + ("" if ds.ndim == 2 else f" image {i}")
+            images.append(torch.from_numpy(_to_grey01(arr, where)).float())
+    return images
+
+
+def read_h5(path):
+    """Ground-truth images of any HDF5 file: fastMRI or LoDoPaB-CT (``read_h5_images``,
+    values as stored) or else a generic image file (``read_h5_generic``, each image in
+    [0, 1]).
+
+    Args:
+        path: HDF5 file.
+
+    Returns:
+        list of Tensor [H, W] float32.
+    """
+    with _open(path) as fh:
+        layout = _layout(set(fh.keys()))
+    return read_h5_generic(path) if layout is None else read_h5_images(path)
