@@ -1,9 +1,10 @@
-"""The ``luser-fast`` command: info, demo, train, eval, memprofile, bench.
+"""The ``luser-fast`` command: info, demo, train, eval, reconstruct, memprofile, bench, study.
 
     luser-fast info                 versions, extension build info, which backend serves each op
     luser-fast demo [--out DIR]     LU (depth 5) vs LUSER (depth 2) on deblur, CT and MRI
     luser-fast train --task {deblur,ct,mri,nufft-mri} [--data PATH] [--model luser|lu] ...
-    luser-fast eval CHECKPOINT [--split test] [--n 16]
+    luser-fast eval CHECKPOINT [--split test] [--n 16] [--data PATH]
+    luser-fast reconstruct CHECKPOINT --measurements y.npy --out x.npy [--png x.png]
     luser-fast memprofile [--vary iterations|depth|batch|K] [--plot out.png]
     luser-fast bench [--suite ops solver train gpu] [--json out.json]
     luser-fast study [--tasks ...] [--configs ...] [--seeds ...] [--results study.json]
@@ -108,7 +109,21 @@ def _cmd_eval(args):
     if args.threads:
         torch.set_num_threads(args.threads)
     evaluate(args.checkpoint, split=args.split, n=args.n, batch=args.batch, out=args.out,
-             device=args.device)
+             device=args.device, data=args.data)
+    return 0
+
+
+def _cmd_reconstruct(args):
+    import torch
+
+    from .train import reconstruct
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    x = reconstruct(args.checkpoint, args.measurements, out=args.out, png=args.png,
+                    batch=args.batch, device=args.device)
+    print(f"reconstruction {list(x.shape)} {str(x.dtype).replace('torch.', '')}: {args.out}"
+          + (f", {args.png}" if args.png else ""))
     return 0
 
 
@@ -274,15 +289,35 @@ def _add_train_parser(sub):
     pt.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     pt.set_defaults(func=_cmd_train)
 
-    pe = sub.add_parser("eval", help="PSNR/SSIM of a checkpoint on a split, PNG grid")
+    pe = sub.add_parser("eval", help="PSNR/SSIM of a checkpoint on a split or on other images, "
+                                      "PNG grid")
     pe.add_argument("checkpoint")
-    pe.add_argument("--split", default="test", choices=("train", "val", "test"))
-    pe.add_argument("--n", type=_positive_int, default=16, help="samples")
+    pe.add_argument("--split", default="test", choices=("train", "val", "test"),
+                    help="the task's split (with --data: only the noise seed)")
+    pe.add_argument("--data", default=None,
+                    help="ground-truth images instead of the split: a PNG/NPY folder, an HDF5 "
+                         "file (fastMRI, LoDoPaB-CT or one image dataset) or a DICOM file or "
+                         "folder; resized to the task's size, measured with its operator")
+    pe.add_argument("--n", type=_positive_int, default=None,
+                    help="samples (default: 16 from the split, every image of --data)")
     pe.add_argument("--batch", type=_positive_int, default=8)
     pe.add_argument("--out", default=None, help="output folder (default: the checkpoint's)")
     pe.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     pe.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     pe.set_defaults(func=_cmd_eval)
+
+    pr = sub.add_parser("reconstruct", help="reconstruct your own measurements with a checkpoint")
+    pr.add_argument("checkpoint")
+    pr.add_argument("--measurements", required=True,
+                    help=".npy of one measurement shaped like the operator's output for one "
+                         "image, or a batch [B, ...] (complex for mri / nufft-mri)")
+    pr.add_argument("--out", required=True, help=".npy for the reconstruction ([1, H, W] or "
+                                                 "[B, 1, H, W]; complex for mri / nufft-mri)")
+    pr.add_argument("--png", default=None, help="PNG of the reconstruction's magnitude")
+    pr.add_argument("--batch", type=_positive_int, default=8)
+    pr.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    pr.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    pr.set_defaults(func=_cmd_reconstruct)
 
     pm = sub.add_parser("memprofile", help="training memory: LUSER vs reference LUSER vs LU")
     pm.add_argument("--vary", default="iterations", choices=tuple(MEMPROFILE_VALUES))
