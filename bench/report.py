@@ -6,8 +6,10 @@ Every figure in BENCHMARKS.md comes from a run that a suite in ``bench/`` wrote 
 ``harness`` (``luser-fast bench`` runs them all): for each results file the newest run
 (by date) that is not a tiny harness check is shown, with the machine, versions, git SHA
 and date it was measured at. Goal figures of the issues are checked against those runs;
-a figure that needs a GPU is "not measured" unless a GPU run exists. Nothing here is typed
-by hand: edit the suites or this generator, never the output.
+a figure that needs a GPU is "not measured" unless a GPU run exists. The design-space
+study (``study_cpu.json``, written by ``luser-fast study``) holds every run of a resumable
+sweep; its section shows mean ± std over seeds. Nothing here is typed by hand: edit the
+suites or this generator, never the output.
 """
 from __future__ import annotations
 
@@ -384,6 +386,116 @@ def demo_section(run, goals, plots) -> list[str]:
     return out
 
 
+def _pm(stat: dict | None, digits=4, scale=1.0) -> str:
+    """mean ± std of a ``luser_fast.study.summarize`` figure (the mean alone for one seed)."""
+    if stat is None:
+        return "n/a"
+    mean = fmt(stat["mean"] / scale, digits)
+    return mean if stat.get("std") is None else f"{mean} ± {fmt(stat['std'] / scale, 2)}"
+
+
+def study_section(results: str, plots) -> list[str]:
+    """The design-space study (``luser-fast study --results <results>/study_cpu.json``):
+    what ran, mean ± std over seeds per task and configuration, the plots, and the default
+    LUSER against LU depth 5. The file holds every run of the sweep (a resumed study adds
+    to it); the runs at the settings with the most runs are shown. Empty when there is no
+    study file."""
+    path = os.path.join(results, "study_cpu.json")
+    if not os.path.exists(path):
+        return []
+    from luser_fast import study
+
+    records = list(study.load_results(path).values())
+    if not records:
+        return []
+    groups = {}
+    for r in records:
+        groups.setdefault(json.dumps(r["settings"], sort_keys=True), []).append(r)
+    chosen = max(groups, key=lambda k: (len(groups[k]), max(r["date"] for r in groups[k])))
+    runs, settings = groups[chosen], groups[chosen][0]["settings"]
+    newest = max(runs, key=lambda r: r["date"])
+    m, v = newest["machine"], newest["versions"]
+    shas = ", ".join(f"`{s}`" for s in dict.fromkeys(r["git_sha"] for r in runs))
+    cpus = "; ".join(f"\"{c}\"" for c in dict.fromkeys(r["machine"]["cpu"] for r in runs))
+    out = ["## Design-space study (`luser-fast study`, CPU)", "",
+           f"{len(runs)} runs measured {min(r['date'] for r in runs)} to {newest['date']} at "
+           f"git {shas} on {cpus} ({m['cores']} cores, {m['threads']} thread(s)); torch "
+           f"{v['torch']}, Python {v['python']}; {fmt(sum(r['wall_seconds'] for r in runs))} s "
+           f"of runs in all. Latest command: `{newest.get('command') or 'luser-fast study'}`.",
+           "",
+           f"Settings: {settings['size']} x {settings['size']} images, {settings['steps']} Adam "
+           f"steps at lr {settings['lr']:g}, batch {settings['batch']}, {settings['channels']} "
+           f"channels, K = {settings['K']}, {settings['n_train']} training and "
+           f"{settings['n_test']} held-out test samples, data seed {settings['data_seed']}. "
+           "Each run seeds torch with its seed before building the model; the batches depend "
+           "on the seed only, so every configuration of a seed sees the same batches. Figures "
+           "are mean ± std (sample) over seeds; peak and saved bytes are of one training step "
+           "at the training batch (`training_memory`), solver iterations of the test forward.",
+           ""]
+    if len(groups) > 1:
+        out += [f"Not shown: {len(records) - len(runs)} runs at other settings in "
+                f"`{os.path.relpath(path, ROOT)}`.", ""]
+    tasks = list(dict.fromkeys(r["task"] for r in runs))
+    names = list(dict.fromkeys(r["name"] for r in runs))
+    seeds_of = {}
+    for r in runs:
+        seeds_of.setdefault((r["name"], r["task"]), []).append(r["seed"])
+    rows = []
+    for name in names:
+        config = next(r["config"] for r in runs if r["name"] == name)
+        ran = ", ".join(f"{t}: {sorted(seeds_of[name, t])}" for t in tasks if (name, t) in seeds_of)
+        rows.append((name, ", ".join(f"{k}={val}" for k, val in config.items()),
+                     "yes" if study.CONFIGS.get(name) == config else "**no** (changed or removed)",
+                     ran))
+    out += ["Configurations that ran (seeds per task):", ""]
+    out += table(("config", "definition", "as in CONFIGS", "seeds per task"), rows, left=4)
+    missing = [n for n in study.CONFIGS if n not in names]
+    out += [("Configurations of `luser_fast.study.CONFIGS` that did not run: "
+             + ", ".join(f"`{n}`" for n in missing) + ".") if missing
+            else "Every configuration of `luser_fast.study.CONFIGS` ran.", ""]
+    notes = sorted({r["real_note"] for r in runs if r.get("real_note")})
+    summary = study.summarize(runs)
+    real = any("real_psnr" in row for t in summary.values() for row in t.values())
+    for task, by_name in summary.items():
+        first = next(iter(by_name.values()))
+        out += [f"### {task}", "", f"x0 PSNR {_pm(first.get('psnr_x0'))} dB, SSIM "
+                f"{_pm(first.get('ssim_x0'), 3)}"
+                + (f"; real scans: x0 PSNR {_pm(first.get('real_psnr_x0'))} dB" if real else "")
+                + ".", ""]
+        header = ["config", "model", "seeds", "PSNR dB", "SSIM"]
+        header += ["real-scan PSNR dB"] if real else []
+        header += ["peak MiB", "saved MiB", "s / step", "solver iterations"]
+        body = []
+        for name, row in by_name.items():
+            body.append((name, row["model"], len(row["seeds"]), _pm(row.get("psnr")),
+                         _pm(row.get("ssim"), 3),
+                         *([_pm(row.get("real_psnr"))] if real else []),
+                         _pm(row.get("peak_bytes"), 3, MIB), _pm(row.get("saved_bytes"), 3, MIB),
+                         _pm(row.get("sec_per_step"), 3), _pm(row.get("solver_iterations"), 3)))
+        out += table(header, body, left=2)
+        if plots:
+            fig = study.task_figure(by_name, task, settings)
+            link = plots.save(fig, f"study_{task}.png")
+            out += [f"![{task}: test PSNR against peak training memory and seconds per step]"
+                    f"({link})", ""]
+    if notes:
+        out += ["Real-scan PSNR not measured: " + "; ".join(notes) + ".", ""]
+    out += [f"### Goals: `{study.DEFAULT_LUSER}` (`luser_fast.study.DEFAULT_LUSER`) against "
+            f"`{study.LU_BASELINE}`", "",
+            "Paired by seed (the seeds where both ran), mean ± std over those seeds; each "
+            "verdict from the measured mean.", ""]
+    goal_rows = []
+    for g in study.goal_rows(runs):
+        sign = ">=" if g["op"] == "at_least" else "<="
+        measured = ("not measured" if g["mean"] is None
+                    else _pm({"mean": g["mean"], "std": g["std"]}, 3) + g["unit"])
+        shown = f"**{g['verdict']}**" if g["verdict"].startswith("MISSED") else g["verdict"]
+        goal_rows.append((g["task"], g["figure"], f"{sign} {g['goal']:g}{g['unit']}", measured,
+                          str(g["seeds"]), shown))
+    out += table(("task", "figure", "goal", "measured", "seeds", "verdict"), goal_rows, left=2)
+    return out
+
+
 def _written_by(path: str, run: dict) -> bool:
     """Whether ``path`` exists and was last written while ``run`` ran (not by a later one)."""
     import datetime
@@ -535,6 +647,7 @@ def render(results: str, plots: Plots | None, tiny: bool = False,
     body += solver_section(runs["solver_cpu"], goals)
     body += memory_section(runs["deq_memory_cpu"], runs["memprofile_cpu"], goals, plots)
     body += demo_section(runs["demo_cpu"], goals, plots)
+    body += study_section(results, plots)
     body += gpu_section(runs["triton_gpu"], goals)
     body += repeat_section(runs, repeat, goals, tiny)
     body += bench_runs_section(runs["bench_runs"], goals)

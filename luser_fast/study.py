@@ -547,9 +547,9 @@ def task_figure(rows, task, settings=None):
         if x0:
             ax.axhline(x0["mean"], color="grey", linestyle=":", linewidth=1, label="x0")
         ax.set_xscale("log")
-        ax.xaxis.set_major_formatter(ticker.FormatStrFormatter("%g"))
-        ax.xaxis.set_minor_formatter(ticker.FormatStrFormatter("%g"))
-        ax.tick_params(axis="x", which="minor", labelsize=7)
+        ax.xaxis.set_major_formatter(ticker.FuncFormatter(_log_label))
+        ax.xaxis.set_minor_formatter(ticker.FuncFormatter(_log_label))
+        ax.tick_params(axis="x", which="both", labelsize=8)
         ax.set_xlabel(label)
         ax.set_ylabel("test PSNR (dB)")
         ax.grid(alpha=0.3)
@@ -564,6 +564,14 @@ def task_figure(rows, task, settings=None):
                   f"{settings['batch']}, {settings['channels']} channels, K={settings['K']}")
     fig.suptitle(title, fontsize=9)
     return fig
+
+
+def _log_label(value, _pos):
+    """Tick label of a log axis: plain numbers at 1, 2, 3 and 5 times a power of ten."""
+    if value <= 0:
+        return ""
+    lead = value / 10 ** math.floor(math.log10(value))
+    return f"{value:g}" if any(abs(lead - d) < 1e-6 for d in (1, 2, 3, 5)) else ""
 
 
 def _save(fig, path):
