@@ -7,8 +7,10 @@ import pytest
 import torch
 
 from luser_fast.data import (TASKS, FastMRISlices, LoDoPaB, TaskConfig, cartesian_mask,
-                             make_task, radial_trajectory, read_folder, read_h5_images,
-                             read_image)
+                             ground_truth, make_task, radial_trajectory, read_dicom,
+                             read_folder, read_h5_images, read_image, smooth_fields,
+                             smooth_phase, textured_ellipses, with_phase)
+from luser_fast.data import tasks as tasks_module
 
 
 @pytest.mark.parametrize("task", TASKS)
@@ -203,3 +205,198 @@ def test_deblur_patches_have_content_and_held_out_images():
     assert (x.std(dim=(1, 2, 3)) >= 0.05).all()
     names = [n for split in _BUNDLED.values() for n in split]
     assert len(names) == len(set(names)) and "cat" not in names   # skimage's cat is chelsea
+
+
+# ---------------------------------------------------------------------------------------
+# anatomy-like built-in ground truth (ct, mri, nufft-mri)
+# ---------------------------------------------------------------------------------------
+
+
+def test_textured_ellipses_and_fields():
+    a = textured_ellipses(4, 24, seed=5)
+    assert a.shape == (4, 1, 24, 24) and a.dtype == torch.float32
+    assert torch.equal(a, textured_ellipses(4, 24, seed=5))
+    assert not torch.equal(a, textured_ellipses(4, 24, seed=6))
+    assert a.min() >= 0 and a.max() <= 1 and (a.std(dim=(1, 2, 3)) > 0.02).all()
+    # soft edges: more distinct grey levels than a sum of a dozen flat ellipses has
+    assert len(torch.unique(a[0])) > 100
+    assert a[:, :, 0, 0].abs().max() == 0   # background outside the body
+    f = smooth_fields(3, (16, 20), cutoff=2.0, seed=1)
+    assert f.shape == (3, 16, 20)
+    np.testing.assert_allclose(f.mean(axis=(1, 2)), 0, atol=1e-12)
+    np.testing.assert_allclose(f.std(axis=(1, 2)), 1, rtol=1e-9)
+    with pytest.raises(ValueError, match="cutoff"):
+        smooth_fields(1, 8, cutoff=0)
+    with pytest.raises(ValueError, match="n must"):
+        textured_ellipses(-1, 8)
+
+
+def test_smooth_phase():
+    p = smooth_phase(3, 16, seed=2)
+    assert p.shape == (3, 1, 16, 16) and p.dtype == torch.float32
+    assert torch.equal(p, smooth_phase(3, 16, seed=2))
+    # smooth: at 64x64 neighbouring pixels differ by a fraction of a radian
+    q = smooth_phase(20, 64, seed=3)
+    assert q.diff(dim=-1).abs().max() < 0.4 and q.diff(dim=-2).abs().max() < 0.4
+    assert q.std() > 1   # but the phase is far from constant
+    x = torch.rand(3, 1, 16, 16)
+    z = with_phase(x, seed=2)
+    assert z.dtype == torch.complex64
+    torch.testing.assert_close(z.abs(), x, rtol=1e-6, atol=1e-6)
+    with pytest.raises(ValueError, match="x must be real"):
+        with_phase(z, seed=2)
+
+
+@pytest.mark.parametrize("task", ["ct", "mri", "nufft-mri"])
+def test_anatomy_mix_deterministic_and_in_range(task):
+    cfg = TaskConfig(task, size=32)
+    a = make_task(cfg, "train", 10)
+    b = make_task(TaskConfig(task, size=32), "train", 10)
+    assert torch.equal(a.x, b.x) and torch.equal(a.y, b.y)
+    assert a.x.shape == (10, 1, 32, 32)
+    mag = a.x.abs()
+    assert mag.min() >= 0 and mag.max() <= 1 + 1e-6
+    if task != "ct":
+        assert a.x.dtype == torch.complex64 and a.x.imag.abs().max() > 0.05
+    # both kinds present: phantoms have empty corners, natural patches do not
+    corners = mag[:, 0, [0, 0, -1, -1], [0, -1, 0, -1]].amax(dim=1)
+    assert (corners == 0).any() and (corners > 0).any()
+
+
+def test_anatomy_mix_uses_only_the_splits_images(monkeypatch):
+    calls = []
+    real_bundled = tasks_module._bundled
+
+    def recording(split):
+        calls.append(split)
+        return real_bundled(split)
+
+    tasks_module._pyramid.cache_clear()
+    monkeypatch.setattr(tasks_module, "_bundled", recording)
+    try:
+        for split in ("train", "val", "test"):
+            calls.clear()
+            x = ground_truth(TaskConfig("ct", size=16), split, 6)
+            assert set(calls) == {split}
+            assert x.shape == (6, 1, 16, 16)
+    finally:
+        tasks_module._pyramid.cache_clear()
+    train = ground_truth(TaskConfig("ct", size=16), "train", 6)
+    test = ground_truth(TaskConfig("ct", size=16), "test", 6)
+    assert not any(torch.equal(t, u) for t in train for u in test)
+
+
+# ---------------------------------------------------------------------------------------
+# DICOM reader
+# ---------------------------------------------------------------------------------------
+
+
+def _dicom(path, arr, *, modality="CT", photometric="MONOCHROME2", slope=None,
+           intercept=None, pixels=True):
+    """Write ``arr`` ([H, W], [F, H, W] or [H, W, 3] integers) as a DICOM file."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import (CTImageStorage, ExplicitVRLittleEndian, MRImageStorage,
+                             SecondaryCaptureImageStorage, generate_uid)
+
+    sop = {"CT": CTImageStorage, "MR": MRImageStorage}.get(modality, SecondaryCaptureImageStorage)
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = sop
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID = sop
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.Modality = modality
+    if pixels:
+        arr = np.asarray(arr)
+        ds.set_pixel_data(arr, photometric, 8 if arr.dtype == np.uint8 else 16)
+    if slope is not None:
+        ds.RescaleSlope = slope
+        ds.RescaleIntercept = intercept
+    ds.save_as(path, enforce_file_format=True)
+    return str(path)
+
+
+def _robust01(a):
+    lo, hi = np.percentile(a, (0.5, 99.5))
+    return (np.clip(a, lo, hi) - lo) / (hi - lo)
+
+
+def test_read_dicom_ct_rescale(tmp_path):
+    rng = np.random.default_rng(0)
+    raw = rng.integers(0, 3000, size=(12, 10)).astype(np.int16)
+    x = read_dicom(_dicom(tmp_path / "ct.dcm", raw, slope="2", intercept="-1024"))
+    assert x.shape == (1, 1, 12, 10) and x.dtype == torch.float32
+    hu = raw * 2.0 - 1024
+    np.testing.assert_allclose(x[0, 0].numpy(), _robust01(hu), atol=1e-6)
+    assert x.min() == 0 and x.max() == 1
+    # the slope is applied: a negative one inverts the slice
+    y = read_dicom(_dicom(tmp_path / "neg.dcm", raw, slope="-1", intercept="0"))
+    np.testing.assert_allclose(y[0, 0].numpy(), 1 - x[0, 0].numpy(), atol=1e-6)
+
+
+def test_read_dicom_mr_multiframe_rgb_and_folder(tmp_path):
+    rng = np.random.default_rng(1)
+    mr = rng.integers(0, 4000, size=(8, 8)).astype(np.uint16)
+    frames = rng.integers(0, 1000, size=(3, 8, 8)).astype(np.uint16)
+    rgb = rng.integers(0, 256, size=(8, 8, 3)).astype(np.uint8)
+    folder = tmp_path / "series"
+    folder.mkdir()
+    _dicom(folder / "b_mr.dcm", mr, modality="MR")
+    _dicom(folder / "a_multi.dcm", frames, modality="MR")
+    _dicom(folder / "c_rgb.dcm", rgb, modality="OT", photometric="RGB")
+    (folder / "notes.txt").write_text("not DICOM")
+    multi = read_dicom(str(folder / "a_multi.dcm"))
+    assert multi.shape == (3, 1, 8, 8)
+    for k in range(3):
+        np.testing.assert_allclose(multi[k, 0].numpy(), _robust01(frames[k].astype(float)),
+                                   atol=1e-6)
+    grey = rgb.astype(float) @ np.array([0.2125, 0.7154, 0.0721])
+    np.testing.assert_allclose(read_dicom(str(folder / "c_rgb.dcm"))[0, 0].numpy(),
+                               _robust01(grey), atol=1e-6)
+    x = read_dicom(str(folder))   # sorted: a_multi (3 frames), b_mr, c_rgb; notes.txt skipped
+    assert x.shape == (5, 1, 8, 8) and x.dtype == torch.float32
+    assert torch.equal(x[:3], multi)
+    np.testing.assert_allclose(x[3, 0].numpy(), _robust01(mr.astype(float)), atol=1e-6)
+    assert 0 <= x.min() and x.max() <= 1
+
+
+def test_read_dicom_bad_inputs(tmp_path):
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, ParametricMapStorage, generate_uid
+
+    with pytest.raises(ValueError, match="nopix.dcm: DICOM file has no pixel data"):
+        read_dicom(_dicom(tmp_path / "nopix.dcm", None, pixels=False))
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "readme.txt").write_text("nothing here")
+    with pytest.raises(ValueError, match="empty: no DICOM files"):
+        read_dicom(str(tmp_path / "empty"))
+    with pytest.raises(FileNotFoundError, match="absent"):
+        read_dicom(str(tmp_path / "absent"))
+    (tmp_path / "text.dcm").write_text("not DICOM at all")
+    with pytest.raises(ValueError, match="text.dcm: not a DICOM file"):
+        read_dicom(str(tmp_path / "text.dcm"))
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    _dicom(mixed / "a.dcm", np.zeros((8, 8), np.uint16))
+    _dicom(mixed / "b.dcm", np.zeros((8, 9), np.uint16))
+    with pytest.raises(ValueError, match="b.dcm: slices are 8x9.*share H x W"):
+        read_dicom(str(mixed))
+    # float pixel data (a parametric map) holding a NaN
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = ParametricMapStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID = ParametricMapStorage
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.Rows, ds.Columns, ds.SamplesPerPixel, ds.BitsAllocated = 4, 4, 1, 32
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    values = np.ones((4, 4), np.float32)
+    values[1, 2] = np.nan
+    ds.FloatPixelData = values.tobytes()
+    ds.save_as(tmp_path / "nan.dcm", enforce_file_format=True)
+    with pytest.raises(ValueError, match="nan.dcm: pixel data has non-finite values"):
+        read_dicom(str(tmp_path / "nan.dcm"))
