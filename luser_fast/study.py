@@ -71,9 +71,9 @@ GOALS = (("PSNR LUSER - LU", "psnr_diff_db", "at_least", -0.3, " dB"),
          ("peak training memory LU / LUSER", "peak_ratio", "at_least", 8.0, "x"),
          ("seconds per step LUSER / LU (stretch)", "time_ratio", "at_most", 1.5, "x"))
 #: numbers averaged over seeds by ``summarize``, in table order
-METRICS = ("psnr", "ssim", "psnr_x0", "ssim_x0", "real_psnr", "real_psnr_x0", "peak_bytes",
-           "saved_bytes", "sec_per_step", "params", "solver_iterations", "solver_converged",
-           "loss_last", "wall_seconds")
+METRICS = ("psnr", "ssim", "psnr_x0", "ssim_x0", "real_psnr", "real_ssim", "real_psnr_x0",
+           "real_ssim_x0", "peak_bytes", "saved_bytes", "sec_per_step", "params",
+           "solver_iterations", "solver_converged", "loss_last", "wall_seconds")
 MIB = 2 ** 20
 
 
@@ -203,6 +203,18 @@ def _measure_real(model, task_cfg, operator):
     return _numbers(result), None
 
 
+def _real_metrics(real):
+    """real_psnr, real_ssim (model) and real_psnr_x0, real_ssim_x0 of an evaluate_real
+    result ({"model": {"psnr", "ssim", ...}, "x0": {...}, ...}); those it has."""
+    out = {}
+    for part, suffix in (("model", ""), ("x0", "_x0")):
+        figures = real.get(part)
+        if isinstance(figures, dict):
+            out.update({f"real_{k}{suffix}": figures[k] for k in ("psnr", "ssim")
+                        if isinstance(figures.get(k), (int, float))})
+    return out
+
+
 def _run_one(task, name, config, seed, settings, data):
     """Train and measure one configuration at one seed; the record of the run."""
     s = settings
@@ -231,8 +243,7 @@ def _run_one(task, name, config, seed, settings, data):
     real, note = _measure_real(model, task_cfg, train.operator)
     if real:
         record["real"] = real
-        metrics.update({f"real_{k}": v for k, v in real.items()
-                        if isinstance(v, (int, float)) and not isinstance(v, bool)})
+        metrics.update(_real_metrics(real))
     if note:
         record["real_note"] = note
     record["metrics"] = metrics
@@ -467,23 +478,28 @@ def format_tables(summary, records, default=DEFAULT_LUSER, baseline=LU_BASELINE)
     """
     lines = []
     for task, rows in summary.items():
-        x0 = next(iter(rows.values())).get("psnr_x0")
-        lines += ["", f"{task}: mean ± std over seeds (x0 PSNR {_pm(x0)} dB)",
+        first = next(iter(rows.values()))
+        real = any("real_psnr" in r for r in rows.values())
+        lines += ["", f"{task}: mean ± std over seeds (x0 PSNR {_pm(first.get('psnr_x0'))} dB"
+                  + (f", on the real scans {_pm(first.get('real_psnr_x0'))} dB)" if real
+                     else ")"),
                   f"{'config':<18} {'seeds':>5} {'PSNR dB':>14} {'SSIM':>14} {'peak MiB':>14} "
-                  f"{'saved MiB':>14} {'s/step':>14} {'solver its':>10}"]
+                  f"{'saved MiB':>14} {'s/step':>14} {'solver its':>10}"
+                  + (f" {'real PSNR dB':>14}" if real else "")]
         for name, r in rows.items():
             its = r.get("solver_iterations")
             lines.append(f"{name:<18} {len(r['seeds']):>5} {_pm(r.get('psnr')):>14} "
                          f"{_pm(r.get('ssim'), 3):>14} {_pm(r.get('peak_bytes'), 2, MIB):>14} "
                          f"{_pm(r.get('saved_bytes'), 2, MIB):>14} "
                          f"{_pm(r.get('sec_per_step'), 3):>14} "
-                         f"{'' if its is None else format(its['mean'], '.1f'):>10}")
+                         f"{'' if its is None else format(its['mean'], '.1f'):>10}"
+                         + (f" {_pm(r.get('real_psnr')):>14}" if real else ""))
     goals = goal_rows(records, default, baseline)
     if goals:
         lines += ["", f"goals: {default} against {baseline}, paired by seed"]
         for g in goals:
             shown = ("not measured" if g["mean"] is None
-                     else _pm(g, 2) + g["unit"] + f" ({len(g['seeds'])} seeds)")
+                     else _pm(g, 2) + g["unit"] + f" ({len(g['seeds'])} seed(s))")
             sign = ">=" if g["op"] == "at_least" else "<="
             lines.append(f"{g['task']:<8} {g['figure']:<40} {shown:>28}  goal {sign} "
                          f"{g['goal']:g}{g['unit']}: {g['verdict']}")
