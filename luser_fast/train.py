@@ -223,10 +223,14 @@ def save_checkpoint(path, state):
 def _refusal(exc):
     """The reason line of torch's weights-only refusal (its message also suggests
     ``weights_only=False``, which is no advice for an untrusted file)."""
-    for line in str(exc).splitlines():
-        if "WeightsUnpickler error" in line or "Unsupported" in line:
-            return line.strip()
-    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    for line in lines:
+        if "unsupported" in line.lower():
+            return line
+    for line in lines:
+        if "weights_only" not in line and "torch.load" not in line:
+            return line
+    return type(exc).__name__
 
 
 def load_checkpoint(path):
@@ -251,11 +255,12 @@ def load_checkpoint(path):
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        raise ValueError(f"{path}: not a readable checkpoint: refused, it holds Python objects "
-                         f"other than tensors and plain types ({_refusal(exc)})") from exc
+        raise ValueError(f"{path}: not a readable checkpoint: refused by weights-only loading, "
+                         f"which accepts tensors and plain types only ({_refusal(exc)})") from exc
     except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         raise ValueError(f"{path}: not a readable checkpoint ({type(exc).__name__}: "
-                         f"{_refusal(exc)})") from exc
+                         f"{first})") from exc
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path}: not a luser-fast train checkpoint (format "
                          f"{CHECKPOINT_FORMAT!r} expected)")

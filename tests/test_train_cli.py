@@ -1,13 +1,23 @@
-"""train / eval / memprofile commands: exact resume, checkpoints, eval outputs, bad input."""
+"""train / eval / memprofile commands: exact resume, checkpoints (safe loading, digest,
+stale temporaries), eval outputs, bad input."""
 import json
 import os
+import pickle
+import random
+import re
+import shlex
+import struct
+import subprocess
+import sys
+import zipfile
 
+import numpy as np
 import pytest
 import torch
 
 from luser_fast.cli import main, run_memprofile
 from luser_fast.metrics import psnr, ssim
-from luser_fast.train import load_checkpoint
+from luser_fast.train import CHECKPOINT_FORMAT, load_checkpoint, save_checkpoint
 
 TINY = ["--size", "16", "--K", "2", "--channels", "4", "--batch", "2", "--n-train", "6",
         "--threads", "1", "--ckpt-every", "2"]
@@ -73,6 +83,9 @@ def test_eval_reports_and_writes_grid(tmp_path, capsys):
     (["train", "--task", "ct", "--noise", "-1"], "noise"),
     (["memprofile", "--vary", "width"], "invalid choice"),
     (["eval", "/nonexistent/last.pt"], "no checkpoint"),
+    (["reconstruct", "/nonexistent/last.pt", "--out", "x.npy"], "--measurements"),
+    (["reconstruct", "/nonexistent/last.pt", "--measurements", "y.npy", "--out", "x.npy"],
+     "no checkpoint"),
 ])
 def test_bad_arguments(argv, message, capsys):
     with pytest.raises(SystemExit) as exc:
@@ -124,3 +137,133 @@ def test_metrics_match_definitions():
     assert ssim(a, a) == pytest.approx(1.0)
     with pytest.raises(TypeError, match="magnitudes"):
         psnr(a.to(torch.complex128), a.to(torch.complex128))
+
+
+class _Payload:
+    """Unpickling this runs a shell command that creates ``marker``."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {shlex.quote(self.marker)}",)
+
+
+def _write_malicious(path, marker, kind):
+    if kind == "torch.save":
+        torch.save({"format": CHECKPOINT_FORMAT, "model": {}, "payload": _Payload(marker)}, path)
+    else:
+        with open(path, "wb") as fh:
+            pickle.dump(_Payload(marker), fh, protocol=2)
+
+
+@pytest.mark.parametrize("kind", ["torch.save", "pickle"])
+def test_malicious_checkpoint_is_refused_and_never_runs(tmp_path, capsys, kind):
+    # the payload works: an unrestricted load of a copy runs it
+    probe = tmp_path / "probe"
+    _write_malicious(str(tmp_path / "probe.pt"), str(probe), kind)
+    if kind == "torch.save":
+        torch.load(tmp_path / "probe.pt", weights_only=False)
+    else:
+        pickle.loads((tmp_path / "probe.pt").read_bytes())
+    assert probe.exists()
+
+    marker = tmp_path / "pwned"
+    run = tmp_path / "run"
+    run.mkdir()
+    _write_malicious(str(run / "last.pt"), str(marker), kind)
+    for argv in (["eval", str(run / "last.pt"), "--threads", "1"],
+                 ["train", "--task", "ct", "--out", str(run), *TINY, "--steps", "2", "--resume"]):
+        with pytest.raises(SystemExit) as exc:
+            main(argv)
+        assert exc.value.code == 2
+        err = capsys.readouterr().err
+        assert f"{run / 'last.pt'}: not a readable checkpoint: refused" in err, err
+        assert "system" in err and "arbitrary code execution" not in err
+        assert not marker.exists()
+    with pytest.raises(ValueError, match="refused"):
+        load_checkpoint(str(run / "last.pt"))
+    assert not marker.exists()
+
+
+def _tensor_record(path):
+    """(offset, size) in the file of the largest tensor record of a torch.save zip."""
+    with zipfile.ZipFile(path) as z:
+        info = max((i for i in z.infolist() if "/data/" in i.filename),
+                   key=lambda i: i.file_size)
+    with open(path, "rb") as fh:
+        fh.seek(info.header_offset + 26)
+        name_len, extra_len = struct.unpack("<HH", fh.read(4))
+    return info.header_offset + 30 + name_len + extra_len, info.file_size
+
+
+def test_checkpoint_digest_detects_changes(tmp_path, capsys):
+    assert _train(tmp_path, "--steps", "2", model="lu") == 0
+    path = tmp_path / "last.pt"
+    good = path.read_bytes()
+    state = load_checkpoint(str(path))
+    assert re.fullmatch(r"[0-9a-f]{64}", state["sha256"])
+    digest_error = re.escape(str(path)) + ": checkpoint content does not match its SHA-256 digest"
+
+    # flipped bytes inside a stored tensor: torch still reads the file, the digest does not match
+    offset, size = _tensor_record(path)
+    data = bytearray(good)
+    data[offset + size // 2] ^= 0x5A
+    path.write_bytes(bytes(data))
+    torch.load(path, weights_only=True)
+    with pytest.raises(ValueError, match=digest_error):
+        load_checkpoint(str(path))
+    with pytest.raises(SystemExit):
+        main(["eval", str(path), "--threads", "1"])
+    assert "does not match its SHA-256 digest" in capsys.readouterr().err
+
+    # a plain value changed, or the digest removed
+    changed = dict(state, train={**state["train"], "lr": 0.5})
+    torch.save(changed, path)
+    with pytest.raises(ValueError, match=digest_error):
+        load_checkpoint(str(path))
+    torch.save({k: v for k, v in state.items() if k != "sha256"}, path)
+    with pytest.raises(ValueError, match=digest_error):
+        load_checkpoint(str(path))
+    path.write_bytes(good)
+    assert load_checkpoint(str(path))["sha256"] == state["sha256"]
+
+
+def test_checkpoint_stores_plain_rng_states(tmp_path):
+    from luser_fast.train import _rng_state, _set_rng_state
+
+    np.random.seed(3)
+    random.seed(4)
+    torch.manual_seed(5)
+    np.random.standard_normal()              # leaves a cached Gaussian in numpy's state
+    save_checkpoint(str(tmp_path / "c.pt"), {"format": CHECKPOINT_FORMAT, "rng": _rng_state()})
+
+    def draws():
+        return (np.random.rand(3).tolist(), np.random.standard_normal(), random.random(),
+                torch.rand(2).tolist())
+
+    want = draws()
+    np.random.seed(0)
+    random.seed(0)
+    torch.manual_seed(0)
+    _set_rng_state(load_checkpoint(str(tmp_path / "c.pt"))["rng"])
+    assert draws() == want
+
+
+def test_train_removes_stale_temporaries(tmp_path):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        tmp_path.mkdir(exist_ok=True)
+        stale = [tmp_path / f".last.pt.{dead.pid}.tmp", tmp_path / f"history.json.{dead.pid}.tmp"]
+        kept = [tmp_path / f".last.pt.{alive.pid}.tmp", tmp_path / f"history.json.{alive.pid}.tmp",
+                tmp_path / "history.json.x.tmp", tmp_path / "notes.tmp"]
+        for f in stale + kept:
+            f.write_bytes(b"partial")
+        assert _train(tmp_path, "--steps", "1") == 0
+        assert not any(f.exists() for f in stale)
+        assert all(f.exists() for f in kept)
+    finally:
+        alive.kill()
+        alive.wait()
