@@ -548,9 +548,10 @@ def evaluate(checkpoint, split="test", n=None, batch=8, out=None, log=print, dev
     * without ``data``: the task's ``split`` (``make_task``);
     * with ``data``: its images (``luser_fast.data.read_images``: PNG/NPY folder or file,
       HDF5 file, DICOM file or folder), each resized and centre-cropped whole to the task's
-      size (also for deblur, whose training patches are random crops), complex for the MRI
-      tasks, and measured with the checkpoint's operator and noise level, the noise drawn
-      from the task's seed and ``split`` (``luser_fast.data.measure``).
+      size (also for deblur, whose training patches are random crops), made complex for the
+      MRI tasks as ``make_task`` makes a ``data`` folder's images (zero phase), and
+      measured with the checkpoint's operator and noise level, the noise drawn from the
+      task's seed and ``split`` (``luser_fast.data.measure``).
 
     Args:
         checkpoint: path of a ``train`` checkpoint.
