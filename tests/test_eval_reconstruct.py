@@ -284,7 +284,8 @@ def _bad_inputs():
         "wrong shape": (np.zeros((1, 16, 15), np.complex64), "shape \\[1, 16, 15\\] does not fit"),
         "wrong batched shape": (np.zeros((2, 2, 16, 16), np.complex64), "does not fit"),
         "non-finite": (nan, "non-finite"),
-        "real where complex": (np.zeros((1, 16, 16), np.float32), "are complex .* got dtype float32"),
+        "real where complex": (np.zeros((1, 16, 16), np.float32),
+                               "are complex .* got dtype float32"),
         "bool": (np.zeros((1, 16, 16), bool), "are complex .* got dtype bool"),
     }
 
@@ -306,7 +307,8 @@ def test_reconstruct_bad_measurements(checkpoints, tmp_path, capsys, case):
 
 
 def test_reconstruct_bad_files_and_real_tasks(checkpoints, tmp_path):
-    with pytest.raises(ValueError, match="--measurements .*the ct operator's measurements are real"):
+    with pytest.raises(ValueError, match="--measurements .*the ct operator's measurements are "
+                                         "real"):
         reconstruct(checkpoints["ct"], np.zeros((1, 60, 23), np.complex64))
     with pytest.raises(ValueError, match="--measurements .*got dtype <U1"):
         reconstruct(checkpoints["ct"], np.array([["a"]]))
