@@ -1,7 +1,7 @@
 """The ``luser-fast`` command: info, demo, train, eval, reconstruct, memprofile, bench, study.
 
     luser-fast info                 versions, extension build info, which backend serves each op
-    luser-fast demo [--out DIR]     LU (depth 5) vs LUSER (depth 2) on deblur, CT and MRI
+    luser-fast demo [--out DIR]     LU (depth 5) vs LUSER (its defaults) on deblur, CT and MRI
     luser-fast train --task {deblur,ct,mri,nufft-mri} [--data PATH] [--model luser|lu] ...
     luser-fast eval CHECKPOINT [--split test] [--n 16] [--data PATH]
     luser-fast reconstruct CHECKPOINT --measurements y.npy --out x.npy [--png x.png]
@@ -85,7 +85,8 @@ def _cmd_train(args):
                       sigma=args.sigma, acceleration=args.acceleration, data=args.data,
                       seed=args.seed)
     cfg = TrainConfig(model=args.model, iterations=args.K, channels=args.channels,
-                      depth=args.depth, solver_tol=args.solver_tol,
+                      depth=args.depth, share_weights=args.share_weights, chunk=args.chunk,
+                      solver_tol=args.solver_tol,
                       solver_max_iter=args.solver_max_iter, anderson_m=args.anderson_m,
                       backward=args.backward, batch=args.batch, steps=args.steps,
                       epochs=args.epochs, lr=args.lr, seed=args.seed, n_train=args.n_train,
@@ -137,7 +138,8 @@ def run_memprofile(vary="iterations", values=None, task="ct", size=32, channels=
     """Training memory of LUSER (fast), reference LUSER and LU against one setting.
 
     One forward + backward step per point, measured by ``luser_fast.profile.training_memory``.
-    Baseline settings: K unrolled steps, LUSER depth 2, LU depth 5, width ``channels``,
+    Baseline settings: K unrolled steps, LUSER depth 2 (other arguments at their defaults),
+    LU depth 5, width ``channels``,
     Anderson run for exactly ``solver_iterations`` iterations (tol 1e-12). ``vary``:
 
     * iterations: solver iterations (LU has no solver: its row repeats one setting);
@@ -268,7 +270,12 @@ def _add_train_parser(sub):
     pt.add_argument("--K", type=_positive_int, default=5, help="unrolled steps")
     pt.add_argument("--channels", type=_positive_int, default=32, help="network width")
     pt.add_argument("--depth", type=_positive_int, default=None,
-                    help="regularizer depth (default: 2 LUSER, 5 LU)")
+                    help="regularizer depth (default: 4 LUSER, 5 LU)")
+    pt.add_argument("--share-weights", default=None, action=argparse.BooleanOptionalAction,
+                    help="one regularizer for all K steps (default: untied LUSER, tied LU)")
+    pt.add_argument("--chunk", type=int, default=1,
+                    help="LUSER: samples per chunk of the solves and implicit backward "
+                         "(0: the whole batch; same result, more memory)")
     pt.add_argument("--solver-tol", type=float, default=1e-3, help="Anderson tolerance")
     pt.add_argument("--solver-max-iter", type=_positive_int, default=50, help="Anderson iterations cap")
     pt.add_argument("--anderson-m", type=_positive_int, default=5, help="Anderson history")
@@ -508,7 +515,7 @@ def build_parser():
     pi.add_argument("--json", action="store_true", help="print JSON")
     pi.add_argument("--cuda", action="store_true", help="also query CUDA availability")
     pi.set_defaults(func=_cmd_info)
-    pd = sub.add_parser("demo", help="LU (depth 5) vs LUSER (depth 2) on deblur, CT and MRI "
+    pd = sub.add_parser("demo", help="LU (depth 5) vs LUSER (defaults) on deblur, CT and MRI "
                                       "(minutes on a CPU)")
     pd.add_argument("--out", default="out/demo", help="output folder for the PNGs and demo.json")
     pd.add_argument("--tasks", nargs="+", default=list(DEMO_TASKS), choices=TASKS,

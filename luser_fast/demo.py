@@ -19,6 +19,7 @@ import time
 import torch
 
 from .data import TaskConfig, make_task
+from .data.real import evaluate_real
 from .experiment import (fit, magnitude, memory_ratios, quality, solver_stats, step_memory,
                          write_json)
 from .models import LU, LUSER
@@ -36,10 +37,13 @@ _X0_LABEL = {"ct": "FBP", "deblur": "A^T y"}
 
 
 def _build(name, operator, in_channels, channels, iterations, seed):
+    # LU as the paper's baseline (depth 5); LUSER with its constructor's defaults (depth,
+    # untied weights, chunk), the ones chosen from the design-space study
     torch.manual_seed(seed)
-    cls, depth = (LU, 5) if name == LU_NAME else (LUSER, 2)
-    return cls(operator, iterations=iterations, in_channels=in_channels, channels=channels,
-               depth=depth)
+    if name == LU_NAME:
+        return LU(operator, iterations=iterations, in_channels=in_channels, channels=channels,
+                  depth=5)
+    return LUSER(operator, iterations=iterations, in_channels=in_channels, channels=channels)
 
 
 def _run_task(task, cfg, settings, out, log):
@@ -70,10 +74,17 @@ def _run_task(task, cfg, settings, out, log):
         # of the test-set forward (LUSER): mean over samples and unrolled steps
         row.update(solver_stats(model))
         row.update(step_memory(model, train.y[:s["batch"]], train.x[:s["batch"]]))
+        real = evaluate_real(model, cfg, operator=train.operator)
+        row["real_psnr"], row["real_ssim"] = real["model"]["psnr"], real["model"]["ssim"]
+        rows["x0"].update(real_psnr=real["x0"]["psnr"], real_ssim=real["x0"]["ssim"],
+                          real_files=real["files"])
         rows[name] = row
     ratios = memory_ratios(rows[LU_NAME], rows[LUSER_NAME])
     ratios["psnr_diff_db"] = rows[LUSER_NAME]["psnr"] - rows[LU_NAME]["psnr"]
     ratios["ssim_diff"] = rows[LUSER_NAME]["ssim"] - rows[LU_NAME]["ssim"]
+    ratios["real_psnr_diff_db"] = rows[LUSER_NAME]["real_psnr"] - rows[LU_NAME]["real_psnr"]
+    ratios["real_beats_x0"] = all(rows[n]["real_psnr"] > rows["x0"]["real_psnr"]
+                                  for n in (LU_NAME, LUSER_NAME))
     ratios["peak_goal_met"] = ratios["peak_ratio"] >= GOALS["peak_ratio"]
     ratios["saved_goal_met"] = ratios["saved_ratio"] >= GOALS["saved_ratio"]
     ratios["psnr_goal_met"] = ratios["psnr_diff_db"] >= -GOALS["psnr_tolerance_db"]
@@ -163,16 +174,20 @@ def _print_task(task, result, log):
     c, rows, r = result["config"], result["rows"], result["ratios"]
     log(f"\n{task} {c['size']}x{c['size']}, noise {c['noise']:g}, {c['steps']} steps, batch "
         f"{c['batch']}, {c['channels']} channels, K={c['K']}; {c['n_test']} held-out test samples")
-    log(f"{'model':<16} {'PSNR init':>9} {'PSNR':>7} {'SSIM':>6} {'saved MB':>9} {'peak MB':>8} "
-        f"{'s/step':>7} {'solver its':>10}")
+    log(f"{'model':<22} {'PSNR init':>9} {'PSNR':>7} {'SSIM':>6} {'real PSNR':>9} "
+        f"{'saved MB':>9} {'peak MB':>8} {'s/step':>7} {'solver its':>10}")
     for name, row in rows.items():
         if name == "x0":
-            log(f"{'x0 (' + row['label'] + ')':<16} {'':>9} {row['psnr']:7.2f} {row['ssim']:6.3f}")
+            log(f"{'x0 (' + row['label'] + ')':<22} {'':>9} {row['psnr']:7.2f} {row['ssim']:6.3f} "
+                f"{row.get('real_psnr', float('nan')):9.2f}")
             continue
         its = f"{row['solver_iterations']:10.1f}" if "solver_iterations" in row else ""
-        log(f"{name:<16} {row['psnr_init']:9.2f} {row['psnr']:7.2f} {row['ssim']:6.3f} "
-            f"{row['saved_bytes'] / 2**20:9.2f} {row['peak_bytes'] / 2**20:8.2f} "
-            f"{row['sec_per_step']:7.3f} {its}")
+        log(f"{name:<22} {row['psnr_init']:9.2f} {row['psnr']:7.2f} {row['ssim']:6.3f} "
+            f"{row['real_psnr']:9.2f} {row['saved_bytes'] / 2**20:9.2f} "
+            f"{row['peak_bytes'] / 2**20:8.2f} {row['sec_per_step']:7.3f} {its}")
+    if "real_files" in rows["x0"]:
+        log(f"real PSNR: {len(rows['x0']['real_files'])} real scans never trained on "
+            f"({', '.join(rows['x0']['real_files'])})")
 
     def mark(ok):
         return "met" if ok else "MISSED"
@@ -182,6 +197,8 @@ def _print_task(task, result, log):
         f"{GOALS['saved_ratio']:g}x: {mark(r['saved_goal_met'])}), PSNR LUSER - LU "
         f"{r['psnr_diff_db']:+.2f} dB (goal >= -{GOALS['psnr_tolerance_db']:g} dB: "
         f"{mark(r['psnr_goal_met'])})")
+    log(f"real scans: LUSER - LU {r['real_psnr_diff_db']:+.2f} dB; both beat x0: "
+        f"{'yes' if r['real_beats_x0'] else 'NO'}")
     if "wide" in result:
         w = result["wide"]
         log(f"at {w['channels']} channels (untrained): peak {w['peak_ratio']:.1f}x, "

@@ -63,7 +63,11 @@ class TrainConfig:
         model: "luser" or "lu".
         iterations: K, unrolled proximal-gradient steps.
         channels: network width.
-        depth: regularizer depth; None gives 2 for LUSER and 5 for LU.
+        depth: regularizer depth; None gives LUSER's default (4) and 5 for LU.
+        share_weights: one regularizer for all K steps; None gives each model's default
+            (untied for LUSER, tied for LU).
+        chunk: LUSER's samples per chunk of the equilibrium solves and implicit backward
+            (0: the whole batch; results do not depend on it, memory does).
         solver_tol, solver_max_iter, anderson_m: LUSER's Anderson solver settings.
         backward: LUSER's backward ("ift", "jfb" or "phantom").
         batch: global batch size (split across processes under torchrun).
@@ -86,6 +90,8 @@ class TrainConfig:
     iterations: int = 5
     channels: int = 32
     depth: int | None = None
+    share_weights: bool | None = None
+    chunk: int = 1
     solver_tol: float = 1e-3
     solver_max_iter: int = 50
     anderson_m: int = 5
@@ -108,9 +114,13 @@ class TrainConfig:
         if self.backward not in BACKWARDS:
             raise ValueError(f"backward must be one of {BACKWARDS}, got {self.backward!r}")
         if self.depth is None:
-            self.depth = 2 if self.model == "luser" else 5
+            self.depth = _default("depth") if self.model == "luser" else 5
+        if self.share_weights is None:
+            self.share_weights = _default("share_weights") if self.model == "luser" else True
+        if not isinstance(self.share_weights, bool):
+            raise ValueError(f"share_weights must be a bool, got {self.share_weights!r}")
         for name, low in (("iterations", 1), ("channels", 1), ("depth", 2), ("solver_max_iter", 1),
-                          ("anderson_m", 1), ("batch", 1), ("steps", 1), ("n_train", 1),
+                          ("anderson_m", 1), ("chunk", 0), ("batch", 1), ("steps", 1), ("n_train", 1),
                           ("ckpt_every", 0), ("log_every", 0)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
@@ -137,6 +147,13 @@ class TrainConfig:
         return self.epochs * self.steps_per_epoch if self.epochs else self.steps
 
 
+def _default(name):
+    """LUSER's constructor default of argument ``name`` (one source for the defaults)."""
+    from .models import LUSER
+
+    return inspect.signature(LUSER).parameters[name].default
+
+
 def build_model(cfg: TrainConfig, operator, in_channels):
     """The model ``cfg`` describes, around ``operator``, initialised from ``cfg.seed``.
 
@@ -153,9 +170,10 @@ def build_model(cfg: TrainConfig, operator, in_channels):
     torch.manual_seed(cfg.seed)
     if cfg.model == "lu":
         return LU(operator, iterations=cfg.iterations, in_channels=in_channels,
-                  channels=cfg.channels, depth=cfg.depth)
+                  channels=cfg.channels, depth=cfg.depth, share_weights=cfg.share_weights)
     return LUSER(operator, iterations=cfg.iterations, in_channels=in_channels,
-                 channels=cfg.channels, depth=cfg.depth,
+                 channels=cfg.channels, depth=cfg.depth, share_weights=cfg.share_weights,
+                 chunk=cfg.chunk or None,
                  solver_kwargs={"tol": cfg.solver_tol, "max_iter": cfg.solver_max_iter,
                                 "m": cfg.anderson_m},
                  backward=cfg.backward)

@@ -98,9 +98,9 @@ class LUSER(_ref.LUSER):
         >>> x_hat = model(sinogram)       # sinogram [B, 1, 60, 91] -> x_hat [B, 1, 64, 64]
     """
 
-    def __init__(self, operator, iterations=5, in_channels=1, channels=64, depth=2,
-                 share_weights=True, step_init=-1.0, solver="anderson", solver_kwargs=None,
-                 backward="ift", backward_kwargs=None, chunk=None, warm_start=False):
+    def __init__(self, operator, iterations=5, in_channels=1, channels=64, depth=4,
+                 share_weights=False, step_init=-1.0, solver="anderson", solver_kwargs=None,
+                 backward="ift", backward_kwargs=None, chunk=1, warm_start=False):
         # The reference LUSER.__init__ would build reference DEQs; build the shared parts
         # (operator, steps) with _Unrolled's, then the same modules in the same order (so
         # the same seed gives the same parameters) around the fast DEQ.
