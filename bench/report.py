@@ -356,8 +356,8 @@ def demo_section(run, goals, plots) -> list[str]:
         cfg = ", ".join(f"{k} {v}" for k, v in t.get("config", {}).items())
         out += [f"### {task}", "", cfg, ""] if cfg else [f"### {task}", ""]
         rows = t["rows"]
-        keys = [k for k in ("psnr", "ssim", "psnr_init", "saved_bytes", "peak_bytes",
-                            "sec_per_step", "solver_iterations")
+        keys = [k for k in ("psnr", "ssim", "psnr_init", "real_psnr", "saved_bytes",
+                            "peak_bytes", "sec_per_step", "solver_iterations")
                 if any(k in r for r in rows.values())]
         out += table(("model", *keys),
                      [(name, *(fmt(r[k] / MIB) + " MiB" if k.endswith("bytes") and k in r
@@ -464,14 +464,15 @@ def study_section(results: str, plots) -> list[str]:
                 + ".", ""]
         header = ["config", "model", "seeds", "PSNR dB", "SSIM"]
         header += ["real-scan PSNR dB"] if real else []
-        header += ["peak MiB", "saved MiB", "s / step", "solver iterations"]
+        header += ["peak MiB", "saved MiB", "s / step", "solver iterations", "rho(J_f)"]
         body = []
         for name, row in by_name.items():
             body.append((name, row["model"], len(row["seeds"]), _pm(row.get("psnr")),
                          _pm(row.get("ssim"), 3),
                          *([_pm(row.get("real_psnr"))] if real else []),
                          _pm(row.get("peak_bytes"), 3, MIB), _pm(row.get("saved_bytes"), 3, MIB),
-                         _pm(row.get("sec_per_step"), 3), _pm(row.get("solver_iterations"), 3)))
+                         _pm(row.get("sec_per_step"), 3), _pm(row.get("solver_iterations"), 3),
+                         _pm(row.get("spectral_radius"), 3)))
         out += table(header, body, left=2)
         if plots:
             fig = study.task_figure(by_name, task, settings)

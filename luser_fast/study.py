@@ -12,7 +12,9 @@ configuration of a seed sees the same batches) on the task's train split, and me
 test PSNR / SSIM (mean over the held-out test images) next to x0's, the saved and peak
 bytes of one training step at the training batch (``training_memory``), seconds per
 step, parameters, LUSER's solver iterations and convergence on the test forward, and the
-real-scan PSNR of x0 and the model where ``luser_fast.data.real.evaluate_real`` exists.
+real-scan PSNR of x0 and the model where ``luser_fast.data.real.evaluate_real`` exists,
+and for LUSER the mean spectral radius of J_f at the test equilibria
+(``LUSER.equilibrium_diagnostics``).
 The data of a task (``make_task`` with the ``TaskConfig`` defaults at ``size`` and
 ``data_seed``) is the same for every configuration and seed: the seeds vary the
 initialisation and the batch order.
@@ -41,7 +43,9 @@ __all__ = ["CONFIGS", "DEFAULT_LUSER", "LU_BASELINE", "STUDY_TASKS", "SEEDS", "S
            "GOALS", "build_model", "run_key", "run_study", "load_results", "summarize",
            "pareto_front", "goal_rows", "verdict", "task_figure", "format_tables"]
 
-#: the default design space: name -> {"model": "lu" | "luser", **constructor kwargs}
+#: the default design space: name -> {"model": "lu" | "luser", **constructor kwargs}; a
+#: LUSER entry states only what differs from LUSER's defaults (depth 4, untied weights,
+#: chunk 1, IFT backward), so "luser-4" is the default model
 CONFIGS = {
     "lu-3": {"model": "lu", "depth": 3},
     "lu-4": {"model": "lu", "depth": 4},
@@ -49,15 +53,18 @@ CONFIGS = {
     "lu-6": {"model": "lu", "depth": 6},
     "lu-7": {"model": "lu", "depth": 7},
     "lu-8": {"model": "lu", "depth": 8},
+    "luser-2-shared-batched": {"model": "luser", "depth": 2, "share_weights": True,
+                               "chunk": None},
     "luser-2": {"model": "luser", "depth": 2},
     "luser-3": {"model": "luser", "depth": 3},
-    "luser-4": {"model": "luser", "depth": 4},
-    "luser-2-unshared": {"model": "luser", "depth": 2, "share_weights": False},
-    "luser-3-unshared": {"model": "luser", "depth": 3, "share_weights": False},
-    "luser-4-unshared": {"model": "luser", "depth": 4, "share_weights": False},
+    "luser-4": {"model": "luser"},
+    "luser-5": {"model": "luser", "depth": 5},
+    "luser-4-shared": {"model": "luser", "share_weights": True},
+    "luser-4-phantom": {"model": "luser", "backward": "phantom"},
+    "luser-4-jfb": {"model": "luser", "backward": "jfb"},
 }
 #: the LUSER configuration the goals are judged on, and the LU it is compared with
-DEFAULT_LUSER = "luser-2"
+DEFAULT_LUSER = "luser-4"
 LU_BASELINE = "lu-5"
 STUDY_TASKS = ("deblur", "ct", "mri")
 SEEDS = (0, 1, 2)
@@ -73,7 +80,8 @@ GOALS = (("PSNR LUSER - LU", "psnr_diff_db", "at_least", -0.3, " dB"),
 #: numbers averaged over seeds by ``summarize``, in table order
 METRICS = ("psnr", "ssim", "psnr_x0", "ssim_x0", "real_psnr", "real_ssim", "real_psnr_x0",
            "real_ssim_x0", "peak_bytes", "saved_bytes", "sec_per_step", "params",
-           "solver_iterations", "solver_converged", "loss_last", "wall_seconds")
+           "solver_iterations", "solver_converged", "spectral_radius", "loss_last",
+           "wall_seconds")
 MIB = 2 ** 20
 
 
@@ -232,6 +240,10 @@ def _run_one(task, name, config, seed, settings, data):
     metrics = quality(x_hat, truth)
     # of the test forward (LUSER): mean over samples and unrolled steps
     metrics.update(solver_stats(model))
+    if hasattr(model, "equilibrium_diagnostics"):
+        # rho(J_f(z*)) at every unrolled step of the first test images: does it iterate?
+        diag = model.equilibrium_diagnostics(test.y[:4])
+        metrics["spectral_radius"] = diag["spectral_radius"].mean().item()
     x0_quality = quality(x0, truth)
     metrics.update({"psnr_x0": x0_quality["psnr"], "ssim_x0": x0_quality["ssim"],
                     "loss_first": losses[0],
