@@ -130,7 +130,7 @@ def _cmd_reconstruct(args):
 
 #: values swept by ``memprofile --vary`` by default
 MEMPROFILE_VALUES = {"iterations": (5, 10, 20, 40), "depth": (2, 3, 5, 8), "batch": (1, 2, 4, 8),
-                     "K": (1, 2, 4, 8)}
+                     "K": (1, 2, 4, 8), "chunk": (1, 2, 4, 8)}
 
 
 def run_memprofile(vary="iterations", values=None, task="ct", size=32, channels=32, batch=2,
@@ -138,17 +138,20 @@ def run_memprofile(vary="iterations", values=None, task="ct", size=32, channels=
     """Training memory of LUSER (fast), reference LUSER and LU against one setting.
 
     One forward + backward step per point, measured by ``luser_fast.profile.training_memory``.
-    Baseline settings: K unrolled steps, LUSER depth 2 (other arguments at their defaults),
-    LU depth 5, width ``channels``,
+    Baseline settings: K unrolled steps, LUSER depth 2 with chunk 1 (its other arguments at
+    their defaults), LU depth 5, width ``channels``,
     Anderson run for exactly ``solver_iterations`` iterations (tol 1e-12). ``vary``:
 
     * iterations: solver iterations (LU has no solver: its row repeats one setting);
     * depth: regularizer depth of all three models;
     * batch: batch size;
-    * K: unrolled steps.
+    * K: unrolled steps;
+    * chunk: LUSER's samples per chunk of the solves and implicit backward, at a batch of
+      the largest value (so that value is the batched solve; LU has no chunk: its row
+      repeats one setting).
 
     Args:
-        vary: "iterations", "depth", "batch" or "K".
+        vary: "iterations", "depth", "batch", "K" or "chunk".
         values: the swept values (default ``MEMPROFILE_VALUES[vary]``).
         task: one of the four tasks (data and operator from ``make_task``).
         size, channels, batch, K, solver_iterations: the fixed settings.
@@ -172,12 +175,15 @@ def run_memprofile(vary="iterations", values=None, task="ct", size=32, channels=
         raise ValueError(f"values must be positive ints, got {values!r}")
     if vary == "depth" and min(values) < 2:
         raise ValueError("depth values must be >= 2")
+    if vary == "chunk":
+        batch = max(values)
     n = max(values) if vary == "batch" else batch
     data = make_task(TaskConfig(task=task, size=size, seed=seed), "train", n)
     models = {"LUSER": LUSER, "LUSER (reference)": ReferenceLUSER, "LU": LU}
     rows = []
     for value in values:
-        setting = {"K": K, "batch": batch, "iterations": solver_iterations, "depth": None}
+        setting = {"K": K, "batch": batch, "iterations": solver_iterations, "depth": None,
+                   "chunk": 1}
         setting[vary] = value
         for name, cls in models.items():
             depth = setting["depth"] or (5 if cls is LU else 2)
@@ -185,6 +191,7 @@ def run_memprofile(vary="iterations", values=None, task="ct", size=32, channels=
                           channels=channels, depth=depth)
             if cls is not LU:
                 kwargs["solver_kwargs"] = {"tol": 1e-12, "max_iter": setting["iterations"]}
+                kwargs["chunk"] = setting["chunk"]
             torch.manual_seed(seed)
             model = cls(data.operator, **kwargs)
             b = setting["batch"]

@@ -267,3 +267,13 @@ def test_train_removes_stale_temporaries(tmp_path):
     finally:
         alive.kill()
         alive.wait()
+
+
+def test_memprofile_chunk_peak_falls_with_the_chunk():
+    torch.set_num_threads(1)
+    rows = run_memprofile(vary="chunk", values=(1, 4), size=24, channels=16, K=2,
+                          solver_iterations=5, log=lambda *a: None)
+    fast = {r["chunk"]: r["peak_bytes"] for r in rows if r["model"] == "LUSER"}
+    saved = {r["chunk"]: r["saved_bytes"] for r in rows if r["model"] == "LUSER"}
+    assert fast[4] > 1.5 * fast[1], fast              # chunk 4 = the whole batch of 4
+    assert abs(saved[4] - saved[1]) <= 0.05 * saved[1]  # what is kept is the same
