@@ -394,7 +394,7 @@ def _pm(stat: dict | None, digits=4, scale=1.0) -> str:
     return mean if stat.get("std") is None else f"{mean} ± {fmt(stat['std'] / scale, 2)}"
 
 
-def study_section(results: str, plots) -> list[str]:
+def study_section(results: str, plots, goals=None) -> list[str]:
     """The design-space study (``luser-fast study --results <results>/study_cpu.json``):
     what ran, mean ± std over seeds per task and configuration, the plots, and the default
     LUSER against LU depth 5. The file holds every run of the sweep (a resumed study adds
@@ -493,6 +493,12 @@ def study_section(results: str, plots) -> list[str]:
         shown = f"**{g['verdict']}**" if g["verdict"].startswith("MISSED") else g["verdict"]
         goal_rows.append((g["task"], g["figure"], f"{sign} {g['goal']:g}{g['unit']}", measured,
                           str(g["seeds"]), shown))
+        if goals is not None:
+            # the headline table: the study's goals of the default LUSER (issue 11)
+            goals.add(11, f"{g['task']}: {g['figure']} (`{study.DEFAULT_LUSER}` vs "
+                          f"`{study.LU_BASELINE}`, study, seeds {g['seeds']})",
+                      f"{sign} {g['goal']:g}{g['unit']}",
+                      None if g["mean"] is None else measured, g["verdict"] == "met")
     out += table(("task", "figure", "goal", "measured", "seeds", "verdict"), goal_rows, left=2)
     return out
 
@@ -648,7 +654,7 @@ def render(results: str, plots: Plots | None, tiny: bool = False,
     body += solver_section(runs["solver_cpu"], goals)
     body += memory_section(runs["deq_memory_cpu"], runs["memprofile_cpu"], goals, plots)
     body += demo_section(runs["demo_cpu"], goals, plots)
-    body += study_section(results, plots)
+    body += study_section(results, plots, goals)
     body += gpu_section(runs["triton_gpu"], goals)
     body += repeat_section(runs, repeat, goals, tiny)
     body += bench_runs_section(runs["bench_runs"], goals)

@@ -11,7 +11,7 @@ import torch
 
 from luser_fast import study
 from luser_fast.cli import main
-from luser_fast.study import (CONFIGS, DEFAULT_LUSER, LU_BASELINE, build_model, goal_rows,
+from luser_fast.study import (CONFIGS, DEFAULT_LUSER, GOALS, LU_BASELINE, build_model, goal_rows,
                               pareto_front, run_key, run_study, verdict)
 
 BENCH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench")
@@ -114,9 +114,11 @@ def test_report_renders_the_study_section(tiny, tmp_path):
     assert all(f"`{n}`" in text.split("did not run")[1].split("\n")[0] for n in missing)
     goals = text.split("### Goals")[1]
     rows = [line for line in goals.splitlines() if line.startswith("| ct |")]
-    assert len(rows) == 3
+    assert len(rows) == len(GOALS)
     for row in rows:
         assert "not measured" not in row and ("met" in row or "MISSED by" in row)
+    headline = out.read_text().split("## Goal figures")[1].split("\n## ")[0]
+    assert sum(line.startswith("| #11 | ct: ") for line in headline.splitlines()) == len(GOALS)
     assert (tmp_path / "plots" / "study_ct.png").stat().st_size > 5_000
     # no study file, no section
     os.remove(folder / "study_cpu.json")
