@@ -10,8 +10,9 @@ nufft-mri   anatomy-like mix, smooth random phase       radial ``NUFFT``, 4x few
 ==========  ==========================================  ==============================
 
 The anatomy-like mix: half ``textured_ellipses`` phantoms (soft edges, smooth texture,
-rings, bias field), half patches of scikit-image's bundled images taken at 1, 1/2 or 1/4
-of their resolution (random flips and transposes). Hard-edged flat ellipses alone
+rings, bias field), half patches of scikit-image's bundled images taken at 1/2, 1/4 or 1/8
+of their resolution (whole objects at about the scale of a 64x64 scan; random flips and
+transposes). Hard-edged flat ellipses alone
 (``random_ellipses``, the set of earlier versions) teach the networks a prior that real
 anatomy breaks: trained on them, LU and LUSER scored below x0 on real MR and CT slices
 (``luser_fast.data.real``). For the MRI tasks the magnitude is multiplied by
@@ -63,7 +64,7 @@ _PATCH_TRIES = 20
 #: rest are ``textured_ellipses`` phantoms)
 NATURAL_FRACTION = 0.5
 #: resolutions at which the mix takes its natural-image patches (fractions of the original)
-_PATCH_SCALES = (1.0, 0.5, 0.25)
+_PATCH_SCALES = (0.5, 0.25, 0.125)
 #: seed offsets of the mix's phantoms and of the MRI phase maps (from the split's seed)
 _PHANTOM_SEED, _PHASE_SEED = 11, 13
 _MRI_TASKS = ("mri", "nufft-mri")
