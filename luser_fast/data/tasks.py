@@ -18,9 +18,10 @@ Hard-edged flat ellipses of zero phase (``random_ellipses``, the built-in set of
 versions) teach a prior that real anatomy breaks. With the demo's training (250 steps),
 LU and LUSER trained on them fell below x0 on the real MR slices of
 ``luser_fast.data.real`` (by 1.2-1.4 dB with zero phase, 5-8 dB with a smooth phase) and
-gained +2.6 and +1.3 dB over FBP on the real CT slices; trained on this mix they stay
-within 0.3 dB of x0 on the MR slices (LU gains 0.6 dB after 1000 steps) and gain +4.3 and
-+3.6 dB on the CT slices.
+gained +2.6 and +1.3 dB over FBP on the real CT slices. Trained on this mix they gain
++4.3 and +3.6 dB on the CT slices and +2.9 and +3.3 dB on the radial (nufft-mri) MR
+slices; on the Cartesian (mri) MR slices they stay at x0 (within 0.1 dB with a smooth
+phase, LUSER 0.5 dB below with zero phase), and LU gains 0.6 dB after 1000 steps.
 
 y = A x + n, with n Gaussian (circular complex for MRI) of standard deviation ``noise``
 times the mean absolute value of A x over the split. ``data`` (a PNG/NPY folder, or a
