@@ -51,7 +51,8 @@ def _slices(path):
     try:
         arr = np.asarray(ds.pixel_array)
     except Exception as exc:   # pydicom raises many types for undecodable pixel data
-        raise ValueError(f"{path}: cannot decode the pixel data ({type(exc).__name__}: {exc})") from exc
+        raise ValueError(f"{path}: cannot decode the pixel data "
+                         f"({type(exc).__name__}: {exc})") from exc
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
     samples = int(ds.get("SamplesPerPixel", 1) or 1)
     frames = int(ds.get("NumberOfFrames", 1) or 1)
