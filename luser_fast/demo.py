@@ -20,11 +20,10 @@ import torch
 
 from .data import TaskConfig, make_task
 from .data.real import evaluate_real
-from .experiment import (fit, magnitude, memory_ratios, quality, solver_stats, step_memory,
-                         write_json)
+from .experiment import (fit, image_grid, magnitude, memory_ratios, quality, solver_stats,
+                         step_memory, write_json)
 from .models import LU, LUSER
 from .profile.provenance import cpu_model, git_sha
-from .train import _grid
 
 __all__ = ["DEMO_TASKS", "GOALS", "run_demo"]
 
@@ -101,7 +100,7 @@ def _run_task(task, cfg, settings, out, log):
         ratios["wide_peak_ratio"] = result["wide"]["peak_ratio"]
         ratios["wide_saved_ratio"] = result["wide"]["saved_ratio"]
     png = os.path.join(out, f"demo_{task}.png")
-    _grid(png, truth, recon, 3, f"{task} {cfg.size}x{cfg.size}, held-out test samples",
+    image_grid(png, truth, recon, 3, f"{task} {cfg.size}x{cfg.size}, held-out test samples",
           error=False)
     result["png"] = png
     _print_task(task, result, log)

@@ -6,7 +6,8 @@
 * ``step_memory``: saved and peak bytes of one training step (``training_memory``).
 * ``solver_stats``: LUSER's mean solver iterations and convergence rate of its last forward.
 * ``memory_ratios``: one model's saved and peak bytes over another's.
-* ``magnitude``, ``write_json``: |x| of complex images, atomic JSON writes.
+* ``magnitude``, ``write_json``, ``image_grid``: |x| of complex images, atomic JSON writes,
+  PNG grids of reconstructions.
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from .metrics import psnr, ssim
 from .profile import mse, training_memory
 
 __all__ = ["fit", "quality", "step_memory", "solver_stats", "memory_ratios", "magnitude",
-           "write_json"]
+           "write_json", "image_grid"]
 
 
 def magnitude(x):
@@ -158,3 +159,31 @@ def memory_ratios(num, den):
     """
     return {"peak_ratio": num["peak_bytes"] / den["peak_bytes"],
             "saved_ratio": num["saved_bytes"] / den["saved_bytes"]}
+
+
+def image_grid(path, truth, recon, rows, title, error=True):
+    """PNG of ``rows`` samples: ground truth, each of ``recon`` ({name: [N, 1, H, W]}, in
+    [0, 1]) and, with ``error``, |model - truth| (``recon["model"]``)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    columns = {"ground truth": truth, **recon}
+    if error:
+        columns["|model - truth|"] = (recon["model"] - truth).abs()
+    rows = min(rows, truth.shape[0])
+    fig, axes = plt.subplots(rows, len(columns), figsize=(2.2 * len(columns), 2.2 * rows + 0.3),
+                             squeeze=False)
+    for i in range(rows):
+        for j, (name, images) in enumerate(columns.items()):
+            ax = axes[i, j]
+            ax.imshow(images[i, 0].detach().clamp(0, 1).numpy(), cmap="gray", vmin=0, vmax=1)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if i == 0:
+                ax.set_title(name, fontsize=9)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

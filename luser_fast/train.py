@@ -38,6 +38,7 @@ import torch.distributed as dist
 
 from .data import TaskConfig, build_operator, make_task, measure, read_images
 from .metrics import psnr_per_image, ssim_per_image
+from .experiment import image_grid, magnitude, write_json
 from .profile import mse
 
 __all__ = ["TrainConfig", "build_model", "train", "evaluate", "reconstruct", "save_checkpoint",
@@ -47,7 +48,7 @@ __all__ = ["TrainConfig", "build_model", "train", "evaluate", "reconstruct", "sa
 CHECKPOINT_FORMAT = "luser_fast-train-2"
 #: tasks whose images are complex (2 network channels) and whose measurements are complex
 _COMPLEX_TASKS = ("mri", "nufft-mri")
-#: temporary files of interrupted writes: ``save_checkpoint``'s and ``_write_json``'s
+#: temporary files of interrupted writes: ``save_checkpoint``'s and ``write_json``'s
 _TMP_NAMES = re.compile(r"^(?:\.last\.pt|history\.json)\.(\d+)\.tmp$")
 MODELS = ("luser", "lu")
 BACKWARDS = ("ift", "jfb", "phantom")
@@ -356,10 +357,6 @@ def _device(cfg, local_rank):
     return torch.device("cuda", local_rank)
 
 
-def _magnitude(x):
-    return x.abs() if x.is_complex() else x
-
-
 def _rng_state():
     """torch, numpy and Python RNG states as tensors and plain types."""
     name, keys, pos, has_gauss, cached = np.random.get_state()
@@ -464,7 +461,7 @@ def train(task: TaskConfig, cfg: TrainConfig, resume=False, log=print):
                 "step": at, "model": model.state_dict(), "optimizer": opt.state_dict(),
                 "scheduler": sched.state_dict(), "rng": _rng_state(), "history": history,
                 "world_size": world})
-            _write_json(os.path.join(cfg.out, "history.json"), history)
+            write_json(os.path.join(cfg.out, "history.json"), history)
 
     for s in progress:
         t_step = time.perf_counter()
@@ -507,7 +504,7 @@ def _check_same(state, task, cfg, path):
 def _step_metrics(step, loss, x_hat, x, model, world):
     with torch.no_grad():
         values = torch.stack([loss.detach().double(),
-                              psnr_per_image(_magnitude(x_hat), _magnitude(x)).mean()]).cpu()
+                              psnr_per_image(magnitude(x_hat), magnitude(x)).mean()]).cpu()
         if world > 1:
             dist.all_reduce(values)
             values /= world
@@ -534,13 +531,6 @@ def _report(progress, row, every, total, log):
         progress.set_postfix(post)
     elif row["step"] % every == 0 or row["step"] == total:
         log(f"step {row['step']}/{total} " + " ".join(f"{k} {v}" for k, v in post.items()))
-
-
-def _write_json(path, obj):
-    tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "w") as fh:
-        json.dump(obj, fh, indent=1)
-    os.replace(tmp, path)
 
 
 def _load_model(checkpoint, device):
@@ -604,9 +594,9 @@ def evaluate(checkpoint, split="test", n=None, batch=8, out=None, log=print, dev
     with torch.no_grad():
         for i in range(0, n, batch):
             y = samples.y[i:i + batch].to(device)
-            x0s.append(_magnitude(model.initial(y)).cpu())
-            outs.append(_magnitude(model(y)).cpu())
-    truth = _magnitude(samples.x)
+            x0s.append(magnitude(model.initial(y)).cpu())
+            outs.append(magnitude(model(y)).cpu())
+    truth = magnitude(samples.x)
     recon = {"x0": torch.cat(x0s), "model": torch.cat(outs)}
     result = {"checkpoint": checkpoint, "split": split, "data": data, "n": n, "task": task.task,
               "model_name": cfg.model, "step": state["step"]}
@@ -618,8 +608,8 @@ def evaluate(checkpoint, split="test", n=None, batch=8, out=None, log=print, dev
     os.makedirs(out, exist_ok=True)
     result["png"] = os.path.join(out, f"eval_{name}.png")
     result["json"] = os.path.join(out, f"eval_{name}.json")
-    _grid(result["png"], truth, recon, min(4, n), f"{task.task}, {cfg.model}, step {state['step']}")
-    _write_json(result["json"], result)
+    image_grid(result["png"], truth, recon, min(4, n), f"{task.task}, {cfg.model}, step {state['step']}")
+    write_json(result["json"], result)
     log(f"{task.task} {split if data is None else data} n={n} {cfg.model} step {state['step']}")
     log(f"{'':<6} {'PSNR':>7} {'SSIM':>7}")
     for key in recon:
@@ -721,7 +711,7 @@ def reconstruct(checkpoint, measurements, out=None, png=None, batch=8, device="c
         with open(out, "wb") as fh:
             np.save(fh, x.numpy())
     if png is not None:
-        _image_png(png, _magnitude(x.reshape(-1, 1, *x.shape[-2:])))
+        _image_png(png, magnitude(x.reshape(-1, 1, *x.shape[-2:])))
     return x
 
 
@@ -733,31 +723,3 @@ def _image_png(path, images):
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     Image.fromarray((row.numpy() * 255).round().astype(np.uint8)).save(path, format="PNG")
-
-
-def _grid(path, truth, recon, rows, title, error=True):
-    """PNG of ``rows`` samples: ground truth, each of ``recon`` ({name: [N, 1, H, W]}, in
-    [0, 1]) and, with ``error``, |model - truth| (``recon["model"]``)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    columns = {"ground truth": truth, **recon}
-    if error:
-        columns["|model - truth|"] = (recon["model"] - truth).abs()
-    rows = min(rows, truth.shape[0])
-    fig, axes = plt.subplots(rows, len(columns), figsize=(2.2 * len(columns), 2.2 * rows + 0.3),
-                             squeeze=False)
-    for i in range(rows):
-        for j, (name, images) in enumerate(columns.items()):
-            ax = axes[i, j]
-            ax.imshow(images[i, 0].detach().clamp(0, 1).numpy(), cmap="gray", vmin=0, vmax=1)
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if i == 0:
-                ax.set_title(name, fontsize=9)
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
