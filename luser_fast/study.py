@@ -62,6 +62,8 @@ CONFIGS = {
     "luser-4-shared": {"model": "luser", "share_weights": True},
     "luser-4-phantom": {"model": "luser", "backward": "phantom"},
     "luser-4-jfb": {"model": "luser", "backward": "jfb"},
+    "luser-4-tol1e-2": {"model": "luser", "solver_kwargs": {"tol": 1e-2}},
+    "luser-4-adjoint8": {"model": "luser", "backward_kwargs": {"max_iter": 8}},
 }
 #: the LUSER configuration the goals are judged on, and the LU it is compared with
 DEFAULT_LUSER = "luser-4"
