@@ -413,6 +413,7 @@ def study_section(results: str, plots, goals=None) -> list[str]:
         groups.setdefault(json.dumps(r["settings"], sort_keys=True), []).append(r)
     chosen = max(groups, key=lambda k: (len(groups[k]), max(r["date"] for r in groups[k])))
     runs, settings = groups[chosen], groups[chosen][0]["settings"]
+    runs, stale = study.current_runs(runs)
     newest = max(runs, key=lambda r: r["date"])
     m, v = newest["machine"], newest["versions"]
     shas = ", ".join(f"`{s}`" for s in dict.fromkeys(r["git_sha"] for r in runs))
@@ -433,8 +434,11 @@ def study_section(results: str, plots, goals=None) -> list[str]:
            "at the training batch (`training_memory`), solver iterations of the test forward.",
            ""]
     if len(groups) > 1:
-        out += [f"Not shown: {len(records) - len(runs)} runs at other settings in "
+        out += [f"Not shown: {len(records) - len(runs) - len(stale)} runs at other settings in "
                 f"`{os.path.relpath(path, ROOT)}`.", ""]
+    if stale:
+        out += [f"Not shown: {len(stale)} runs measured on an earlier version of their task's "
+                "data (their data digest differs from the newest run's).", ""]
     tasks = list(dict.fromkeys(r["task"] for r in runs))
     names = list(dict.fromkeys(r["name"] for r in runs))
     seeds_of = {}

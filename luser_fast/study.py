@@ -20,14 +20,16 @@ The data of a task (``make_task`` with the ``TaskConfig`` defaults at ``size`` a
 initialisation and the batch order.
 
 Each finished run is written at once to the results JSON (atomically), keyed by task,
-configuration name, configuration dict, seed and settings, so a rerun skips what is done
-and an interrupted study resumes where it stopped. ``summarize`` gives mean and std over
-seeds, ``goal_rows`` the default LUSER against LU depth 5, ``task_figure`` the PSNR
+configuration name, configuration dict, seed, settings and a digest of the task's data
+(``data_digest``), so a rerun skips what is done, an interrupted study resumes where it
+stopped, and a change to the data generators starts the affected runs afresh.
+``summarize`` gives mean and std over seeds, ``goal_rows`` the default LUSER against LU depth 5, ``task_figure`` the PSNR
 against peak memory and against seconds per step with the Pareto front.
 """
 from __future__ import annotations
 
 import datetime
+import hashlib
 import json
 import math
 import os
@@ -41,7 +43,8 @@ from .profile.provenance import cpu_model, git_sha
 
 __all__ = ["CONFIGS", "DEFAULT_LUSER", "LU_BASELINE", "STUDY_TASKS", "SEEDS", "SETTINGS",
            "GOALS", "build_model", "run_key", "run_study", "load_results", "summarize",
-           "pareto_front", "goal_rows", "verdict", "task_figure", "format_tables"]
+           "pareto_front", "goal_rows", "verdict", "task_figure", "format_tables",
+           "data_digest", "current_runs"]
 
 #: the default design space: name -> {"model": "lu" | "luser", **constructor kwargs}; a
 #: LUSER entry states only what differs from LUSER's defaults (depth 4, untied weights,
@@ -119,8 +122,9 @@ def build_model(config, operator, in_channels, channels, K):
                          f"({exc})") from exc
 
 
-def run_key(task, name, config, seed, settings):
-    """The results key of one run: task, configuration name and dict, seed, settings.
+def run_key(task, name, config, seed, settings, data=None):
+    """The results key of one run: task, configuration name and dict, seed, settings and
+    the digest of the data it trained and was tested on.
 
     Args:
         task: task name.
@@ -128,12 +132,36 @@ def run_key(task, name, config, seed, settings):
         config: configuration dict.
         seed: training seed.
         settings: the study settings (``SETTINGS``'s keys).
+        data: ``data_digest`` of the task's splits (None: left out of the key).
 
     Returns:
         str.
     """
-    return (f"{task} | {name} | {json.dumps(config, sort_keys=True)} | seed {seed} | "
-            f"{json.dumps(settings, sort_keys=True)}")
+    key = (f"{task} | {name} | {json.dumps(config, sort_keys=True)} | seed {seed} | "
+           f"{json.dumps(settings, sort_keys=True)}")
+    return key if data is None else f"{key} | data {data}"
+
+
+def data_digest(*splits):
+    """SHA-256 (first 16 hex digits) of the splits' ground truth and measurements, so a
+    change to the data generators (not only to the settings) gives new run keys: a result
+    never outlives the data it was measured on.
+
+    Args:
+        splits: ``TaskData`` objects (e.g. train and test).
+
+    Returns:
+        str.
+    """
+    h = hashlib.sha256()
+    for split in splits:
+        for t in (split.x, split.y):
+            t = t.detach().cpu().contiguous()
+            if t.is_complex():
+                t = torch.view_as_real(t).contiguous()
+            h.update(str((tuple(t.shape), str(t.dtype))).encode())
+            h.update(t.numpy().tobytes())
+    return h.hexdigest()[:16]
 
 
 def load_results(path):
@@ -328,19 +356,21 @@ def run_study(out="out/study", results=None, tasks=STUDY_TASKS, configs=None, se
     done = load_results(results)
     ran, skipped, keys, data = [], [], [], {}
     for i, (task, name, seed) in enumerate(plan, 1):
-        key = run_key(task, name, chosen[name], seed, settings)
+        if task not in data:
+            data.clear()                       # the plan is task by task: one task's data
+            cfg = TaskConfig(task=task, size=size, seed=data_seed)
+            train = make_task(cfg, "train", n_train)
+            test = make_task(cfg, "test", n_test, operator=train.operator)
+            data[task] = (cfg, train, test, data_digest(train, test))
+        key = run_key(task, name, chosen[name], seed, settings, data[task][3])
         keys.append(key)
         if key in done:
             skipped.append(key)
             log(f"[{i}/{len(plan)}] {task} {name} seed {seed}: done before, skipped")
             continue
-        if task not in data:
-            data.clear()                       # the plan is task by task: one task's data
-            cfg = TaskConfig(task=task, size=size, seed=data_seed)
-            train = make_task(cfg, "train", n_train)
-            data[task] = (cfg, train, make_task(cfg, "test", n_test, operator=train.operator))
-        record = _run_one(task, name, chosen[name], seed, settings, data[task])
+        record = _run_one(task, name, chosen[name], seed, settings, data[task][:3])
         record["command"] = command
+        record["data_sha256"] = data[task][3]
         runs = load_results(results)           # fresh: keep what another writer added
         runs[key] = record
         write_json(results, runs)
@@ -374,6 +404,28 @@ def _mean_std(values):
     mean = sum(values) / n
     std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else None
     return {"mean": mean, "std": std, "n": n}
+
+
+def current_runs(records):
+    """The records measured on each task's newest data: per task, those whose
+    ``data_sha256`` is the one of the task's most recent record (records of older data, or
+    without a digest when a newer record has one, are left out).
+
+    Args:
+        records: run records.
+
+    Returns:
+        (kept, dropped): lists of records.
+    """
+    newest = {}
+    for r in records:
+        if r["task"] not in newest or r["date"] > newest[r["task"]]["date"]:
+            newest[r["task"]] = r
+    kept, dropped = [], []
+    for r in records:
+        same = r.get("data_sha256") == newest[r["task"]].get("data_sha256")
+        (kept if same else dropped).append(r)
+    return kept, dropped
 
 
 def summarize(records):
