@@ -194,3 +194,20 @@ def test_configs_pass_their_arguments_through():
         run_study(configs=("nope",))
     assert CONFIGS[LU_BASELINE] == {"model": "lu", "depth": 5}
     assert CONFIGS[DEFAULT_LUSER]["model"] == "luser"
+
+
+def test_data_digest_changes_with_the_data():
+    from luser_fast.data import TaskConfig, make_task
+    from luser_fast.study import current_runs, data_digest
+
+    cfg = TaskConfig(task="ct", size=16)
+    a = make_task(cfg, "train", 4)
+    b = make_task(cfg, "train", 4, operator=a.operator)
+    assert data_digest(a) == data_digest(b)
+    b.x[0, 0, 0, 0] += 1e-3
+    assert data_digest(a) != data_digest(b)
+    runs = [{"task": "ct", "date": "1", "data_sha256": "old"},
+            {"task": "ct", "date": "2", "data_sha256": "new"},
+            {"task": "mri", "date": "1"}]
+    kept, dropped = current_runs(runs)
+    assert kept == runs[1:] and dropped == runs[:1]
