@@ -46,7 +46,8 @@ def test_each_run_is_recorded_with_its_provenance(tiny):
     runs = _records(results)
     assert len(first["ran"]) == 4 and not first["skipped"] and set(runs) == set(first["ran"])
     for key, r in runs.items():
-        assert key == run_key(r["task"], r["name"], r["config"], r["seed"], r["settings"])
+        assert key == run_key(r["task"], r["name"], r["config"], r["seed"], r["settings"],
+                              r["data_sha256"])
         assert r["config"] == CONFIGS[r["name"]] and r["settings"]["steps"] == 2
         assert r["machine"]["cpu"] and r["versions"]["torch"] == torch.__version__
         assert r["git_sha"] and r["date"] and r["wall_seconds"] > 0
