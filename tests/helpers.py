@@ -75,3 +75,33 @@ def ptxas_report(source: str, arch: int, include_dirs=()) -> dict:
         if m:
             report[current]["smem"] = int(m.group(1))
     return report
+
+
+def write_dicom(path, arr, *, modality="CT", photometric="MONOCHROME2", slope=None,
+                intercept=None, pixels=True):
+    """Write ``arr`` ([H, W], [F, H, W] or [H, W, 3] integers) as a DICOM file of
+    ``modality`` (CT, MR, else secondary capture), with an optional rescale slope /
+    intercept; ``pixels=False`` leaves the pixel data out. Returns the path (str)."""
+    import numpy as np
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import (CTImageStorage, ExplicitVRLittleEndian, MRImageStorage,
+                             SecondaryCaptureImageStorage, generate_uid)
+
+    sop = {"CT": CTImageStorage, "MR": MRImageStorage}.get(modality, SecondaryCaptureImageStorage)
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = sop
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID = sop
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.Modality = modality
+    if pixels:
+        arr = np.asarray(arr)
+        ds.set_pixel_data(arr, photometric, 8 if arr.dtype == np.uint8 else 16)
+    if slope is not None:
+        ds.RescaleSlope = slope
+        ds.RescaleIntercept = intercept
+    ds.save_as(path, enforce_file_format=True)
+    return str(path)

@@ -5,6 +5,7 @@ import h5py
 import numpy as np
 import pytest
 import torch
+from helpers import write_dicom as _dicom
 
 from luser_fast.data import (TASKS, FastMRISlices, LoDoPaB, TaskConfig, cartesian_mask,
                              ground_truth, make_task, radial_trajectory, read_dicom,
@@ -289,33 +290,6 @@ def test_anatomy_mix_uses_only_the_splits_images(monkeypatch):
 # ---------------------------------------------------------------------------------------
 # DICOM reader
 # ---------------------------------------------------------------------------------------
-
-
-def _dicom(path, arr, *, modality="CT", photometric="MONOCHROME2", slope=None,
-           intercept=None, pixels=True):
-    """Write ``arr`` ([H, W], [F, H, W] or [H, W, 3] integers) as a DICOM file."""
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import (CTImageStorage, ExplicitVRLittleEndian, MRImageStorage,
-                             SecondaryCaptureImageStorage, generate_uid)
-
-    sop = {"CT": CTImageStorage, "MR": MRImageStorage}.get(modality, SecondaryCaptureImageStorage)
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = sop
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID = sop
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    ds.Modality = modality
-    if pixels:
-        arr = np.asarray(arr)
-        ds.set_pixel_data(arr, photometric, 8 if arr.dtype == np.uint8 else 16)
-    if slope is not None:
-        ds.RescaleSlope = slope
-        ds.RescaleIntercept = intercept
-    ds.save_as(path, enforce_file_format=True)
-    return str(path)
 
 
 def _robust01(a):

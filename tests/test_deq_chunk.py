@@ -10,12 +10,7 @@ from luser_fast.models import ShallowEquilibrium
 from luser_fast.profile import training_memory
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _map(depth=3):

@@ -18,13 +18,7 @@ from luser_fast.reference.deq import _mixing_weights as _mixing_weights_ref
 D = 48
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny problems: intra-op threads only add synchronisation on a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _contractions(rates, seed=0, dtype=torch.float64):

@@ -5,6 +5,7 @@ import os
 import numpy as np
 import pytest
 import torch
+from helpers import write_dicom
 
 from luser_fast.cli import main
 from luser_fast.data import (TaskConfig, build_operator, make_task, measure, read_h5_generic,
@@ -159,38 +160,11 @@ def test_generic_hdf5_needs_one_image_dataset(tmp_path):
 
 
 def _write_dicom(path, pixels, modality="CT"):
-    """A minimal valid CT or MR image file (pydicom Dataset + FileMetaDataset)."""
-    from pydicom import dcmwrite
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, MRImageStorage, generate_uid
-
-    sop_class = CTImageStorage if modality == "CT" else MRImageStorage
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = sop_class
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID = sop_class
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    ds.StudyInstanceUID = generate_uid()
-    ds.SeriesInstanceUID = generate_uid()
-    ds.Modality = modality
-    ds.PatientName = "Test^Phantom"
-    ds.PatientID = "0"
-    ds.Rows, ds.Columns = pixels.shape
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.BitsAllocated = ds.BitsStored = 16
-    ds.HighBit = 15
+    """A CT (int16, rescale intercept -1024) or MR (uint16) image file."""
     if modality == "CT":
-        ds.PixelRepresentation = 1
-        ds.RescaleSlope, ds.RescaleIntercept = 1, -1024
-        ds.PixelData = pixels.astype(np.int16).tobytes()
-    else:
-        ds.PixelRepresentation = 0
-        ds.PixelData = pixels.astype(np.uint16).tobytes()
-    dcmwrite(str(path), ds, enforce_file_format=True)
+        return write_dicom(path, pixels.astype(np.int16), modality="CT", slope=1,
+                           intercept=-1024)
+    return write_dicom(path, pixels.astype(np.uint16), modality="MR")
 
 
 def test_eval_data_dicom_file_and_folder(checkpoints, tmp_path):

@@ -11,13 +11,7 @@ from luser_fast.physics import MRI, Radon
 from luser_fast.profile import mse, training_memory
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small problems: intra-op threads only add synchronisation on a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 TIGHT = {"tol": 1e-13, "max_iter": 300}
