@@ -113,3 +113,22 @@ def test_peak_drops_with_chunk_by_a_factor_growing_with_batch():
         ratios[batch] = peaks[None] / peaks[1]
     assert ratios[2] > 1.3, ratios
     assert ratios[8] > 1.5 * ratios[2], ratios
+
+
+def test_chunked_backward_for_a_map_that_ignores_v():
+    class Scale(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = torch.nn.Parameter(torch.tensor(0.5, dtype=torch.float64))
+
+        def forward(self, z, v):
+            return self.a * z + 1.0
+
+    f = Scale()
+    v = torch.randn(3, 2, dtype=torch.float64, requires_grad=True)
+    z = fast.DEQ(f, chunk=1, solver_kwargs={"tol": 1e-12, "max_iter": 100})(v)
+    z.sum().backward()
+    torch.testing.assert_close(z.detach(), torch.full((3, 2), 2.0, dtype=torch.float64))
+    assert torch.equal(v.grad, torch.zeros_like(v))
+    # z* = 1 / (1 - a): dz*/da = 1 / (1 - a)^2 = 4 per entry
+    torch.testing.assert_close(f.a.grad, torch.tensor(24.0, dtype=torch.float64))

@@ -96,7 +96,7 @@ class DEQFunction(torch.autograd.Function):
         for sl in batch_slices(v.shape[0], layer.chunk):
             gv, gp, info = _chunk_backward(layer, z_star[sl], v[sl], grad[sl], need_v, wanted)
             if need_v:
-                grad_v[sl] = gv
+                grad_v[sl] = 0 if gv is None else gv     # None: f did not use v
             sums = [g if acc is None else (acc if g is None else acc.add_(g))
                     for acc, g in zip(sums, gp)]
             infos.append(info)
