@@ -403,9 +403,9 @@ class DEQ(nn.Module):
             in the adjoint solve; for "phantom", ``k`` and ``lam``; none for "jfb".
         chunk: samples per chunk (None: the whole batch). The batch is solved and
             re-attached chunk by chunk; exact for any f that treats samples independently
-            (the solvers never mix samples), and what the backward of one chunk rebuilds is
-            one chunk's worth of f. The reference keeps every chunk's graph until backward,
-            so here it changes results not at all and memory little; see the fast core.
+            (the solvers never mix samples). This reference keeps every chunk's graph until
+            backward, so chunking changes neither its results nor (much) its memory; the
+            fast ``luser_fast.deq.DEQ`` is where it bounds the peak.
 
     Attributes:
         last_info: ``SolverInfo`` of the last forward solve.
