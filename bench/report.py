@@ -456,7 +456,17 @@ def study_section(results: str, plots, goals=None) -> list[str]:
     missing = [n for n in study.CONFIGS if n not in names]
     out += [("Configurations of `luser_fast.study.CONFIGS` that did not run: "
              + ", ".join(f"`{n}`" for n in missing) + ".") if missing
-            else "Every configuration of `luser_fast.study.CONFIGS` ran.", ""]
+            else "Every configuration of `luser_fast.study.CONFIGS` ran on at least one task "
+                 "and seed (the table lists which).", ""]
+    spread = {}
+    for r in runs:
+        spread.setdefault((r["task"], r["name"]), []).append(r["metrics"]["psnr"])
+    widest = max(((max(v) - min(v), key) for key, v in spread.items() if len(v) > 1),
+                 default=None)
+    if widest:
+        out += [f"Single-seed rows carry no spread: two seeds of one configuration differ by "
+                f"up to {fmt(widest[0])} dB in test PSNR here ({widest[1][1]} on "
+                f"{widest[1][0]}), so read one-seed differences smaller than that as noise.", ""]
     notes = sorted({r["real_note"] for r in runs if r.get("real_note")})
     summary = study.summarize(runs)
     real = any("real_psnr" in row for t in summary.values() for row in t.values())
