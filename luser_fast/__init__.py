@@ -1,6 +1,6 @@
 """luser_fast: memory-efficient learned reconstruction (LUSER) with fast physics operators.
 
-Public API (see API.md): physics operators, equilibrium solvers, models, profiling.
+Public API (see docs/API.md): physics operators, equilibrium solvers, models, profiling.
 
     from luser_fast import LUSER, LU, Radon, training_memory
 

@@ -120,9 +120,9 @@ class TrainConfig:
             self.share_weights = _default("share_weights") if self.model == "luser" else True
         if not isinstance(self.share_weights, bool):
             raise ValueError(f"share_weights must be a bool, got {self.share_weights!r}")
-        for name, low in (("iterations", 1), ("channels", 1), ("depth", 2), ("solver_max_iter", 1),
-                          ("anderson_m", 1), ("chunk", 0), ("batch", 1), ("steps", 1), ("n_train", 1),
-                          ("ckpt_every", 0), ("log_every", 0)):
+        for name, low in (("iterations", 1), ("channels", 1), ("depth", 2),
+                          ("solver_max_iter", 1), ("anderson_m", 1), ("chunk", 0), ("batch", 1),
+                          ("steps", 1), ("n_train", 1), ("ckpt_every", 0), ("log_every", 0)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
@@ -240,8 +240,8 @@ def save_checkpoint(path, state):
 
 
 def _refusal(exc):
-    """The reason line of torch's weights-only refusal (its message also suggests
-    ``weights_only=False``, which is no advice for an untrusted file)."""
+    """The reason line of torch's weights-only refusal (its message also suggests turning
+    the weights-only check off, which is no advice for an untrusted file)."""
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
     for line in lines:
         if "unsupported" in line.lower():

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-#: dot-product test tolerances per real dtype (DESIGN.md numerical contracts)
+#: dot-product test tolerances per real dtype (docs/DESIGN.md numerical contracts)
 ADJOINT_TOL = {torch.float32: 1e-5, torch.float64: 1e-12}
 
 

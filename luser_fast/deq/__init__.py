@@ -1,4 +1,4 @@
-"""Equilibrium solvers and the DEQ layer. API.md, "Equilibrium".
+"""Equilibrium solvers and the DEQ layer. docs/API.md, "Equilibrium".
 
 The fast core: batched Anderson with ring-buffer history and an incremental Gram matrix,
 per-sample freezing without per-iteration host syncs (``anderson.py``), and a DEQ layer

@@ -1,4 +1,4 @@
-"""Models: ShallowEquilibrium, LUSER, LU. API.md, "Models".
+"""Models: ShallowEquilibrium, LUSER, LU. docs/API.md, "Models".
 
 Same classes, arguments and state_dict keys as ``luser_fast.reference``. ``LUSER`` (and
 its ``ShallowEquilibrium``) run on the fast equilibrium core (``luser_fast.deq``); ``LU``

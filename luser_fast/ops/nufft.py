@@ -16,7 +16,7 @@ Everything that makes the NUFFT fast, in one place:
   arguments (every rejection a ``TypeError``/``ValueError`` naming the argument) and
   dispatch through ``luser_fast.backends``.
 
-Conventions (API.md): ``ktraj`` [M, 2] radians in [-pi, pi], column 0 along H and column 1
+Conventions (docs/API.md): ``ktraj`` [M, 2] radians in [-pi, pi], column 0 along H and column 1
 along W; type 2 is y_m = sum_n x_n exp(-i k_m . (n - N // 2)), type 1 its adjoint.
 
 Pipeline (grid n0 x n1 = oversampled H x W). The C++/CUDA kernels see the grid transposed,

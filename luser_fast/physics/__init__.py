@@ -1,4 +1,4 @@
-"""Physics operators (A, adjoint, normal, norm). API.md, "Operators".
+"""Physics operators (A, adjoint, normal, norm). docs/API.md, "Operators".
 
 Each operator family has its module here; where fast ops exist the operator dispatches
 to them (``luser_fast.ops``), else the pure-PyTorch reference serves.

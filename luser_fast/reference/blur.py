@@ -1,4 +1,4 @@
-"""Blur: 2-D convolution of real images with a fixed kernel (API.md, "Operators").
+"""Blur: 2-D convolution of real images with a fixed kernel (docs/API.md, "Operators").
 
 Convention: a true convolution with the kernel centre at index (kh // 2, kw // 2),
 

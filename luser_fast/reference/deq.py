@@ -2,7 +2,7 @@
 
 The textbook versions, written for clarity and robustness rather than speed (the full
 Anderson Gram matrix is recomputed every step, the host is synchronised every iteration);
-the fast core is tested against them. API.md, "Equilibrium"; ALGORITHMS.md, "Anderson
+the fast core is tested against them. docs/API.md, "Equilibrium"; docs/ALGORITHMS.md, "Anderson
 acceleration" and "Implicit backward".
 
 Conventions shared by both solvers, for a batch of B samples z of any trailing shape

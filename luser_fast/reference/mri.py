@@ -1,4 +1,4 @@
-"""MRI: Cartesian multi-coil MRI with the orthonormal centred 2-D FFT (API.md, "Operators").
+"""MRI: Cartesian multi-coil MRI with the orthonormal centred 2-D FFT (docs/API.md, "Operators").
 
 Convention: F = fftshift . fft2(norm="ortho") . ifftshift over the last two dims, so the
 zero frequency and the image centre both sit at index (H // 2, W // 2) and F is unitary.

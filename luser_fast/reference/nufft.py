@@ -1,6 +1,6 @@
 """2-D NUFFT reference: exact NUDFT, gridding NUFFT (types 1 and 2) and the `NUFFT` operator.
 
-Conventions (API.md): ``ktraj`` is [M, 2] in radians, inside [-pi, pi]; ``ktraj[:, 0]`` is
+Conventions (docs/API.md): ``ktraj`` is [M, 2] in radians, inside [-pi, pi]; ``ktraj[:, 0]`` is
 the frequency along H and ``ktraj[:, 1]`` along W. Type 2 (uniform grid -> points) is
 
     y_m = sum_n x_n exp(-i k_m . (n - N // 2)),     n in [0, H) x [0, W),

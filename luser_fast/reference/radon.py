@@ -1,7 +1,7 @@
 """Pure-PyTorch reference of the 2-D Radon transform: Joseph projector, exact adjoint, FBP.
 
 The fast C++/CUDA kernels are tested against this module, so the conventions below are
-binding for them (API.md, "Radon conventions").
+binding for them (docs/API.md, "Radon conventions").
 
 Image coordinates. Pixels have size 1. Pixel ``(i, j)`` (row ``i`` along H, column ``j``
 along W) has its centre at ``x = j - (W - 1) / 2``, ``y = (H - 1) / 2 - i``: x grows along
