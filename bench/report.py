@@ -467,7 +467,6 @@ def study_section(results: str, plots, goals=None) -> list[str]:
         out += [f"Single-seed rows carry no spread: two seeds of one configuration differ by "
                 f"up to {fmt(widest[0])} dB in test PSNR here ({widest[1][1]} on "
                 f"{widest[1][0]}), so read one-seed differences smaller than that as noise.", ""]
-    notes = sorted({r["real_note"] for r in runs if r.get("real_note")})
     summary = study.summarize(runs)
     real = any("real_psnr" in row for t in summary.values() for row in t.values())
     for task, by_name in summary.items():
@@ -493,8 +492,6 @@ def study_section(results: str, plots, goals=None) -> list[str]:
             link = plots.save(fig, f"study_{task}.png")
             out += [f"![{task}: test PSNR against peak training memory and seconds per step]"
                     f"({link})", ""]
-    if notes:
-        out += ["Real-scan PSNR not measured: " + "; ".join(notes) + ".", ""]
     out += [f"### Goals: `{study.DEFAULT_LUSER}` (`luser_fast.study.DEFAULT_LUSER`) against "
             f"`{study.LU_BASELINE}`", "",
             "Paired by seed (the seeds where both ran), mean ± std over those seeds; each "

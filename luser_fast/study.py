@@ -12,7 +12,7 @@ configuration of a seed sees the same batches) on the task's train split, and me
 test PSNR / SSIM (mean over the held-out test images) next to x0's, the saved and peak
 bytes of one training step at the training batch (``training_memory``), seconds per
 step, parameters, LUSER's solver iterations and convergence on the test forward, and the
-real-scan PSNR of x0 and the model where ``luser_fast.data.real.evaluate_real`` exists,
+real-scan PSNR of x0 and the model (``luser_fast.data.real.evaluate_real``),
 and for LUSER the mean spectral radius of J_f at the test equilibria
 (``LUSER.equilibrium_diagnostics``).
 The data of a task (``make_task`` with the ``TaskConfig`` defaults at ``size`` and
@@ -38,6 +38,7 @@ import time
 
 import torch
 
+from .data.real import evaluate_real
 from .experiment import fit, magnitude, quality, solver_stats, step_memory, write_json
 from .profile.provenance import cpu_model, git_sha
 
@@ -208,56 +209,6 @@ def _check_int(name, value, low):
         raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
 
 
-def _real_evaluator():
-    """(evaluate_real, None), or (None, why) when ``luser_fast.data.real`` has none."""
-    try:
-        from .data.real import evaluate_real
-    except ImportError as exc:
-        return None, f"luser_fast.data.real.evaluate_real not available ({exc})"
-    return evaluate_real, None
-
-
-def _numbers(value):
-    """JSON-safe copy of an evaluate_real result: tensors to floats, numbers kept."""
-    if isinstance(value, dict):
-        return {str(k): _numbers(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_numbers(v) for v in value]
-    if isinstance(value, torch.Tensor):
-        return value.item() if value.numel() == 1 else value.tolist()
-    if isinstance(value, (bool, int, float, str)) or value is None:
-        return value
-    return repr(value)
-
-
-def _measure_real(model, task_cfg, operator):
-    evaluate_real, why = _real_evaluator()
-    if evaluate_real is None:
-        return {}, why
-    try:
-        with torch.no_grad():
-            result = evaluate_real(model, task_cfg, operator)
-    except Exception as exc:                  # a study of hours must not stop on one task
-        return {}, f"evaluate_real failed: {type(exc).__name__}: {exc}"
-    if result is None:
-        return {}, "evaluate_real returned None (no real scans for this task)"
-    if not isinstance(result, dict):
-        return {}, f"evaluate_real returned a {type(result).__name__}, not a dict"
-    return _numbers(result), None
-
-
-def _real_metrics(real):
-    """real_psnr, real_ssim (model) and real_psnr_x0, real_ssim_x0 of an evaluate_real
-    result ({"model": {"psnr", "ssim", ...}, "x0": {...}, ...}); those it has."""
-    out = {}
-    for part, suffix in (("model", ""), ("x0", "_x0")):
-        figures = real.get(part)
-        if isinstance(figures, dict):
-            out.update({f"real_{k}{suffix}": figures[k] for k in ("psnr", "ssim")
-                        if isinstance(figures.get(k), (int, float))})
-    return out
-
-
 def _run_one(task, name, config, seed, settings, data):
     """Train and measure one configuration at one seed; the record of the run."""
     s = settings
@@ -287,12 +238,11 @@ def _run_one(task, name, config, seed, settings, data):
     metrics.update(step_memory(model, train.y[:s["batch"]], train.x[:s["batch"]]))
     record = {"task": task, "name": name, "config": config, "seed": seed, "settings": s,
               "task_config": task_cfg.to_dict()}
-    real, note = _measure_real(model, task_cfg, train.operator)
-    if real:
-        record["real"] = real
-        metrics.update(_real_metrics(real))
-    if note:
-        record["real_note"] = note
+    # the real scans of the task, never trained on (plain floats and lists)
+    record["real"] = evaluate_real(model, task_cfg, operator=train.operator)
+    for part, suffix in (("model", ""), ("x0", "_x0")):
+        for k in ("psnr", "ssim"):
+            metrics[f"real_{k}{suffix}"] = record["real"][part][k]
     record["metrics"] = metrics
     record.update({
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

@@ -105,3 +105,17 @@ def write_dicom(path, arr, *, modality="CT", photometric="MONOCHROME2", slope=No
         ds.RescaleIntercept = intercept
     ds.save_as(path, enforce_file_format=True)
     return str(path)
+
+
+def bench_report():
+    """The ``bench/report.py`` module (bench/ is not a package: imported from its folder)."""
+    import importlib
+    import os
+    import sys
+
+    bench = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench")
+    sys.path.insert(0, bench)
+    try:
+        return importlib.import_module("report")
+    finally:
+        sys.path.remove(bench)

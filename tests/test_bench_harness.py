@@ -3,14 +3,13 @@
 from what it wrote."""
 import json
 import os
-import sys
 
 import pytest
 import torch
+from helpers import bench_report
 
 from luser_fast.cli import BENCH_SUITES, main, run_bench
 
-BENCH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench")
 CPU_SUITES = ("ops", "solver", "train")
 #: result files each suite writes (the peers' cases skip when a peer is not installed)
 FILES = {"ops": ("radon_cpu", "nufft_cpu"), "solver": ("solver_cpu",),
@@ -70,11 +69,7 @@ def test_json_holds_the_invocation_and_its_runs(tiny_results):
 
 def test_report_renders_from_the_recorded_json(tiny_results, tmp_path):
     folder, _ = tiny_results
-    sys.path.insert(0, BENCH)
-    try:
-        import report
-    finally:
-        sys.path.remove(BENCH)
+    report = bench_report()
     out = tmp_path / "BENCHMARKS.md"
     assert report.main(["--results", str(folder), "--out", str(out), "--plots",
                         str(tmp_path / "plots"), "--include-tiny", "--repeat", str(folder)]) == 0
