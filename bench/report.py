@@ -3,13 +3,13 @@
     python bench/report.py [--results bench/results] [--out BENCHMARKS.md] [--plots bench/plots]
 
 Every figure in BENCHMARKS.md comes from a run that a suite in ``bench/`` wrote through
-``harness`` (``luser-fast bench`` runs them all): for each results file the newest run
-(by date) that is not a tiny harness check is shown, with the machine, versions, git SHA
-and date it was measured at. Goal figures of the issues are checked against those runs;
-a figure that needs a GPU is "not measured" unless a GPU run exists. The design-space
-study (``study_cpu.json``, written by ``luser-fast study``) holds every run of a resumable
-sweep; its section shows mean ± std over seeds. Nothing here is typed by hand: edit the
-suites or this generator, never the output.
+``luser_fast.profile.harness`` (``luser-fast bench`` runs them all): for each results file
+the newest run (by date) that is not a tiny harness check is shown, with the machine,
+versions, git SHA and date it was measured at. Goal figures of the issues are checked
+against those runs; a figure that needs a GPU is "not measured" unless a GPU run exists.
+The design-space study (``study_cpu.json``, written by ``luser-fast study``) holds every
+run of a resumable sweep; its section shows mean ± std over seeds. Nothing here is typed by
+hand: edit the suites or this generator, never the output.
 """
 from __future__ import annotations
 

@@ -21,9 +21,8 @@ import torch
 from luser_fast import reference
 from luser_fast.models import LU, LUSER
 from luser_fast.physics import Radon
-from luser_fast.profile import LiveTensorBytes, SavedTensorBytes, mse, training_memory
-
-import harness
+from luser_fast.profile import LiveTensorBytes, SavedTensorBytes, harness, mse, training_memory
+from luser_fast.profile.memprofile import run_memprofile
 
 N, BATCH, K, CHANNELS, M = harness.pick((128, 4, 5, 64, 5), (32, 2, 2, 8, 5))
 MAX_ITERS = harness.pick((10, 100), (3, 6))
@@ -140,9 +139,8 @@ def _write_report(reports, checks, parts):
 
 def test_memory_against_iterations(benchmark):
     """Saved and peak bytes of a training step against solver iterations, fast LUSER vs
-    reference LUSER vs LU (``luser_fast.cli.run_memprofile``): the report's memory plot."""
-    from luser_fast.cli import run_memprofile
-
+    reference LUSER vs LU (``luser_fast.profile.memprofile.run_memprofile``): the report's
+    memory plot."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:

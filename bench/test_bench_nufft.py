@@ -29,13 +29,13 @@ from __future__ import annotations
 import math
 import time
 
-import harness
 import numpy as np
 import pytest
 import torch
 
 from luser_fast.ops import nufft as nufft_ops
 from luser_fast.ops import nufft_type1, nufft_type2
+from luser_fast.profile import harness
 
 H = W = harness.pick(256, 32)
 SPOKES, SAMPLES, COILS, THREADS = harness.pick((402, 256, 8, 2), (20, 32, 2, 2))
@@ -104,14 +104,14 @@ def problem():
 
 @pytest.fixture(scope="module")
 def report():
-    """Collects seconds (min, median, max) and errors; writes the JSON and prints the table."""
-    results: dict[str, dict] = {}
-    before = torch.get_num_threads()
-    torch.set_num_threads(THREADS)
-    yield results
-    torch.set_num_threads(before)
-    if any("seconds" in r for r in results.values()) or "paired" in results:
-        _write_report(results)
+    """Collects seconds (min, median, max) and errors; writes the JSON and prints the table
+    (when anything was timed)."""
+    with harness.collect(THREADS, _write_report, when=_timed) as results:
+        yield results
+
+
+def _timed(results: dict) -> bool:
+    return any("seconds" in r for r in results.values()) or "paired" in results
 
 
 def _record(benchmark, name: str, error: float | None, results: dict) -> None:
@@ -152,15 +152,12 @@ def _section(results: dict) -> dict:
 
 
 def _write_report(results: dict) -> None:
-    paired = results.pop("paired", None)
     run = harness.new_run(THREADS, "finufft", "torchkbnufft")
     run["problem"] = {"image": [H, W], "spokes": SPOKES, "samples": SAMPLES,
                       "points": SPOKES * SAMPLES, "coils": COILS, "dtype": "complex64",
                       "trajectory": "golden-angle radial", "tols": list(TOLS),
                       "luser_fast_oversamp": {f"{t:g}": o for t, o in OVERSAMP.items()}}
-    run.update(_section(results))
-    if paired:
-        run["paired"] = _section(paired)
+    harness.add_sections(run, results, _section)
     key = harness.save_run("nufft_cpu", run)
     lines = [f"NUFFT CPU benchmark ({key}), ms (min / median / max), relative l2 error:"]
     for title, section in (("separate rounds:", run), ("paired rounds:", run.get("paired"))):

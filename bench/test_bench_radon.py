@@ -22,12 +22,12 @@ from __future__ import annotations
 
 import math
 
-import harness
 import numpy as np
 import pytest
 import torch
 
 from luser_fast.ops import radon as radon_ops
+from luser_fast.profile import harness
 from luser_fast.ops import radon_adjoint, radon_forward
 from luser_fast.reference.radon import radon_adjoint_ref, radon_forward_ref
 
@@ -67,13 +67,8 @@ def data():
 @pytest.fixture(scope="module")
 def report():
     """Collects per-image seconds (median and min); writes the JSON and prints the table."""
-    results: dict[str, dict] = {}
-    before = torch.get_num_threads()
-    torch.set_num_threads(THREADS)
-    yield results
-    torch.set_num_threads(before)
-    if results:
-        _write_report(results)
+    with harness.collect(THREADS, _write_report) as results:
+        yield results
 
 
 def _per_image(benchmark, name: str, images: int, results: dict) -> None:
@@ -115,13 +110,10 @@ def _section(results: dict) -> dict:
 
 
 def _write_report(results: dict) -> None:
-    paired = results.pop("paired", None)
     run = harness.new_run(THREADS, "scikit-image", "astra-toolbox")
     run["problem"] = {"image": [N, N], "angles": N_ANGLES, "detectors": N_DET,
                       "batch": BATCH, "dtype": "float32", "sizes": list(SIZES)}
-    run.update(_section(results))
-    if paired:
-        run["paired"] = _section(paired)
+    harness.add_sections(run, results, _section)
     key = harness.save_run("radon_cpu", run)
     lines = [f"Radon CPU benchmark ({key}), ms per image (min / median / max):"]
     for title, sec in (("separate rounds:", run), ("paired rounds:", run.get("paired"))):
@@ -232,33 +224,28 @@ def astra_projector(data):
     astra.projector.delete(pid)
 
 
-def test_astra_forward(benchmark, data, astra_projector, report):
+def _astra(astra, pid, kind, array):
+    """ASTRA's forward projection ("forward") or back-projection of one image / sinogram."""
+    create = astra.create_sino if kind == "forward" else astra.create_backprojection
+    handle, out = create(array, pid)
+    astra.data2d.delete(handle)
+    return out
+
+
+@pytest.mark.parametrize("kind", ["forward", "backprojection"])
+def test_astra(benchmark, data, astra_projector, report, kind):
     astra, pid = astra_projector
-    img = data["x"][0]
-
-    def forward():
-        sid, sino = astra.create_sino(img, pid)
-        astra.data2d.delete(sid)
-        return sino
-
+    if kind == "forward":
+        array = data["x"][0]
+        ref = radon_forward_ref(torch.from_numpy(array), data["angles"], N_DET)
+    else:
+        array = data["y"][0]
+        ref = radon_adjoint_ref(torch.from_numpy(array), data["angles"], N)
     # ASTRA's linear projector is Joseph's method with our conventions
-    assert rel(forward(), radon_forward_ref(torch.from_numpy(img), data["angles"], N_DET)) < 1e-3
-    benchmark.pedantic(forward, rounds=harness.pick(5, 2), warmup_rounds=1)
-    _per_image(benchmark, "astra_forward", 1, report)
-
-
-def test_astra_backprojection(benchmark, data, astra_projector, report):
-    astra, pid = astra_projector
-    y = data["y"][0]
-
-    def backproject():
-        bid, image = astra.create_backprojection(y, pid)
-        astra.data2d.delete(bid)
-        return image
-
-    assert rel(backproject(), radon_adjoint_ref(torch.from_numpy(y), data["angles"], N)) < 1e-3
-    benchmark.pedantic(backproject, rounds=harness.pick(5, 2), warmup_rounds=1)
-    _per_image(benchmark, "astra_backprojection", 1, report)
+    assert rel(_astra(astra, pid, kind, array), ref) < 1e-3
+    benchmark.pedantic(_astra, (astra, pid, kind, array), rounds=harness.pick(5, 2),
+                       warmup_rounds=1)
+    _per_image(benchmark, f"astra_{kind}", 1, report)
 
 
 def test_paired_rounds(benchmark, data, report, request):
@@ -284,19 +271,15 @@ def test_paired_rounds(benchmark, data, report, request):
         finally:
             torch.set_num_threads(THREADS)
 
-    def astra_forward():
-        astra.data2d.delete(astra.create_sino(data["x"][0], pid)[0])
-
-    def astra_back():
-        astra.data2d.delete(astra.create_backprojection(data["y"][0], pid)[0])
-
     # name -> (call, images per call); correctness of each is asserted by the tests above
     calls = {"luser_fast_forward_b8": (lambda: radon_forward(x, angles, N_DET), BATCH),
              "luser_fast_adjoint_b8": (lambda: radon_adjoint(y, angles, N), BATCH),
              "luser_fast_fwd_adj_b8_1thread": (one_thread, BATCH),
              "skimage_radon": (lambda: radon(data["x"][0], theta=theta, circle=False), 1)}
     if astra is not None:
-        calls.update(astra_forward=(astra_forward, 1), astra_backprojection=(astra_back, 1))
+        calls.update(astra_forward=(lambda: _astra(astra, pid, "forward", data["x"][0]), 1),
+                     astra_backprojection=(
+                         lambda: _astra(astra, pid, "backprojection", data["y"][0]), 1))
     times = {name: [] for name in calls}
     for _ in range(harness.pick(7, 2)):
         for name, (fn, images) in calls.items():

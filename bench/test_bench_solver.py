@@ -30,8 +30,7 @@ from luser_fast import deq as fast
 from luser_fast import reference
 from luser_fast.deq import bytes_per_iteration
 from luser_fast.models import ShallowEquilibrium
-
-import harness
+from luser_fast.profile import harness
 
 ITERS, M, THREADS, ROUNDS = 30, 5, 1, harness.pick(9, 2)
 #: problem shapes: "light" [B, C, S, S], "shallow" [B, 1, S, S]
@@ -82,13 +81,8 @@ def _solvers():
 @pytest.fixture(scope="module")
 def report():
     """Collects medians (seconds) per (problem, solver); writes JSON and prints at the end."""
-    results: dict[str, dict[str, float]] = {}
-    before = torch.get_num_threads()
-    torch.set_num_threads(THREADS)
-    yield results
-    torch.set_num_threads(before)
-    if results:
-        _write_report(results)
+    with harness.collect(THREADS, _write_report) as results:
+        yield results
 
 
 @pytest.mark.parametrize("problem", list(PROBLEMS))

@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import os
 
-import harness
 import pytest
 import torch
 
@@ -29,6 +28,7 @@ if os.environ.get("TRITON_INTERPRET") == "1":
 from triton.testing import do_bench  # noqa: E402
 
 from luser_fast.ops import anderson as A  # noqa: E402
+from luser_fast.profile import harness  # noqa: E402
 from luser_fast.ops import shallow as S  # noqa: E402
 from luser_fast.reference.models import ShallowEquilibrium  # noqa: E402
 

@@ -18,7 +18,6 @@ import json
 import os
 import platform
 import sys
-import time
 
 
 def _cmd_info(args):
@@ -128,120 +127,10 @@ def _cmd_reconstruct(args):
     return 0
 
 
-#: values swept by ``memprofile --vary`` by default
-MEMPROFILE_VALUES = {"iterations": (5, 10, 20, 40), "depth": (2, 3, 5, 8), "batch": (1, 2, 4, 8),
-                     "K": (1, 2, 4, 8), "chunk": (1, 2, 4, 8)}
-
-
-def run_memprofile(vary="iterations", values=None, task="ct", size=32, channels=32, batch=2,
-                   K=5, solver_iterations=20, seed=0, plot=None, json_path=None, log=print):
-    """Training memory of LUSER (fast), reference LUSER and LU against one setting.
-
-    One forward + backward step per point, measured by ``luser_fast.profile.training_memory``.
-    Baseline settings: K unrolled steps, LUSER depth 2 with chunk 1 (its other arguments at
-    their defaults), LU depth 5, width ``channels``,
-    Anderson run for exactly ``solver_iterations`` iterations (tol 1e-12). ``vary``:
-
-    * iterations: solver iterations (LU has no solver: its row repeats one setting);
-    * depth: regularizer depth of all three models;
-    * batch: batch size;
-    * K: unrolled steps;
-    * chunk: LUSER's samples per chunk of the solves and implicit backward, at a batch of
-      the largest value (so that value is the batched solve; LU has no chunk: its row
-      repeats one setting).
-
-    Args:
-        vary: "iterations", "depth", "batch", "K" or "chunk".
-        values: the swept values (default ``MEMPROFILE_VALUES[vary]``).
-        task: one of the four tasks (data and operator from ``make_task``).
-        size, channels, batch, K, solver_iterations: the fixed settings.
-        plot: PNG path for saved and peak bytes against the swept value (None: no plot).
-        json_path: JSON path for the rows (None: not written).
-
-    Returns:
-        list of rows {model, <vary>, saved_bytes, peak_bytes, seconds}.
-    """
-    import torch
-
-    from .data import TaskConfig, make_task
-    from .models import LU, LUSER
-    from .profile import training_memory
-    from .reference import LUSER as ReferenceLUSER
-
-    if vary not in MEMPROFILE_VALUES:
-        raise ValueError(f"vary must be one of {tuple(MEMPROFILE_VALUES)}, got {vary!r}")
-    values = tuple(MEMPROFILE_VALUES[vary] if values is None else values)
-    if not values or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in values):
-        raise ValueError(f"values must be positive ints, got {values!r}")
-    if vary == "depth" and min(values) < 2:
-        raise ValueError("depth values must be >= 2")
-    if vary == "chunk":
-        batch = max(values)
-    n = max(values) if vary == "batch" else batch
-    data = make_task(TaskConfig(task=task, size=size, seed=seed), "train", n)
-    models = {"LUSER": LUSER, "LUSER (reference)": ReferenceLUSER, "LU": LU}
-    rows = []
-    for value in values:
-        setting = {"K": K, "batch": batch, "iterations": solver_iterations, "depth": None,
-                   "chunk": 1}
-        setting[vary] = value
-        for name, cls in models.items():
-            depth = setting["depth"] or (5 if cls is LU else 2)
-            kwargs = dict(iterations=setting["K"], in_channels=data.in_channels,
-                          channels=channels, depth=depth)
-            if cls is not LU:
-                kwargs["solver_kwargs"] = {"tol": 1e-12, "max_iter": setting["iterations"]}
-                kwargs["chunk"] = setting["chunk"]
-            torch.manual_seed(seed)
-            model = cls(data.operator, **kwargs)
-            b = setting["batch"]
-            r = training_memory(model, data.y[:b], data.x[:b])
-            rows.append({"model": name, vary: value, "saved_bytes": r.saved_bytes,
-                         "peak_bytes": r.peak_bytes, "seconds": r.seconds})
-    _memprofile_table(rows, vary, log)
-    if json_path:
-        with open(json_path, "w") as fh:
-            json.dump({"vary": vary, "task": task, "size": size, "channels": channels,
-                       "batch": batch, "K": K, "solver_iterations": solver_iterations,
-                       "rows": rows}, fh, indent=1)
-    if plot:
-        _memprofile_plot(plot, rows, vary, task)
-        log(f"figure: {plot}")
-    return rows
-
-
-def _memprofile_table(rows, vary, log):
-    log(f"{'model':<18} {vary:>10} {'saved MB':>9} {'peak MB':>9} {'s/step':>7}")
-    for r in rows:
-        log(f"{r['model']:<18} {r[vary]:>10} {r['saved_bytes'] / 2**20:9.3f} "
-            f"{r['peak_bytes'] / 2**20:9.3f} {r['seconds']:7.3f}")
-
-
-def _memprofile_plot(path, rows, vary, task):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
-    for ax, key, label in zip(axes, ("saved_bytes", "peak_bytes"),
-                              ("saved for backward (MB)", "peak per step (MB)")):
-        for name in dict.fromkeys(r["model"] for r in rows):
-            pts = [(r[vary], r[key] / 2**20) for r in rows if r["model"] == name]
-            ax.plot(*zip(*pts), marker="o", label=name)
-        ax.set_xlabel("solver iterations" if vary == "iterations" else vary)
-        ax.set_ylabel(label)
-        ax.set_yscale("log")
-        ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
-    fig.suptitle(f"training memory, {task}", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-
-
 def _cmd_memprofile(args):
     import torch
+
+    from .profile.memprofile import run_memprofile
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -261,6 +150,7 @@ def _positive_int(text):
 
 def _add_train_parser(sub):
     from .data import TASKS
+    from .profile.memprofile import MEMPROFILE_VALUES
 
     pt = sub.add_parser("train", help="train LUSER or LU on a task (checkpoints, --resume, torchrun)")
     pt.add_argument("--task", required=True, choices=TASKS)
@@ -350,116 +240,17 @@ def _add_train_parser(sub):
     pm.set_defaults(func=_cmd_memprofile)
 
 
-#: ``luser-fast bench --suite``: pytest files of bench/ (and a -k filter) per suite
-BENCH_SUITES = {
-    "ops": (("test_bench_radon.py", "test_bench_nufft.py"), "not cuda"),
-    "solver": (("test_bench_solver.py",), None),
-    "train": (("test_bench_deq_memory.py",), None),
-    "gpu": (("test_bench_triton.py", "test_bench_radon.py", "test_bench_nufft.py"),
-            "cuda or triton"),
-}
-
-
-def _bench_dir():
-    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    path = os.path.join(here, "bench")
-    if not os.path.exists(os.path.join(path, "harness.py")):
-        raise FileNotFoundError(f"no bench/ suites next to the package ({path}): "
-                                "`luser-fast bench` runs from a source checkout")
-    return path
-
-
-def run_bench(suites=("ops", "solver", "train", "gpu"), results=None, json_path=None, tiny=False,
-              report=True, pytest_args=(), log=print):
-    """Run the benchmark suites of ``bench/`` and regenerate BENCHMARKS.md from their JSON.
-
-    Each suite runs in its own ``python -m pytest ... --benchmark-only`` process (so one
-    suite's failure or crash does not hide the others); its results go through
-    ``bench/harness.py`` into ``<results>/<suite file>.json`` keyed by machine, versions
-    and git SHA. The GPU suite runs only on a machine with a CUDA device and is otherwise
-    recorded as skipped, with the reason. This invocation is recorded too
-    (``<results>/bench_runs.json``: suites, exit codes, wall seconds), and
-    ``bench/report.py`` then rewrites BENCHMARKS.md and the plots.
-
-    Args:
-        suites: names from ``BENCH_SUITES`` (ops: Radon and NUFFT against their peers;
-            solver: Anderson against the reference and torchdeq; train: a training step's
-            memory and time, LUSER vs LU; gpu: Triton, Radon and NUFFT on the device).
-        results: results folder (default ``bench/results``).
-        json_path: also write this invocation's record and every run it produced here.
-        tiny: run every suite on a tiny problem (a harness check; the report ignores it).
-        report: regenerate BENCHMARKS.md afterwards (never for tiny runs).
-        pytest_args: extra pytest arguments.
-
-    Returns:
-        dict: the invocation record (suites -> files, returncode, wall_seconds; skipped).
-    """
-    import subprocess
-
-    import torch
-
-    bench = _bench_dir()
-    unknown = [s for s in suites if s not in BENCH_SUITES]
-    if unknown or not suites:
-        raise ValueError(f"suite must be among {tuple(BENCH_SUITES)}, got {list(suites)!r}")
-    results = os.path.abspath(results or os.path.join(bench, "results"))
-    env = dict(os.environ, LUSER_FAST_BENCH_RESULTS=results,
-               LUSER_FAST_BENCH_TINY="1" if tiny else "0")
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (bench, env.get("PYTHONPATH")) if p)
-    record = {"suites": {}, "skipped": {}}
-    started = time.time()
-    for suite in dict.fromkeys(suites):
-        files, select = BENCH_SUITES[suite]
-        if suite == "gpu" and not torch.cuda.is_available():
-            record["skipped"][suite] = "no CUDA device on this machine"
-            log(f"bench {suite}: skipped (no CUDA device on this machine)")
-            continue
-        cmd = [sys.executable, "-m", "pytest", *(os.path.join(bench, f) for f in files), "-q",
-               "-s", "-p", "no:cacheprovider", "--benchmark-only",
-               *(["-k", select] if select else []), *pytest_args]
-        log(f"bench {suite}: {' '.join(cmd[1:])}")
-        t0 = time.perf_counter()
-        rc = subprocess.run(cmd, env=env, cwd=os.path.dirname(bench)).returncode
-        record["suites"][suite] = {"files": list(files), "returncode": rc,
-                                   "wall_seconds": round(time.perf_counter() - t0, 1)}
-    sys.path.insert(0, bench)
-    try:
-        import harness
-    finally:
-        sys.path.remove(bench)
-    run = harness.new_run(torch.get_num_threads())
-    run["tiny"] = tiny
-    run["command"] = "luser-fast bench --suite " + " ".join(dict.fromkeys(suites))
-    run.update(record)
-    harness.save_run("bench_runs", run, folder=results)
-    if json_path:
-        produced = {}
-        for name in sorted(os.listdir(results)):
-            if name.endswith(".json") and name != "bench_runs.json":
-                with open(os.path.join(results, name)) as fh:
-                    new = {k: r for k, r in json.load(fh).items()
-                           if r.get("date", "") >= time.strftime("%Y-%m-%dT%H:%M:%S",
-                                                                 time.gmtime(started))}
-                if new:
-                    produced[name[:-5]] = new
-        with open(json_path, "w") as fh:
-            json.dump({"invocation": run, "runs": produced}, fh, indent=1)
-    if report and not tiny:
-        subprocess.run([sys.executable, os.path.join(bench, "report.py"), "--results", results],
-                       check=True)
-    failed = [s for s, r in record["suites"].items() if r["returncode"] not in (0, 5)]
-    if failed:
-        log(f"bench: suites with failures: {', '.join(failed)}")
-    return run
-
-
 def _cmd_bench(args):
+    from .profile.bench import run_bench
+
     run = run_bench(suites=args.suite, results=args.results, json_path=args.json, tiny=args.tiny,
                     report=not args.no_report, pytest_args=args.pytest_args)
     return 1 if any(r["returncode"] not in (0, 5) for r in run["suites"].values()) else 0
 
 
 def _add_bench_parser(sub):
+    from .profile.bench import BENCH_SUITES
+
     pb = sub.add_parser("bench", help="run the benchmark suites, regenerate BENCHMARKS.md")
     pb.add_argument("--suite", nargs="+", default=list(BENCH_SUITES), choices=tuple(BENCH_SUITES),
                     help="suites to run (default: all; gpu only runs on a CUDA machine)")

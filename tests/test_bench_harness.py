@@ -1,6 +1,6 @@
 """The benchmark harness cannot rot: every CPU suite runs end to end on a tiny problem
-(``luser-fast bench --tiny``), records through ``bench/harness.py``, and the report renders
-from what it wrote."""
+(``luser-fast bench --tiny``), records through ``luser_fast.profile.harness``, and the report
+renders from what it wrote."""
 import json
 import os
 
@@ -8,7 +8,9 @@ import pytest
 import torch
 from helpers import bench_report
 
-from luser_fast.cli import BENCH_SUITES, main, run_bench
+from luser_fast.cli import main
+from luser_fast.profile import harness
+from luser_fast.profile.bench import BENCH_SUITES, run_bench
 
 CPU_SUITES = ("ops", "solver", "train")
 #: result files each suite writes (the peers' cases skip when a peer is not installed)
@@ -94,3 +96,12 @@ def test_bad_suite_is_rejected():
     with pytest.raises(SystemExit):
         main(["bench", "--suite", "nope"])
     assert set(BENCH_SUITES) == {"ops", "solver", "train", "gpu"}
+
+
+def test_without_the_bench_folder_it_says_what_it_needs(monkeypatch, tmp_path, capsys):
+    monkeypatch.setattr(harness, "BENCH_DIR", str(tmp_path / "bench"))
+    with pytest.raises(FileNotFoundError, match="needs the repository's bench/ folder"):
+        run_bench(suites=("solver",), tiny=True)
+    with pytest.raises(SystemExit) as exc:
+        main(["bench", "--suite", "solver", "--tiny"])
+    assert exc.value.code == 2 and "bench/ folder" in capsys.readouterr().err

@@ -15,8 +15,9 @@ import numpy as np
 import pytest
 import torch
 
-from luser_fast.cli import main, run_memprofile
+from luser_fast.cli import main
 from luser_fast.metrics import psnr, ssim
+from luser_fast.profile.memprofile import run_memprofile
 from luser_fast.train import CHECKPOINT_FORMAT, load_checkpoint, save_checkpoint
 
 TINY = ["--size", "16", "--K", "2", "--channels", "4", "--batch", "2", "--n-train", "6",

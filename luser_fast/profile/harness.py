@@ -1,4 +1,4 @@
-"""The one harness every benchmark suite in ``bench/`` records through.
+"""The one harness every benchmark suite in ``bench/`` records through (and the demo).
 
 A suite writes one *run* per invocation into ``<results>/<suite>.json``, a dict keyed by
 "machine | torch version | git SHA" (a rerun on the same key replaces its entry). A run
@@ -9,15 +9,18 @@ problem set-up, and its measurements. Timings are seconds over repeats as
 ratio of medians with the band [best case, worst case] the repeats allow, so that two runs
 can be compared within the noise each reports.
 
-Environment (set by ``luser-fast bench``):
+The suites themselves live in the repository's ``bench/`` folder (not installed);
+``luser_fast.profile.bench.run_bench`` (``luser-fast bench``) runs them. Environment:
 
-* ``LUSER_FAST_BENCH_RESULTS``: results folder (default ``bench/results``);
+* ``LUSER_FAST_BENCH_RESULTS``: results folder (default ``bench/results`` of the checkout
+  holding this package);
 * ``LUSER_FAST_BENCH_TINY=1``: every suite shrinks its problem to a few milliseconds, so
   the test suite can run the harness end to end (tiny runs are marked ``"tiny": true``
   and the report ignores them).
 """
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import os
@@ -26,23 +29,35 @@ from importlib import metadata
 
 import torch
 
-from luser_fast.profile.provenance import cpu_model, git_sha as _git_sha
+from .provenance import cpu_model, git_sha as _git_sha
 
-BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
-TINY = os.environ.get("LUSER_FAST_BENCH_TINY") == "1"
+__all__ = ["CHECKOUT", "BENCH_DIR", "results_dir", "tiny", "pick", "git_sha", "gpu_name",
+           "machine", "versions", "new_run", "run_key", "store_run", "save_run", "collect",
+           "add_sections", "timing", "stats_of", "ratio", "ms", "rounded"]
+
+#: the source checkout holding this package (for an editable install), and its bench/
+CHECKOUT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+BENCH_DIR = os.path.join(CHECKOUT, "bench")
 
 
 def results_dir() -> str:
+    """``LUSER_FAST_BENCH_RESULTS``, else the checkout's ``bench/results``."""
     return os.environ.get("LUSER_FAST_BENCH_RESULTS") or os.path.join(BENCH_DIR, "results")
 
 
-def pick(full, tiny):
-    """``tiny`` under ``LUSER_FAST_BENCH_TINY=1``, else ``full`` (problem sizes, rounds)."""
-    return tiny if TINY else full
+def tiny() -> bool:
+    """Whether this process runs the tiny harness check (``LUSER_FAST_BENCH_TINY=1``)."""
+    return os.environ.get("LUSER_FAST_BENCH_TINY") == "1"
+
+
+def pick(full, small):
+    """``small`` under ``LUSER_FAST_BENCH_TINY=1``, else ``full`` (problem sizes, rounds)."""
+    return small if tiny() else full
 
 
 def git_sha() -> str:
-    return _git_sha(BENCH_DIR)
+    """Short SHA of the checkout holding this package, or "unknown"."""
+    return _git_sha(CHECKOUT)
 
 
 def gpu_name() -> str | None:
@@ -72,7 +87,7 @@ def new_run(threads: int, *packages: str) -> dict:
         "machine": machine(threads),
         "versions": versions(*packages),
         "git_sha": git_sha(),
-        "tiny": TINY,
+        "tiny": tiny(),
     }
 
 
@@ -83,13 +98,11 @@ def run_key(run: dict) -> str:
     return key + " | tiny" if run.get("tiny") else key
 
 
-def save_run(suite: str, run: dict, folder: str | None = None) -> str:
-    """Store ``run`` in ``<folder>/<suite>.json`` (default: ``results_dir()``) under its
-    key; returns the key."""
+def store_run(path: str, run: dict) -> str:
+    """Store ``run`` under its key in the JSON file ``path`` (created with its folder; the
+    other runs in it are kept); returns the key."""
     key = run_key(run)
-    folder = folder or results_dir()
-    path = os.path.join(folder, f"{suite}.json")
-    os.makedirs(folder, exist_ok=True)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     runs = {}
     if os.path.exists(path):
         with open(path) as fh:
@@ -99,6 +112,39 @@ def save_run(suite: str, run: dict, folder: str | None = None) -> str:
         json.dump(runs, fh, indent=2)
         fh.write("\n")
     return key
+
+
+def save_run(suite: str, run: dict, folder: str | None = None) -> str:
+    """Store ``run`` in ``<folder>/<suite>.json`` (default: ``results_dir()``) under its
+    key; returns the key."""
+    return store_run(os.path.join(folder or results_dir(), f"{suite}.json"), run)
+
+
+@contextlib.contextmanager
+def collect(threads: int, write, when=bool):
+    """A suite's results dict, with torch on ``threads`` threads meanwhile; at the end the
+    thread count is restored and, if ``when(results)`` (default: anything was collected),
+    ``write(results)`` is called. For a module-scoped fixture:
+    ``with harness.collect(THREADS, _write_report) as r: yield r``."""
+    results: dict = {}
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield results
+    finally:
+        torch.set_num_threads(before)
+    if when(results):
+        write(results)
+
+
+def add_sections(run: dict, results: dict, section) -> dict:
+    """Put ``section(results)`` into ``run``, and ``section`` of the interleaved-rounds
+    results (``results["paired"]``, taken out of ``results``) as ``run["paired"]``."""
+    paired = results.pop("paired", None)
+    run.update(section(results))
+    if paired:
+        run["paired"] = section(paired)
+    return run
 
 
 def timing(benchmark, per: float = 1.0) -> dict | None:
