@@ -342,6 +342,22 @@ def _plot_memory(plots, sweep) -> str:
     return plots.save(fig, "memory_vs_iterations.png")
 
 
+def schedule_note(schedules) -> str:
+    """How runs of the demo or the study were trained, from their ``schedule`` entries
+    (None: a run made before they trained through ``luser_fast.train.fit``, at a constant
+    learning rate with batches drawn with replacement)."""
+    schedules = list(schedules)
+    new = sorted({x for x in schedules if x is not None})
+    old = sum(1 for x in schedules if x is None)
+    fit = ("learning rate " + "/".join(new) + "-annealed by `luser_fast.train.fit`, the loop "
+           "of `luser-fast train`")
+    before = ("constant learning rate, batches drawn with replacement: made before training "
+              "went through `luser_fast.train.fit`, the loop of `luser-fast train`")
+    if not old:
+        return fit
+    return before if not new else f"{old} of {len(schedules)} runs: {before}; the others: {fit}"
+
+
 def demo_section(run, goals, plots) -> list[str]:
     out = ["## The paper's claims, small (`luser-fast demo`, CPU)", ""]
     if run is None:
@@ -354,6 +370,8 @@ def demo_section(run, goals, plots) -> list[str]:
             ""]
     for task, t in run["tasks"].items():
         cfg = ", ".join(f"{k} {v}" for k, v in t.get("config", {}).items())
+        if cfg:
+            cfg += f" ({schedule_note([t['config'].get('schedule')])})"
         out += [f"### {task}", "", cfg, ""] if cfg else [f"### {task}", ""]
         rows = t["rows"]
         keys = [k for k in ("psnr", "ssim", "psnr_init", "real_psnr", "saved_bytes",
@@ -425,7 +443,8 @@ def study_section(results: str, plots, goals=None) -> list[str]:
            f"of runs in all. Latest command: `{newest.get('command') or 'luser-fast study'}`.",
            "",
            f"Settings: {settings['size']} x {settings['size']} images, {settings['steps']} Adam "
-           f"steps at lr {settings['lr']:g}, batch {settings['batch']}, {settings['channels']} "
+           f"steps at lr {settings['lr']:g} ({schedule_note(r.get('schedule') for r in runs)}), "
+           f"batch {settings['batch']}, {settings['channels']} "
            f"channels, K = {settings['K']}, {settings['n_train']} training and "
            f"{settings['n_test']} held-out test samples, data seed {settings['data_seed']}. "
            "Each run seeds torch with its seed before building the model; the batches depend "

@@ -2,8 +2,10 @@
 
 For each task (deblur, ct, mri by default; data and operator from ``make_task``), LU with a
 deep CNN regularizer (depth 5) and LUSER with a shallow equilibrium regularizer
-(``LUSER``'s defaults: depth 4, one map per unrolled step, chunk 1) are trained with the
-same K, width, seed, batch order, learning rate and number of steps, then compared on
+(``LUSER``'s defaults: depth 4, one map per unrolled step, chunk 1) are built and trained
+as ``luser-fast train --model lu`` / ``--model luser`` builds and trains them
+(``luser_fast.train.build_model`` and ``fit``: Adam, cosine schedule) with the same K,
+width, seed, batch order, learning rate and number of steps, then compared on
 held-out test samples: PSNR / SSIM (magnitudes, data range 1) next to the starting point
 x0, PSNR on real scans never trained on (``luser_fast.data.real``), the bytes saved for
 backward and the peak bytes of one training step (``training_memory``), seconds per step,
@@ -13,20 +15,17 @@ table, the LU / LUSER ratios against the goals below, and a PNG; one JSON holds 
 """
 from __future__ import annotations
 
-import datetime
-import json
 import os
-import platform
 import time
 
 import torch
 
 from .data import TaskConfig, make_task
 from .data.real import evaluate_real
-from .experiment import (fit, image_grid, magnitude, memory_ratios, quality, solver_stats,
+from .experiment import (image_grid, magnitude, memory_ratios, quality, solver_stats,
                          step_memory, write_json)
-from .models import LU, LUSER
-from .profile.provenance import cpu_model, git_sha
+from .profile import harness
+from .train import TrainConfig, build_model, fit
 
 __all__ = ["DEMO_TASKS", "GOALS", "run_demo"]
 
@@ -38,14 +37,14 @@ LU_NAME, LUSER_NAME = "LU (depth 5)", "LUSER (defaults)"
 _X0_LABEL = {"ct": "FBP", "deblur": "A^T y"}
 
 
-def _build(name, operator, in_channels, channels, iterations, seed):
-    # LU as the paper's baseline (depth 5); LUSER with its constructor's defaults (depth,
-    # untied weights, chunk), the ones chosen from the design-space study
-    torch.manual_seed(seed)
-    if name == LU_NAME:
-        return LU(operator, iterations=iterations, in_channels=in_channels, channels=channels,
-                  depth=5)
-    return LUSER(operator, iterations=iterations, in_channels=in_channels, channels=channels)
+def _config(name, settings, channels=None):
+    """The ``TrainConfig`` of a demo model: LU as the paper's baseline (depth 5); LUSER with
+    its constructor's defaults (depth, untied weights, chunk, solver), the ones chosen from
+    the design-space study; the demo's training settings."""
+    s = settings
+    return TrainConfig(model="lu" if name == LU_NAME else "luser", iterations=s["K"],
+                       channels=channels or s["channels"], batch=s["batch"], steps=s["steps"],
+                       lr=s["lr"], seed=s["seed"], n_train=s["n_train"])
 
 
 def _run_task(task, cfg, settings, out, log):
@@ -53,8 +52,9 @@ def _run_task(task, cfg, settings, out, log):
     train = make_task(cfg, "train", s["n_train"])
     test = make_task(cfg, "test", s["n_test"], operator=train.operator)
     truth = magnitude(test.x)
-    models = {name: _build(name, train.operator, train.in_channels, s["channels"], s["K"],
-                           s["seed"]) for name in (LU_NAME, LUSER_NAME)}
+    configs = {name: _config(name, s) for name in (LU_NAME, LUSER_NAME)}
+    models = {name: build_model(c, train.operator, train.in_channels)
+              for name, c in configs.items()}
     with torch.no_grad():
         # x0 as both models start from it (FBP for CT, A^T y / A^H y otherwise), clamped
         # to the data range: the strongest form of the classical baseline
@@ -65,13 +65,16 @@ def _run_task(task, cfg, settings, out, log):
     for name, model in models.items():
         with torch.no_grad():
             before = quality(model(test.y), truth)
-        losses, sec = fit(model, train.y, train.x, s["steps"], s["batch"], s["lr"], s["seed"],
-                          f"{task} {name}")
+        c = configs[name]
+        fitted = fit(model, train.y, train.x, c.total_steps, c.batch, c.lr, c.seed,
+                     desc=f"{task} {name}")
+        losses = [r["loss"] for r in fitted["history"]]
         with torch.no_grad():
             recon[name] = magnitude(model(test.y))
         row = {**quality(recon[name], truth), "psnr_init": before["psnr"],
                "ssim_init": before["ssim"], "loss_first": losses[0],
-               "loss_last": sum(losses[-10:]) / len(losses[-10:]), "sec_per_step": sec,
+               "loss_last": sum(losses[-10:]) / len(losses[-10:]),
+               "sec_per_step": fitted["sec_per_step"],
                "params": sum(p.numel() for p in model.parameters())}
         # of the test-set forward (LUSER): mean over samples and unrolled steps
         row.update(solver_stats(model))
@@ -94,8 +97,8 @@ def _run_task(task, cfg, settings, out, log):
     result = {"config": {**cfg.to_dict(), **s}, "rows": rows, "ratios": ratios}
     if s["wide_channels"]:
         # memory at a realistic width: one measured step per model, untrained weights
-        wide = {name: step_memory(_build(name, train.operator, train.in_channels,
-                                         s["wide_channels"], s["K"], s["seed"]),
+        wide = {name: step_memory(build_model(_config(name, s, s["wide_channels"]),
+                                              train.operator, train.in_channels),
                                   train.y[:s["batch"]], train.x[:s["batch"]])
                 for name in (LU_NAME, LUSER_NAME)}
         result["wide"] = {"channels": s["wide_channels"], "rows": wide,
@@ -119,14 +122,16 @@ def run_demo(out="out/demo", tasks=DEMO_TASKS, steps=250, size=64, channels=32, 
         out: folder for ``demo_<task>.png`` (ground truth / x0 / LU / LUSER) and
             ``demo.json`` (the whole run, as returned).
         tasks: task names (``luser_fast.data.TASKS``; default deblur, ct, mri).
-        steps, batch, lr, seed: training of both models (Adam, the same batches).
+        steps, batch, lr, seed: training of both models (``luser_fast.train.fit``: Adam,
+            learning rate cosine-annealed over ``steps``, the same batches).
         size, noise, angles, sigma, acceleration: the task configs (``TaskConfig``; noise
             None takes each task's default).
         channels, K: network width and unrolled steps of both models.
         n_train, n_test: samples of the train and (held-out) test splits.
         wide_channels: also measure training memory at this width (0: skip).
         results: JSON file of runs keyed by "<cpu> | torch <version> | <git sha>"; this
-            run is stored under its key (None: not written).
+            run is stored under its key (``luser_fast.profile.harness.store_run``; None: not
+            written).
         command: the command line recorded in the run.
 
     Returns:
@@ -138,9 +143,12 @@ def run_demo(out="out/demo", tasks=DEMO_TASKS, steps=250, size=64, channels=32, 
     """
     t0 = time.perf_counter()
     os.makedirs(out, exist_ok=True)
-    settings = {"steps": steps, "batch": batch, "lr": lr, "seed": seed, "channels": channels,
-                "K": K, "n_train": n_train, "n_test": n_test, "wide_channels": wide_channels}
-    run = _header(command)
+    settings = {"steps": steps, "batch": batch, "lr": lr, "schedule": "cosine", "seed": seed,
+                "channels": channels, "K": K, "n_train": n_train, "n_test": n_test,
+                "wide_channels": wide_channels}
+    run = harness.new_run(torch.get_num_threads())
+    del run["tiny"]                       # a demo run, never a harness check
+    run["command"] = command
     run["goals"] = GOALS
     run["tasks"] = {}
     for task in tasks:
@@ -151,31 +159,16 @@ def run_demo(out="out/demo", tasks=DEMO_TASKS, steps=250, size=64, channels=32, 
     log(f"demo: {len(run['tasks'])} tasks in {run['wall_seconds']:.0f} s")
     write_json(os.path.join(out, "demo.json"), run)
     if results:
-        key = f"{run['machine']['cpu']} | torch {run['versions']['torch']} | {run['git_sha']}"
-        runs = {}
-        if os.path.exists(results):
-            with open(results) as fh:
-                runs = json.load(fh)
-        runs[key] = run
-        os.makedirs(os.path.dirname(os.path.abspath(results)), exist_ok=True)
-        write_json(results, runs)
+        key = harness.store_run(results, run)
         log(f"results: {results} [{key}]")
     return run
 
 
-def _header(command):
-    # the same key bench/harness.py gives its runs (the library does not import bench/)
-    return {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "machine": {"cpu": cpu_model(), "cores": os.cpu_count(),
-                        "threads": torch.get_num_threads()},
-            "versions": {"torch": torch.__version__, "python": platform.python_version()},
-            "git_sha": git_sha(), "command": command}
-
-
 def _print_task(task, result, log):
     c, rows, r = result["config"], result["rows"], result["ratios"]
-    log(f"\n{task} {c['size']}x{c['size']}, noise {c['noise']:g}, {c['steps']} steps, batch "
-        f"{c['batch']}, {c['channels']} channels, K={c['K']}; {c['n_test']} held-out test samples")
+    log(f"\n{task} {c['size']}x{c['size']}, noise {c['noise']:g}, {c['steps']} steps (lr "
+        f"{c['lr']:g}, {c['schedule']} schedule), batch {c['batch']}, {c['channels']} channels, "
+        f"K={c['K']}; {c['n_test']} held-out test samples")
     log(f"{'model':<22} {'PSNR init':>9} {'PSNR':>7} {'SSIM':>6} {'real PSNR':>9} "
         f"{'saved MB':>9} {'peak MB':>8} {'s/step':>7} {'solver its':>10}")
     for name, row in rows.items():

@@ -1,7 +1,6 @@
-"""Training and measuring one model: what ``luser-fast demo`` and ``luser-fast study`` share.
+"""Measuring one trained model: what ``luser-fast demo`` and ``luser-fast study`` share
+(both train through ``luser_fast.train.fit``, the loop ``luser-fast train`` uses).
 
-* ``fit``: Adam on random batches drawn by a generator seeded with ``seed`` (every model
-  trained with the same seed sees the same batches); losses and seconds per step.
 * ``quality``: PSNR / SSIM of a reconstruction on magnitudes, data range 1.
 * ``step_memory``: saved and peak bytes of one training step (``training_memory``).
 * ``solver_stats``: LUSER's mean solver iterations and convergence rate of its last forward.
@@ -13,15 +12,13 @@ from __future__ import annotations
 
 import json
 import os
-import sys
-import time
 
 import torch
 
 from .metrics import psnr, ssim
-from .profile import mse, training_memory
+from .profile import training_memory
 
-__all__ = ["fit", "quality", "step_memory", "solver_stats", "memory_ratios", "magnitude",
+__all__ = ["quality", "step_memory", "solver_stats", "memory_ratios", "magnitude",
            "write_json", "image_grid"]
 
 
@@ -49,49 +46,6 @@ def write_json(path, obj):
     with open(tmp, "w") as fh:
         json.dump(obj, fh, indent=1)
     os.replace(tmp, path)
-
-
-def fit(model, y, x, steps, batch, lr, seed, desc=None):
-    """Train ``model`` with Adam on random batches of (y, x) under the MSE loss.
-
-    The batch indices come from a ``torch.Generator`` seeded with ``seed`` and nothing
-    else, so every model trained with the same seed (and data) sees the same batches.
-
-    Args:
-        model: module called as ``model(y)``, returning a reconstruction like ``x``.
-        y: measurements [N, ...] of the training set.
-        x: ground truth [N, ...] of the training set.
-        steps: optimiser steps (>= 1).
-        batch: samples per step (>= 1).
-        lr: Adam learning rate.
-        seed: seed of the batch generator.
-        desc: label of the progress bar (shown on a terminal or with
-            ``LUSER_FAST_PROGRESS=1``).
-
-    Returns:
-        (losses, sec_per_step): the loss of every step (floats) and the mean wall seconds
-        per step.
-    """
-    from tqdm import tqdm
-
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be a positive int, got {steps!r}")
-    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
-        raise ValueError(f"batch must be a positive int, got {batch!r}")
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    g = torch.Generator().manual_seed(seed)
-    losses, t0 = [], time.perf_counter()
-    bar = tqdm(range(steps), desc=desc, file=sys.stderr, dynamic_ncols=True,
-               disable=not sys.stderr.isatty() and os.environ.get("LUSER_FAST_PROGRESS") != "1")
-    for _ in bar:
-        idx = torch.randint(0, x.shape[0], (batch,), generator=g)
-        opt.zero_grad(set_to_none=True)
-        loss = mse(model(y[idx]), x[idx])
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
-        bar.set_postfix(loss=f"{losses[-1]:.2e}")
-    return losses, (time.perf_counter() - t0) / steps
 
 
 def quality(x_hat, truth):

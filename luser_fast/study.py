@@ -7,8 +7,9 @@ and ``channels`` (which a configuration may override). ``CONFIGS`` is the defaul
 space; edit it to change what ``luser-fast study`` sweeps.
 
 For each task, configuration and seed the model is built after ``torch.manual_seed(seed)``,
-trained with ``luser_fast.experiment.fit`` (the batches depend on the seed only, so every
-configuration of a seed sees the same batches) on the task's train split, and measured:
+trained with ``luser_fast.train.fit``, the loop of ``luser-fast train`` (Adam, learning rate
+cosine-annealed over the steps; the batches depend on the seed only, so every configuration
+of a seed sees the same batches) on the task's train split, and measured:
 test PSNR / SSIM (mean over the held-out test images) next to x0's, the saved and peak
 bytes of one training step at the training batch (``training_memory``), seconds per
 step, parameters, LUSER's solver iterations and convergence on the test forward, and the
@@ -22,7 +23,10 @@ initialisation and the batch order.
 Each finished run is written at once to the results JSON (atomically), keyed by task,
 configuration name, configuration dict, seed, settings and a digest of the task's data
 (``data_digest``), so a rerun skips what is done, an interrupted study resumes where it
-stopped, and a change to the data generators starts the affected runs afresh.
+stopped, and a change to the data generators starts the affected runs afresh. A record
+says how it was trained (``"schedule": "cosine"``); records without that entry were made
+before the study trained through ``luser_fast.train.fit`` (constant learning rate, batches
+drawn with replacement) and keep their keys, so a resumed study counts them as done.
 ``summarize`` gives mean and std over seeds, ``goal_rows`` the default LUSER against LU depth 5, ``task_figure`` the PSNR
 against peak memory and against seconds per step with the Pareto front.
 """
@@ -39,8 +43,9 @@ import time
 import torch
 
 from .data.real import evaluate_real
-from .experiment import fit, magnitude, quality, solver_stats, step_memory, write_json
+from .experiment import magnitude, quality, solver_stats, step_memory, write_json
 from .profile.provenance import cpu_model, git_sha
+from .train import fit
 
 __all__ = ["CONFIGS", "DEFAULT_LUSER", "LU_BASELINE", "STUDY_TASKS", "SEEDS", "SETTINGS",
            "GOALS", "build_model", "run_key", "run_study", "load_results", "summarize",
@@ -219,8 +224,9 @@ def _run_one(task, name, config, seed, settings, data):
     model = build_model(config, train.operator, train.in_channels, s["channels"], s["K"])
     with torch.no_grad():
         x0 = magnitude(model.initial(test.y)).clamp(0, 1)
-    losses, sec = fit(model, train.y, train.x, s["steps"], s["batch"], s["lr"], seed,
-                      f"{task} {name} seed {seed}")
+    fitted = fit(model, train.y, train.x, s["steps"], s["batch"], s["lr"], seed,
+                 desc=f"{task} {name} seed {seed}")
+    losses = [r["loss"] for r in fitted["history"]]
     with torch.no_grad():
         x_hat = model(test.y)
     metrics = quality(x_hat, truth)
@@ -233,11 +239,12 @@ def _run_one(task, name, config, seed, settings, data):
     x0_quality = quality(x0, truth)
     metrics.update({"psnr_x0": x0_quality["psnr"], "ssim_x0": x0_quality["ssim"],
                     "loss_first": losses[0],
-                    "loss_last": sum(losses[-10:]) / len(losses[-10:]), "sec_per_step": sec,
+                    "loss_last": sum(losses[-10:]) / len(losses[-10:]),
+                    "sec_per_step": fitted["sec_per_step"],
                     "params": sum(p.numel() for p in model.parameters())})
     metrics.update(step_memory(model, train.y[:s["batch"]], train.x[:s["batch"]]))
     record = {"task": task, "name": name, "config": config, "seed": seed, "settings": s,
-              "task_config": task_cfg.to_dict()}
+              "schedule": "cosine", "task_config": task_cfg.to_dict()}
     # the real scans of the task, never trained on (plain floats and lists)
     record["real"] = evaluate_real(model, task_cfg, operator=train.operator)
     for part, suffix in (("model", ""), ("x0", "_x0")):
@@ -269,7 +276,8 @@ def run_study(out="out/study", results=None, tasks=STUDY_TASKS, configs=None, se
         configs: configuration names of ``CONFIGS`` (None: all), or a dict
             {name: configuration} to sweep instead.
         seeds: training seeds (model initialisation and batch order).
-        steps, batch, lr: training (Adam, ``experiment.fit``).
+        steps, batch, lr: training (``luser_fast.train.fit``: Adam, learning rate
+            cosine-annealed over ``steps``).
         size: image side of the tasks.
         channels, K: network width and unrolled steps (a configuration may override them).
         n_train, n_test: samples of the train and held-out test splits.
@@ -297,6 +305,8 @@ def run_study(out="out/study", results=None, tasks=STUDY_TASKS, configs=None, se
         _check_int(name, value, low)
     if not lr > 0:
         raise ValueError(f"lr must be > 0, got {lr!r}")
+    if batch > n_train:
+        raise ValueError(f"batch ({batch}) is larger than n_train ({n_train})")
     settings = {"size": size, "steps": steps, "batch": batch, "lr": lr, "channels": channels,
                 "K": K, "n_train": n_train, "n_test": n_test, "data_seed": data_seed}
     os.makedirs(out, exist_ok=True)

@@ -1,6 +1,11 @@
 """Training, evaluation and reconstruction with LUSER / LU on the four tasks
 (``luser-fast train`` / ``eval`` / ``reconstruct``).
 
+``fit`` is the package's one training loop: ``train`` (``luser-fast train``), the demo
+(``luser_fast.demo``) and the study (``luser_fast.study``) all train through it, so the
+same model, data, seed and settings give the same trained weights whichever of them runs
+it. Adam, the learning rate cosine-annealed to 0 over the run, MSE loss.
+
 One step takes a global batch of ``batch`` samples: the training split is reshuffled
 every epoch by a ``DistributedSampler`` seeded with ``seed`` (drop_last), and step s
 reads batch ``s % steps_per_epoch`` of epoch ``s // steps_per_epoch``. The batch a step
@@ -41,8 +46,9 @@ from .metrics import psnr_per_image, ssim_per_image
 from .experiment import image_grid, magnitude, write_json
 from .profile import mse
 
-__all__ = ["TrainConfig", "build_model", "train", "evaluate", "reconstruct", "save_checkpoint",
-           "load_checkpoint", "checkpoint_digest", "CHECKPOINT_FORMAT"]
+__all__ = ["TrainConfig", "build_model", "fit", "train", "evaluate", "reconstruct",
+           "save_checkpoint", "load_checkpoint", "checkpoint_digest", "rng_state", "set_rng_state",
+           "CHECKPOINT_FORMAT"]
 
 #: format 2: tensors and plain types only (weights_only loading) and a SHA-256 digest
 CHECKPOINT_FORMAT = "luser_fast-train-2"
@@ -138,6 +144,20 @@ class TrainConfig:
             raise ValueError(f"device must be auto, cpu or cuda, got {self.device!r}")
         if self.batch > self.n_train:
             raise ValueError(f"batch ({self.batch}) is larger than n_train ({self.n_train})")
+
+    @classmethod
+    def from_dict(cls, d):
+        """The config a checkpoint's ``"train"`` entry (``asdict``) describes; entries that
+        are not fields of this version are left out.
+
+        Args:
+            d: dict of TrainConfig fields.
+
+        Returns:
+            TrainConfig.
+        """
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
 
     @property
     def steps_per_epoch(self) -> int:
@@ -328,11 +348,6 @@ def _pid_alive(pid):
     return True
 
 
-def _train_config(d):
-    names = {f.name for f in fields(TrainConfig)}
-    return TrainConfig(**{k: v for k, v in d.items() if k in names})
-
-
 def _distributed():
     """(rank, world_size, local_rank, owned): under torchrun, initialises the process group
     unless the caller did (owned tells whether this call created it)."""
@@ -357,8 +372,9 @@ def _device(cfg, local_rank):
     return torch.device("cuda", local_rank)
 
 
-def _rng_state():
-    """torch, numpy and Python RNG states as tensors and plain types."""
+def rng_state():
+    """torch, numpy and Python RNG states as tensors and plain types (what a checkpoint
+    stores as ``"rng"``)."""
     name, keys, pos, has_gauss, cached = np.random.get_state()
     version, internal, gauss = random.getstate()
     return {"torch": torch.get_rng_state(),
@@ -367,8 +383,8 @@ def _rng_state():
             "python": [version, list(internal), gauss]}
 
 
-def _set_rng_state(state):
-    """Inverse of ``_rng_state``."""
+def set_rng_state(state):
+    """Restore the RNG states ``rng_state`` returned (inverse of ``rng_state``)."""
     torch.set_rng_state(state["torch"])
     npy = state["numpy"]
     np.random.set_state((npy["name"], npy["keys"].numpy().astype(np.uint32), npy["pos"],
@@ -399,8 +415,123 @@ class _Batches:
         return torch.tensor(self._indices[pos * self.local:(pos + 1) * self.local])
 
 
+def fit(model, y, x, steps, batch, lr, seed, *, checkpoint=None, meta=None, resume=None,
+        ckpt_every=0, stop_at=None, desc=None, log=None, log_every=0):
+    """Train ``model`` on (y, x): the package's one training loop (``train``, i.e.
+    ``luser-fast train``, the demo and the study all train through it).
+
+    Adam with learning rate ``lr`` cosine-annealed to 0 over ``steps``
+    (``CosineAnnealingLR``), MSE loss, a global batch of ``batch`` samples per step whose
+    indices depend on (seed, step) alone (see the module docstring), so every model trained
+    with the same seed on the same data sees the same batches, and a resumed run continues
+    exactly. Under ``torch.distributed`` (a process group the caller initialised, e.g.
+    ``train`` under torchrun) the model is wrapped in ``DistributedDataParallel``, each
+    process takes ``batch / world_size`` samples of each global batch, and only rank 0
+    logs and writes.
+
+    Args:
+        model: module called as ``model(y)``; trained in place on the device of its
+            parameters (``y`` and ``x`` are moved there).
+        y: measurements [N, ...] of the training set.
+        x: ground truth [N, ...] of the training set.
+        steps: length of the run and of the cosine schedule (>= 1).
+        batch: global batch size (1 <= batch <= N).
+        lr: Adam's initial learning rate (> 0).
+        seed: seed of the batch order.
+        checkpoint: path of the checkpoint written every ``ckpt_every`` steps and at the
+            end (``save_checkpoint``; ``history.json`` beside it), or None for none.
+        meta: entries added to every checkpoint (e.g. the format and the configs).
+        resume: a checkpoint (``load_checkpoint``) to continue from: model, optimiser,
+            scheduler, RNG states, history and step.
+        ckpt_every: checkpoint period in steps (0: only at the end).
+        stop_at: stop after this step (with a checkpoint); None: at ``steps``.
+        desc: label of the progress bar (shown on a terminal or with
+            ``LUSER_FAST_PROGRESS=1``).
+        log: callable for progress lines when the bar is not shown (None: no lines).
+        log_every: period of those lines in steps (0: ten per run).
+
+    Returns:
+        dict: history (list of {step, loss, psnr, seconds, and solver_iterations for
+        LUSER}, from step 1, resumed steps included; loss and psnr are means over the
+        global batch), step reached, seconds and sec_per_step of this call's steps,
+        checkpoint (path or None), rank, world_size and the trained model.
+    """
+    for name, value in (("steps", steps), ("batch", batch)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
+    if batch > x.shape[0]:
+        raise ValueError(f"batch ({batch}) is larger than the training set ({x.shape[0]})")
+    if not (math.isfinite(lr) and lr > 0):
+        raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
+    distributed = dist.is_available() and dist.is_initialized()
+    rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
+    device = next(model.parameters()).device
+    x, y = x.to(device), y.to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
+    history, step = [], 0
+    if resume is not None:
+        model.load_state_dict(resume["model"])
+        opt.load_state_dict(resume["optimizer"])
+        sched.load_state_dict(resume["scheduler"])
+        history, step = list(resume["history"]), resume["step"]
+        set_rng_state(resume["rng"])
+    net = model
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        # Buffers (operator geometry, ||A||^2) are identical on every rank: no per-forward sync.
+        sync = ({"forward_sync_buffers": False}
+                if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
+                else {"broadcast_buffers": False})
+        net = DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None, **sync)
+    batches = _Batches(x.shape[0], batch, seed, rank, world)
+    # A resumed run never steps back: a stop_at at or before the checkpoint's step ends at it.
+    start = step
+    end = max(step, steps if stop_at is None else min(steps, stop_at))
+    every = log_every or max(1, steps // 10)
+    progress = _progress(range(step, end), steps, step, rank, desc)
+    t0 = time.perf_counter()
+
+    def save(at):
+        if rank == 0 and checkpoint is not None:
+            save_checkpoint(checkpoint, {
+                **(meta or {}), "step": at, "model": model.state_dict(),
+                "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                "rng": rng_state(), "history": history, "world_size": world})
+            write_json(os.path.join(os.path.dirname(os.path.abspath(checkpoint)),
+                                    "history.json"), history)
+
+    for s in progress:
+        t_step = time.perf_counter()
+        idx = batches(s).to(device)
+        xb, yb = x[idx], y[idx]
+        opt.zero_grad(set_to_none=True)
+        x_hat = net(yb)
+        loss = mse(x_hat, xb)
+        loss.backward()
+        opt.step()
+        sched.step()
+        row = _step_metrics(s + 1, loss, x_hat, xb, model, world)
+        row["seconds"] = time.perf_counter() - t_step
+        history.append(row)
+        if rank == 0 and log is not None:
+            _report(progress, row, every, steps, log)
+        if ckpt_every and (s + 1) % ckpt_every == 0 and s + 1 < end:
+            save(s + 1)
+    seconds = time.perf_counter() - t0
+    save(end)
+    if world > 1:
+        dist.barrier()                 # every rank returns once rank 0 has written
+    return {"history": history, "step": end, "seconds": seconds,
+            "sec_per_step": seconds / max(1, end - start), "checkpoint": checkpoint,
+            "rank": rank, "world_size": world, "model": model}
+
+
 def train(task: TaskConfig, cfg: TrainConfig, resume=False, log=print):
-    """Train ``cfg.model`` on ``task``; see the module docstring for what is deterministic.
+    """Train ``cfg.model`` on ``task`` through ``fit``, with checkpoints in ``cfg.out``;
+    see the module docstring for what is deterministic.
 
     Args:
         task: TaskConfig (data and operator).
@@ -410,84 +541,32 @@ def train(task: TaskConfig, cfg: TrainConfig, resume=False, log=print):
         log: callable for rank 0's lines.
 
     Returns:
-        dict: history (list of {step, loss, psnr, seconds, and solver_iterations for
-        LUSER}; loss and psnr are means over the global batch), step reached,
-        checkpoint path, seconds of this call, rank, world_size and the trained model.
+        ``fit``'s dict: history (list of {step, loss, psnr, seconds, and
+        solver_iterations for LUSER}; loss and psnr are means over the global batch), step
+        reached, checkpoint path, seconds of this call, rank, world_size and the trained
+        model.
     """
     rank, world, local, owned = _distributed()
-    device = _device(cfg, local)
-    ckpt_path = os.path.join(cfg.out, "last.pt")
-    if rank == 0:
-        _remove_stale_tmp(cfg.out)
-    state = None
-    if resume:
-        state = load_checkpoint(ckpt_path)
-        _check_same(state, task, cfg, ckpt_path)
-    operator = build_operator(task)
-    data = make_task(task, "train", cfg.n_train, operator=operator)
-    model = build_model(cfg, operator, data.in_channels).to(device)
-    x_all, y_all = data.x.to(device), data.y.to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    total = cfg.total_steps
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)
-    history, step = [], 0
-    if state is not None:
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        history, step = list(state["history"]), state["step"]
-        _set_rng_state(state["rng"])
-    net = model
-    if world > 1:
-        from torch.nn.parallel import DistributedDataParallel
-
-        # Buffers (operator geometry, ||A||^2) are identical on every rank: no per-forward sync.
-        sync = ({"forward_sync_buffers": False}
-                if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
-                else {"broadcast_buffers": False})
-        net = DistributedDataParallel(model, device_ids=[local] if device.type == "cuda" else None,
-                                      **sync)
-    batches = _Batches(cfg.n_train, cfg.batch, cfg.seed, rank, world)
-    # A resumed run never steps back: a stop_at at or before the checkpoint's step ends at it.
-    end = max(step, total if cfg.stop_at is None else min(total, cfg.stop_at))
-    every = cfg.log_every or max(1, total // 10)
-    progress = _progress(range(step, end), total, step, rank, f"{cfg.model} {task.task}")
-    t0 = time.perf_counter()
-
-    def checkpoint(at):
+    try:
+        device = _device(cfg, local)
+        ckpt_path = os.path.join(cfg.out, "last.pt")
         if rank == 0:
-            save_checkpoint(ckpt_path, {
-                "format": CHECKPOINT_FORMAT, "task": task.to_dict(), "train": asdict(cfg),
-                "step": at, "model": model.state_dict(), "optimizer": opt.state_dict(),
-                "scheduler": sched.state_dict(), "rng": _rng_state(), "history": history,
-                "world_size": world})
-            write_json(os.path.join(cfg.out, "history.json"), history)
-
-    for s in progress:
-        t_step = time.perf_counter()
-        idx = batches(s).to(device)
-        x, y = x_all[idx], y_all[idx]
-        opt.zero_grad(set_to_none=True)
-        x_hat = net(y)
-        loss = mse(x_hat, x)
-        loss.backward()
-        opt.step()
-        sched.step()
-        row = _step_metrics(s + 1, loss, x_hat, x, model, world)
-        row["seconds"] = time.perf_counter() - t_step
-        history.append(row)
-        if rank == 0:
-            _report(progress, row, every, total, log)
-        if cfg.ckpt_every and (s + 1) % cfg.ckpt_every == 0 and s + 1 < end:
-            checkpoint(s + 1)
-    checkpoint(end)
-    if world > 1:
-        dist.barrier()
+            _remove_stale_tmp(cfg.out)
+        state = None
+        if resume:
+            state = load_checkpoint(ckpt_path)
+            _check_same(state, task, cfg, ckpt_path)
+        operator = build_operator(task)
+        data = make_task(task, "train", cfg.n_train, operator=operator)
+        model = build_model(cfg, operator, data.in_channels).to(device)
+        meta = {"format": CHECKPOINT_FORMAT, "task": task.to_dict(), "train": asdict(cfg)}
+        return fit(model, data.y, data.x, cfg.total_steps, cfg.batch, cfg.lr, cfg.seed,
+                   checkpoint=ckpt_path, meta=meta, resume=state, ckpt_every=cfg.ckpt_every,
+                   stop_at=cfg.stop_at, desc=f"{cfg.model} {task.task}", log=log,
+                   log_every=cfg.log_every)
+    finally:
         if owned:
             dist.destroy_process_group()
-    return {"history": history, "step": end, "checkpoint": ckpt_path,
-            "seconds": time.perf_counter() - t0, "rank": rank, "world_size": world,
-            "model": model}
 
 
 def _check_same(state, task, cfg, path):
@@ -537,7 +616,7 @@ def _load_model(checkpoint, device):
     """(state, task, cfg, model) of a checkpoint, the model on ``device`` in eval mode."""
     state = load_checkpoint(checkpoint)
     task = TaskConfig(**state["task"])
-    cfg = _train_config(state["train"])
+    cfg = TrainConfig.from_dict(state["train"])
     operator = build_operator(task)
     model = build_model(cfg, operator, 2 if task.task in _COMPLEX_TASKS else 1)
     model.load_state_dict(state["model"])

@@ -11,8 +11,7 @@ from luser_fast.cli import main
 from luser_fast.data import (TaskConfig, build_operator, make_task, measure, read_h5_generic,
                              read_images)
 from luser_fast.metrics import psnr_per_image
-from luser_fast.train import build_model, load_checkpoint, reconstruct
-from luser_fast.train import _train_config
+from luser_fast.train import TrainConfig, build_model, load_checkpoint, reconstruct
 
 TINY = ["--size", "16", "--K", "2", "--channels", "4", "--batch", "2", "--n-train", "4",
         "--steps", "2", "--threads", "1", "--ckpt-every", "0", "--model", "lu"]
@@ -34,7 +33,7 @@ def _model(checkpoint):
     state = load_checkpoint(checkpoint)
     task = TaskConfig(**state["task"])
     op = build_operator(task)
-    model = build_model(_train_config(state["train"]), op, 2 if task.task != "ct" else 1)
+    model = build_model(TrainConfig.from_dict(state["train"]), op, 2 if task.task != "ct" else 1)
     model.load_state_dict(state["model"])
     return task, model.eval()
 

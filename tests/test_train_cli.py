@@ -16,9 +16,11 @@ import pytest
 import torch
 
 from luser_fast.cli import main
+from luser_fast.data import TaskConfig, make_task
 from luser_fast.metrics import psnr, ssim
 from luser_fast.profile.memprofile import run_memprofile
-from luser_fast.train import CHECKPOINT_FORMAT, load_checkpoint, save_checkpoint
+from luser_fast.train import (CHECKPOINT_FORMAT, TrainConfig, build_model, fit, load_checkpoint,
+                              save_checkpoint, train)
 
 TINY = ["--size", "16", "--K", "2", "--channels", "4", "--batch", "2", "--n-train", "6",
         "--threads", "1", "--ckpt-every", "2"]
@@ -50,6 +52,28 @@ def test_resume_is_exact(tmp_path, model):
     assert _train(tmp_path / "split", "--steps", "6", "--stop-at", "2", "--resume", model=model) == 0
     assert load_checkpoint(str(tmp_path / "split" / "last.pt"))["step"] == 6
     assert _history(tmp_path / "split") == split
+
+
+@pytest.mark.parametrize("model", ["luser", "lu"])
+def test_fit_is_the_loop_of_train(tmp_path, one_thread, model):
+    """The demo and the study train with ``fit``, the loop of ``luser-fast train``: the same
+    model and settings give the same losses and weights, the learning rate cosine-annealed
+    to 0 at the last step."""
+    task = TaskConfig(task="ct", size=16)
+    cfg = TrainConfig(model=model, iterations=2, channels=4, batch=2, steps=4, n_train=6,
+                      out=str(tmp_path / "train"), ckpt_every=0)
+    trained = train(task, cfg, log=lambda *a: None)
+    data = make_task(task, "train", cfg.n_train)
+    fitted = fit(build_model(cfg, data.operator, data.in_channels), data.y, data.x, cfg.steps,
+                 cfg.batch, cfg.lr, cfg.seed)
+    assert [r["loss"] for r in fitted["history"]] == [r["loss"] for r in trained["history"]]
+    for key, value in trained["model"].state_dict().items():
+        assert torch.equal(fitted["model"].state_dict()[key], value), key
+    assert fitted["checkpoint"] is None and fitted["step"] == 4 and fitted["sec_per_step"] > 0
+    state = load_checkpoint(trained["checkpoint"])
+    assert state["optimizer"]["param_groups"][0]["lr"] == pytest.approx(0, abs=1e-12)
+    with pytest.raises(ValueError, match="larger than the training set"):
+        fit(fitted["model"], data.y, data.x, 2, 7, 1e-3, 0)
 
 
 def test_checkpoint_contents(tmp_path):
@@ -227,13 +251,13 @@ def test_checkpoint_digest_detects_changes(tmp_path, capsys):
 
 
 def test_checkpoint_stores_plain_rng_states(tmp_path):
-    from luser_fast.train import _rng_state, _set_rng_state
+    from luser_fast.train import rng_state, set_rng_state
 
     np.random.seed(3)
     random.seed(4)
     torch.manual_seed(5)
     np.random.standard_normal()              # leaves a cached Gaussian in numpy's state
-    save_checkpoint(str(tmp_path / "c.pt"), {"format": CHECKPOINT_FORMAT, "rng": _rng_state()})
+    save_checkpoint(str(tmp_path / "c.pt"), {"format": CHECKPOINT_FORMAT, "rng": rng_state()})
 
     def draws():
         return (np.random.rand(3).tolist(), np.random.standard_normal(), random.random(),
@@ -243,7 +267,7 @@ def test_checkpoint_stores_plain_rng_states(tmp_path):
     np.random.seed(0)
     random.seed(0)
     torch.manual_seed(0)
-    _set_rng_state(load_checkpoint(str(tmp_path / "c.pt"))["rng"])
+    set_rng_state(load_checkpoint(str(tmp_path / "c.pt"))["rng"])
     assert draws() == want
 
 
