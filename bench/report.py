@@ -120,12 +120,17 @@ class Goals:
 # --- sections ------------------------------------------------------------------------------
 
 
+def no_run(command: str) -> list[str]:
+    """The body of a section without a full run: the command that records one."""
+    return [f"No full run recorded: `{command}`.", ""]
+
+
 def radon_section(run, goals, plots) -> list[str]:
     out = ["## Radon transform (CPU)", ""]
     if run is None:
         goals.at_least(5, "scikit-image radon / luser_fast, per image", None, 30)
         goals.at_least(5, "ASTRA CPU / luser_fast, forward + adjoint per image", None, 4)
-        return out + ["No full run recorded: `luser-fast bench --suite ops`.", ""]
+        return out + no_run("luser-fast bench --suite ops")
     p = run["problem"]
     out += [provenance(run), "",
             f"{p['image'][0]} x {p['image'][1]} images, {p['angles']} angles, {p['detectors']} "
@@ -189,7 +194,7 @@ def nufft_section(run, goals) -> list[str]:
     if run is None:
         for kind, tol in kinds:
             goals.at_most(6, f"luser_fast / finufft, {kind}, tol {tol}", None, 1.0)
-        return out + ["No full run recorded: `luser-fast bench --suite ops`.", ""]
+        return out + no_run("luser-fast bench --suite ops")
     p = run["problem"]
     out += [provenance(run), "",
             f"{p['image'][0]} x {p['image'][1]} image, {p['trajectory']} {p['spokes']} spokes x "
@@ -233,7 +238,7 @@ def solver_section(run, goals) -> list[str]:
     out = ["## Anderson solver (CPU)", ""]
     if run is None:
         goals.at_least(3, "Anderson speed-up vs reference and torchdeq", None, 1.5)
-        return out + ["No full run recorded: `luser-fast bench --suite solver`.", ""]
+        return out + no_run("luser-fast bench --suite solver")
     s = run["setup"]
     out += [provenance(run), "",
             f"Same f, same start, m = {s['m']}, exactly {s['iterations']} evaluations of f for "
@@ -265,7 +270,7 @@ def solver_section(run, goals) -> list[str]:
     e = next(iter(run["problems"].values()))
     b = e["model_bytes_per_iteration_per_sample"]
     out += ["Bytes moved per iteration and sample, f excluded, from the op-by-op model in "
-            "`luser_fast/deq/anderson.py` (`luser_fast.deq.bytes_per_iteration`), as a "
+            "`luser_fast/deq/solvers.py` (`luser_fast.deq.bytes_per_iteration`), as a "
             "fraction of the textbook (reference) version:", ""]
     out += table(("implementation", "fraction of textbook"),
                  [(k, fmt(v / b["reference"])) for k, v in b.items()])
@@ -278,7 +283,7 @@ def memory_section(run, sweep, goals, plots) -> list[str]:
     out = ["## Training memory of one step (CPU)", ""]
     if run is None:
         goals.at_least(3, "LU deep-5 / LUSER peak training memory", None, 8)
-        return out + ["No full run recorded: `luser-fast bench --suite train`.", ""]
+        return out + no_run("luser-fast bench --suite train")
     s = run["setup"]
     out += [provenance(run), "",
             f"{s['task']}, {s['image'][0]} x {s['image'][1]}, {s['angles']} angles, batch "
@@ -363,8 +368,7 @@ def demo_section(run, goals, plots) -> list[str]:
     if run is None:
         for task in ("deblur", "ct", "mri"):
             goals.at_least(7, f"{task}: LU deep-5 / LUSER peak memory", None, 8)
-        return out + ["No full run recorded: `luser-fast demo --results "
-                      "bench/results/demo_cpu.json`.", ""]
+        return out + no_run("luser-fast demo --results bench/results/demo_cpu.json")
     out += [provenance(run), "", f"Command: `{run.get('command', 'luser-fast demo')}`"
             + (f"; wall time {fmt(run['wall_seconds'])} s." if "wall_seconds" in run else "."),
             ""]

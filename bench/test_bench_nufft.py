@@ -159,18 +159,15 @@ def _write_report(results: dict) -> None:
                       "luser_fast_oversamp": {f"{t:g}": o for t, o in OVERSAMP.items()}}
     harness.add_sections(run, results, _section)
     key = harness.save_run("nufft_cpu", run)
-    lines = [f"NUFFT CPU benchmark ({key}), ms (min / median / max), relative l2 error:"]
-    for title, section in (("separate rounds:", run), ("paired rounds:", run.get("paired"))):
-        if section is None:
-            continue
-        lines.append(title)
-        for k, t in section["ms"].items():
-            err = section["relative_l2_error"].get(k)
-            lines.append(f"  {k:28s} " + " ".join(f"{v:9.3f}" for v in t.values())
-                         + (f"   err {err:.2e}" if err is not None else ""))
-        lines += [f"  {k}: {v['median']} [{v['low']}, {v['high']}]"
-                  for k, v in section["ratios"].items()]
-    print("\n" + "\n".join(lines))
+    print(f"\nNUFFT CPU benchmark ({key}), ms (min / median / max), relative l2 error:")
+
+    def rows(section):
+        errors = section["relative_l2_error"]
+        return [f"  {k:28s} " + " ".join(f"{v:9.3f}" for v in t.values())
+                + (f"   err {errors[k]:.2e}" if k in errors else "")
+                for k, t in section["ms"].items()]
+
+    print("\n".join(harness.section_lines(run, rows)))
 
 
 # --- CPU --------------------------------------------------------------------------------------

@@ -115,38 +115,25 @@ def _write_report(results: dict) -> None:
                       "batch": BATCH, "dtype": "float32", "sizes": list(SIZES)}
     harness.add_sections(run, results, _section)
     key = harness.save_run("radon_cpu", run)
-    lines = [f"Radon CPU benchmark ({key}), ms per image (min / median / max):"]
-    for title, sec in (("separate rounds:", run), ("paired rounds:", run.get("paired"))):
-        if sec is None:
-            continue
-        lines.append(title)
-        lines += [f"  {k:34s} " + " ".join(f"{v:9.3f}" for v in t.values())
-                  for k, t in sec["ms_per_image"].items()]
-        lines += [f"  {k}: {v['median']}x [{v['low']}, {v['high']}]"
-                  for k, v in sec["ratios"].items()]
-    print("\n" + "\n".join(lines))
+    print(f"\nRadon CPU benchmark ({key}), ms per image (min / median / max):")
+    print("\n".join(harness.section_lines(run, lambda sec: [
+        f"  {k:34s} " + " ".join(f"{v:9.3f}" for v in t.values())
+        for k, t in sec["ms_per_image"].items()])))
 
 
 # --- luser_fast on the CPU ----------------------------------------------------------------
 
 @pytest.mark.skipif(not radon_ops.HAS_CPU_KERNELS, reason="the C++ extension is not built")
-def test_luser_fast_forward_b8(benchmark, data, report):
-    x = torch.from_numpy(data["x"])
-    got = radon_forward(x, data["angles"], N_DET)
-    assert rel(got, radon_forward_ref(x, data["angles"], N_DET)) < 1e-5
-    benchmark.pedantic(radon_forward, (x, data["angles"], N_DET), rounds=harness.pick(10, 2),
+@pytest.mark.parametrize("direction", ["forward", "adjoint"])
+def test_luser_fast_b8(benchmark, data, report, direction):
+    if direction == "forward":
+        op, ref, arg, size = radon_forward, radon_forward_ref, torch.from_numpy(data["x"]), N_DET
+    else:
+        op, ref, arg, size = radon_adjoint, radon_adjoint_ref, torch.from_numpy(data["y"]), N
+    assert rel(op(arg, data["angles"], size), ref(arg, data["angles"], size)) < 1e-5
+    benchmark.pedantic(op, (arg, data["angles"], size), rounds=harness.pick(10, 2),
                        warmup_rounds=1)
-    _per_image(benchmark, "luser_fast_forward_b8", BATCH, report)
-
-
-@pytest.mark.skipif(not radon_ops.HAS_CPU_KERNELS, reason="the C++ extension is not built")
-def test_luser_fast_adjoint_b8(benchmark, data, report):
-    y = torch.from_numpy(data["y"])
-    got = radon_adjoint(y, data["angles"], N)
-    assert rel(got, radon_adjoint_ref(y, data["angles"], N)) < 1e-5
-    benchmark.pedantic(radon_adjoint, (y, data["angles"], N), rounds=harness.pick(10, 2),
-                       warmup_rounds=1)
-    _per_image(benchmark, "luser_fast_adjoint_b8", BATCH, report)
+    _per_image(benchmark, f"luser_fast_{direction}_b8", BATCH, report)
 
 
 @pytest.mark.skipif(not radon_ops.HAS_CPU_KERNELS, reason="the C++ extension is not built")

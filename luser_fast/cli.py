@@ -5,9 +5,14 @@
     luser-fast train --task {deblur,ct,mri,nufft-mri} [--data PATH] [--model luser|lu] ...
     luser-fast eval CHECKPOINT [--split test] [--n 16] [--data PATH]
     luser-fast reconstruct CHECKPOINT --measurements y.npy --out x.npy [--png x.png]
-    luser-fast memprofile [--vary iterations|depth|batch|K] [--plot out.png]
+    luser-fast memprofile [--vary iterations|depth|batch|K|chunk] [--plot out.png]
     luser-fast bench [--suite ops solver train gpu] [--json out.json]
     luser-fast study [--tasks ...] [--configs ...] [--seeds ...] [--results study.json]
+
+This module parses arguments and calls the library: ``luser_fast.demo.run_demo``,
+``luser_fast.train`` (``train``, ``evaluate``, ``reconstruct``),
+``luser_fast.profile.memprofile.run_memprofile``, ``luser_fast.profile.bench.run_bench``,
+``luser_fast.study.run_study`` and ``luser_fast.profile.provenance.environment``.
 
 Multi-process training: ``torchrun --nproc_per_node=N -m luser_fast.cli train ...``.
 """
@@ -15,32 +20,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
+import shlex
 import sys
 
 
 def _cmd_info(args):
-    import torch
+    from .profile.provenance import environment
 
-    from . import __version__, _ext, backends
-
-    info = {
-        "luser_fast": __version__,
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "platform": platform.platform(),
-        "cuda_available": torch.cuda.is_available() if args.cuda else "not queried (pass --cuda)",
-        "backend_requested": os.environ.get("LUSER_FAST_BACKEND", "auto"),
-        **_ext.build_info(),
-    }
-    try:
-        import triton
-
-        info["triton"] = triton.__version__
-    except ImportError:
-        info["triton"] = None
-    info["ops_cpu"] = backends.table("cpu")
+    info = environment(cuda=args.cuda)
     if args.json:
         print(json.dumps(info, indent=2))
         return 0
@@ -56,30 +43,20 @@ def _cmd_info(args):
 
 
 def _cmd_demo(args):
-    import shlex
-
-    import torch
-
     from .demo import run_demo
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
     run_demo(out=args.out, tasks=args.tasks, steps=args.steps, size=args.size,
              channels=args.channels, batch=args.batch, n_train=args.n_train, n_test=args.n_test,
              K=args.K, lr=args.lr, seed=args.seed, noise=args.noise, angles=args.angles,
              sigma=args.sigma, acceleration=args.acceleration, wide_channels=args.wide_channels,
-             results=args.results, command=shlex.join(["luser-fast", *args.argv]))
+             results=args.results, command=args.command_line)
     return 0
 
 
 def _cmd_train(args):
-    import torch
-
     from .data import TaskConfig
     from .train import TrainConfig, train
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
     task = TaskConfig(task=args.task, size=args.size, noise=args.noise, angles=args.angles,
                       sigma=args.sigma, acceleration=args.acceleration, data=args.data,
                       seed=args.seed)
@@ -102,24 +79,16 @@ def _cmd_train(args):
 
 
 def _cmd_eval(args):
-    import torch
-
     from .train import evaluate
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
     evaluate(args.checkpoint, split=args.split, n=args.n, batch=args.batch, out=args.out,
              device=args.device, data=args.data)
     return 0
 
 
 def _cmd_reconstruct(args):
-    import torch
-
     from .train import reconstruct
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
     x = reconstruct(args.checkpoint, args.measurements, out=args.out, png=args.png,
                     batch=args.batch, device=args.device)
     print(f"reconstruction {list(x.shape)} {str(x.dtype).replace('torch.', '')}: {args.out}"
@@ -128,17 +97,32 @@ def _cmd_reconstruct(args):
 
 
 def _cmd_memprofile(args):
-    import torch
-
     from .profile.memprofile import run_memprofile
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
     run_memprofile(vary=args.vary, values=args.values, task=args.task, size=args.size,
                    channels=args.channels, batch=args.batch, K=args.K,
                    solver_iterations=args.solver_iterations, seed=args.seed, plot=args.plot,
                    json_path=args.json)
     return 0
+
+
+def _cmd_bench(args):
+    from .profile.bench import run_bench
+
+    run = run_bench(suites=args.suite, results=args.results, json_path=args.json, tiny=args.tiny,
+                    report=not args.no_report, pytest_args=args.pytest_args)
+    return 1 if any(r["returncode"] not in (0, 5) for r in run["suites"].values()) else 0
+
+
+def _cmd_study(args):
+    from .study import run_study
+
+    run_study(out=args.out, results=args.results, tasks=args.tasks, configs=args.configs,
+              seeds=args.seeds, steps=args.steps, size=args.size, command=args.command_line)
+    return 0
+
+
+# --- options shared by several commands --------------------------------------------------------
 
 
 def _positive_int(text):
@@ -148,24 +132,78 @@ def _positive_int(text):
     return value
 
 
+def _threads_option(p):
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+
+
+def _task_options(p):
+    """The task's measurement settings (``TaskConfig``) of demo and train."""
+    p.add_argument("--size", type=_positive_int, default=64, help="image side")
+    p.add_argument("--noise", type=float, default=None,
+                   help="noise std relative to the mean |A x| (default per task)")
+    p.add_argument("--angles", type=_positive_int, default=60, help="CT angles")
+    p.add_argument("--sigma", type=float, default=1.5, help="deblur Gaussian sigma (pixels)")
+    p.add_argument("--acceleration", type=float, default=4.0, help="MRI undersampling factor")
+
+
+def _training_options(p, steps, n_train):
+    """Model width, unrolled steps and the training settings of ``luser_fast.train.fit``,
+    which demo and train share."""
+    p.add_argument("--K", type=_positive_int, default=5, help="unrolled steps")
+    p.add_argument("--channels", type=_positive_int, default=32, help="network width")
+    p.add_argument("--batch", type=_positive_int, default=4, help="global batch size")
+    p.add_argument("--steps", type=_positive_int, default=steps,
+                   help="optimiser steps (per model)")
+    p.add_argument("--lr", type=float, default=1e-3,
+                   help="Adam learning rate, cosine-annealed to 0 over the steps")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the initialisation, the batch order and the task's data")
+    p.add_argument("--n-train", type=_positive_int, default=n_train, help="training samples")
+
+
+# --- the commands' parsers ---------------------------------------------------------------------
+
+
+def _add_info_parser(sub):
+    pi = sub.add_parser("info", help="versions, build info, backend per op")
+    pi.add_argument("--json", action="store_true", help="print JSON")
+    pi.add_argument("--cuda", action="store_true", help="also query CUDA availability")
+    pi.set_defaults(func=_cmd_info)
+
+
+def _add_demo_parser(sub):
+    from .data import TASKS
+    from .demo import DEMO_TASKS
+
+    pd = sub.add_parser("demo", help="LU (depth 5) vs LUSER (defaults) on deblur, CT and MRI, "
+                                      "trained as `train` trains (minutes on a CPU)")
+    pd.add_argument("--out", default="out/demo", help="output folder for the PNGs and demo.json")
+    pd.add_argument("--tasks", nargs="+", default=list(DEMO_TASKS), choices=TASKS,
+                    help="tasks to run (default: %(default)s)")
+    _task_options(pd)
+    _training_options(pd, steps=250, n_train=128)
+    pd.add_argument("--n-test", type=_positive_int, default=16, help="held-out test samples")
+    pd.add_argument("--wide-channels", type=int, default=64,
+                    help="also measure training memory at this width (0: skip)")
+    pd.add_argument("--results", default=None,
+                    help="JSON of runs keyed by machine | torch | git SHA to store this run in "
+                         "(e.g. bench/results/demo_cpu.json)")
+    _threads_option(pd)
+    pd.set_defaults(func=_cmd_demo)
+
+
 def _add_train_parser(sub):
     from .data import TASKS
-    from .profile.memprofile import MEMPROFILE_VALUES
 
-    pt = sub.add_parser("train", help="train LUSER or LU on a task (checkpoints, --resume, torchrun)")
+    pt = sub.add_parser("train", help="train LUSER or LU on a task (checkpoints, --resume, "
+                                       "torchrun)")
     pt.add_argument("--task", required=True, choices=TASKS)
     pt.add_argument("--data", default=None,
                     help="ground-truth images: a PNG/NPY folder or a fastMRI / LoDoPaB-CT HDF5 "
                          "file (default: built-in phantoms / bundled images)")
     pt.add_argument("--model", default="luser", choices=("luser", "lu"))
-    pt.add_argument("--size", type=_positive_int, default=64, help="image side")
-    pt.add_argument("--noise", type=float, default=None,
-                    help="noise std relative to the mean |A x| (default per task)")
-    pt.add_argument("--angles", type=_positive_int, default=60, help="CT angles")
-    pt.add_argument("--sigma", type=float, default=1.5, help="deblur Gaussian sigma (pixels)")
-    pt.add_argument("--acceleration", type=float, default=4.0, help="MRI undersampling factor")
-    pt.add_argument("--K", type=_positive_int, default=5, help="unrolled steps")
-    pt.add_argument("--channels", type=_positive_int, default=32, help="network width")
+    _task_options(pt)
+    _training_options(pt, steps=200, n_train=64)
     pt.add_argument("--depth", type=_positive_int, default=None,
                     help="regularizer depth (default: 4 LUSER, 5 LU)")
     pt.add_argument("--share-weights", default=None, action=argparse.BooleanOptionalAction,
@@ -174,25 +212,24 @@ def _add_train_parser(sub):
                     help="LUSER: samples per chunk of the solves and implicit backward "
                          "(0: the whole batch; same result, more memory)")
     pt.add_argument("--solver-tol", type=float, default=1e-3, help="Anderson tolerance")
-    pt.add_argument("--solver-max-iter", type=_positive_int, default=50, help="Anderson iterations cap")
+    pt.add_argument("--solver-max-iter", type=_positive_int, default=50,
+                    help="Anderson iterations cap")
     pt.add_argument("--anderson-m", type=_positive_int, default=5, help="Anderson history")
     pt.add_argument("--backward", default="ift", choices=("ift", "jfb", "phantom"))
-    pt.add_argument("--batch", type=_positive_int, default=4, help="global batch size")
-    pt.add_argument("--steps", type=_positive_int, default=200, help="optimiser steps")
     pt.add_argument("--epochs", type=_positive_int, default=None, help="epochs (overrides --steps)")
-    pt.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (cosine schedule)")
-    pt.add_argument("--seed", type=int, default=0)
-    pt.add_argument("--n-train", type=_positive_int, default=64, help="training samples")
     pt.add_argument("--out", default="out/train", help="output folder (last.pt, history.json)")
-    pt.add_argument("--ckpt-every", type=int, default=50, help="checkpoint period in steps (0: end only)")
+    pt.add_argument("--ckpt-every", type=int, default=50,
+                    help="checkpoint period in steps (0: end only)")
     pt.add_argument("--stop-at", type=_positive_int, default=None,
                     help="stop after this step with a checkpoint (continue with --resume)")
     pt.add_argument("--resume", action="store_true", help="continue exactly from OUT/last.pt")
     pt.add_argument("--log-every", type=int, default=0, help="log period without a terminal")
     pt.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    pt.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    _threads_option(pt)
     pt.set_defaults(func=_cmd_train)
 
+
+def _add_eval_parsers(sub):
     pe = sub.add_parser("eval", help="PSNR/SSIM of a checkpoint on a split or on other images, "
                                       "PNG grid")
     pe.add_argument("checkpoint")
@@ -207,7 +244,7 @@ def _add_train_parser(sub):
     pe.add_argument("--batch", type=_positive_int, default=8)
     pe.add_argument("--out", default=None, help="output folder (default: the checkpoint's)")
     pe.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
-    pe.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    _threads_option(pe)
     pe.set_defaults(func=_cmd_eval)
 
     pr = sub.add_parser("reconstruct", help="reconstruct your own measurements with a checkpoint")
@@ -220,8 +257,13 @@ def _add_train_parser(sub):
     pr.add_argument("--png", default=None, help="PNG of the reconstruction's magnitude")
     pr.add_argument("--batch", type=_positive_int, default=8)
     pr.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
-    pr.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    _threads_option(pr)
     pr.set_defaults(func=_cmd_reconstruct)
+
+
+def _add_memprofile_parser(sub):
+    from .data import TASKS
+    from .profile.memprofile import MEMPROFILE_VALUES
 
     pm = sub.add_parser("memprofile", help="training memory: LUSER vs reference LUSER vs LU")
     pm.add_argument("--vary", default="iterations", choices=tuple(MEMPROFILE_VALUES))
@@ -236,22 +278,15 @@ def _add_train_parser(sub):
     pm.add_argument("--seed", type=int, default=0)
     pm.add_argument("--plot", default=None, help="PNG path")
     pm.add_argument("--json", default=None, help="JSON path for the rows")
-    pm.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    _threads_option(pm)
     pm.set_defaults(func=_cmd_memprofile)
-
-
-def _cmd_bench(args):
-    from .profile.bench import run_bench
-
-    run = run_bench(suites=args.suite, results=args.results, json_path=args.json, tiny=args.tiny,
-                    report=not args.no_report, pytest_args=args.pytest_args)
-    return 1 if any(r["returncode"] not in (0, 5) for r in run["suites"].values()) else 0
 
 
 def _add_bench_parser(sub):
     from .profile.bench import BENCH_SUITES
 
-    pb = sub.add_parser("bench", help="run the benchmark suites, regenerate BENCHMARKS.md")
+    pb = sub.add_parser("bench", help="run the benchmark suites of the repository's bench/ "
+                                      "folder, regenerate BENCHMARKS.md")
     pb.add_argument("--suite", nargs="+", default=list(BENCH_SUITES), choices=tuple(BENCH_SUITES),
                     help="suites to run (default: all; gpu only runs on a CUDA machine)")
     pb.add_argument("--json", default=None, help="write this run's record and results here")
@@ -262,21 +297,6 @@ def _add_bench_parser(sub):
     pb.add_argument("--pytest-args", nargs=argparse.REMAINDER, default=[],
                     help="extra pytest arguments (the rest of the command line)")
     pb.set_defaults(func=_cmd_bench)
-
-
-def _cmd_study(args):
-    import shlex
-
-    import torch
-
-    from .study import run_study
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    run_study(out=args.out, results=args.results, tasks=args.tasks, configs=args.configs,
-              seeds=args.seeds, steps=args.steps, size=args.size,
-              command=shlex.join(["luser-fast", *args.argv]))
-    return 0
 
 
 def _add_study_parser(sub):
@@ -299,49 +319,16 @@ def _add_study_parser(sub):
     ps.add_argument("--steps", type=_positive_int, default=SETTINGS["steps"],
                     help="training steps per run")
     ps.add_argument("--size", type=_positive_int, default=SETTINGS["size"], help="image side")
-    ps.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    _threads_option(ps)
     ps.set_defaults(func=_cmd_study)
 
 
 def build_parser():
-    from .data import TASKS
-    from .demo import DEMO_TASKS
-
     p = argparse.ArgumentParser(prog="luser-fast", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
-    pi = sub.add_parser("info", help="versions, build info, backend per op")
-    pi.add_argument("--json", action="store_true", help="print JSON")
-    pi.add_argument("--cuda", action="store_true", help="also query CUDA availability")
-    pi.set_defaults(func=_cmd_info)
-    pd = sub.add_parser("demo", help="LU (depth 5) vs LUSER (defaults) on deblur, CT and MRI "
-                                      "(minutes on a CPU)")
-    pd.add_argument("--out", default="out/demo", help="output folder for the PNGs and demo.json")
-    pd.add_argument("--tasks", nargs="+", default=list(DEMO_TASKS), choices=TASKS,
-                    help="tasks to run (default: %(default)s)")
-    pd.add_argument("--steps", type=_positive_int, default=250, help="training steps per model")
-    pd.add_argument("--batch", type=_positive_int, default=4, help="batch size")
-    pd.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
-    pd.add_argument("--channels", type=_positive_int, default=32, help="network width")
-    pd.add_argument("--K", type=_positive_int, default=5, help="unrolled steps")
-    pd.add_argument("--size", type=_positive_int, default=64, help="image side")
-    pd.add_argument("--n-train", type=_positive_int, default=128, help="training samples")
-    pd.add_argument("--n-test", type=_positive_int, default=16, help="held-out test samples")
-    pd.add_argument("--noise", type=float, default=None,
-                    help="noise std relative to the mean |A x| (default per task)")
-    pd.add_argument("--angles", type=_positive_int, default=60, help="CT angles")
-    pd.add_argument("--sigma", type=float, default=1.5, help="deblur Gaussian sigma (pixels)")
-    pd.add_argument("--acceleration", type=float, default=4.0, help="MRI undersampling factor")
-    pd.add_argument("--wide-channels", type=int, default=64,
-                    help="also measure training memory at this width (0: skip)")
-    pd.add_argument("--results", default=None,
-                    help="JSON of runs keyed by machine | torch | git SHA to store this run in "
-                         "(e.g. bench/results/demo_cpu.json)")
-    pd.add_argument("--seed", type=int, default=0)
-    pd.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    pd.set_defaults(func=_cmd_demo)
-    _add_train_parser(sub)
-    _add_bench_parser(sub)
-    _add_study_parser(sub)
+    for add in (_add_info_parser, _add_demo_parser, _add_train_parser, _add_eval_parsers,
+                _add_memprofile_parser, _add_bench_parser, _add_study_parser):
+        add(sub)
     return p
 
 
@@ -349,6 +336,11 @@ def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
+    args.command_line = shlex.join(["luser-fast", *args.argv])
+    if getattr(args, "threads", 0):
+        import torch
+
+        torch.set_num_threads(args.threads)
     try:
         return args.func(args)
     except (ValueError, FileNotFoundError) as exc:

@@ -33,7 +33,7 @@ from .provenance import cpu_model, git_sha as _git_sha
 
 __all__ = ["CHECKOUT", "BENCH_DIR", "results_dir", "tiny", "pick", "git_sha", "gpu_name",
            "machine", "versions", "new_run", "run_key", "store_run", "save_run", "collect",
-           "add_sections", "timing", "stats_of", "ratio", "ms", "rounded"]
+           "add_sections", "section_lines", "timing", "stats_of", "ratio", "ms", "rounded"]
 
 #: the source checkout holding this package (for an editable install), and its bench/
 CHECKOUT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -145,6 +145,18 @@ def add_sections(run: dict, results: dict, section) -> dict:
     if paired:
         run["paired"] = section(paired)
     return run
+
+
+def section_lines(run: dict, rows) -> list[str]:
+    """Printed lines of a run's separate-rounds section and, if any, its paired-rounds
+    section (``add_sections``): a title each, ``rows(section)``, then its ratio rows."""
+    lines = []
+    for title, section in (("separate rounds:", run), ("paired rounds:", run.get("paired"))):
+        if section is not None:
+            lines += [title, *rows(section)]
+            lines += [f"  {k}: {v['median']}x [{v['low']}, {v['high']}]"
+                      for k, v in section["ratios"].items()]
+    return lines
 
 
 def timing(benchmark, per: float = 1.0) -> dict | None:

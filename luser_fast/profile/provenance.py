@@ -1,5 +1,6 @@
 """Where a measurement was taken: CPU model and the git SHA of the code, for the keys
-"cpu | torch version | git SHA" under which the demo and the benchmark harness store runs."""
+"cpu | torch version | git SHA" under which the demo and the benchmark harness store runs;
+``environment``, the versions and build that ``luser-fast info`` reports."""
 from __future__ import annotations
 
 import os
@@ -27,3 +28,37 @@ def git_sha(path: str | None = None) -> str:
                               text=True, cwd=cwd, timeout=10).stdout.strip() or "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"
+
+
+def environment(cuda: bool = False) -> dict:
+    """What ``luser-fast info`` reports: versions (luser_fast, python, torch, triton), the
+    platform, the requested backend, the extension's build info and the backend serving
+    each op on the CPU.
+
+    Args:
+        cuda: also query whether CUDA is available (initialises CUDA when it is there).
+
+    Returns:
+        dict of strings, bools, None and (``ops_cpu``) a dict op -> backend.
+    """
+    import torch
+
+    from .. import __version__, _ext, backends
+
+    info = {
+        "luser_fast": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "platform": platform.platform(),
+        "cuda_available": torch.cuda.is_available() if cuda else "not queried (pass --cuda)",
+        "backend_requested": os.environ.get("LUSER_FAST_BACKEND", "auto"),
+        **_ext.build_info(),
+    }
+    try:
+        import triton
+
+        info["triton"] = triton.__version__
+    except ImportError:
+        info["triton"] = None
+    info["ops_cpu"] = backends.table("cpu")
+    return info
