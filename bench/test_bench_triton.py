@@ -30,7 +30,7 @@ from triton.testing import do_bench  # noqa: E402
 from luser_fast.ops import anderson as A  # noqa: E402
 from luser_fast.profile import harness  # noqa: E402
 from luser_fast.ops import shallow as S  # noqa: E402
-from luser_fast.reference.models import ShallowEquilibrium  # noqa: E402
+from luser_fast.reference import ShallowEquilibrium  # noqa: E402
 
 BATCH, GROUPS = 8, 4
 CASES = [(c, n) for c in (32, 64) for n in (128, 256)]

@@ -11,9 +11,9 @@ from torch import nn
 
 from luser_fast import deq as fast
 from luser_fast import reference
-from luser_fast.deq.anderson import _mixing_weights, bytes_per_iteration
+from luser_fast.deq.solvers import _mixing_weights, bytes_per_iteration
 from luser_fast.profile import SavedTensorBytes
-from luser_fast.reference.deq import _mixing_weights as _mixing_weights_ref
+from luser_fast.reference.deq import mixing_weights as _mixing_weights_ref
 
 D = 48
 

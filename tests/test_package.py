@@ -26,9 +26,21 @@ def test_backend_env_validation(monkeypatch):
         backends.select("radon_forward")
     monkeypatch.setenv("LUSER_FAST_BACKEND", "reference")
     assert backends.select("radon_forward", "cpu") == "reference"
+    # the global variable is a preference: where triton cannot serve, the op picks as auto
     monkeypatch.setenv("LUSER_FAST_BACKEND", "triton")
-    with pytest.raises(RuntimeError, match="cannot serve"):
+    auto = {op: backends.select(op, "cpu", "auto") for op in backends.OPS}
+    assert {op: backends.select(op, "cpu") for op in backends.OPS} == auto
+    # a per-op variable or a backend= argument is a request and raises naming the op
+    monkeypatch.setenv("LUSER_FAST_BACKEND_SHALLOW_MAP", "cuda")
+    with pytest.raises(RuntimeError, match="'cuda' was requested for shallow_map"):
         backends.select("shallow_map", "cpu")
+    assert backends.select("radon_forward", "cpu") == auto["radon_forward"]
+    with pytest.raises(RuntimeError, match="requested for anderson_mix"):
+        backends.select("anderson_mix", "cpu", "cuda")
+    monkeypatch.setenv("LUSER_FAST_BACKEND_SHALLOW_MAP", "gpu")
+    with pytest.raises(ValueError, match="LUSER_FAST_BACKEND_SHALLOW_MAP"):
+        backends.select("shallow_map", "cpu")
+    monkeypatch.delenv("LUSER_FAST_BACKEND_SHALLOW_MAP")
     monkeypatch.delenv("LUSER_FAST_BACKEND")
     assert backends.select("anderson_step", "cpu") in ("cpu", "reference")
     with pytest.raises(ValueError, match="unknown op"):

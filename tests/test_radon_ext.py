@@ -29,7 +29,9 @@ from luser_fast import _ext, backends
 from luser_fast.ops import radon as radon_ops
 from luser_fast.ops import radon_adjoint, radon_forward
 from luser_fast.physics import Radon
-from luser_fast.reference import radon as ref
+from luser_fast import reference as ref
+from luser_fast.core import radon_geometry as geo
+from luser_fast.ops import cuda_common
 from luser_fast.reference.radon import radon_adjoint_ref, radon_fbp_ref, radon_forward_ref
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -173,7 +175,7 @@ def test_ray_table_orientation_matches_reference():
     for src, det, spacing, n_det in [(None, None, 1.0, 31), (30.0, 0.0, 1.0, 31),
                                      (25.0, 7.0, 0.7, 40), (1e4, 0.0, 1.0, 21)]:
         table = torch.ops.luser_fast._radon_rays(angles, 20, 21, n_det, spacing, src, det)
-        _, direction = ref._rays(angles, n_det, spacing, src, det)
+        _, direction = geo.rays(angles, n_det, spacing, src, det)
         x_major = direction[:, 0].abs() >= direction[:, 1].abs()
         assert torch.equal(table[..., 3].reshape(-1).bool(), x_major)
         slope = torch.where(x_major, direction[:, 1] / direction[:, 0],
@@ -291,15 +293,24 @@ def test_backend_selection(monkeypatch):
     monkeypatch.setenv("LUSER_FAST_BACKEND", "reference")
     assert backends.select("radon_forward", "cpu") == "reference"
     torch.testing.assert_close(op(x), want, rtol=1e-12, atol=1e-12)
+    # the global variable is a preference: an op it cannot serve on this device picks as
+    # auto does; a per-op variable or a backend= argument is a request and raises
     monkeypatch.setenv("LUSER_FAST_BACKEND", "cuda")
-    with pytest.raises(RuntimeError, match="cannot serve radon_forward"):
+    torch.testing.assert_close(op(x), want, rtol=1e-12, atol=1e-12)
+    assert backends.select("radon_forward", "cpu") == ("cpu" if HAS_EXT else "reference")
+    monkeypatch.setenv("LUSER_FAST_BACKEND_RADON_FORWARD", "cuda")
+    with pytest.raises(RuntimeError, match="cannot serve it on cpu"):
         op(x)
+    op.adjoint(torch.zeros(1, 6, op.n_detectors, dtype=x.dtype))   # other ops unaffected
+    monkeypatch.delenv("LUSER_FAST_BACKEND_RADON_FORWARD")
+    with pytest.raises(RuntimeError, match="'cuda' was requested for radon_adjoint"):
+        radon_adjoint(torch.zeros(1, 6, op.n_detectors), op.angles, 12, backend="cuda")
     monkeypatch.setenv("LUSER_FAST_BACKEND", "cpu")
     if HAS_EXT:
         torch.testing.assert_close(op(x), want, rtol=1e-12, atol=1e-12)
     else:
         with pytest.raises(RuntimeError, match="cannot serve"):
-            op(x)
+            radon_forward(x, op.angles, backend="cpu")
 
 
 def test_half_precision_is_computed_in_float32():
@@ -536,8 +547,8 @@ def test_cuda_launches_match_kernel_signatures(monkeypatch):
     """The launchers, run with the launch itself recorded instead of executed (no GPU here):
     every kernel exists in radon.cu and gets its parameters' count and types."""
     calls = []
-    monkeypatch.setattr(radon_ops, "_launch",
-                        lambda name, device, grid, args: calls.append((name, grid, args)))
+    monkeypatch.setattr(cuda_common, "launch", lambda name, device, grid, args, shared_mem=0:
+                        calls.append((name, grid, args)))
     monkeypatch.setattr(radon_ops, "cuda_available", lambda: True)
     sigs = _kernel_signatures()
     assert len(sigs) == 7

@@ -6,8 +6,8 @@ import torch
 import torch.nn.functional as F
 
 from helpers import ADJOINT_TOL, adjoint_mismatch, randn_like_dtype, rel_err
-from luser_fast.reference.blur import Blur, gaussian_kernel
-from luser_fast.reference.mri import MRI, fft2c, ifft2c
+from luser_fast.physics.blur import Blur, gaussian_kernel
+from luser_fast.physics.mri import MRI, fft2c, ifft2c
 
 REAL = [torch.float32, torch.float64]
 COMPLEX = [torch.complex64, torch.complex128]

@@ -5,9 +5,11 @@ import pytest
 import torch
 
 from helpers import ADJOINT_TOL, adjoint_mismatch, randn_like_dtype, rel_err
-from luser_fast.reference.nufft import (NUFFT, NufftPlan, kernel_params, nudft_type1, nudft_type2,
-                                        nufft_type1_ref, nufft_type2_ref, pipe_density)
-from luser_fast.reference.operator import LinearFunction
+from luser_fast.core.nufft_kernel import kernel_params
+from luser_fast.core.operator import LinearFunction
+from luser_fast.reference import NUFFT, pipe_density
+from luser_fast.reference.nufft import (NufftPlan, nudft_type1, nudft_type2, nufft_type1_ref,
+                                        nufft_type2_ref)
 
 COMPLEX = [torch.complex64, torch.complex128]
 #: (tol, dtype) pairs the accuracy tests cover: complex64 cannot resolve 1e-6
@@ -203,10 +205,21 @@ def test_pipe_density_cartesian_and_radial():
 
 # ---------------------------------------------------------------- validation
 
+def test_empty_trajectory_gives_empty_results():
+    """One rule for every NUFFT entry point: M = 0 is a valid (empty) trajectory."""
+    k = torch.zeros(0, 2)
+    image = torch.randn(2, 4, 5, dtype=torch.complex128)
+    for fn in (nufft_type2_ref, nudft_type2):
+        assert fn(image, k).shape == (2, 0)
+    values = torch.zeros(2, 0, dtype=torch.complex128)
+    for out in (nufft_type1_ref(values, k, (4, 5)), nudft_type1(values, k, (4, 5))):
+        assert out.shape == (2, 4, 5) and not out.any()
+    assert NUFFT(k, (4, 5))(image[:, None]).shape == (2, 1, 0)
+
+
 @pytest.mark.parametrize("ktraj, problem", [
     (torch.zeros(5, 3), "shape"),
     (torch.zeros(5), "shape"),
-    (torch.zeros(0, 2), "shape"),
     (torch.tensor([[0.0, float("nan")]]), "non-finite"),
     (torch.tensor([[0.0, float("inf")]]), "non-finite"),
     (torch.tensor([[0.0, 3.5]]), r"\[-pi, pi\]; got max \|k\| = 3.5"),
@@ -234,7 +247,6 @@ def test_float32_pi_is_in_range():
     ({"oversamp": 1.0}, "oversamp"),
     ({"oversamp": float("inf")}, "oversamp"),
     ({"image_size": (0, 8)}, "image_size"),
-    ({"image_size": (8, 8, 8)}, "image_size"),
     ({"coil_maps": torch.ones(2, 8, 7, dtype=torch.complex64)}, "coil_maps"),
     ({"coil_maps": torch.ones(8, 8, dtype=torch.complex64)}, "coil_maps"),
     ({"density": torch.ones(9)}, "density"),
@@ -242,9 +254,19 @@ def test_float32_pi_is_in_range():
     ({"density": torch.full((10,), float("nan"))}, "density"),
 ])
 def test_nufft_operator_validation(kwargs, match):
+    """Values out of range: ValueError naming the argument (wrong types are TypeErrors,
+    ``test_nufft_operator_type_errors``)."""
     args = {"ktraj": _random_traj(10), "image_size": (8, 8), **kwargs}
     with pytest.raises(ValueError, match=match):
         NUFFT(**args)
+
+
+def test_nufft_operator_type_errors():
+    for kwargs in ({"image_size": (8, 8, 8)}, {"image_size": 2.5}, {"image_size": None},
+                   {"tol": True}, {"oversamp": "2"}):
+        args = {"ktraj": _random_traj(10), "image_size": (8, 8), **kwargs}
+        with pytest.raises(TypeError, match=next(iter(kwargs))):
+            NUFFT(**args)
 
 
 def test_nufft_operator_input_checks():

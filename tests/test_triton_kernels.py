@@ -25,9 +25,10 @@ import torch  # noqa: E402
 
 from luser_fast.ops import anderson as A  # noqa: E402
 from luser_fast.ops import shallow as S  # noqa: E402
-from luser_fast.reference.models import ShallowEquilibrium  # noqa: E402
+from luser_fast.ops import triton_common  # noqa: E402
+from luser_fast.reference import ShallowEquilibrium  # noqa: E402
 
-INTERPRETED = A.interpreted()
+INTERPRETED = triton_common.INTERPRETED
 _SUBPROCESS = os.environ.get("LUSER_FAST_TRITON_SUBPROCESS") == "1"
 
 if not INTERPRETED and not _SUBPROCESS:
@@ -50,8 +51,7 @@ def _nan_alloc(shape, dtype, device):
 @pytest.fixture(autouse=True)
 def _nan_outputs(monkeypatch):
     """Every launcher output starts NaN: an element the kernel does not write fails."""
-    monkeypatch.setattr(A, "_alloc", _nan_alloc)
-    monkeypatch.setattr(S, "_alloc", _nan_alloc)
+    monkeypatch.setattr(triton_common, "alloc", _nan_alloc)
 
 
 def _tol(dtype, ref_err=0.0):

@@ -1,9 +1,10 @@
-"""The DEQ layer on the fast solvers, with a memory-minimal implicit backward.
+"""The DEQ layer: one definition, with a memory-minimal implicit backward.
 
-``DEQ`` has the reference's constructor, validation and gradients
-(``luser_fast.reference.DEQ``); what changes is what lives between forward and backward.
-The reference keeps the graph of one application of f at z* (every activation of f); here
-the output comes from ``DEQFunction``, an ``autograd.Function`` that saves z* and v,
+``DEQ`` solves z* = f(z*, v) under no_grad with a batched solver and re-attaches the
+output to the graph as ``backward`` says. ``luser_fast.reference.DEQ`` is the same class
+bound to the reference solvers and to the textbook backward
+(``luser_fast.reference.deq.attach``), which keeps the graph of one application of f at z*
+(every activation of f). Here the output comes from ``DEQFunction``, an ``autograd.Function`` that saves z* and v,
 nothing else, and refers to f's parameters (which f holds anyway). Its backward rebuilds
 f at z* under ``enable_grad`` and:
 
@@ -25,24 +26,36 @@ smallest peak, at the cost of smaller (less efficient) kernels.
 """
 from __future__ import annotations
 
-import torch
+import inspect
+import numbers
 
-from ..reference import deq as _ref
-from ..reference.deq import batch_slices, cat_info
-from .anderson import anderson, fixed_point, validate_check_every
+import torch
+from torch import nn
+
+from ..core.solver import (BACKWARDS, PHANTOM_DEFAULTS, batch_slices, cat_info,
+                           check_check_every, check_chunk, check_option, checked_kwargs)
+from ..reference import deq as reference_deq
+from .solvers import anderson, fixed_point
 
 __all__ = ["DEQ", "DEQFunction"]
 
 _SOLVERS = {"anderson": anderson, "fixed_point": fixed_point}
+_REFERENCE_SOLVERS = {"anderson": reference_deq.anderson,
+                      "fixed_point": reference_deq.fixed_point}
 
 
-def _split_check_every(kwargs):
-    """(kwargs without ``check_every``, its value or None); the rest is validated later."""
-    if not isinstance(kwargs, dict) or "check_every" not in kwargs:
-        return kwargs, None
-    rest = {k: v for k, v in kwargs.items() if k != "check_every"}
-    validate_check_every(kwargs["check_every"])
-    return rest, kwargs["check_every"]
+def _options(solve) -> tuple:
+    """The keyword options a solver takes (its keyword-only parameters)."""
+    return tuple(name for name, p in inspect.signature(solve).parameters.items()
+                 if p.kind is inspect.Parameter.KEYWORD_ONLY)
+
+
+def _check_options(kwargs: dict) -> None:
+    for name, value in kwargs.items():
+        if name == "check_every":
+            check_check_every(value)
+        else:
+            check_option(name, value)
 
 
 def _bound_map(f, v):
@@ -132,25 +145,52 @@ def _chunk_backward(layer, z_star, v, grad, need_v, wanted):
     return grad_v, grads, info
 
 
-class DEQ(_ref.DEQ):
-    """Equilibrium layer z* = f(z*, v) on the fast solvers; backward saves only z* and v.
+class DEQ(nn.Module):
+    """Equilibrium layer: z* = f(z*, v), differentiable w.r.t. v and f's parameters.
 
-    Constructor, attributes and gradients as ``luser_fast.reference.DEQ`` (read its
-    docstring for ``solver``, ``backward``, ``solver_kwargs`` and ``backward_kwargs``), with:
+    The forward solve always runs under ``torch.no_grad`` with the chosen solver; no solver
+    iterate is kept. When autograd is recording and v or a parameter of the layer requires
+    grad, the output is re-attached to the graph according to ``backward``:
 
-    * the fast ``anderson`` / ``fixed_point`` of ``luser_fast.deq.anderson``; solver kwargs
-      also accept ``check_every`` (iterations between host checks);
-    * every backward mode through ``DEQFunction``: between forward and backward only z* and
-      v are saved; f is rebuilt at z* in the backward. As in the
-      reference, "ift" returns f(z*, v) (one more evaluation, no graph);
-    * ``chunk``: samples per chunk for the solve, the replay and the implicit backward
-      (None: the whole batch); exact for any f that does not mix samples (module doc);
-    * if f has ``bind(v)`` returning ``z -> f(z, v)``, the solves use it (e.g. to compute a
-      z-independent injection once per solve).
+    * ``"ift"`` (implicit function theorem, Bai et al. 2019): returns f(z*, v) computed from
+      a detached z* (so its value differs from z* by the solver residual); its backward
+      solves the adjoint fixed point u = J_f(z*)^T u + g with the same solver
+      (``solver_kwargs``, overridden by ``backward_kwargs``, e.g.
+      ``{"tol": 1e-6, "max_iter": 100}``), each step one VJP of f at z*, then returns
+      dL/dv = (df/dv)^T u and dL/dtheta = (df/dtheta)^T u. The backward's ``SolverInfo`` is
+      stored in ``last_backward_info``.
+    * ``"jfb"`` (Jacobian-free backprop, Fung et al. 2022): returns f(z*, v) with z*
+      detached, so u = g. No ``backward_kwargs``.
+    * ``"phantom"`` (phantom gradient, Geng et al. 2021): from z = z* (detached), ``k`` times
+      z = (1 - lam) z + lam f(z, v), and returns z; gradients flow through these k steps.
+      ``backward_kwargs``: ``k`` int >= 1 (default 5), ``lam`` in (0, 1] (default 0.5).
+
+    Between forward and backward this layer keeps only z* and v (``DEQFunction``): f is
+    rebuilt at z* in the backward, one chunk at a time, so the bytes saved do not depend on
+    the solver's iterations or f's depth. The reference binding keeps the graph of one f
+    application instead. Otherwise (``torch.no_grad``, or nothing requiring grad) z* is
+    returned as is; the choice depends on autograd state only, not on ``self.training``.
 
     Trainable tensors must be parameters of f (an ``nn.Module``): the backward sees f's
-    parameters and v, not tensors a plain callable closes over. Double backward raises
-    RuntimeError.
+    parameters and v, not tensors a plain callable closes over. Double backward
+    (``create_graph=True``) raises RuntimeError.
+
+    Args:
+        f: the map f(z, v) -> z (an ``nn.Module``, registered as a submodule, or any
+            callable); must treat samples independently. If it has ``init_state(v)``, the
+            solve starts there when z0 is not given; if it has ``bind(v)`` returning
+            ``z -> f(z, v)``, the solves use it (e.g. to compute a z-independent injection
+            once per solve).
+        solver: "anderson" or "fixed_point" (``luser_fast.deq.anderson``; the solver
+            defaults are m=5, beta=1, lam=1e-4, tol=1e-3, max_iter=50).
+        backward: "ift", "jfb" or "phantom".
+        solver_kwargs: keyword options of the solver (e.g. ``{"tol": 1e-4, "m": 6}``; the
+            fast solvers also take ``check_every``, iterations between host checks).
+        backward_kwargs: for "ift", solver options overriding ``solver_kwargs`` in the
+            adjoint solve; for "phantom", ``k`` and ``lam``; none for "jfb".
+        chunk: samples per chunk for the solve, the replay and the implicit backward
+            (None: the whole batch); exact for any f that does not mix samples, and the
+            smaller it is the smaller the training peak.
 
     Attributes:
         last_info: ``SolverInfo`` of the last forward solve.
@@ -164,19 +204,51 @@ class DEQ(_ref.DEQ):
         >>> z.square().sum().backward()
     """
 
+    #: backend requested for every op (None: ``luser_fast.backends`` chooses); "reference"
+    #: binds the reference solvers and backward
+    backend: str | None = None
+
     def __init__(self, f, solver="anderson", backward="ift", solver_kwargs=None,
                  backward_kwargs=None, chunk=None):
-        solver_kwargs, check = _split_check_every(solver_kwargs)
-        if backward == "ift":
-            backward_kwargs, back_check = _split_check_every(backward_kwargs)
+        super().__init__()
+        if not callable(f):
+            raise TypeError(f"f must be callable, got {type(f).__name__}")
+        if not isinstance(solver, str) or solver not in self.solvers:
+            raise ValueError(f"solver must be one of {tuple(self.solvers)}, got {solver!r}")
+        if not isinstance(backward, str) or backward not in BACKWARDS:
+            raise ValueError(f"backward must be one of {BACKWARDS}, got {backward!r}")
+        self.f = f
+        self.solver = solver
+        self.backward = backward
+        keys = _options(self.solvers[solver])
+        self.solver_kwargs = checked_kwargs("solver_kwargs", solver_kwargs, keys)
+        allowed = {"ift": keys, "jfb": (), "phantom": tuple(PHANTOM_DEFAULTS)}[backward]
+        self.backward_kwargs = checked_kwargs("backward_kwargs", backward_kwargs, allowed)
+        if backward == "phantom":
+            self.backward_kwargs = {**PHANTOM_DEFAULTS, **self.backward_kwargs}
+            lam = self.backward_kwargs["lam"]
+            if isinstance(lam, bool) or not isinstance(lam, numbers.Real) or not 0 < lam <= 1:
+                raise ValueError(f"lam (phantom damping) must be in (0, 1], got {lam!r}")
+            k = self.backward_kwargs["k"]
+            if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1:
+                raise ValueError(f"k must be an int >= 1, got {k!r}")
         else:
-            back_check = None
-        super().__init__(f, solver=solver, backward=backward, solver_kwargs=solver_kwargs,
-                         backward_kwargs=backward_kwargs, chunk=chunk)
-        if check is not None:
-            self.solver_kwargs["check_every"] = check
-        if back_check is not None:
-            self.backward_kwargs["check_every"] = back_check
+            _check_options(self.backward_kwargs)
+        _check_options(self.solver_kwargs)
+        check_chunk(chunk)
+        self.chunk = chunk
+        self.last_info = None
+        self.last_backward_info = None
+
+    @property
+    def solvers(self) -> dict:
+        """name -> solver function of this binding."""
+        return _REFERENCE_SOLVERS if self.backend == "reference" else _SOLVERS
+
+    def extra_repr(self):
+        return (f"solver={self.solver!r}, backward={self.backward!r}, "
+                f"solver_kwargs={self.solver_kwargs}, backward_kwargs={self.backward_kwargs}, "
+                f"chunk={self.chunk}")
 
     def forward(self, v: torch.Tensor, z0: torch.Tensor | None = None) -> torch.Tensor:
         """Solve z* = f(z*, v) and attach gradients as set by ``backward``.
@@ -203,13 +275,13 @@ class DEQ(_ref.DEQ):
                 z0 = z0.detach()
             slices = batch_slices(v_fixed.shape[0], self.chunk)
             if len(slices) == 1:
-                z_star, self.last_info = _SOLVERS[self.solver](
+                z_star, self.last_info = self.solvers[self.solver](
                     _bound_map(self.f, v_fixed), z0, **self.solver_kwargs)
             else:
                 # chunk by chunk: the solver's history and f's temporaries are one chunk's
                 parts, infos = [], []
                 for sl in slices:
-                    z_part, info = _SOLVERS[self.solver](
+                    z_part, info = self.solvers[self.solver](
                         _bound_map(self.f, v_fixed[sl]),
                         z0[sl] if isinstance(z0, torch.Tensor) else z0, **self.solver_kwargs)
                     parts.append(z_part)
@@ -220,6 +292,8 @@ class DEQ(_ref.DEQ):
         if not (torch.is_grad_enabled()
                 and (v.requires_grad or any(p.requires_grad for p in params))):
             return z_star
+        if self.backend == "reference":
+            return reference_deq.attach(self, z_star, v)
         return DEQFunction.apply(self, z_star, v, *params)
 
     def _replay(self, f, z_star):
@@ -242,4 +316,4 @@ class DEQ(_ref.DEQ):
             (jt_u,) = torch.autograd.grad(out, z_in, u, retain_graph=True, allow_unused=True)
             return grad if jt_u is None else jt_u + grad
 
-        return _SOLVERS[self.solver](step, grad, **kwargs)
+        return self.solvers[self.solver](step, grad, **kwargs)

@@ -1,10 +1,8 @@
-"""Models: ShallowEquilibrium, LUSER, LU. docs/API.md, "Models".
+"""Models: ShallowEquilibrium, DeepRegularizer, LUSER, LU. docs/API.md, "Models".
 
-Same classes, arguments and state_dict keys as ``luser_fast.reference``. ``LUSER`` (and
-its ``ShallowEquilibrium``) run on the fast equilibrium core (``luser_fast.deq``); ``LU``
-and ``DeepRegularizer`` are the reference ones (plain autograd, nothing to replace).
+One definition each (``networks.py``); ``luser_fast.reference`` exposes the same classes
+bound to the reference ops (same arguments and ``state_dict`` keys).
 """
-from ..reference.models import LU, DeepRegularizer
-from .luser import LUSER, ShallowEquilibrium
+from .networks import LU, LUSER, DeepRegularizer, ShallowEquilibrium
 
 __all__ = ["ShallowEquilibrium", "DeepRegularizer", "LUSER", "LU"]

@@ -31,22 +31,15 @@ are deterministic.
 """
 from __future__ import annotations
 
-import os
-
 import torch
 
 from .. import backends
+from ..reference.anderson_ops import anderson_mix_ref, anderson_step_ref
+from . import triton_common
+from .triton_common import HAS_TRITON, tl, triton
 
 __all__ = ["anderson_step", "anderson_mix", "anderson_step_ref", "anderson_mix_ref",
-           "anderson_step_fwd", "anderson_mix_fwd", "HAS_TRITON", "KERNEL_DTYPES"]
-
-try:                                    # optional: the reference serves without Triton
-    import triton
-    import triton.language as tl
-    HAS_TRITON = True
-except ImportError:                     # pragma: no cover - exercised without the extra
-    triton = tl = None
-    HAS_TRITON = False
+           "anderson_step_fwd", "anderson_mix_fwd", "KERNEL_DTYPES"]
 
 #: dtypes the kernels take (history buffers are the solver's work dtype)
 KERNEL_DTYPES = (torch.float32, torch.float64)
@@ -54,74 +47,6 @@ KERNEL_DTYPES = (torch.float32, torch.float64)
 #: registers over 4 warps (128 per thread), so rows are loaded one at a time instead
 _BLOCK_D = 1024
 _NUM_WARPS = 4
-
-
-def _alloc(shape, dtype, device):
-    """Output allocation of the launchers (tests replace it to NaN-fill outputs)."""
-    return torch.empty(shape, dtype=dtype, device=device)
-
-
-def interpreted() -> bool:
-    """True when the kernels were built for the Triton interpreter (TRITON_INTERPRET=1)."""
-    return HAS_TRITON and type(_anderson_step_fwd_kernel).__name__ == "InterpretedFunction"
-
-
-def _devices():
-    # the interpreter runs kernels on CPU tensors; compiled kernels need CUDA tensors
-    return ("cuda", "cpu") if os.environ.get("TRITON_INTERPRET", "0") == "1" else ("cuda",)
-
-
-# --------------------------------------------------------------------------- reference
-
-def anderson_step_ref(fz, z, hist_f, hist_g, active, slot: int, n: int):
-    """History update and Gram row, plain PyTorch (the maths of ``anderson_step``).
-
-    Args:
-        fz: f(z) [B, D].
-        z: the iterate [B, D].
-        hist_f, hist_g: ring buffers [B, m, D] (work dtype), updated in place at ``slot``
-            for active samples.
-        active: [B] bool; false rows are frozen (history untouched, zero Gram row).
-        slot: history slot to write (0 <= slot < n).
-        n: valid slots after this write (1 <= n <= m).
-
-    Returns:
-        [B, m + 1] work dtype: columns j < n hold <G_j, g> (column ``slot`` is ||g||^2),
-        columns n..m-1 zero, column m holds ||f(z)||^2; zero rows for frozen samples.
-    """
-    b, m, _ = hist_f.shape
-    mask = active.view(b, 1)
-    f = fz.to(hist_f.dtype)
-    g = f - z.to(hist_f.dtype)
-    hist_f[:, slot] = torch.where(mask, f, hist_f[:, slot])
-    hist_g[:, slot] = torch.where(mask, g, hist_g[:, slot])
-    out = hist_f.new_zeros(b, m + 1)
-    out[:, :n] = torch.bmm(hist_g[:, :n], g.unsqueeze(-1)).squeeze(-1)
-    out[:, m] = (f * f).sum(-1)
-    return torch.where(mask, out, torch.zeros_like(out))
-
-
-def anderson_mix_ref(hist_f, hist_g, alpha, active, best, beta: float):
-    """Next Anderson iterate, plain PyTorch (the maths of ``anderson_mix``).
-
-    Args:
-        hist_f, hist_g: ring buffers [B, m, D].
-        alpha: weights [B, n] (n <= m valid slots), any floating dtype.
-        active: [B] bool; frozen samples take ``best``.
-        best: [B, D] frozen iterates, or None (every sample active).
-        beta: damping in (0, 1].
-
-    Returns:
-        [B, D] in the history dtype.
-    """
-    n = alpha.shape[1]
-    a = alpha.to(hist_f.dtype).unsqueeze(1)
-    mixed = torch.bmm(a, hist_f[:, :n]).squeeze(1)
-    if beta != 1:
-        mixed = mixed - (1 - beta) * torch.bmm(a, hist_g[:, :n]).squeeze(1)
-    if best is None:
-        return mixed
-    return torch.where(active.view(-1, 1), mixed, best.to(mixed.dtype))
 
 
 # --------------------------------------------------------------------------- kernels
@@ -215,7 +140,7 @@ def anderson_step_fwd(fz, z, hist_f, hist_g, active, slot: int, n: int):
     m = hist_f.shape[1]
     _check_history(hist_f, hist_g, d)
     n_tiles = triton.cdiv(d, _BLOCK_D)
-    part = _alloc((b, n_tiles, m + 1), hist_f.dtype, fz.device)
+    part = triton_common.alloc((b, n_tiles, m + 1), hist_f.dtype, fz.device)
     _anderson_step_fwd_kernel[(n_tiles, b)](
         fz.contiguous(), z.contiguous(), hist_f, hist_g, active.to(torch.int8).contiguous(),
         part, d, int(slot), int(n), n_tiles, M=m, BLOCK_D=_BLOCK_D, num_warps=_NUM_WARPS)
@@ -229,7 +154,7 @@ def anderson_mix_fwd(hist_f, hist_g, alpha, active, best, beta: float):
     """
     b, m, d = hist_f.shape
     _check_history(hist_f, hist_g, d)
-    out = _alloc((b, d), hist_f.dtype, hist_f.device)
+    out = triton_common.alloc((b, d), hist_f.dtype, hist_f.device)
     has_best = best is not None
     best_arg = best.to(hist_f.dtype).contiguous() if has_best else out
     grid = (triton.cdiv(d, _BLOCK_D), b)
@@ -242,15 +167,15 @@ def anderson_mix_fwd(hist_f, hist_g, alpha, active, best, beta: float):
 
 # --------------------------------------------------------------------------- ops
 
-def _use_triton(t: torch.Tensor) -> bool:
-    return backends.select("anderson_step", t.device.type) == "triton"
+def _use_triton(op: str, t: torch.Tensor) -> bool:
+    return backends.select(op, t.device.type) == "triton"
 
 
 @torch.library.custom_op("luser_fast::anderson_step", mutates_args=("hist_f", "hist_g"))
 def _anderson_step_op(fz: torch.Tensor, z: torch.Tensor, hist_f: torch.Tensor,
                       hist_g: torch.Tensor, active: torch.Tensor, slot: int,
                       n: int) -> torch.Tensor:
-    if _use_triton(fz):
+    if _use_triton("anderson_step", fz):
         return anderson_step_fwd(fz, z, hist_f, hist_g, active, slot, n)
     return anderson_step_ref(fz, z, hist_f, hist_g, active, slot, n)
 
@@ -264,7 +189,7 @@ def _anderson_step_fake(fz, z, hist_f, hist_g, active, slot, n):
 def _anderson_mix_op(hist_f: torch.Tensor, hist_g: torch.Tensor, alpha: torch.Tensor,
                      active: torch.Tensor, best: torch.Tensor | None,
                      beta: float) -> torch.Tensor:
-    if _use_triton(hist_f):
+    if _use_triton("anderson_mix", hist_f):
         return anderson_mix_fwd(hist_f, hist_g, alpha, active, best, beta)
     return anderson_mix_ref(hist_f, hist_g, alpha, active, best, beta)
 
@@ -274,7 +199,8 @@ def _anderson_mix_fake(hist_f, hist_g, alpha, active, best, beta):
     return hist_f.new_empty(hist_f.shape[0], hist_f.shape[2])
 
 
-backends.register("anderson_step", "triton", _devices(), lambda: HAS_TRITON)
+for _op in ("anderson_step", "anderson_mix"):
+    backends.register(_op, "triton", triton_common.devices(), lambda: HAS_TRITON)
 
 
 def _validate(slot, n, m):

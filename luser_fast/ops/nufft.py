@@ -28,7 +28,6 @@ FFT of the n1 rows, keep H of n0, transpose, inverse FFT, keep W of n1, deapodis
 """
 from __future__ import annotations
 
-import importlib.util
 import math
 import threading
 
@@ -36,7 +35,10 @@ import torch
 from torch.utils.weak import WeakIdKeyDictionary
 
 from .. import _ext, backends
-from ..reference import nufft as _ref
+from ..core import nufft_kernel, validate
+from ..reference.nufft import NufftPlan, nufft_type1_ref, nufft_type2_ref
+from . import cuda_common
+from .cuda_common import MAX_GRID_Y, THREADS, cuda_available, f64, i32, ptr
 
 __all__ = ["nufft_type2", "nufft_type1", "plan_for"]
 
@@ -57,8 +59,6 @@ _CUDA_BIN = 32
 _CUDA_SMEM = 48 * 1024
 #: points per CUDA spreading block (a bin with more points is split)
 _CUDA_SUBPROBLEM = 1024
-_THREADS = 256
-_MAX_GRID_Y = 65535
 #: plans kept per trajectory tensor (image sizes x tolerances x devices)
 _PLANS_PER_TRAJ = 8
 #: scratch memory a plan may keep between calls (``_Workspace``)
@@ -83,13 +83,6 @@ for _name, _schema in SCHEMAS.items():
         _LIB.define(_name + _schema)
 
 
-def cuda_available() -> bool:
-    """CuPy is installed, a CUDA device is present and CUDA code (fatbin or sources) ships."""
-    if importlib.util.find_spec("cupy") is None or not torch.cuda.is_available():
-        return False
-    info = _ext.build_info()
-    return info["cuda_fatbin"] is not None or _ext.os.path.exists(
-        _ext.os.path.join(_ext.CUDA_SRC_DIR, "all.cu"))
 
 
 # --- plans -----------------------------------------------------------------------------------
@@ -100,15 +93,14 @@ def _bin_count(n: int, width: int, preferred: int) -> int:
     return 2 * max(1, n // (2 * max(width, preferred)))
 
 
-class NufftPlan:
+class CompiledPlan:
     """A trajectory's gridding plan for one image size, tolerance and device.
 
     Holds the kernel (width, beta), the grid (n0, n1), the deapodisation factors and, for
     the compiled kernels, the bin-sorted stencils of the trajectory with the axes swapped
     (rows along W; see the module docstring): ``order`` [M] int64 (sorted -> input
     index), ``start`` [M, 2] int32 (wrapped first stencil cell, row then column),
-    ``weights`` [M, 2, w] float64 (es_kernel.h, float64) and ``bin_offsets``. Where no
-    compiled kernel serves, ``reference`` holds the reference plan instead.
+    ``weights`` [M, 2, w] float64 (es_kernel.h, float64) and ``bin_offsets``.
 
     Args:
         ktraj: [M, 2] radians in [-pi, pi] (validated by the caller).
@@ -116,28 +108,21 @@ class NufftPlan:
         tol: target relative error in (0, 0.1].
         oversamp: grid oversampling sigma > 1.
         device: where the plan lives (and runs).
-        kind: "cpu", "cuda" or "reference".
+        kind: "cpu" (C++ kernels) or "cuda" (CUDA kernels).
     """
 
     def __init__(self, ktraj: torch.Tensor, image_size: tuple[int, int], tol: float,
                  oversamp: float, device: torch.device, kind: str):
         self.image_size = tuple(int(s) for s in image_size)
         self.tol, self.oversamp, self.kind, self.device = float(tol), float(oversamp), kind, device
-        self.width, self.beta = _ref.kernel_params(tol, oversamp)
-        self.grid_size = tuple(_ref._next_smooth_even(max(math.ceil(oversamp * s), 2 * self.width))
-                               for s in self.image_size)
+        self.width, self.beta = nufft_kernel.kernel_params(tol, oversamp)
+        self.grid_size = nufft_kernel.grid_size(self.image_size, oversamp, self.width)
         self.n_points = int(ktraj.shape[0])
         self._weights = {}
         self._deapod = {}
         self._scratch = (None, {})
         self._scratch_lock = threading.Lock()
         k64 = ktraj.detach().to(device=device, dtype=torch.float64)
-        if kind == "reference":
-            # the reference plan needs M >= 1; with no points the transforms are zeros
-            self.reference = (_ref.NufftPlan(k64, self.image_size, tol, oversamp)
-                              if self.n_points else None)
-            return
-        self.reference = None
         n0, n1 = self.grid_size
         w = self.width
         # rows along W (grid n1), columns along H (grid n0)
@@ -149,11 +134,19 @@ class NufftPlan:
                 torch.ops.luser_fast._nufft_plan(krc, n1, n0, w, self.beta, *self.n_bins)
         else:
             _cuda_plan(self, krc)
-        inv = []
-        for n, s in zip(self.grid_size, self.image_size):
-            j = torch.arange(s, dtype=torch.float64) - s // 2
-            inv.append((1.0 / _ref.es_kernel_ft(2 * math.pi * j / n, w, self.beta)).to(device))
+        inv = [1.0 / d for d in nufft_kernel.deapodisation(self.image_size, self.grid_size,
+                                                            w, self.beta, device)]
         self.deapod_inv = inv
+
+    def spread(self, values: torch.Tensor) -> torch.Tensor:
+        """Points -> grid (the gridding convolution P^T): [B, M] -> [B, n1, n0]."""
+        n0, n1 = self.grid_size
+        out = torch.empty(values.shape[0], n1, n0, dtype=values.dtype, device=values.device)
+        return _spread(self, values, out)
+
+    def interp(self, grid: torch.Tensor) -> torch.Tensor:
+        """Grid -> points (P, the transpose of ``spread``): [B, n1, n0] -> [B, M]."""
+        return _interp(self, grid)
 
     def _cuda_bin(self) -> int:
         # a tile holds (bin + w - 1)^2 complex128 cells; halve the bin when it would not fit
@@ -195,7 +188,7 @@ class _Workspace:
     Usage: ``with plan.workspace(batch, dtype) as ws: a = ws(name, shape, zero)``.
     """
 
-    def __init__(self, plan: NufftPlan, key: tuple):
+    def __init__(self, plan: CompiledPlan, key: tuple):
         self.plan, self.key, self.dtype = plan, key, key[1]
         self.cached = plan.device.type == "cpu" and plan._scratch_lock.acquire(blocking=False)
         if self.cached and plan._scratch[0] != key:
@@ -224,27 +217,47 @@ class _Workspace:
 _PLANS = WeakIdKeyDictionary()
 
 
+def _fast_kind(device: torch.device) -> str | None:
+    if device.type == "cpu" and HAS_CPU_KERNELS:
+        return "cpu"
+    if device.type == "cuda" and cuda_available():
+        return "cuda"
+    return None
+
+
+def _unserved(device: torch.device, tol: float, oversamp: float) -> str | None:
+    """Why no compiled kernel serves this transform (None: one does)."""
+    if _fast_kind(device) is None:
+        return f"no compiled NUFFT kernels for {device.type} (extension or CuPy missing)"
+    width = nufft_kernel.kernel_params(tol, oversamp)[0]
+    if width > MAX_WIDTH:
+        return (f"tol={tol:g} at oversamp={oversamp:g} needs a kernel of width {width} > "
+                f"{MAX_WIDTH}, the compiled kernels' limit")
+    return None
+
+
 def plan_for(ktraj: torch.Tensor, image_size, tol: float = 1e-6, oversamp: float = 2.0,
-             device: torch.device | None = None, kind: str | None = None) -> NufftPlan:
-    """The cached plan of ``ktraj`` (built on first use; rebuilt if ktraj changes in place).
+             device: torch.device | None = None) -> CompiledPlan:
+    """The cached compiled plan of ``ktraj`` (built on first use; rebuilt if ktraj changes
+    in place).
 
     Args:
         ktraj: [M, 2] radians in [-pi, pi].
         image_size: (H, W).
         tol, oversamp: kernel accuracy and grid oversampling.
-        device: the plan's device (default: ktraj's).
-        kind: "cpu", "cuda" or "reference"; default: the fastest available for ``device``.
+        device: the plan's device (default: ktraj's); a compiled kernel must serve it.
 
     Returns:
-        The ``NufftPlan``; it lives as long as the ``ktraj`` tensor object.
+        The ``CompiledPlan``; it lives as long as the ``ktraj`` tensor object.
+
+    Raises:
+        RuntimeError: no compiled kernel serves ``device`` at this tol/oversamp.
     """
     device = torch.device(device) if device is not None else ktraj.device
-    if kind is None:
-        kind = _fast_kind(device)
-    width = _ref.kernel_params(tol, oversamp)[0]
-    if kind != "reference" and width > MAX_WIDTH:
-        kind = "reference"
-    key = (tuple(int(s) for s in image_size), float(tol), float(oversamp), str(device), kind)
+    reason = _unserved(device, tol, oversamp)
+    if reason is not None:
+        raise RuntimeError(f"plan_for: {reason}")
+    key = (tuple(int(s) for s in image_size), float(tol), float(oversamp), str(device))
     version = ktraj._version
     entry = _PLANS.get(ktraj)
     if entry is None or entry[0] != version:
@@ -254,21 +267,33 @@ def plan_for(ktraj: torch.Tensor, image_size, tol: float = 1e-6, oversamp: float
     if key not in plans:
         if len(plans) >= _PLANS_PER_TRAJ:
             plans.pop(next(iter(plans)))
-        plans[key] = NufftPlan(ktraj, key[0], tol, oversamp, device, kind)
+        plans[key] = CompiledPlan(ktraj, key[0], tol, oversamp, device, _fast_kind(device))
     return plans[key]
 
 
-def _fast_kind(device: torch.device) -> str:
-    if device.type == "cpu" and HAS_CPU_KERNELS:
-        return "cpu"
-    if device.type == "cuda" and cuda_available():
-        return "cuda"
-    return "reference"
+def gridding_plan(ktraj: torch.Tensor, image_size, tol: float = 1e-6, oversamp: float = 2.0,
+                  *, backend: str | None = None):
+    """The gridding plan (``spread``, ``interp``, ``width``, ``beta``, ``grid_size``) of the
+    implementation that serves ``nufft_type1`` on ktraj's device: a ``CompiledPlan`` or
+    the reference ``NufftPlan``.
+
+    Args:
+        ktraj: [M, 2] validated trajectory.
+        image_size: (H, W).
+        tol, oversamp: validated accuracy.
+        backend: as in ``nufft_type1``.
+    """
+    if backends.select("nufft_type1", ktraj.device.type, backend) != "reference":
+        reason = _unserved(ktraj.device, tol, oversamp)
+        if reason is None:
+            return plan_for(ktraj, image_size, tol, oversamp)
+        backends.fallback("nufft_type1", reason)
+    return NufftPlan(ktraj, image_size, tol, oversamp)
 
 
 # --- the transforms on a plan ------------------------------------------------------------------
 
-def _spread(plan: NufftPlan, values: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+def _spread(plan: CompiledPlan, values: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
     """[B, M] -> ``out`` [B, n1, n0] (rows along W), overwritten."""
     if plan.kind == "cuda":
         return _spread_cuda(plan, values, out)
@@ -279,7 +304,7 @@ def _spread(plan: NufftPlan, values: torch.Tensor, out: torch.Tensor) -> torch.T
     return out
 
 
-def _interp(plan: NufftPlan, grid: torch.Tensor) -> torch.Tensor:
+def _interp(plan: CompiledPlan, grid: torch.Tensor) -> torch.Tensor:
     """[B, n1, n0] -> [B, M]."""
     if plan.kind == "cuda":
         return _interp_cuda(plan, grid)
@@ -293,13 +318,11 @@ def _scale(src: torch.Tensor, factor: torch.Tensor, out: torch.Tensor) -> None:
     torch.mul(torch.view_as_real(src), factor[..., None], out=torch.view_as_real(out))
 
 
-def _type2(plan: NufftPlan, image: torch.Tensor) -> torch.Tensor:
+def _type2(plan: CompiledPlan, image: torch.Tensor) -> torch.Tensor:
     lead = image.shape[:-2]
     batch = math.prod(lead)
     if batch == 0 or plan.n_points == 0:
         return image.new_zeros((*lead, plan.n_points))
-    if plan.kind == "reference":
-        return plan.reference.type2(image)
     (h, w), (n0, n1) = plan.image_size, plan.grid_size
     h2, w2 = h // 2, w // 2
     x = image.reshape(batch, h, w)
@@ -320,14 +343,12 @@ def _type2(plan: NufftPlan, image: torch.Tensor) -> torch.Tensor:
     return _interp(plan, grid).reshape(*lead, plan.n_points)
 
 
-def _type1(plan: NufftPlan, values: torch.Tensor) -> torch.Tensor:
+def _type1(plan: CompiledPlan, values: torch.Tensor) -> torch.Tensor:
     lead = values.shape[:-1]
     (h, w), (n0, n1) = plan.image_size, plan.grid_size
     batch = math.prod(lead)
     if batch == 0 or plan.n_points == 0:
         return values.new_zeros((*lead, h, w))
-    if plan.kind == "reference":
-        return plan.reference.type1(values)
     h2, w2 = h // 2, w // 2
     with plan.workspace(batch, values.dtype) as ws:
         grid = _spread(plan, values.reshape(batch, plan.n_points),
@@ -350,13 +371,19 @@ def _type1(plan: NufftPlan, values: torch.Tensor) -> torch.Tensor:
 # The dispatcher drops trailing arguments equal to their schema defaults, so every Python
 # kernel below repeats the defaults.
 def _type2_kernel(image, ktraj, tol=1e-6, oversamp=2.0):
-    plan = plan_for(ktraj, image.shape[-2:], tol, oversamp, device=image.device)
-    return _type2(plan, image)
+    reason = _unserved(image.device, tol, oversamp)
+    if reason is not None:
+        backends.fallback("nufft_type2", reason)
+        return nufft_type2_ref(image, ktraj, tol, oversamp)
+    return _type2(plan_for(ktraj, image.shape[-2:], tol, oversamp, device=image.device), image)
 
 
 def _type1_kernel(values, ktraj, image_size, tol=1e-6, oversamp=2.0):
-    plan = plan_for(ktraj, image_size, tol, oversamp, device=values.device)
-    return _type1(plan, values)
+    reason = _unserved(values.device, tol, oversamp)
+    if reason is not None:
+        backends.fallback("nufft_type1", reason)
+        return nufft_type1_ref(values, ktraj, image_size, tol, oversamp)
+    return _type1(plan_for(ktraj, image_size, tol, oversamp, device=values.device), values)
 
 
 _LIB.impl("nufft_type2", _type2_kernel, "CPU")
@@ -367,35 +394,15 @@ torch.library.register_kernel("luser_fast::nufft_type1", "cuda", _type1_kernel)
 
 # --- CUDA ------------------------------------------------------------------------------------
 
-def _launch(name: str, device: torch.device, grid, args, shared_mem: int = 0) -> None:
-    """Launch kernel ``name`` on ``device`` on torch's current stream."""
-    import cupy
-
-    kernel = _ext.cuda_kernel(name, device.index)
-    stream = torch.cuda.current_stream(device).cuda_stream
-    with cupy.cuda.Device(device.index), cupy.cuda.ExternalStream(stream):
-        kernel(tuple(int(g) for g in grid), (_THREADS,), args, shared_mem=shared_mem)
 
 
-def _ptr(t: torch.Tensor):
-    import numpy as np
-
-    return np.uint64(t.data_ptr())
 
 
-def _i32(v):
-    import numpy as np
-
-    return np.int32(v)
 
 
-def _f64(v):
-    import numpy as np
-
-    return np.float64(v)
 
 
-def _cuda_plan(plan: NufftPlan, krc: torch.Tensor) -> None:
+def _cuda_plan(plan: CompiledPlan, krc: torch.Tensor) -> None:
     """Fill ``plan``'s sorted stencils on the GPU: per-point starts and bins (es_kernel.h, in
     nufft_plan_points_kernel), a stable sort by bin, float64 weights in sorted order, and
     the spreading subproblems (bin, first point, end point), at most _CUDA_SUBPROBLEM each."""
@@ -406,11 +413,11 @@ def _cuda_plan(plan: NufftPlan, krc: torch.Tensor) -> None:
         raise ValueError(f"nufft: too large for the CUDA kernels ({m} points, grid {n0} x {n1})")
     start = torch.empty(m, 2, dtype=torch.int32, device=dev)
     bins = torch.empty(m, dtype=torch.int32, device=dev)
-    blocks = (max(1, math.ceil(m / _THREADS)), 1)
+    blocks = (max(1, math.ceil(m / THREADS)), 1)
     if m:
-        _launch("nufft_plan_points_kernel", dev, blocks,
-                (_ptr(krc), _i32(m), _i32(n1), _i32(n0), _i32(nb_r), _i32(nb_c),
-                 _i32(plan.width), _ptr(start), _ptr(bins)))
+        cuda_common.launch("nufft_plan_points_kernel", dev, blocks,
+                (ptr(krc), i32(m), i32(n1), i32(n0), i32(nb_r), i32(nb_c),
+                 i32(plan.width), ptr(start), ptr(bins)))
     order = torch.sort(bins, stable=True).indices
     plan.order = order
     plan.start = start[order].contiguous()
@@ -418,9 +425,9 @@ def _cuda_plan(plan: NufftPlan, krc: torch.Tensor) -> None:
     plan.bin_offsets = torch.cat((counts.new_zeros(1), torch.cumsum(counts, 0)))
     weights = torch.empty(m, 2, plan.width, dtype=torch.float64, device=dev)
     if m:
-        _launch("nufft_plan_weights_kernel", dev, blocks,
-                (_ptr(krc), _ptr(order), _i32(m), _i32(n1), _i32(n0), _i32(plan.width),
-                 _f64(plan.beta), _ptr(weights)))
+        cuda_common.launch("nufft_plan_weights_kernel", dev, blocks,
+                (ptr(krc), ptr(order), i32(m), i32(n1), i32(n0), i32(plan.width),
+                 f64(plan.beta), ptr(weights)))
     plan._weights[torch.float64] = weights
     n_sub = (counts + _CUDA_SUBPROBLEM - 1) // _CUDA_SUBPROBLEM
     sub_bin = torch.repeat_interleave(torch.arange(nb_r * nb_c, device=dev), n_sub)
@@ -433,7 +440,7 @@ def _cuda_plan(plan: NufftPlan, krc: torch.Tensor) -> None:
     plan.tile = (longest[0] + plan.width - 1, longest[1] + plan.width - 1)
 
 
-def _spread_cuda(plan: NufftPlan, values: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
+def _spread_cuda(plan: CompiledPlan, values: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
     n0, n1 = plan.grid_size
     batch, m = values.shape
     v = values.contiguous()
@@ -443,22 +450,22 @@ def _spread_cuda(plan: NufftPlan, values: torch.Tensor, grid: torch.Tensor) -> t
     suffix = "f32" if v.dtype == torch.complex64 else "f64"
     weights = plan.weights(v.dtype)
     smem = plan.tile[0] * plan.tile[1] * v.element_size()
-    gy = min(_MAX_GRID_Y, batch)
+    gy = min(MAX_GRID_Y, batch)
     if smem <= _CUDA_SMEM:
-        _launch("nufft_spread_tile_kernel_" + suffix, v.device,
+        cuda_common.launch("nufft_spread_tile_kernel_" + suffix, v.device,
                 (plan.subproblems.shape[0], gy),
-                (_ptr(v), _ptr(plan.order), _ptr(plan.start), _ptr(weights),
-                 _ptr(plan.subproblems), _i32(batch), _i32(m), _i32(plan.width), _i32(n1),
-                 _i32(n0), _i32(plan.n_bins[0]), _i32(plan.n_bins[1]), _i32(plan.tile[0]),
-                 _i32(plan.tile[1]), _ptr(grid)), shared_mem=smem)
+                (ptr(v), ptr(plan.order), ptr(plan.start), ptr(weights),
+                 ptr(plan.subproblems), i32(batch), i32(m), i32(plan.width), i32(n1),
+                 i32(n0), i32(plan.n_bins[0]), i32(plan.n_bins[1]), i32(plan.tile[0]),
+                 i32(plan.tile[1]), ptr(grid)), shared_mem=smem)
     else:
-        _launch("nufft_spread_global_kernel_" + suffix, v.device, (math.ceil(m / _THREADS), gy),
-                (_ptr(v), _ptr(plan.order), _ptr(plan.start), _ptr(weights), _i32(batch),
-                 _i32(m), _i32(plan.width), _i32(n1), _i32(n0), _ptr(grid)))
+        cuda_common.launch("nufft_spread_global_kernel_" + suffix, v.device, (math.ceil(m / THREADS), gy),
+                (ptr(v), ptr(plan.order), ptr(plan.start), ptr(weights), i32(batch),
+                 i32(m), i32(plan.width), i32(n1), i32(n0), ptr(grid)))
     return grid
 
 
-def _interp_cuda(plan: NufftPlan, grid: torch.Tensor) -> torch.Tensor:
+def _interp_cuda(plan: CompiledPlan, grid: torch.Tensor) -> torch.Tensor:
     batch, n_r, n_c = grid.shape
     m = plan.n_points
     g = grid.contiguous()
@@ -466,10 +473,10 @@ def _interp_cuda(plan: NufftPlan, grid: torch.Tensor) -> torch.Tensor:
     if batch == 0 or m == 0:
         return out
     suffix = "f32" if g.dtype == torch.complex64 else "f64"
-    _launch("nufft_interp_kernel_" + suffix, g.device,
-            (math.ceil(m / _THREADS), min(_MAX_GRID_Y, batch)),
-            (_ptr(g), _ptr(plan.order), _ptr(plan.start), _ptr(plan.weights(g.dtype)),
-             _i32(batch), _i32(m), _i32(plan.width), _i32(n_r), _i32(n_c), _ptr(out)))
+    cuda_common.launch("nufft_interp_kernel_" + suffix, g.device,
+            (math.ceil(m / THREADS), min(MAX_GRID_Y, batch)),
+            (ptr(g), ptr(plan.order), ptr(plan.start), ptr(plan.weights(g.dtype)),
+             i32(batch), i32(m), i32(plan.width), i32(n_r), i32(n_c), ptr(out)))
     return out
 
 
@@ -569,51 +576,8 @@ backends.register("nufft_type1", "cuda", ("cuda",), cuda_available)
 
 # --- public functionals ---------------------------------------------------------------------------
 
-def _check_ktraj(ktraj, device: torch.device, fn: str) -> torch.Tensor:
-    """Validated ktraj (M >= 0); moved to ``device`` when it lives elsewhere. The value
-    checks need the data, so they are skipped while torch.compile traces."""
-    if not isinstance(ktraj, torch.Tensor):
-        raise TypeError(f"{fn}: ktraj must be a torch.Tensor of shape [M, 2], got "
-                        f"{type(ktraj).__name__}")
-    if ktraj.dim() != 2 or ktraj.shape[1] != 2:
-        raise ValueError(f"{fn}: ktraj must have shape [M, 2], got {tuple(ktraj.shape)}")
-    if ktraj.is_complex() or not ktraj.is_floating_point():
-        raise ValueError(f"{fn}: ktraj must be real floating point (radians), got {ktraj.dtype}")
-    if not torch.compiler.is_compiling() and ktraj.numel():
-        k = ktraj.detach()
-        if not bool(torch.isfinite(k).all()):
-            raise ValueError(f"{fn}: ktraj has non-finite entries (NaN or inf)")
-        kmax = k.abs().max().item()
-        if kmax > math.pi * (1 + _ref._RANGE_SLACK):
-            raise ValueError(f"{fn}: ktraj must be radians in [-pi, pi]; got max |k| = {kmax:.6g} "
-                             "(a trajectory in cycles, [-0.5, 0.5], needs a factor 2 pi)")
-    return ktraj if ktraj.device == device else ktraj.to(device)
-
-
-def _check_data(t, name: str, min_dim: int, fn: str) -> None:
-    if not isinstance(t, torch.Tensor) or not t.is_complex():
-        got = t.dtype if isinstance(t, torch.Tensor) else type(t).__name__
-        raise TypeError(f"{fn}: {name} must be a complex64 or complex128 tensor, got {got}")
-    if t.dtype not in (torch.complex64, torch.complex128):
-        raise TypeError(f"{fn}: {name} must be complex64 or complex128, got {t.dtype}")
-    if t.dim() < min_dim:
-        raise ValueError(f"{fn}: {name} must have at least {min_dim} dims, got shape "
-                         f"{tuple(t.shape)}")
-
-
-def _check_accuracy(tol, oversamp, fn: str) -> tuple[float, float]:
-    _ref._check_tol(tol, oversamp, fn)
-    return float(tol), float(oversamp)
-
-
-def _use_reference(op: str, t: torch.Tensor) -> bool:
-    if torch.compiler.is_compiling():
-        return False
-    return backends.select(op, t.device.type) == "reference"
-
-
 def nufft_type2(image: torch.Tensor, ktraj: torch.Tensor, tol: float = 1e-6,
-                oversamp: float = 2.0) -> torch.Tensor:
+                oversamp: float = 2.0, *, backend: str | None = None) -> torch.Tensor:
     """Type-2 NUFFT (uniform grid -> points), y_m = sum_n x_n exp(-i k_m . (n - N // 2)).
 
     Served by the backend ``luser_fast.backends.select("nufft_type2", device)`` picks (the
@@ -626,6 +590,8 @@ def nufft_type2(image: torch.Tensor, ktraj: torch.Tensor, tol: float = 1e-6,
             image's device if it lives elsewhere (the plan is then cached per call only).
         tol: target relative l2 error against the exact sum, in (0, 0.1].
         oversamp: grid oversampling sigma > 1 (2.0; 1.25 for a smaller grid, wider kernel).
+        backend: request a backend for this call (``luser_fast.backends``); None: the
+            environment's preference.
 
     Returns:
         [..., M] in image's dtype; differentiable in image and ktraj.
@@ -638,18 +604,18 @@ def nufft_type2(image: torch.Tensor, ktraj: torch.Tensor, tol: float = 1e-6,
         >>> y = nufft_type2(torch.randn(8, 256, 256, dtype=torch.complex64), ktraj, tol=1e-3)
     """
     fn = "nufft_type2"
-    _check_data(image, "image", 2, fn)
+    validate.complex_tensor(image, "image", fn, 2)
     if min(image.shape[-2:]) < 1:
         raise ValueError(f"{fn}: image must have H, W >= 1, got shape {tuple(image.shape)}")
-    ktraj = _check_ktraj(ktraj, image.device, fn)
-    tol, oversamp = _check_accuracy(tol, oversamp, fn)
-    if _use_reference(fn, image):
-        return _type2(plan_for(ktraj, image.shape[-2:], tol, oversamp, kind="reference"), image)
+    ktraj = validate.ktraj(ktraj, fn, image.device)
+    tol, oversamp = validate.nufft_accuracy(tol, oversamp, fn)
+    if backends.select(fn, image.device.type, backend) == "reference":
+        return nufft_type2_ref(image, ktraj, tol, oversamp)
     return torch.ops.luser_fast.nufft_type2(image, ktraj, tol, oversamp)
 
 
 def nufft_type1(values: torch.Tensor, ktraj: torch.Tensor, image_size, tol: float = 1e-6,
-                oversamp: float = 2.0) -> torch.Tensor:
+                oversamp: float = 2.0, *, backend: str | None = None) -> torch.Tensor:
     """Type-1 NUFFT (points -> grid), the adjoint of ``nufft_type2``:
     x_n = sum_m y_m exp(+i k_m . (n - N // 2)).
 
@@ -659,6 +625,7 @@ def nufft_type1(values: torch.Tensor, ktraj: torch.Tensor, image_size, tol: floa
         image_size: (H, W) or an int for a square image.
         tol: target relative l2 error in (0, 0.1].
         oversamp: grid oversampling sigma > 1.
+        backend: as in ``nufft_type2``.
 
     Returns:
         [..., H, W] in values' dtype; differentiable in values and ktraj.
@@ -668,14 +635,13 @@ def nufft_type1(values: torch.Tensor, ktraj: torch.Tensor, image_size, tol: floa
         ValueError: bad shapes or image_size, bad ktraj, bad tol/oversamp.
     """
     fn = "nufft_type1"
-    _check_data(values, "values", 1, fn)
-    ktraj = _check_ktraj(ktraj, values.device, fn)
-    size = _ref._image_size(image_size, fn)
+    validate.complex_tensor(values, "values", fn, 1)
+    ktraj = validate.ktraj(ktraj, fn, values.device)
+    size = validate.image_size(image_size, fn)
     if values.shape[-1] != ktraj.shape[0]:
         raise ValueError(f"{fn}: values must have shape [..., M] with M = {ktraj.shape[0]} "
                          f"(ktraj's points), got {tuple(values.shape)}")
-    tol, oversamp = _check_accuracy(tol, oversamp, fn)
-    if _use_reference(fn, values):
-        return _type1(plan_for(ktraj, size, tol, oversamp, kind="reference"), values)
+    tol, oversamp = validate.nufft_accuracy(tol, oversamp, fn)
+    if backends.select(fn, values.device.type, backend) == "reference":
+        return nufft_type1_ref(values, ktraj, size, tol, oversamp)
     return torch.ops.luser_fast.nufft_type1(values, ktraj, size, tol, oversamp)
-

@@ -19,14 +19,15 @@ with ``detector_distance`` (default 0). Sinograms are ``[..., A, D]``, images ``
 """
 from __future__ import annotations
 
-import importlib.util
 import math
-import os
 
 import torch
 
 from .. import _ext, backends
-from ..reference import radon as _ref
+from ..core import radon_geometry as geo
+from ..reference.radon import radon_adjoint_ref, radon_forward_ref
+from . import cuda_common
+from .cuda_common import MAX_GRID_Y, THREADS, cuda_available, f64, i32, ptr
 
 __all__ = ["radon_forward", "radon_adjoint"]
 
@@ -39,9 +40,7 @@ SCHEMAS = {
 }
 #: dtypes the compiled kernels take; others are computed in float32 and cast back
 KERNEL_DTYPES = (torch.float32, torch.float64)
-_THREADS = 256           # CUDA threads per block
 _IMAGES_PER_THREAD = 4   # kImagesPerThread in radon.cu
-_MAX_GRID_Y = 65535
 _RAY_BYTES = 40          # sizeof(JosephRay) in joseph.h
 
 
@@ -66,12 +65,12 @@ if not HAS_CPU_KERNELS:
 
     def _forward_reference(x, angles, n_detectors, det_spacing, source_distance,
                            detector_distance):
-        return _ref.radon_forward_ref(x, angles, n_detectors, det_spacing, source_distance,
+        return radon_forward_ref(x, angles, n_detectors, det_spacing, source_distance,
                                       detector_distance)
 
     def _adjoint_reference(sino, angles, height, width, det_spacing, source_distance,
                            detector_distance):
-        return _ref.radon_adjoint_ref(sino, angles, (height, width), sino.shape[-1],
+        return radon_adjoint_ref(sino, angles, (height, width), sino.shape[-1],
                                       det_spacing, source_distance, detector_distance)
 
     _LIB.impl("radon_forward", _forward_reference, "CPU")
@@ -80,39 +79,14 @@ if not HAS_CPU_KERNELS:
 
 # --- CUDA -------------------------------------------------------------------------------
 
-def cuda_available() -> bool:
-    """CuPy is installed, a CUDA device is present and CUDA code (fatbin or sources) ships."""
-    if importlib.util.find_spec("cupy") is None or not torch.cuda.is_available():
-        return False
-    return os.path.exists(_ext.FATBIN) or os.path.exists(os.path.join(_ext.CUDA_SRC_DIR, "all.cu"))
 
 
-def _launch(name: str, device: torch.device, grid, args) -> None:
-    """Launch kernel ``name`` on ``device`` on torch's current stream."""
-    import cupy
-
-    kernel = _ext.cuda_kernel(name, device.index)
-    stream = torch.cuda.current_stream(device).cuda_stream
-    with cupy.cuda.Device(device.index), cupy.cuda.ExternalStream(stream):
-        kernel(tuple(int(g) for g in grid), (_THREADS,), args)
 
 
-def _ptr(t: torch.Tensor):
-    import numpy as np
-
-    return np.uint64(t.data_ptr())
 
 
-def _i32(v):
-    import numpy as np
-
-    return np.int32(v)
 
 
-def _f64(v):
-    import numpy as np
-
-    return np.float64(v)
 
 
 def _ray_table(angles: torch.Tensor, height: int, width: int, n_det: int, spacing: float,
@@ -121,13 +95,19 @@ def _ray_table(angles: torch.Tensor, height: int, width: int, n_det: int, spacin
     the reference's own torch code on that device, so the x-/y-major choice agrees with it."""
     if src is not None and det is None:
         det = 0.0
-    origin, direction = _ref._rays(angles, n_det, spacing, src, det)
+    origin, direction = geo.rays(angles, n_det, spacing, src, det)
     lines = torch.cat((origin, direction), -1).contiguous()
     n_rays = lines.shape[0]
     table = torch.empty(n_rays * _RAY_BYTES, dtype=torch.uint8, device=angles.device)
-    _launch("radon_rays_kernel", angles.device, (math.ceil(n_rays / _THREADS), 1),
-            (_ptr(lines), _i32(n_rays), _i32(height), _i32(width), _ptr(table)))
+    cuda_common.launch("radon_rays_kernel", angles.device, (math.ceil(n_rays / THREADS), 1),
+            (ptr(lines), i32(n_rays), i32(height), i32(width), ptr(table)))
     return table
+
+
+def _cuda_unserved(t: torch.Tensor) -> str:
+    if t.dtype not in KERNEL_DTYPES:
+        return f"the CUDA kernels take {KERNEL_DTYPES}, got {t.dtype}"
+    return "CuPy, a CUDA device or the package's CUDA code is missing"
 
 
 def _check_cuda_sizes(n_rays: int, hw: int) -> None:
@@ -137,7 +117,8 @@ def _check_cuda_sizes(n_rays: int, hw: int) -> None:
 
 def _forward_cuda(x, angles, n_detectors, det_spacing, source_distance, detector_distance):
     if x.dtype not in KERNEL_DTYPES or not cuda_available():
-        return _ref.radon_forward_ref(x, angles, n_detectors, det_spacing, source_distance,
+        backends.fallback("radon_forward", _cuda_unserved(x))
+        return radon_forward_ref(x, angles, n_detectors, det_spacing, source_distance,
                                       detector_distance)
     h, w = x.shape[-2:]
     angles = angles.to(device=x.device, dtype=torch.float64).contiguous()
@@ -153,17 +134,18 @@ def _forward_cuda(x, angles, n_detectors, det_spacing, source_distance, detector
     rays = _ray_table(angles, h, w, n_detectors, det_spacing, source_distance,
                       detector_distance)
     name = "radon_fwd_kernel_" + ("f32" if x.dtype == torch.float32 else "f64")
-    grid = (math.ceil(n_rays / _THREADS),
-            min(_MAX_GRID_Y, math.ceil(n_images / _IMAGES_PER_THREAD)))
-    _launch(name, x.device, grid, (_ptr(img), _ptr(img_t), _ptr(rays), _i32(n_images),
-                                   _i32(n_rays), _i32(h), _i32(w), _ptr(out)))
+    grid = (math.ceil(n_rays / THREADS),
+            min(MAX_GRID_Y, math.ceil(n_images / _IMAGES_PER_THREAD)))
+    cuda_common.launch(name, x.device, grid, (ptr(img), ptr(img_t), ptr(rays), i32(n_images),
+                                   i32(n_rays), i32(h), i32(w), ptr(out)))
     return out
 
 
 def _adjoint_cuda(sino, angles, height, width, det_spacing, source_distance,
                   detector_distance):
     if sino.dtype not in KERNEL_DTYPES or not cuda_available():
-        return _ref.radon_adjoint_ref(sino, angles, (height, width), sino.shape[-1],
+        backends.fallback("radon_adjoint", _cuda_unserved(sino))
+        return radon_adjoint_ref(sino, angles, (height, width), sino.shape[-1],
                                       det_spacing, source_distance, detector_distance)
     angles = angles.to(device=sino.device, dtype=torch.float64).contiguous()
     n_ang, n_det = sino.shape[-2:]
@@ -180,12 +162,12 @@ def _adjoint_cuda(sino, angles, height, width, det_spacing, source_distance,
     fan = source_distance is not None
     name = ("radon_adj_fan_kernel_" if fan else "radon_adj_kernel_") + (
         "f32" if sino.dtype == torch.float32 else "f64")
-    grid = (math.ceil(hw / _THREADS), min(_MAX_GRID_Y, math.ceil(n_images / _IMAGES_PER_THREAD)))
-    _launch(name, sino.device, grid, (
-        _ptr(s), _ptr(rays), _ptr(trig), _i32(n_images), _i32(n_ang), _i32(n_det),
-        _f64(det_spacing), _f64(source_distance if fan else 0.0),
-        _f64(detector_distance if fan and detector_distance is not None else 0.0),
-        _i32(height), _i32(width), _ptr(out)))
+    grid = (math.ceil(hw / THREADS), min(MAX_GRID_Y, math.ceil(n_images / _IMAGES_PER_THREAD)))
+    cuda_common.launch(name, sino.device, grid, (
+        ptr(s), ptr(rays), ptr(trig), i32(n_images), i32(n_ang), i32(n_det),
+        f64(det_spacing), f64(source_distance if fan else 0.0),
+        f64(detector_distance if fan and detector_distance is not None else 0.0),
+        i32(height), i32(width), ptr(out)))
     return out
 
 
@@ -249,37 +231,21 @@ backends.register("radon_adjoint", "cuda", ("cuda",), cuda_available)
 
 # --- public functionals ---------------------------------------------------------------------
 
-def _angles(angles: torch.Tensor, device: torch.device, fn: str) -> torch.Tensor:
-    """Validated float64 angles on ``device`` (the finiteness check needs the data, so it is
-    skipped while torch.compile traces; the kernels treat non-finite rays as empty)."""
-    if not isinstance(angles, torch.Tensor):
-        raise TypeError(f"{fn}: angles must be a 1-D torch.Tensor of radians, got "
-                        f"{type(angles).__name__}")
-    if angles.is_complex() or angles.dtype == torch.bool:
-        raise ValueError(f"{fn}: angles must be real, got {angles.dtype}")
-    if angles.dim() != 1 or angles.numel() == 0:
-        raise ValueError(f"{fn}: angles must be a non-empty 1-D tensor, got shape "
-                         f"{tuple(angles.shape)}")
-    angles = angles.to(device=device, dtype=torch.float64)
-    if not torch.compiler.is_compiling() and not bool(torch.isfinite(angles).all()):
-        raise ValueError(f"{fn}: angles must be finite")
-    return angles
-
-
-def _serving_backend(op: str, t: torch.Tensor) -> str:
-    if torch.compiler.is_compiling():
-        return "compiled"
-    return backends.select(op, t.device.type)
+def _kernel_input(t: torch.Tensor) -> torch.Tensor:
+    """t in a dtype the compiled kernels take (float16/bfloat16 are computed in float32)."""
+    return t if t.dtype in KERNEL_DTYPES else t.float()
 
 
 def radon_forward(x: torch.Tensor, angles: torch.Tensor, n_detectors: int | None = None,
                   det_spacing: float = 1.0, source_distance: float | None = None,
-                  detector_distance: float | None = None) -> torch.Tensor:
+                  detector_distance: float | None = None, *,
+                  backend: str | None = None) -> torch.Tensor:
     """Radon transform (Joseph line integrals), parallel or flat-detector fan beam.
 
     Same arguments and result as ``luser_fast.reference.radon_forward_ref``, computed by
-    the backend ``luser_fast.backends.select("radon_forward", device)`` picks (the C++ CPU
-    kernel, the CUDA kernel or the reference). float16/bfloat16 are computed in float32.
+    the backend ``luser_fast.backends.select("radon_forward", device, backend)`` picks (the
+    C++ CPU kernel, the CUDA kernel or the reference). float16/bfloat16 are computed in
+    float32.
 
     Args:
         x: [..., H, W] real floating image.
@@ -288,6 +254,8 @@ def radon_forward(x: torch.Tensor, angles: torch.Tensor, n_detectors: int | None
         det_spacing: detector spacing (on the detector), > 0.
         source_distance: source to rotation centre (fan beam); None: parallel beam.
         detector_distance: rotation centre to the flat detector (fan only, default 0).
+        backend: request a backend for this call (``luser_fast.backends``); None: the
+            environment's preference.
 
     Returns:
         [..., A, D] sinogram in the dtype of ``x``; differentiable in ``x``.
@@ -297,25 +265,20 @@ def radon_forward(x: torch.Tensor, angles: torch.Tensor, n_detectors: int | None
         tensor(8.)
     """
     fn = "radon_forward"
-    _ref._check_real_tensor(x, "x", fn)
-    angles = _angles(angles, x.device, fn)
-    h, w = x.shape[-2:]
-    if h == 0 or w == 0:
-        raise ValueError(f"{fn}: x must have a non-empty image (H, W), got shape "
-                         f"{tuple(x.shape)}")
-    n_det, spacing, src, det = _ref._check_geometry((h, w), n_detectors, det_spacing,
-                                                    source_distance, detector_distance, fn)
-    if _serving_backend(fn, x) == "reference":
-        return _ref.radon_forward_ref(x, angles, n_det, spacing, src, det)
-    xk = x if x.dtype in KERNEL_DTYPES else x.float()
-    out = torch.ops.luser_fast.radon_forward(xk, angles, n_det, spacing, src, det)
+    angles, n_det, spacing, src, det = geo.forward_args(
+        x, angles, n_detectors, det_spacing, source_distance, detector_distance, fn)
+    if backends.select(fn, x.device.type, backend) == "reference":
+        return radon_forward_ref(x, angles, n_det, spacing, src, det)
+    out = torch.ops.luser_fast.radon_forward(_kernel_input(x), angles, n_det, spacing,
+                                             src, det)
     return out.to(x.dtype)
 
 
 def radon_adjoint(sino: torch.Tensor, angles: torch.Tensor, image_size,
                   n_detectors: int | None = None, det_spacing: float = 1.0,
                   source_distance: float | None = None,
-                  detector_distance: float | None = None) -> torch.Tensor:
+                  detector_distance: float | None = None, *,
+                  backend: str | None = None) -> torch.Tensor:
     """Exact transpose of ``radon_forward`` (unfiltered back-projection).
 
     Args:
@@ -323,24 +286,17 @@ def radon_adjoint(sino: torch.Tensor, angles: torch.Tensor, image_size,
         angles: [A] radians.
         image_size: int or (H, W).
         n_detectors: D, checked against ``sino``; None takes it from ``sino``.
-        det_spacing, source_distance, detector_distance: as in ``radon_forward``.
+        det_spacing, source_distance, detector_distance, backend: as in ``radon_forward``.
 
     Returns:
         [..., H, W] image in the dtype of ``sino``; differentiable in ``sino``.
     """
     fn = "radon_adjoint"
-    _ref._check_real_tensor(sino, "sino", fn)
-    h, w = _ref._image_size(image_size, fn)
-    angles = _angles(angles, sino.device, fn)
-    if n_detectors is None:
-        n_detectors = sino.shape[-1]
-    n_det, spacing, src, det = _ref._check_geometry((h, w), n_detectors, det_spacing,
-                                                    source_distance, detector_distance, fn)
-    if tuple(sino.shape[-2:]) != (angles.numel(), n_det):
-        raise ValueError(f"{fn}: sino must end in (A, D) = ({angles.numel()}, {n_det}), "
-                         f"got shape {tuple(sino.shape)}")
-    if _serving_backend(fn, sino) == "reference":
-        return _ref.radon_adjoint_ref(sino, angles, (h, w), n_det, spacing, src, det)
-    sk = sino if sino.dtype in KERNEL_DTYPES else sino.float()
-    out = torch.ops.luser_fast.radon_adjoint(sk, angles, h, w, spacing, src, det)
+    angles, (h, w), n_det, spacing, src, det = geo.adjoint_args(
+        sino, angles, image_size, n_detectors, det_spacing, source_distance,
+        detector_distance, fn)
+    if backends.select(fn, sino.device.type, backend) == "reference":
+        return radon_adjoint_ref(sino, angles, (h, w), n_det, spacing, src, det)
+    out = torch.ops.luser_fast.radon_adjoint(_kernel_input(sino), angles, h, w, spacing,
+                                             src, det)
     return out.to(sino.dtype)

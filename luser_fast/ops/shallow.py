@@ -1,6 +1,6 @@
 """Fused shallow fixed-point map of LUSER: ``torch.ops.luser_fast.shallow_map``.
 
-The map of ``luser_fast.reference.models.ShallowEquilibrium`` (3x3 convolutions):
+The map of ``luser_fast.models.ShallowEquilibrium`` (3x3 convolutions):
 
     y_1 = conv_in(z) + b_in + U v        h_i = act(GN_i(y_i))
     y_i = hidden_i(h_{i-1}) + b_i        f(z, v) = v + conv_out(h_{L-1}) + b_out
@@ -41,11 +41,9 @@ import torch
 import torch.nn.functional as F
 
 from .. import backends
-from .anderson import HAS_TRITON, _alloc, _devices
-
-if HAS_TRITON:
-    import triton
-    import triton.language as tl
+from ..reference.shallow import ACTIVATIONS, shallow_map_ref
+from . import triton_common
+from .triton_common import HAS_TRITON, tl, triton
 
 __all__ = ["shallow_map", "shallow_inject", "shallow_map_ref", "shallow_map_fwd",
            "shallow_inject_fwd", "ACTS", "KERNEL_DTYPES", "bytes_per_map"]
@@ -64,37 +62,6 @@ _MAX_BLOCKS = {4: (32, 16), 2: (32, 32)}   # itemsize -> (max BLOCK_CO, max BLOC
 #: warps by itemsize: with 4 warps, 16-bit layers with GroupNorm on the load and no
 #: statistics spilled 12 bytes on sm_80 (168 registers); 8 warps use at most ~110
 _NUM_WARPS = {4: 4, 2: 8}
-
-
-def _act_ref(name):
-    return {"gelu": F.gelu, "relu": F.relu, "silu": F.silu, "elu": F.elu}[name]
-
-
-def shallow_map_ref(z, injected, v, weights, biases, gammas, betas, groups: int,
-                    act: str, eps: float):
-    """The shallow map in plain PyTorch (the maths of ``shallow_map``).
-
-    Args:
-        z, v: [B, C_in, H, W].
-        injected: U v [B, C, H, W].
-        weights: L 3x3 conv weights: [C, C_in, 3, 3], (L - 2) x [C, C, 3, 3], [C_in, C, 3, 3].
-        biases: L biases [C], ..., [C_in].
-        gammas, betas: L - 1 GroupNorm affine parameters [C] each, or empty (no norm).
-        groups: GroupNorm groups (ignored without norm).
-        act: "gelu", "relu", "silu" or "elu".
-        eps: GroupNorm epsilon.
-
-    Returns:
-        f(z, v) [B, C_in, H, W].
-    """
-    fn = _act_ref(act)
-    h = F.conv2d(z, weights[0], biases[0], padding=1) + injected
-    for i in range(1, len(weights)):
-        if gammas:
-            h = F.group_norm(h, groups, gammas[i - 1], betas[i - 1], eps)
-        h = fn(h)
-        h = F.conv2d(h, weights[i], biases[i], padding=1)
-    return v + h
 
 
 if HAS_TRITON:
@@ -281,9 +248,9 @@ def _conv_layer(x, w, bias, scale, shift, add, in_mode, act, stats):
     max_co, max_ci = _MAX_BLOCKS[x.element_size()]
     block_co, block_ci = _pow2_block(c_out, max_co), _pow2_block(c_in, max_ci)
     n_pt = triton.cdiv(h * wd, _BLOCK_P)
-    out = _alloc((b, c_out, h, wd), x.dtype, x.device)
-    psum = _alloc((b, n_pt, c_out), torch.float32, x.device) if stats else out
-    psq = _alloc((b, n_pt, c_out), torch.float32, x.device) if stats else out
+    out = triton_common.alloc((b, c_out, h, wd), x.dtype, x.device)
+    psum = triton_common.alloc((b, n_pt, c_out), torch.float32, x.device) if stats else out
+    psq = triton_common.alloc((b, n_pt, c_out), torch.float32, x.device) if stats else out
     dummy = out
     grid = (n_pt, triton.cdiv(c_out, block_co), b)
     _shallow_map_fwd_kernel[grid](
@@ -355,9 +322,9 @@ def _conv_bwd_layer(g, w, pqr, y_in, y_out, scale, shift, epi_act, act, stats):
     max_co, max_ci = _MAX_BLOCKS[g.element_size()]
     block_co, block_ci = _pow2_block(c_out, max_co), _pow2_block(c_in, max_ci)
     n_pt = triton.cdiv(h * wd, _BLOCK_P)
-    out = _alloc((b, c_out, h, wd), g.dtype, g.device)
-    psum = _alloc((b, n_pt, c_out), torch.float32, g.device) if stats else out
-    pdot = _alloc((b, n_pt, c_out), torch.float32, g.device) if stats else out
+    out = triton_common.alloc((b, c_out, h, wd), g.dtype, g.device)
+    psum = triton_common.alloc((b, n_pt, c_out), torch.float32, g.device) if stats else out
+    pdot = triton_common.alloc((b, n_pt, c_out), torch.float32, g.device) if stats else out
     p, q, r = pqr if pqr is not None else (out, out, out)
     grid = (n_pt, triton.cdiv(c_out, block_co), b)
     _shallow_map_bwd_kernel[grid](
@@ -467,7 +434,7 @@ def shallow_map_bwd(u, z, injected, v, weights, biases, gammas, betas, groups: i
         dinj = g
     if not param_grads:
         return dz, dinj, u, None, None, None, None
-    fn = _act_ref(act)
+    fn = ACTIVATIONS[act]
     dws, dbs = [], []
     for i in range(n):
         if i == 0:
@@ -487,26 +454,50 @@ def shallow_map_bwd(u, z, injected, v, weights, biases, gammas, betas, groups: i
 
 
 def _check(z, injected, v, weights, biases, gammas, betas, groups, act):
+    fn = "shallow_map"
     n = len(weights)
     if n < 2 or len(biases) != n:
-        raise ValueError(f"need >= 2 weights and as many biases, got {n}, {len(biases)}")
+        raise ValueError(f"{fn}: need >= 2 weights and as many biases, got {n}, {len(biases)}")
     if len(gammas) not in (0, n - 1) or len(betas) != len(gammas):
-        raise ValueError(f"gammas/betas must hold {n - 1} tensors each or none")
-    if any(w.shape[-2:] != (3, 3) for w in weights):
-        raise ValueError("only 3x3 convolutions are fused")
+        raise ValueError(f"{fn}: gammas/betas must hold {n - 1} tensors each or none")
+    k = weights[0].shape[-1]
+    if k % 2 == 0 or any(w.shape[-2:] != (k, k) for w in weights):
+        raise ValueError(f"{fn}: weights must be square convolutions of one odd size")
     if act not in ACTS:
-        raise ValueError(f"act must be one of {tuple(ACTS)}, got {act!r}")
+        raise ValueError(f"{fn}: act must be one of {tuple(ACTS)}, got {act!r}")
     c = weights[0].shape[0]
     if gammas and (groups < 1 or c % groups):
-        raise ValueError(f"groups={groups} must divide channels={c}")
+        raise ValueError(f"{fn}: groups={groups} must divide channels={c}")
     if z.shape != v.shape or z.dim() != 4 or injected.shape != (z.shape[0], c) + z.shape[2:]:
-        raise ValueError(f"z, v must be [B, C_in, H, W] and injected [B, {c}, H, W], got "
-                         f"{tuple(z.shape)}, {tuple(v.shape)}, {tuple(injected.shape)}")
+        raise ValueError(f"{fn}: z, v must be [B, C_in, H, W] and injected [B, {c}, H, W], "
+                         f"got {tuple(z.shape)}, {tuple(v.shape)}, {tuple(injected.shape)}")
 
 
-def _use_triton(t: torch.Tensor) -> bool:
-    return (backends.select("shallow_map", t.device.type) == "triton"
-            and t.dtype in KERNEL_DTYPES)
+def _unfused(t: torch.Tensor, kernel_size: int) -> str | None:
+    """Why the fused kernel cannot take this call (None: it can)."""
+    if t.dtype not in KERNEL_DTYPES:
+        return f"the fused kernel takes {KERNEL_DTYPES}, got {t.dtype}"
+    if kernel_size != 3:
+        return f"only 3x3 convolutions are fused, got {kernel_size}x{kernel_size}"
+    return None
+
+
+def _fusable(z: torch.Tensor, weights) -> bool:
+    """The custom op's kernel can run the fused path for z (Triton present for z's device,
+    a kernel dtype, 3x3)."""
+    return (HAS_TRITON and z.device.type in triton_common.devices()
+            and _unfused(z, weights[0].shape[-1]) is None)
+
+
+def _use_triton(op: str, t: torch.Tensor, kernel_size: int, backend: str | None) -> bool:
+    """Whether ``op`` runs the Triton kernel for ``t`` (the backend chosen for t's device is
+    triton and the kernel takes this call; a fallback is announced once)."""
+    if backends.select(op, t.device.type, backend) != "triton":
+        return False
+    reason = _unfused(t, kernel_size)
+    if reason is not None:
+        backends.fallback(op, reason)
+    return reason is None
 
 
 @torch.library.custom_op("luser_fast::shallow_map", mutates_args=())
@@ -514,8 +505,10 @@ def _shallow_map_op(z: torch.Tensor, injected: torch.Tensor, v: torch.Tensor,
                     weights: list[torch.Tensor], biases: list[torch.Tensor],
                     gammas: list[torch.Tensor], betas: list[torch.Tensor], groups: int,
                     act: str, eps: float) -> torch.Tensor:
-    if _use_triton(z):
+    if _fusable(z, weights):
         return shallow_map_fwd(z, injected, v, weights, biases, gammas, betas, groups, act, eps)
+    backends.fallback("shallow_map", "torch.ops.luser_fast.shallow_map was called where the "
+                      "fused kernel cannot serve")
     return shallow_map_ref(z, injected, v, weights, biases, gammas, betas, groups, act, eps)
 
 
@@ -538,7 +531,7 @@ def _backward(ctx, grad):
     weights, biases = rest[:n], rest[n:2 * n]
     gammas, betas = rest[2 * n:2 * n + n_norm], rest[2 * n + n_norm:]
     args = (list(weights), list(biases), list(gammas), list(betas), *ctx.config)
-    if _use_triton(z):
+    if _fusable(z, weights):
         dz, dinj, dv, dws, dbs, dgs, dbe = shallow_map_bwd(grad, z, injected, v, *args,
                                                            param_grads=ctx.param_grads)
         dv = dv.to(v.dtype)
@@ -558,41 +551,51 @@ def _backward(ctx, grad):
 
 torch.library.register_autograd("luser_fast::shallow_map", _backward,
                                 setup_context=_setup_context)
-backends.register("shallow_map", "triton", _devices(), lambda: HAS_TRITON)
+backends.register("shallow_map", "triton", triton_common.devices(), lambda: HAS_TRITON)
+backends.register("shallow_inject", "triton", triton_common.devices(), lambda: HAS_TRITON)
 
 
-def shallow_inject(v: torch.Tensor, w_inject: torch.Tensor) -> torch.Tensor:
-    """The injection U v (3x3, zero padding, no bias), computed once per solve.
+def shallow_inject(v: torch.Tensor, w_inject: torch.Tensor, *,
+                   backend: str | None = None) -> torch.Tensor:
+    """The injection U v (odd k x k, zero padding, no bias), computed once per solve.
 
     Args:
-        v: [B, C_in, H, W]; w_inject: [C, C_in, 3, 3].
+        v: [B, C_in, H, W]; w_inject: [C, C_in, k, k].
+        backend: request a backend for this call (``luser_fast.backends``); None: the
+            environment's preference.
 
     Returns:
         [B, C, H, W] in v's dtype.
     """
-    if _use_triton(v) and not (torch.is_grad_enabled()
-                               and (v.requires_grad or w_inject.requires_grad)):
+    if (_use_triton("shallow_inject", v, w_inject.shape[-1], backend)
+            and not (torch.is_grad_enabled() and (v.requires_grad or w_inject.requires_grad))):
         return shallow_inject_fwd(v, w_inject)
-    return F.conv2d(v, w_inject, padding=1)
+    return F.conv2d(v, w_inject, padding=w_inject.shape[-1] // 2)
 
 
 def shallow_map(z, injected, v, weights, biases, gammas=(), betas=(), groups: int = 1,
-                act: str = "gelu", eps: float = 1e-5) -> torch.Tensor:
+                act: str = "gelu", eps: float = 1e-5, *,
+                backend: str | None = None) -> torch.Tensor:
     """f(z, v) of ``ShallowEquilibrium`` with U v given (see ``shallow_inject``).
+
+    Runs the fused Triton kernel (``torch.ops.luser_fast.shallow_map``, with its fused VJP)
+    where ``luser_fast.backends`` selects Triton and the call suits it (3x3, a kernel
+    dtype); else the PyTorch reference ``shallow_map_ref``, differentiated by autograd.
 
     Args:
         z, v: [B, C_in, H, W].
         injected: U v [B, C, H, W].
-        weights: [C, C_in, 3, 3], (L - 2) x [C, C, 3, 3], [C_in, C, 3, 3].
+        weights: [C, C_in, k, k], (L - 2) x [C, C, k, k], [C_in, C, k, k] (k odd).
         biases: [C], ..., [C_in].
         gammas, betas: L - 1 GroupNorm weights and biases [C], or empty for no norm.
         groups: GroupNorm groups; act: "gelu", "relu", "silu" or "elu"; eps: GN epsilon.
+        backend: as in ``shallow_inject``.
 
     Returns:
         [B, C_in, H, W].
 
     Example:
-        >>> m = luser_fast.reference.models.ShallowEquilibrium(1, 8, groups=2)
+        >>> m = luser_fast.ShallowEquilibrium(1, 8, groups=2)
         >>> z = torch.randn(1, 1, 5, 7)
         >>> f = shallow_map(z, shallow_inject(z, m.inject.weight), z,
         ...                 [m.conv_in.weight, m.conv_out.weight],
@@ -601,6 +604,9 @@ def shallow_map(z, injected, v, weights, biases, gammas=(), betas=(), groups: in
     """
     weights, biases, gammas, betas = list(weights), list(biases), list(gammas), list(betas)
     _check(z, injected, v, weights, biases, gammas, betas, groups, act)
+    if not _use_triton("shallow_map", z, weights[0].shape[-1], backend):
+        return shallow_map_ref(z, injected, v, weights, biases, gammas, betas, int(groups),
+                               act, float(eps))
     return torch.ops.luser_fast.shallow_map(z, injected, v, weights, biases, gammas, betas,
                                             int(groups), act, float(eps))
 

@@ -1,12 +1,12 @@
 """Physics operators (A, adjoint, normal, norm). docs/API.md, "Operators".
 
-Each operator family has its module here; where fast ops exist the operator dispatches
-to them (``luser_fast.ops``), else the pure-PyTorch reference serves.
+One class per operator family, each calling the ops of ``luser_fast.ops`` where it has
+them (``Radon``, ``NUFFT``); ``Blur`` and ``MRI`` are FFTs and convolutions in PyTorch.
 """
-from ..reference.blur import Blur
-from ..reference.mri import MRI
-from ..reference.operator import LinearFunction, Operator
-from .nufft import NUFFT
+from ..core.operator import LinearFunction, Operator
+from .blur import Blur
+from .mri import MRI
+from .nufft import NUFFT, pipe_density
 from .radon import Radon
 
-__all__ = ["Operator", "LinearFunction", "Blur", "Radon", "MRI", "NUFFT"]
+__all__ = ["Operator", "LinearFunction", "Blur", "Radon", "MRI", "NUFFT", "pipe_density"]

@@ -1,61 +1,67 @@
-"""Non-Cartesian multi-coil MRI operator on the fast NUFFT ops.
+"""Non-Cartesian multi-coil MRI operator on the NUFFT ops: one definition.
 
-``NUFFT`` is the reference operator (``luser_fast.reference.nufft.NUFFT``: same
-constructor, same ``state_dict`` keys, same conventions and symmetric sqrt(density)
-weighting) with its transforms dispatched to ``torch.ops.luser_fast.nufft_type2`` /
-``nufft_type1`` through ``luser_fast.backends`` (C++ on the CPU, CUDA kernels on a GPU,
-the reference where neither serves), and with ``normal`` through the Toeplitz embedding:
-A^H A = S^H F^H D F S, and F^H D F is a convolution whose kernel
+``NUFFT`` stores the trajectory (a copy), coil maps and density and calls
+``luser_fast.ops.nufft_type2`` / ``nufft_type1``, which pick the backend (C++ on the CPU,
+CUDA kernels on a GPU, the reference where neither serves); ``luser_fast.reference.NUFFT``
+is the same class with every op on its reference. ``normal`` runs through the Toeplitz
+embedding: A^H A = S^H F^H D F S, and F^H D F is a convolution whose kernel
 K(delta) = sum_m d_m exp(+i k_m . delta), delta in (-N, N), is one type-1 transform of the
 density onto a 2H x 2W grid. Its 2x zero-padded circulant embedding's FFT is computed once
 (per dtype and device), so ``normal(x)`` is two FFTs of size 2H x 2W per coil and no
 gridding at all.
+
+Density compensation: ``NUFFT(..., density=w)`` weights the operator symmetrically,
+A x = sqrt(w) * NUFFT(S x), so A^H stays the exact adjoint and A^H A = F^H diag(w) F is the
+density-weighted normal operator. Raw k-space samples must be weighted the same way:
+``op.compensate(y_raw)``; then ``op.adjoint(op.compensate(y_raw))`` is the
+density-compensated gridding reconstruction. ``pipe_density`` estimates w by the Pipe &
+Menon (1999) iteration.
 """
 from __future__ import annotations
 
 import torch
 
-from ..ops import nufft as _ops
-from ..reference import nufft as _ref
+from ..core import nufft_kernel, validate
+from ..core.operator import Operator
+from ..ops.nufft import gridding_plan, nufft_type1, nufft_type2
 
 __all__ = ["NUFFT", "pipe_density"]
 
 
 def pipe_density(ktraj: torch.Tensor, image_size, iters: int = 10, tol: float = 1e-6,
-                 oversamp: float = 2.0) -> torch.Tensor:
+                 oversamp: float = 2.0, *, backend: str | None = None) -> torch.Tensor:
     """Density compensation weights by the Pipe & Menon (1999) fixed-point iteration.
 
-    The reference's ``pipe_density`` (same iteration w <- w / (P P^T w), same scaling so
-    that F^H diag(w) F ~ I where the trajectory covers k-space), with the spreading P^T
-    and interpolation P run by the compiled kernels when they serve ``ktraj``'s device.
+    Iterates w <- w / (P P^T w), with P^T the spreading and P the interpolation of the
+    gridding plan (so P P^T is convolution with the kernel's autocorrelation), then
+    rescales so that F^H diag(w) F ~ I (w ~ area per point / (2 pi)^2) where the
+    trajectory covers k-space; e.g. a full Cartesian grid gets w = 1 / (H W). The
+    gridding runs on the compiled kernels where they serve ktraj's device, else on the
+    reference plan.
 
     Args:
         ktraj: [M, 2] radians in [-pi, pi].
         image_size: (H, W) or int.
         iters: fixed-point iterations (>= 1).
         tol, oversamp: kernel of the gridding plan used for the convolution.
+        backend: as in ``luser_fast.ops.nufft_type1``.
 
     Returns:
         [M] nonnegative weights, float64 (ktraj's device).
     """
-    if isinstance(iters, bool) or not isinstance(iters, int) or iters < 1:
-        raise ValueError(f"pipe_density: iters must be a positive int, got {iters!r}")
-    ktraj = _ref._check_ktraj(ktraj, "pipe_density")
-    size = _ref._image_size(image_size, "pipe_density")
-    _ref._check_tol(tol, oversamp, "pipe_density")
-    plan = _ops.plan_for(ktraj, size, tol, oversamp)
-    if plan.kind == "reference":
-        return _ref.pipe_density(ktraj, size, iters, tol, oversamp)
-    n0, n1 = plan.grid_size
-    dens = torch.ones(1, plan.n_points, dtype=torch.complex128, device=ktraj.device)
-    grid = torch.empty(1, n1, n0, dtype=torch.complex128, device=ktraj.device)
+    fn = "pipe_density"
+    validate.int_arg("iters", iters, 1, fn)
+    ktraj = validate.ktraj(ktraj, fn)
+    size = validate.image_size(image_size, fn)
+    tol, oversamp = validate.nufft_accuracy(tol, oversamp, fn)
+    plan = gridding_plan(ktraj, size, tol, oversamp, backend=backend)
+    dens = torch.ones(1, ktraj.shape[0], dtype=torch.complex128, device=ktraj.device)
     for _ in range(iters):
-        dens = dens / _ops._interp(plan, _ops._spread(plan, dens, grid)).real
-    psi0 = _ref.es_kernel_ft(torch.zeros(1, dtype=torch.float64), plan.width, plan.beta).item()
-    return dens[0].real * psi0 ** 4 / (n0 * n1)
+        dens = dens / plan.interp(plan.spread(dens)).real
+    return dens[0].real * nufft_kernel.pipe_scale(plan.width, plan.beta, plan.grid_size)
 
 
-class NUFFT(_ref.NUFFT):
+class NUFFT(Operator):
     """Non-Cartesian multi-coil MRI forward model y = sqrt(density) * NUFFT_2(S x).
 
     Args:
@@ -63,12 +69,16 @@ class NUFFT(_ref.NUFFT):
         image_size: (H, W) or int.
         coil_maps: optional [Coils, H, W] or [B, Coils, H, W] complex sensitivities.
         density: optional [M] real nonnegative weights w, applied symmetrically as
-            sqrt(w); or the string "pipe" for ``pipe_density(ktraj, image_size)``.
+            sqrt(w) (module docstring); or the string "pipe" for
+            ``pipe_density(ktraj, image_size)``; see ``compensate``.
         tol: NUFFT relative accuracy in (0, 0.1].
         oversamp: grid oversampling sigma > 1 (2.0 default, 1.25 for a smaller grid).
 
     Shapes:
         x: [..., 1, H, W] complex -> y: [..., Coils, M] complex (Coils = 1 without maps).
+
+    The trajectory is copied at construction (a later in-place change of the caller's
+    tensor does not change the operator).
 
     Example:
         >>> op = NUFFT(ktraj, (256, 256), coil_maps=maps, density="pipe")
@@ -77,40 +87,83 @@ class NUFFT(_ref.NUFFT):
         >>> x_n = op.normal(x)                 # Toeplitz: FFTs only
     """
 
+    complex_domain = True
+    #: backend requested for every op (None: ``luser_fast.backends`` chooses)
+    backend: str | None = None
+
     def __init__(self, ktraj: torch.Tensor, image_size, coil_maps: torch.Tensor | None = None,
                  density: torch.Tensor | str | None = None, tol: float = 1e-6,
                  oversamp: float = 2.0):
+        super().__init__()
+        fn = "NUFFT"
+        self.tol, self.oversamp = validate.nufft_accuracy(tol, oversamp, fn)
+        if not isinstance(ktraj, torch.Tensor):
+            ktraj = torch.as_tensor(ktraj)
+        ktraj = validate.ktraj(ktraj, fn).detach().clone()
+        self.image_size = validate.image_size(image_size, fn)
+        m = ktraj.shape[0]
+        if coil_maps is not None:
+            coil_maps = torch.as_tensor(coil_maps)
+            if coil_maps.dim() not in (3, 4) or tuple(coil_maps.shape[-2:]) != self.image_size:
+                raise ValueError(
+                    f"NUFFT: coil_maps must have shape [Coils, H, W] or [B, Coils, H, W] with (H, W) = "
+                    f"{self.image_size}, got {tuple(coil_maps.shape)}")
+            if not coil_maps.is_complex():
+                if not coil_maps.is_floating_point():
+                    raise ValueError(f"NUFFT: coil_maps must be complex, got {coil_maps.dtype}")
+                coil_maps = coil_maps.to(torch.promote_types(coil_maps.dtype, torch.complex64))
         if isinstance(density, str):
             if density != "pipe":
                 raise ValueError(f"NUFFT: density must be a tensor, None or 'pipe', got {density!r}")
-            _ref._check_tol(tol, oversamp, "NUFFT")
-            density = pipe_density(_ref._check_ktraj(ktraj, "NUFFT"), image_size, tol=tol,
-                                   oversamp=oversamp)
-        super().__init__(ktraj, image_size, coil_maps, density, tol, oversamp)
+            density = pipe_density(ktraj, self.image_size, tol=self.tol,
+                                   oversamp=self.oversamp, backend=self.backend)
+        elif density is not None:
+            density = torch.as_tensor(density).detach().clone()
+            if density.shape != (m,):
+                raise ValueError(f"NUFFT: density must have shape [M] = [{m}], "
+                                 f"got {tuple(density.shape)}")
+            if not density.is_floating_point():
+                raise ValueError(f"NUFFT: density must be real floating point, got {density.dtype}")
+            if not torch.isfinite(density).all() or (density < 0).any():
+                raise ValueError("NUFFT: density must be finite and nonnegative")
+        self.register_buffer("ktraj", ktraj)
+        self.register_buffer("coil_maps", coil_maps)
+        self.register_buffer("density", density)
         self._toeplitz = {}
 
-    def _type2(self, x: torch.Tensor) -> torch.Tensor:
-        if _ops._use_reference("nufft_type2", x):
-            return self.plan.type2(x)
-        return torch.ops.luser_fast.nufft_type2(x, self.ktraj, self.tol, self.oversamp)
+    @property
+    def n_coils(self) -> int:
+        return 1 if self.coil_maps is None else self.coil_maps.shape[-3]
 
-    def _type1(self, y: torch.Tensor) -> torch.Tensor:
-        if _ops._use_reference("nufft_type1", y):
-            return self.plan.type1(y)
-        return torch.ops.luser_fast.nufft_type1(y, self.ktraj, self.image_size, self.tol,
-                                                self.oversamp)
+    @property
+    def n_points(self) -> int:
+        return self.ktraj.shape[0]
+
+    def _check(self, t: torch.Tensor, name: str, tail: tuple[int, ...]) -> None:
+        validate.complex_tensor(t, name, "NUFFT")
+        if t.dim() < len(tail) or tuple(t.shape[-len(tail):]) != tail:
+            raise ValueError(f"NUFFT: {name} must have shape [..., {', '.join(map(str, tail))}], "
+                             f"got {tuple(t.shape)}")
+
+    def compensate(self, y_raw: torch.Tensor) -> torch.Tensor:
+        """Weight raw k-space samples [..., Coils, M] by sqrt(density) to match ``forward``."""
+        if self.density is None:
+            return y_raw
+        return y_raw * torch.sqrt(self.density).to(y_raw.real.dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """A x. Args: x [..., 1, H, W] complex. Returns: [..., Coils, M] complex."""
         self._check(x, "x", (1, *self.image_size))
         if self.coil_maps is not None:
             x = x * self.coil_maps.to(x)
-        return self.compensate(self._type2(x))
+        return self.compensate(nufft_type2(x, self.ktraj, self.tol, self.oversamp,
+                                           backend=self.backend))
 
     def adjoint(self, y: torch.Tensor, x: torch.Tensor | None = None) -> torch.Tensor:
         """A^H y. Args: y [..., Coils, M] complex; x unused. Returns: [..., 1, H, W] complex."""
-        self._check(y, "y", (self.n_coils, self.plan.n_points))
-        img = self._type1(self.compensate(y))
+        self._check(y, "y", (self.n_coils, self.n_points))
+        img = nufft_type1(self.compensate(y), self.ktraj, self.image_size, self.tol,
+                          self.oversamp, backend=self.backend)
         if self.coil_maps is None:
             return img
         return torch.sum(self.coil_maps.to(y).conj() * img, dim=-3, keepdim=True)
@@ -137,12 +190,13 @@ class NUFFT(_ref.NUFFT):
                None if dens is None else (id(dens), dens._version))
         if key not in self._toeplitz:
             h, w = self.image_size
-            m = self.plan.n_points
+            m = self.n_points
             weights = (torch.ones(m, dtype=torch.complex128, device=self.ktraj.device) if dens is None
                        else dens.to(torch.complex128))
             with torch.no_grad():
                 # [2H, 2W]; pixel n holds delta = n - (H, W)
-                kern = _ops.nufft_type1(weights, self.ktraj, (2 * h, 2 * w), self.tol, self.oversamp)
+                kern = nufft_type1(weights, self.ktraj, (2 * h, 2 * w), self.tol, self.oversamp,
+                                   backend=self.backend)
                 kern = torch.fft.fft2(torch.roll(kern, shifts=(h, w), dims=(0, 1)))
             self._toeplitz = {k: v for k, v in self._toeplitz.items() if k[2:] == key[2:]}
             self._toeplitz[key] = kern.to(device=device, dtype=dtype)
@@ -166,3 +220,9 @@ class NUFFT(_ref.NUFFT):
         if self.coil_maps is None:
             return out
         return torch.sum(self.coil_maps.to(x).conj() * out, dim=-3, keepdim=True)
+
+    def domain_shape(self, y: torch.Tensor) -> torch.Size:
+        return torch.Size((*y.shape[:-2], 1, *self.image_size))
+
+    def example_input(self) -> torch.Tensor:
+        return torch.zeros(1, 1, *self.image_size, dtype=torch.complex64, device=self.ktraj.device)

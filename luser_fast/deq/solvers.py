@@ -40,37 +40,24 @@ of torchdeq's); 23 / 79 = 0.29 with masked copies.
 """
 from __future__ import annotations
 
-import numbers
 from typing import Callable
 
 import torch
 
-from ..reference.deq import (REL_EPS, SolverInfo, _check_option, _check_problem, _evaluate,
-                             _flat, _work_dtype)
-from ..reference.deq import _Tracker as _ReferenceTracker
+from ..core.solver import (REL_EPS, RETRY_FACTOR, SolverInfo, Tracker, check_check_every,
+                           check_option, check_problem, evaluate, flat, work_dtype)
 
 __all__ = ["anderson", "fixed_point", "bytes_per_iteration"]
 
-#: lam multiplier of the retried bordered solve (same as the reference's).
-_RETRY_FACTOR = 1e3
-
-
-def validate_check_every(value):
-    """Raise ValueError unless ``check_every`` is None or an int >= 1."""
-    if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Integral)
-                              or value < 1):
-        raise ValueError(f"check_every must be an int >= 1 or None, got {value!r}")
-
-
 def _check_every(value, device):
     """Validate ``check_every``; None picks 1 on CPU (a sync is free) and 4 elsewhere."""
-    validate_check_every(value)
+    check_check_every(value)
     if value is None:
         return 1 if device.type == "cpu" else 4
     return int(value)
 
 
-class _Tracker(_ReferenceTracker):
+class _Tracker(Tracker):
     """Per-sample bookkeeping kept on the device: best iterate, residuals, freezing.
 
     The reference's tracker (same state, same rules), fed with norms the solver already
@@ -127,7 +114,7 @@ class _Tracker(_ReferenceTracker):
 
 def _flat_view(x):
     """[B, ...] -> [B, D] real view of a contiguous tensor (complex as (re, im) pairs)."""
-    return _flat(x.contiguous())
+    return flat(x.contiguous())
 
 
 def _unflat_like(flat, like):
@@ -184,7 +171,7 @@ def _mixing_weights(gram, lam, newest, sync=False, cache=None):
     if sync and bool(ok.all()):
         return alpha
     retry, ok_retry = _bordered_solve(
-        gram, scale, _RETRY_FACTOR * max(lam, torch.finfo(torch.float64).eps), *cache[n])
+        gram, scale, RETRY_FACTOR * max(lam, torch.finfo(torch.float64).eps), *cache[n])
     fallback = gram.new_zeros(b, n)
     fallback[:, newest] = 1
     fallback = torch.where(ok_retry[:, None], retry, fallback)
@@ -227,13 +214,13 @@ def anderson(f: Callable[[torch.Tensor], torch.Tensor], z0: torch.Tensor, *, m: 
     """
     for name, value in (("m", m), ("beta", beta), ("lam", lam), ("tol", tol),
                         ("max_iter", max_iter), ("stop", stop)):
-        _check_option(name, value)
-    _check_problem(f, z0)
+        check_option(name, value)
+    check_problem(f, z0)
     check_every = _check_every(check_every, z0.device)
     with torch.no_grad():
         z = z0.detach()
         tracker = _Tracker(z, tol, stop, sync=check_every == 1)
-        work = _work_dtype(z)
+        work = work_dtype(z)
         b = z.shape[0]
         dim = z[0].numel() * (2 if z.is_complex() else 1)
         m = min(m, max_iter)            # never more slots than iterations (same k % m)
@@ -243,7 +230,7 @@ def anderson(f: Callable[[torch.Tensor], torch.Tensor], z0: torch.Tensor, *, m: 
         gram = torch.zeros(b, m, m, dtype=work, device=z.device)
         borders = {}
         for k in range(max_iter):
-            fz = _evaluate(f, z)
+            fz = evaluate(f, z)
             slot, n = k % m, min(k + 1, m)
             f_new, g_new = hist_f[:, slot], hist_g[:, slot]
             f_new.copy_(_flat_view(fz))
@@ -288,15 +275,15 @@ def fixed_point(f: Callable[[torch.Tensor], torch.Tensor], z0: torch.Tensor, *,
         (z, info): z [B, ...] the best iterate per sample, detached; info a ``SolverInfo``.
     """
     for name, value in (("tol", tol), ("max_iter", max_iter), ("stop", stop)):
-        _check_option(name, value)
-    _check_problem(f, z0)
+        check_option(name, value)
+    check_problem(f, z0)
     check_every = _check_every(check_every, z0.device)
     with torch.no_grad():
         z = z0.detach()
         tracker = _Tracker(z, tol, stop, sync=check_every == 1)
-        work = _work_dtype(z)
+        work = work_dtype(z)
         for k in range(max_iter):
-            fz = _evaluate(f, z)
+            fz = evaluate(f, z)
             fz_flat = _flat_view(fz).to(work)
             abs_r = torch.linalg.vector_norm(fz_flat - _flat_view(z), dim=1)
             tracker.record(z, abs_r, torch.linalg.vector_norm(fz_flat, dim=1))

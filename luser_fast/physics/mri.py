@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from .operator import Operator
+from ..core.operator import Operator
 
 _DIMS = (-2, -1)
 

@@ -17,7 +17,8 @@ from numbers import Real
 import torch
 import torch.nn.functional as F
 
-from .operator import Operator
+from ..core import validate
+from ..core.operator import Operator
 
 _PADDINGS = ("circular", "zero")
 
@@ -57,14 +58,6 @@ def _check_kernel(kernel) -> torch.Tensor:
     if not torch.isfinite(kernel).all():
         raise ValueError("Blur: kernel has non-finite entries")
     return kernel
-
-
-def _check_image_size(image_size) -> tuple[int, int]:
-    size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
-    if len(size) != 2 or any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in size):
-        raise ValueError(f"Blur: image_size must be an int or a pair (H, W) of positive ints, "
-                         f"got {image_size!r}")
-    return size
 
 
 def kernel_transfer(kernel: torch.Tensor, image_size: tuple[int, int]) -> torch.Tensor:
@@ -121,7 +114,7 @@ class Blur(Operator):
         else:
             kernel = gaussian_kernel(sigma, kernel_size)
         self.padding = padding
-        self.image_size = None if image_size is None else _check_image_size(image_size)
+        self.image_size = None if image_size is None else validate.image_size(image_size, "Blur")
         self.register_buffer("kernel", kernel)
         cached = None
         if padding == "circular" and self.image_size is not None:

@@ -1,4 +1,5 @@
-"""Reference models: the shallow equilibrium regularizer, LUSER and the LU baseline.
+"""The models: the shallow equilibrium regularizer, LUSER and the LU baseline (one
+definition each; ``luser_fast.reference`` binds them to the reference ops).
 
 Both unrolled models run K proximal-gradient steps from x_0 (FBP for CT, A^H y otherwise):
 
@@ -25,17 +26,15 @@ import math
 import torch
 from torch import nn
 
-from .deq import DEQ
+from ..core import validate
+from ..core.binding import bound
+from ..deq import DEQ, jacobian_spectral_radius
+from ..ops.shallow import shallow_inject, shallow_map
+
+__all__ = ["ShallowEquilibrium", "DeepRegularizer", "LUSER", "LU"]
 
 _ACTS = {"gelu": nn.GELU, "relu": nn.ReLU, "elu": nn.ELU, "silu": nn.SiLU}
 _NORMS = ("group", "none")
-
-
-def _check_int(name, value, low):
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < low:
-        raise ValueError(f"{name} must be >= {low}, got {value}")
 
 
 def _norm(kind, groups, channels):
@@ -45,16 +44,16 @@ def _norm(kind, groups, channels):
 
 
 def _check_arch(in_channels, channels, depth, kernel_size, norm, groups, act, min_depth):
-    _check_int("in_channels", in_channels, 1)
-    _check_int("channels", channels, 1)
-    _check_int("depth", depth, min_depth)
-    _check_int("kernel_size", kernel_size, 1)
+    validate.int_arg("in_channels", in_channels, 1)
+    validate.int_arg("channels", channels, 1)
+    validate.int_arg("depth", depth, min_depth)
+    validate.int_arg("kernel_size", kernel_size, 1)
     if kernel_size % 2 == 0:
         raise ValueError(f"kernel_size must be odd, got {kernel_size}")
     if norm not in _NORMS:
         raise ValueError(f"norm must be one of {_NORMS}, got {norm!r}")
     if norm == "group":
-        _check_int("groups", groups, 1)
+        validate.int_arg("groups", groups, 1)
         if channels % groups:
             raise ValueError(f"groups ({groups}) must divide channels ({channels})")
     if act not in _ACTS:
@@ -82,13 +81,20 @@ class ShallowEquilibrium(nn.Module):
         groups: GroupNorm groups.
         act: "gelu", "relu", "elu" or "silu".
 
+    f is evaluated by ``luser_fast.ops.shallow_map`` (the fused Triton kernel where it
+    serves, the PyTorch reference elsewhere) with U v from ``shallow_inject``.
+
     Shapes: z, v [B, C_in, H, W] -> [B, C_in, H, W].
     """
+
+    #: backend requested for every op (None: ``luser_fast.backends`` chooses)
+    backend: str | None = None
 
     def __init__(self, in_channels=1, channels=64, depth=2, kernel_size=3, norm="group",
                  groups=4, act="gelu"):
         super().__init__()
         _check_arch(in_channels, channels, depth, kernel_size, norm, groups, act, 2)
+        self.act_name = act
         pad = kernel_size // 2
         self.conv_in = nn.Conv2d(in_channels, channels, kernel_size, padding=pad)
         self.inject = nn.Conv2d(in_channels, channels, kernel_size, padding=pad, bias=False)
@@ -105,11 +111,24 @@ class ShallowEquilibrium(nn.Module):
         """The solver's starting point: the input itself."""
         return v
 
+    def bind(self, v):
+        """z -> f(z, v) with the injection U v [B, channels, H, W] computed once, here."""
+        injected = shallow_inject(v, self.inject.weight, backend=self.backend)
+        return lambda z: self._map(z, v, injected)
+
     def forward(self, z, v):
-        h = self.act(self.norms[0](self.conv_in(z) + self.inject(v)))
-        for conv, norm in zip(self.hidden, self.norms[1:]):
-            h = self.act(norm(conv(h)))
-        return v + self.conv_out(h)
+        return self._map(z, v, shallow_inject(v, self.inject.weight, backend=self.backend))
+
+    def _map(self, z, v, injected):
+        norm = isinstance(self.norms[0], nn.GroupNorm)
+        return shallow_map(
+            z, injected, v, [self.conv_in.weight, *(c.weight for c in self.hidden),
+                             self.conv_out.weight],
+            [self.conv_in.bias, *(c.bias for c in self.hidden), self.conv_out.bias],
+            [n.weight for n in self.norms] if norm else [],
+            [n.bias for n in self.norms] if norm else [],
+            self.norms[0].num_groups if norm else 1, self.act_name,
+            self.norms[0].eps if norm else 1e-5, backend=self.backend)
 
 
 class DeepRegularizer(nn.Module):
@@ -167,12 +186,16 @@ class _Unrolled(nn.Module):
     Subclasses define ``_regularize(k, v)``: the regularizer of step k on v [B, C_in, H, W].
     """
 
+    #: backend requested for every op (None: ``luser_fast.backends`` chooses); the
+    #: regularizers and DEQs a model builds are bound the same way
+    backend: str | None = None
+
     def __init__(self, operator, iterations, in_channels, share_weights, step_init):
         super().__init__()
         if not isinstance(operator, nn.Module) or not hasattr(operator, "adjoint"):
             raise TypeError("operator must be an nn.Module with forward and adjoint "
                             "(a luser_fast.physics operator or an Operator subclass)")
-        _check_int("iterations", iterations, 1)
+        validate.int_arg("iterations", iterations, 1)
         if not isinstance(share_weights, bool):
             raise TypeError("share_weights must be a bool")
         if not isinstance(step_init, (int, float)) or not math.isfinite(step_init):
@@ -251,6 +274,8 @@ class LUSER(_Unrolled):
             the whole batch); the result does not depend on it (``DEQ``). The default 1
             bounds the training peak by one sample's graph of f; on a GPU with large
             batches, a larger chunk trades memory for speed.
+        warm_start: start the solve of step k >= 1 from the equilibrium of step k - 1
+            (x_k) instead of ``init_state(v_k) = v_k``.
 
     Attributes:
         last_solver_info: list of ``SolverInfo``, one per unrolled step of the last call.
@@ -262,25 +287,68 @@ class LUSER(_Unrolled):
 
     def __init__(self, operator, iterations=5, in_channels=1, channels=64, depth=4,
                  share_weights=False, step_init=-1.0, solver="anderson", solver_kwargs=None,
-                 backward="ift", backward_kwargs=None, chunk=1):
+                 backward="ift", backward_kwargs=None, chunk=1, warm_start=False):
         super().__init__(operator, iterations, in_channels, share_weights, step_init)
+        if not isinstance(warm_start, bool):
+            raise TypeError("warm_start must be a bool")
         n = 1 if share_weights else iterations
         self.regularizers = nn.ModuleList(
-            [ShallowEquilibrium(in_channels, channels, depth) for _ in range(n)])
-        self.deqs = [DEQ(f, solver=solver, backward=backward, solver_kwargs=solver_kwargs,
+            [bound(ShallowEquilibrium, self.backend)(in_channels, channels, depth)
+             for _ in range(n)])
+        self.deqs = [bound(DEQ, self.backend)(f, solver=solver, backward=backward, solver_kwargs=solver_kwargs,
                          backward_kwargs=backward_kwargs, chunk=chunk)
                      for f in self.regularizers]
+        self.warm_start = warm_start
         self.last_solver_info = []
+        self._previous = None
+        self._probe = None
 
     def forward(self, y, x0=None):
+        """x_K from measurements y (``_Unrolled.forward``); shaped like x0."""
         self.last_solver_info = []
-        return super().forward(y, x0)
+        self._previous = None
+        try:
+            return super().forward(y, x0)
+        finally:
+            self._previous = None
 
     def _regularize(self, k, v):
         deq = self.deqs[0 if self.share_weights else k]
-        z = deq(v)
+        z0 = self._previous if self.warm_start else None
+        z = deq(v, z0=z0)
+        self._previous = z.detach()
         self.last_solver_info.append(deq.last_info)
+        if self._probe is not None:
+            self._probe.append((deq.f, v.detach(), z.detach()))
         return z
+
+    @torch.no_grad()
+    def equilibrium_diagnostics(self, y, iters=20):
+        """How much each unrolled step's equilibrium iterates, on measurements y.
+
+        Runs a forward (no gradients) and, at each step's equilibrium z*_k, estimates the
+        spectral radius of J_f(z*_k) by power iteration
+        (``luser_fast.deq.jacobian_spectral_radius``). A radius near 0 means the
+        equilibrium is reached in one or two steps and adds no depth beyond one pass of f.
+
+        Args:
+            y: measurements [B, ...].
+            iters: power iterations per step.
+
+        Returns:
+            dict: ``iterations`` [K, B] float (solver iterations per step and sample) and
+            ``spectral_radius`` [K, B] float64.
+        """
+        self._probe = []
+        try:
+            self(y)
+            probes = self._probe
+        finally:
+            self._probe = None
+        rho = torch.stack([jacobian_spectral_radius(lambda z, f=f, v=v: f(z, v), z, iters=iters)
+                           for f, v, z in probes])
+        its = torch.stack([info.iterations.float() for info in self.last_solver_info])
+        return {"iterations": its, "spectral_radius": rho}
 
 
 class LU(_Unrolled):

@@ -1,0 +1,48 @@
+"""Reference of LUSER's shallow fixed-point map (``luser_fast.ops.shallow_map``).
+
+The map of ``ShallowEquilibrium`` in plain PyTorch, as a function of its parameters:
+
+    h_1 = act(GN_1(conv_in(z) + U v))     h_i = act(GN_i(hidden_i(h_{i-1})))
+    f(z, v) = v + conv_out(h_{L-1})
+
+The one definition of this maths: the module calls it wherever the fused Triton kernel
+does not serve, and the kernel is tested against it.
+"""
+from __future__ import annotations
+
+import torch.nn.functional as F
+
+__all__ = ["ACTIVATIONS", "shallow_map_ref"]
+
+#: the activations of the shallow map, by name
+ACTIVATIONS = {"gelu": F.gelu, "relu": F.relu, "silu": F.silu, "elu": F.elu}
+
+
+def shallow_map_ref(z, injected, v, weights, biases, gammas, betas, groups: int,
+                    act: str, eps: float):
+    """The shallow map in plain PyTorch (the maths of ``shallow_map``).
+
+    Args:
+        z, v: [B, C_in, H, W].
+        injected: U v [B, C, H, W].
+        weights: L conv weights (one odd size k; 3x3 for the fused kernel): [C, C_in, k, k], (L - 2) x [C, C, k, k], [C_in, C, k, k].
+        biases: L biases [C], ..., [C_in].
+        gammas, betas: L - 1 GroupNorm affine parameters [C] each, or empty (no norm).
+        groups: GroupNorm groups (ignored without norm).
+        act: "gelu", "relu", "silu" or "elu".
+        eps: GroupNorm epsilon.
+
+    Returns:
+        f(z, v) [B, C_in, H, W].
+    """
+    fn = ACTIVATIONS[act]
+    pad = weights[0].shape[-1] // 2
+    # conv2d saves its input and weight, not its output, so adding U v in place is safe
+    # and saves one [B, C, H, W] allocation
+    h = F.conv2d(z, weights[0], biases[0], padding=pad).add_(injected)
+    for i in range(1, len(weights)):
+        if gammas:
+            h = F.group_norm(h, groups, gammas[i - 1], betas[i - 1], eps)
+        h = fn(h)
+        h = F.conv2d(h, weights[i], biases[i], padding=pad)
+    return v + h
