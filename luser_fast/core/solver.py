@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 
 __all__ = ["REL_EPS", "RETRY_FACTOR", "STOPS", "BACKWARDS", "PHANTOM_DEFAULTS", "SolverInfo",
-           "check_option", "check_check_every", "check_problem", "flat", "unflat",
+           "check_option", "check_check_every", "check_solver_args", "check_problem", "flat", "unflat",
            "work_dtype", "evaluate", "Tracker", "checked_kwargs", "check_chunk",
            "batch_slices", "cat_info"]
 
@@ -78,6 +78,13 @@ def check_option(name, value):
         raise ValueError(f"lam must be a finite real number >= 0, got {value!r}")
     if name == "tol" and not (real and value > 0):
         raise ValueError(f"tol must be a finite real number > 0, got {value!r}")
+
+
+def check_solver_args(f, z0, **options):
+    """Validate a solver call: every keyword option (``check_option``) and (f, z0)."""
+    for name, value in options.items():
+        check_option(name, value)
+    check_problem(f, z0)
 
 
 def check_problem(f, z0):

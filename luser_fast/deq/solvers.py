@@ -45,7 +45,7 @@ from typing import Callable
 import torch
 
 from ..core.solver import (REL_EPS, RETRY_FACTOR, SolverInfo, Tracker, check_check_every,
-                           check_option, check_problem, evaluate, flat, work_dtype)
+                           check_solver_args, evaluate, flat, work_dtype)
 
 __all__ = ["anderson", "fixed_point", "bytes_per_iteration"]
 
@@ -212,10 +212,7 @@ def anderson(f: Callable[[torch.Tensor], torch.Tensor], z0: torch.Tensor, *, m: 
         >>> bool(info.converged.all())
         True
     """
-    for name, value in (("m", m), ("beta", beta), ("lam", lam), ("tol", tol),
-                        ("max_iter", max_iter), ("stop", stop)):
-        check_option(name, value)
-    check_problem(f, z0)
+    check_solver_args(f, z0, m=m, beta=beta, lam=lam, tol=tol, max_iter=max_iter, stop=stop)
     check_every = _check_every(check_every, z0.device)
     with torch.no_grad():
         z = z0.detach()
@@ -274,9 +271,7 @@ def fixed_point(f: Callable[[torch.Tensor], torch.Tensor], z0: torch.Tensor, *,
     Returns:
         (z, info): z [B, ...] the best iterate per sample, detached; info a ``SolverInfo``.
     """
-    for name, value in (("tol", tol), ("max_iter", max_iter), ("stop", stop)):
-        check_option(name, value)
-    check_problem(f, z0)
+    check_solver_args(f, z0, tol=tol, max_iter=max_iter, stop=stop)
     check_every = _check_every(check_every, z0.device)
     with torch.no_grad():
         z = z0.detach()

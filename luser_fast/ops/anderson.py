@@ -167,16 +167,13 @@ def anderson_mix_fwd(hist_f, hist_g, alpha, active, best, beta: float):
 
 # --------------------------------------------------------------------------- ops
 
-def _use_triton(op: str, t: torch.Tensor) -> bool:
-    return backends.select(op, t.device.type) == "triton"
-
+# The custom ops: the reference is the kernel for every device; the Triton launchers are
+# registered for the devices Triton serves (CUDA; also CPU under TRITON_INTERPRET=1).
 
 @torch.library.custom_op("luser_fast::anderson_step", mutates_args=("hist_f", "hist_g"))
 def _anderson_step_op(fz: torch.Tensor, z: torch.Tensor, hist_f: torch.Tensor,
                       hist_g: torch.Tensor, active: torch.Tensor, slot: int,
                       n: int) -> torch.Tensor:
-    if _use_triton("anderson_step", fz):
-        return anderson_step_fwd(fz, z, hist_f, hist_g, active, slot, n)
     return anderson_step_ref(fz, z, hist_f, hist_g, active, slot, n)
 
 
@@ -189,8 +186,6 @@ def _anderson_step_fake(fz, z, hist_f, hist_g, active, slot, n):
 def _anderson_mix_op(hist_f: torch.Tensor, hist_g: torch.Tensor, alpha: torch.Tensor,
                      active: torch.Tensor, best: torch.Tensor | None,
                      beta: float) -> torch.Tensor:
-    if _use_triton("anderson_mix", hist_f):
-        return anderson_mix_fwd(hist_f, hist_g, alpha, active, best, beta)
     return anderson_mix_ref(hist_f, hist_g, alpha, active, best, beta)
 
 
@@ -199,6 +194,10 @@ def _anderson_mix_fake(hist_f, hist_g, alpha, active, best, beta):
     return hist_f.new_empty(hist_f.shape[0], hist_f.shape[2])
 
 
+if HAS_TRITON:
+    for _device in triton_common.devices():
+        _anderson_step_op.register_kernel(_device)(anderson_step_fwd)
+        _anderson_mix_op.register_kernel(_device)(anderson_mix_fwd)
 for _op in ("anderson_step", "anderson_mix"):
     backends.register(_op, "triton", triton_common.devices(), lambda: HAS_TRITON)
 
@@ -210,7 +209,7 @@ def _validate(slot, n, m):
 
 def anderson_step(fz: torch.Tensor, z: torch.Tensor, hist_f: torch.Tensor,
                   hist_g: torch.Tensor, active: torch.Tensor, slot: int,
-                  n: int) -> torch.Tensor:
+                  n: int, *, backend: str | None = None) -> torch.Tensor:
     """Write history slot ``slot`` and return the new Gram row and ||f(z)||^2.
 
     Args:
@@ -220,6 +219,8 @@ def anderson_step(fz: torch.Tensor, z: torch.Tensor, hist_f: torch.Tensor,
             place at ``slot`` for active samples.
         active: [B] bool freeze mask (false: history untouched, zero row).
         slot: the slot to write; n: valid slots after the write (0 <= slot < n <= m).
+        backend: request a backend for this call (``luser_fast.backends``); None: the
+            environment's preference.
 
     Returns:
         [B, m + 1]: <G_j, f(z) - z> in columns j < n (column ``slot``: the squared
@@ -233,12 +234,14 @@ def anderson_step(fz: torch.Tensor, z: torch.Tensor, hist_f: torch.Tensor,
         [4.0, 0.0, 0.0, 4.0]
     """
     _validate(slot, n, hist_f.shape[1])
+    if backends.select("anderson_step", fz.device.type, backend) != "triton":
+        return anderson_step_ref(fz, z, hist_f, hist_g, active, slot, n)
     return torch.ops.luser_fast.anderson_step(fz, z, hist_f, hist_g, active, slot, n)
 
 
 def anderson_mix(hist_f: torch.Tensor, hist_g: torch.Tensor, alpha: torch.Tensor,
                  active: torch.Tensor, best: torch.Tensor | None = None,
-                 beta: float = 1.0) -> torch.Tensor:
+                 beta: float = 1.0, *, backend: str | None = None) -> torch.Tensor:
     """The next Anderson iterate from the history and the weights.
 
     Args:
@@ -247,10 +250,13 @@ def anderson_mix(hist_f: torch.Tensor, hist_g: torch.Tensor, alpha: torch.Tensor
         active: [B] bool; frozen samples take ``best`` (required unless all are active).
         best: [B, D] frozen iterates or None.
         beta: damping in (0, 1]; beta == 1 never reads hist_g.
+        backend: as in ``anderson_step``.
 
     Returns:
         [B, D] in the history dtype.
     """
     if not 1 <= alpha.shape[1] <= hist_f.shape[1]:
         raise ValueError(f"alpha must be [B, n] with 1 <= n <= m, got {tuple(alpha.shape)}")
+    if backends.select("anderson_mix", hist_f.device.type, backend) != "triton":
+        return anderson_mix_ref(hist_f, hist_g, alpha, active, best, float(beta))
     return torch.ops.luser_fast.anderson_mix(hist_f, hist_g, alpha, active, best, float(beta))

@@ -34,10 +34,10 @@ import threading
 import torch
 from torch.utils.weak import WeakIdKeyDictionary
 
-from .. import _ext, backends
+from .. import backends
 from ..core import nufft_kernel, validate
 from ..reference.nufft import NufftPlan, nufft_type1_ref, nufft_type2_ref
-from . import cuda_common
+from . import cuda_common, library
 from .cuda_common import MAX_GRID_Y, THREADS, cuda_available, f64, i32, ptr
 
 __all__ = ["nufft_type2", "nufft_type1", "plan_for"]
@@ -65,22 +65,9 @@ _PLANS_PER_TRAJ = 8
 _SCRATCH_BYTES = 256 * 2 ** 20
 
 
-def _op_defined(name: str) -> bool:
-    try:
-        getattr(torch.ops.luser_fast, name)
-    except (AttributeError, RuntimeError):
-        return False
-    return True
-
-
-_EXT = _ext.extension()
 #: the C++ CPU kernels are registered (the extension is built and holds the NUFFT ops)
-HAS_CPU_KERNELS = _EXT is not None and _op_defined("_nufft_interp")
-
-_LIB = torch.library.Library("luser_fast", "FRAGMENT")
-for _name, _schema in SCHEMAS.items():
-    if not _op_defined(_name):
-        _LIB.define(_name + _schema)
+HAS_CPU_KERNELS = library.extension_has("_nufft_interp")
+library.define(SCHEMAS)
 
 
 
@@ -386,8 +373,8 @@ def _type1_kernel(values, ktraj, image_size, tol=1e-6, oversamp=2.0):
     return _type1(plan_for(ktraj, image_size, tol, oversamp, device=values.device), values)
 
 
-_LIB.impl("nufft_type2", _type2_kernel, "CPU")
-_LIB.impl("nufft_type1", _type1_kernel, "CPU")
+library.LIB.impl("nufft_type2", _type2_kernel, "CPU")
+library.LIB.impl("nufft_type1", _type1_kernel, "CPU")
 torch.library.register_kernel("luser_fast::nufft_type2", "cuda", _type2_kernel)
 torch.library.register_kernel("luser_fast::nufft_type1", "cuda", _type1_kernel)
 
@@ -544,7 +531,7 @@ def _type2_backward(ctx, grad):
 
 
 def _type1_setup(ctx, inputs, output):
-    values, ktraj, image_size, tol, oversamp = (*inputs[:3], *_defaults(inputs, 3))
+    values, ktraj, _, tol, oversamp = (*inputs[:3], *_defaults(inputs, 3))
     ctx.save_for_backward(values if ctx.needs_input_grad[1] else None, ktraj)
     ctx.config = (tol, oversamp)
 

@@ -23,10 +23,10 @@ import math
 
 import torch
 
-from .. import _ext, backends
+from .. import backends
 from ..core import radon_geometry as geo
 from ..reference.radon import radon_adjoint_ref, radon_forward_ref
-from . import cuda_common
+from . import cuda_common, library
 from .cuda_common import MAX_GRID_Y, THREADS, cuda_available, f64, i32, ptr
 
 __all__ = ["radon_forward", "radon_adjoint"]
@@ -44,50 +44,30 @@ _IMAGES_PER_THREAD = 4   # kImagesPerThread in radon.cu
 _RAY_BYTES = 40          # sizeof(JosephRay) in joseph.h
 
 
-def _op_defined(name: str) -> bool:
-    try:
-        getattr(torch.ops.luser_fast, name)
-    except (AttributeError, RuntimeError):
-        return False
-    return True
-
-
-_EXT = _ext.extension()
 #: the C++ CPU kernels are registered (the extension is built and holds the Radon ops)
-HAS_CPU_KERNELS = _EXT is not None and _op_defined("radon_forward")
+HAS_CPU_KERNELS = library.extension_has("radon_forward")
 
 if not HAS_CPU_KERNELS:
     # No extension: define the ops here, served on the CPU by the reference.
-    _LIB = torch.library.Library("luser_fast", "FRAGMENT")
-    for _name, _schema in SCHEMAS.items():
-        if not _op_defined(_name):
-            _LIB.define(_name + _schema)
+    library.define(SCHEMAS)
 
     def _forward_reference(x, angles, n_detectors, det_spacing, source_distance,
                            detector_distance):
+        backends.fallback("radon_forward", "the C++ extension is not built")
         return radon_forward_ref(x, angles, n_detectors, det_spacing, source_distance,
-                                      detector_distance)
+                                 detector_distance)
 
     def _adjoint_reference(sino, angles, height, width, det_spacing, source_distance,
                            detector_distance):
-        return radon_adjoint_ref(sino, angles, (height, width), sino.shape[-1],
-                                      det_spacing, source_distance, detector_distance)
+        backends.fallback("radon_adjoint", "the C++ extension is not built")
+        return radon_adjoint_ref(sino, angles, (height, width), sino.shape[-1], det_spacing,
+                                 source_distance, detector_distance)
 
-    _LIB.impl("radon_forward", _forward_reference, "CPU")
-    _LIB.impl("radon_adjoint", _adjoint_reference, "CPU")
+    library.LIB.impl("radon_forward", _forward_reference, "CPU")
+    library.LIB.impl("radon_adjoint", _adjoint_reference, "CPU")
 
 
 # --- CUDA -------------------------------------------------------------------------------
-
-
-
-
-
-
-
-
-
-
 
 def _ray_table(angles: torch.Tensor, height: int, width: int, n_det: int, spacing: float,
                src, det) -> torch.Tensor:
@@ -100,7 +80,7 @@ def _ray_table(angles: torch.Tensor, height: int, width: int, n_det: int, spacin
     n_rays = lines.shape[0]
     table = torch.empty(n_rays * _RAY_BYTES, dtype=torch.uint8, device=angles.device)
     cuda_common.launch("radon_rays_kernel", angles.device, (math.ceil(n_rays / THREADS), 1),
-            (ptr(lines), i32(n_rays), i32(height), i32(width), ptr(table)))
+                       (ptr(lines), i32(n_rays), i32(height), i32(width), ptr(table)))
     return table
 
 

@@ -18,7 +18,7 @@ from typing import Callable
 import torch
 
 from ..core.solver import (RETRY_FACTOR, SolverInfo, Tracker, batch_slices, cat_info,
-                          check_option, check_problem, evaluate, flat, unflat, work_dtype)
+                          check_solver_args, evaluate, flat, unflat, work_dtype)
 
 __all__ = ["anderson", "fixed_point", "mixing_weights", "attach"]
 
@@ -83,16 +83,8 @@ def anderson(f: Callable[[torch.Tensor], torch.Tensor], z0: torch.Tensor, *, m: 
     Returns:
         (z, info): z [B, ...] the best iterate per sample, in z0's dtype, detached;
         info a ``SolverInfo``.
-
-    Example:
-        >>> z, info = anderson(lambda z: 0.5 * z + 1, torch.zeros(2, 3), tol=1e-8)
-        >>> bool(info.converged.all())
-        True
     """
-    for name, value in (("m", m), ("beta", beta), ("lam", lam), ("tol", tol),
-                        ("max_iter", max_iter), ("stop", stop)):
-        check_option(name, value)
-    check_problem(f, z0)
+    check_solver_args(f, z0, m=m, beta=beta, lam=lam, tol=tol, max_iter=max_iter, stop=stop)
     with torch.no_grad():
         z = z0.detach()
         tracker = Tracker(z, tol, stop)
@@ -135,9 +127,7 @@ def fixed_point(f: Callable[[torch.Tensor], torch.Tensor], z0: torch.Tensor, *,
     Returns:
         (z, info): z [B, ...] the best iterate per sample, detached; info a ``SolverInfo``.
     """
-    for name, value in (("tol", tol), ("max_iter", max_iter), ("stop", stop)):
-        check_option(name, value)
-    check_problem(f, z0)
+    check_solver_args(f, z0, tol=tol, max_iter=max_iter, stop=stop)
     with torch.no_grad():
         z = z0.detach()
         tracker = Tracker(z, tol, stop)

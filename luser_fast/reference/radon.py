@@ -157,18 +157,9 @@ def radon_adjoint_ref(sino: torch.Tensor, angles: torch.Tensor, image_size,
                       n_detectors: int | None = None, det_spacing: float = 1.0,
                       source_distance: float | None = None,
                       detector_distance: float | None = None) -> torch.Tensor:
-    """Exact transpose of ``radon_forward_ref`` (unfiltered back-projection).
-
-    Args:
-        sino: [..., A, D] real floating sinogram.
-        angles: [A] radians.
-        image_size: int or (H, W).
-        n_detectors: D, checked against ``sino``; None takes it from ``sino``.
-        det_spacing, source_distance, detector_distance: as in ``radon_forward_ref``.
-
-    Returns:
-        [..., H, W] image in the dtype of ``sino``; differentiable.
-    """
+    """Exact transpose of ``radon_forward_ref`` (unfiltered back-projection): the reference
+    of ``luser_fast.ops.radon_adjoint``, same arguments (no ``backend``) and result;
+    differentiable (its gradient is ``radon_forward_ref``)."""
     fn = "radon_adjoint_ref"
     angles, (h, w), n_det, spacing, src, det = geo.adjoint_args(
         sino, angles, image_size, n_detectors, det_spacing, source_distance,
