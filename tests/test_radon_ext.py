@@ -354,7 +354,9 @@ def test_reference_serves_without_extension():
                        timeout=120)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "ok"
-    assert "Traceback" not in r.stderr and r.stderr.strip() == ""
+    # the raw op called without the extension runs the reference and says so, once
+    assert "Traceback" not in r.stderr
+    assert r.stderr.count("radon_forward runs its reference: the C++ extension is not built") == 1
 
 
 # --- bad input ------------------------------------------------------------------------------
