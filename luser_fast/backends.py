@@ -63,13 +63,15 @@ def requested(op: str | None = None) -> str:
     return _check_name(os.environ.get("LUSER_FAST_BACKEND", "auto"), "LUSER_FAST_BACKEND")
 
 
-def register(op: str, backend: str, devices: tuple, available) -> None:
-    """Declare that ``backend`` serves ``op`` on ``devices`` when ``available()`` is true."""
-    if op not in _registry:
-        raise ValueError(f"unknown op {op!r}; known: {OPS}")
-    if backend not in BACKENDS[1:]:
-        raise ValueError(f"unknown backend {backend!r}")
-    _registry[op][backend] = (tuple(devices), available)
+def register(ops, backend: str, devices: tuple, available) -> None:
+    """Declare that ``backend`` serves ``ops`` (an op name or a tuple of them) on
+    ``devices`` when ``available()`` is true."""
+    for op in (ops,) if isinstance(ops, str) else ops:
+        if op not in _registry:
+            raise ValueError(f"unknown op {op!r}; known: {OPS}")
+        if backend not in BACKENDS[1:]:
+            raise ValueError(f"unknown backend {backend!r}")
+        _registry[op][backend] = (tuple(devices), available)
 
 
 def _serves(op, backend, device_type):

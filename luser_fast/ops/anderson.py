@@ -198,8 +198,8 @@ if HAS_TRITON:
     for _device in triton_common.devices():
         _anderson_step_op.register_kernel(_device)(anderson_step_fwd)
         _anderson_mix_op.register_kernel(_device)(anderson_mix_fwd)
-for _op in ("anderson_step", "anderson_mix"):
-    backends.register(_op, "triton", triton_common.devices(), lambda: HAS_TRITON)
+backends.register(("anderson_step", "anderson_mix"), "triton", triton_common.devices(),
+                  lambda: HAS_TRITON)
 
 
 def _validate(slot, n, m):

@@ -555,10 +555,8 @@ torch.library.register_autograd("luser_fast::nufft_type2", _type2_backward,
 torch.library.register_autograd("luser_fast::nufft_type1", _type1_backward,
                                 setup_context=_type1_setup)
 
-backends.register("nufft_type2", "cpu", ("cpu",), lambda: HAS_CPU_KERNELS)
-backends.register("nufft_type1", "cpu", ("cpu",), lambda: HAS_CPU_KERNELS)
-backends.register("nufft_type2", "cuda", ("cuda",), cuda_available)
-backends.register("nufft_type1", "cuda", ("cuda",), cuda_available)
+backends.register(tuple(SCHEMAS), "cpu", ("cpu",), lambda: HAS_CPU_KERNELS)
+backends.register(tuple(SCHEMAS), "cuda", ("cuda",), cuda_available)
 
 
 # --- public functionals ---------------------------------------------------------------------------

@@ -203,10 +203,8 @@ torch.library.register_autograd("luser_fast::radon_forward", _forward_backward,
 torch.library.register_autograd("luser_fast::radon_adjoint", _adjoint_backward,
                                 setup_context=_adjoint_setup)
 
-backends.register("radon_forward", "cpu", ("cpu",), lambda: HAS_CPU_KERNELS)
-backends.register("radon_adjoint", "cpu", ("cpu",), lambda: HAS_CPU_KERNELS)
-backends.register("radon_forward", "cuda", ("cuda",), cuda_available)
-backends.register("radon_adjoint", "cuda", ("cuda",), cuda_available)
+backends.register(tuple(SCHEMAS), "cpu", ("cpu",), lambda: HAS_CPU_KERNELS)
+backends.register(tuple(SCHEMAS), "cuda", ("cuda",), cuda_available)
 
 
 # --- public functionals ---------------------------------------------------------------------

@@ -551,8 +551,8 @@ def _backward(ctx, grad):
 
 torch.library.register_autograd("luser_fast::shallow_map", _backward,
                                 setup_context=_setup_context)
-backends.register("shallow_map", "triton", triton_common.devices(), lambda: HAS_TRITON)
-backends.register("shallow_inject", "triton", triton_common.devices(), lambda: HAS_TRITON)
+backends.register(("shallow_map", "shallow_inject"), "triton", triton_common.devices(),
+                  lambda: HAS_TRITON)
 
 
 def shallow_inject(v: torch.Tensor, w_inject: torch.Tensor, *,

@@ -71,14 +71,8 @@ def anderson(f: Callable[[torch.Tensor], torch.Tensor], z0: torch.Tensor, *, m: 
     raises: a singular one falls back to a damped fixed-point step.
 
     Args:
-        f: the map, [B, ...] -> [B, ...]; must treat samples independently.
-        z0: starting point [B, ...], floating or complex.
-        m: history size (>= 1).
-        beta: mixing (damping) weight in (0, 1].
-        lam: relative Tikhonov weight (>= 0).
-        tol: stopping tolerance on the residual (> 0).
-        max_iter: most evaluations of f (>= 1).
-        stop: "rel" (||f(z) - z|| / (||f(z)|| + REL_EPS)) or "abs" (||f(z) - z||).
+        f, z0, m, beta, lam, tol, max_iter, stop: as in ``luser_fast.deq.anderson`` (the
+            fast solver, which adds ``check_every``).
 
     Returns:
         (z, info): z [B, ...] the best iterate per sample, in z0's dtype, detached;

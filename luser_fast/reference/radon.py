@@ -127,23 +127,9 @@ class _Backproject(torch.autograd.Function):
 def radon_forward_ref(x: torch.Tensor, angles: torch.Tensor, n_detectors: int | None = None,
                       det_spacing: float = 1.0, source_distance: float | None = None,
                       detector_distance: float | None = None) -> torch.Tensor:
-    """Radon transform (Joseph line integrals), parallel or flat-detector fan beam.
-
-    Args:
-        x: [..., H, W] real floating image.
-        angles: [A] radians.
-        n_detectors: D; None gives ``ceil(sqrt(2) * max(H, W))``.
-        det_spacing: detector spacing (on the detector), > 0.
-        source_distance: source to rotation centre; None means parallel beam.
-        detector_distance: rotation centre to the flat detector (fan only, default 0).
-
-    Returns:
-        [..., A, D] sinogram in the dtype of ``x``; differentiable.
-
-    Example:
-        >>> radon_forward_ref(torch.ones(1, 1, 8, 8), torch.tensor([0.0]), 9)[0, 0, 0, 4]
-        tensor(8.)
-    """
+    """Radon transform (Joseph line integrals), parallel or flat-detector fan beam: the
+    reference of ``luser_fast.ops.radon_forward``, same arguments (no ``backend``) and
+    result; differentiable (its gradient is ``radon_adjoint_ref``)."""
     fn = "radon_forward_ref"
     angles, n_det, spacing, src, det = geo.forward_args(
         x, angles, n_detectors, det_spacing, source_distance, detector_distance, fn)
