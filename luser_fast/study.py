@@ -24,9 +24,10 @@ Each finished run is written at once to the results JSON (atomically), keyed by 
 configuration name, configuration dict, seed, settings and a digest of the task's data
 (``data_digest``), so a rerun skips what is done, an interrupted study resumes where it
 stopped, and a change to the data generators starts the affected runs afresh. A record
-says how it was trained (``"schedule": "cosine"``); records without that entry were made
-before the study trained through ``luser_fast.train.fit`` (constant learning rate, batches
-drawn with replacement) and keep their keys, so a resumed study counts them as done.
+says how it was trained (``"schedule": "cosine"``, also in its key); records without that
+entry were made before the study trained through ``luser_fast.train.fit`` (constant
+learning rate, batches drawn with replacement): a study run now does not count them as
+done, and ``current_runs`` never mixes them with runs of the current loop.
 ``summarize`` gives mean and std over seeds, ``goal_rows`` the default LUSER against LU depth 5, ``task_figure`` the PSNR
 against peak memory and against seconds per step with the Pareto front.
 """
@@ -128,6 +129,10 @@ def build_model(config, operator, in_channels, channels, K):
                          f"({exc})") from exc
 
 
+#: how the study trains (``luser_fast.train.fit``: Adam, cosine-annealed learning rate)
+SCHEDULE = "cosine"
+
+
 def run_key(task, name, config, seed, settings, data=None):
     """The results key of one run: task, configuration name and dict, seed, settings and
     the digest of the data it trained and was tested on.
@@ -145,7 +150,8 @@ def run_key(task, name, config, seed, settings, data=None):
     """
     key = (f"{task} | {name} | {json.dumps(config, sort_keys=True)} | seed {seed} | "
            f"{json.dumps(settings, sort_keys=True)}")
-    return key if data is None else f"{key} | data {data}"
+    key = key if data is None else f"{key} | data {data}"
+    return f"{key} | schedule {SCHEDULE}"
 
 
 def data_digest(*splits):
@@ -244,7 +250,7 @@ def _run_one(task, name, config, seed, settings, data):
                     "params": sum(p.numel() for p in model.parameters())})
     metrics.update(step_memory(model, train.y[:s["batch"]], train.x[:s["batch"]]))
     record = {"task": task, "name": name, "config": config, "seed": seed, "settings": s,
-              "schedule": "cosine", "task_config": task_cfg.to_dict()}
+              "schedule": SCHEDULE, "task_config": task_cfg.to_dict()}
     # the real scans of the task, never trained on (plain floats and lists)
     record["real"] = evaluate_real(model, task_cfg, operator=train.operator)
     for part, suffix in (("model", ""), ("x0", "_x0")):
@@ -367,9 +373,9 @@ def _mean_std(values):
 
 
 def current_runs(records):
-    """The records measured on each task's newest data: per task, those whose
-    ``data_sha256`` is the one of the task's most recent record (records of older data, or
-    without a digest when a newer record has one, are left out).
+    """The records measured on each task's newest data and training loop: per task, those
+    whose ``data_sha256`` and ``schedule`` are the ones of the task's most recent record
+    (records of older data or of the earlier loop are left out).
 
     Args:
         records: run records.
@@ -383,7 +389,9 @@ def current_runs(records):
             newest[r["task"]] = r
     kept, dropped = [], []
     for r in records:
-        same = r.get("data_sha256") == newest[r["task"]].get("data_sha256")
+        ref = newest[r["task"]]
+        same = (r.get("data_sha256") == ref.get("data_sha256")
+                and r.get("schedule") == ref.get("schedule"))
         (kept if same else dropped).append(r)
     return kept, dropped
 

@@ -18,7 +18,6 @@ import subprocess
 import sys
 import textwrap
 
-import numpy as np
 import pytest
 import torch
 from helpers import ADJOINT_TOL, adjoint_mismatch, ptxas_report, randn_like_dtype, rel_err

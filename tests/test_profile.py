@@ -1,5 +1,4 @@
 import torch
-from torch import nn
 
 from luser_fast import reference
 from luser_fast.physics import Radon
