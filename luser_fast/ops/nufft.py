@@ -355,9 +355,20 @@ def _type1(plan: CompiledPlan, values: torch.Tensor) -> torch.Tensor:
 
 # --- op kernels (CPU and CUDA; the CUDA launchers are below) ----------------------------------
 
+def _check_raw(fn, **tensors):
+    """What the kernels check when called directly (``torch.ops.luser_fast``, bypassing
+    the public functions): one device (a ``meta`` argument beside real data would give
+    uninitialised memory) and a [M, 2] trajectory; ValueError naming the argument."""
+    validate.same_device(fn, **tensors)
+    k = tensors["ktraj"]
+    if k.dim() != 2 or k.shape[1] != 2:
+        raise ValueError(f"{fn}: ktraj must have shape [M, 2], got {tuple(k.shape)}")
+
+
 # The dispatcher drops trailing arguments equal to their schema defaults, so every Python
 # kernel below repeats the defaults.
 def _type2_kernel(image, ktraj, tol=1e-6, oversamp=2.0):
+    _check_raw("nufft_type2", image=image, ktraj=ktraj)
     reason = _unserved(image.device, tol, oversamp)
     if reason is not None:
         backends.fallback("nufft_type2", reason)
@@ -366,6 +377,7 @@ def _type2_kernel(image, ktraj, tol=1e-6, oversamp=2.0):
 
 
 def _type1_kernel(values, ktraj, image_size, tol=1e-6, oversamp=2.0):
+    _check_raw("nufft_type1", values=values, ktraj=ktraj)
     reason = _unserved(values.device, tol, oversamp)
     if reason is not None:
         backends.fallback("nufft_type1", reason)
@@ -471,6 +483,7 @@ def _interp_cuda(plan: CompiledPlan, grid: torch.Tensor) -> torch.Tensor:
 
 @torch.library.register_fake("luser_fast::nufft_type2")
 def _type2_fake(image, ktraj, tol=1e-6, oversamp=2.0):
+    _check_raw("nufft_type2", image=image, ktraj=ktraj)
     torch._check(image.dim() >= 2, lambda: "nufft_type2: image must have at least 2 dims")
     torch._check(ktraj.dim() == 2 and ktraj.shape[1] == 2, lambda: "nufft_type2: ktraj must be [M, 2]")
     return image.new_empty((*image.shape[:-2], ktraj.shape[0]))
@@ -478,6 +491,7 @@ def _type2_fake(image, ktraj, tol=1e-6, oversamp=2.0):
 
 @torch.library.register_fake("luser_fast::nufft_type1")
 def _type1_fake(values, ktraj, image_size, tol=1e-6, oversamp=2.0):
+    _check_raw("nufft_type1", values=values, ktraj=ktraj)
     torch._check(values.dim() >= 1, lambda: "nufft_type1: values must have at least 1 dim")
     torch._check(ktraj.dim() == 2 and ktraj.shape[1] == 2, lambda: "nufft_type1: ktraj must be [M, 2]")
     return values.new_empty((*values.shape[:-1], *image_size))
