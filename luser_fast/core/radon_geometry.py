@@ -35,6 +35,22 @@ parallel ray of the same angle and large ``R`` approaches parallel beam. The who
 integrated (``R`` must exceed the image half-diagonal, so the source is outside the
 image). ``int`` angle counts give ``theta_k = 2 pi k / A``.
 
+Fan-beam range (``FAN_RANGE``). The float64 ray geometry stays accurate only for
+distances within a bounded multiple of the image: a ray's sample positions are
+differences of numbers of size ``R + Dd`` (the source point, the slope times the distance
+to it), so they carry an absolute rounding error of a few ``eps (R + Dd)`` pixels,
+``eps = 2**-52``, while the fan geometry itself departs from parallel beam by about
+``N**2 / R`` pixels (``N = max(H, W)``). Below ``R ~ N / sqrt(eps) ~ 7e7 N`` the rounding
+is the smaller term; above it, rounding takes over (at ``R = 1e15`` a 16 x 16 sinogram is
+off by 3 % of its peak, from ``R ~ 1e155`` the squared norms overflow and every ray is
+NaN). So ``source_distance``, ``detector_distance`` and the detector's half-width
+``(D - 1) / 2 * det_spacing`` are each at most ``FAN_RANGE * N`` with
+``FAN_RANGE = 2**20``: there rounding moves a sample by at most ~``4 eps 2**20 N`` =
+``1e-9 N`` pixel (1e-5 pixel for N = 16384), three orders below the geometric
+difference ``N / 2**20`` from parallel beam, and larger distances are parallel beam to
+within ``1e-6 N`` pixel anyway (use the parallel geometry). A detector wider than that
+would overflow the squared norms of its rays (NaN from a half-width ~1e154).
+
 Discretisation (Joseph). A ray ``o + t v`` (``|v| = 1``) is x-major when ``|v_x| >= |v_y|``
 (ties go to x), else y-major. An x-major ray visits every pixel column ``j``: at
 ``x = x_j`` it has ``y = o_y + (x_j - o_x) v_y / v_x``, fractional row ``f = (H-1)/2 - y``,
@@ -70,11 +86,16 @@ import torch
 
 from . import validate
 
-__all__ = ["GEOMETRIES", "FILTERS", "default_detectors", "check_geometry", "forward_args",
+__all__ = ["GEOMETRIES", "FILTERS", "FAN_RANGE", "default_detectors", "check_geometry", "forward_args",
            "adjoint_args", "rays", "fbp_filter", "rebin_fan", "fbp"]
 
 GEOMETRIES = ("parallel", "fan")
 FILTERS = ("ramp", "shepp-logan", "cosine", "hann")
+#: fan-beam distances (source, detector, detector half-width) are at most this multiple of
+#: max(H, W), where the float64 ray geometry keeps its accuracy (module docstring)
+FAN_RANGE = 2 ** 20
+#: dtypes FBP computes in; others (float16, bfloat16) are computed in float32, cast back
+FBP_DTYPES = (torch.float32, torch.float64)
 
 
 def default_detectors(h: int, w: int) -> int:
@@ -116,29 +137,53 @@ def check_geometry(image_size, n_detectors, det_spacing, source_distance,
     if not (math.isfinite(detector_distance) and detector_distance >= 0):
         raise ValueError(f"{fn}: detector_distance must be finite and >= 0, got "
                          f"{detector_distance}")
+    limit = FAN_RANGE * max(h, w)
+    half_width = (n_detectors - 1) / 2 * det_spacing
+    for name, value in (("source_distance", source_distance),
+                        ("detector_distance", detector_distance),
+                        ("det_spacing", half_width)):
+        if value > limit:
+            what = (f"det_spacing {det_spacing:.4g} makes the detector half-width "
+                    f"(n_detectors - 1) / 2 * det_spacing = {value:.4g}, which"
+                    if name == "det_spacing" else f"{name} = {value:.4g}")
+            hint = ("" if name == "det_spacing" else "; so distant a source is parallel "
+                    "beam to within 1e-6 * max(H, W) pixel: use geometry 'parallel'")
+            raise ValueError(f"{fn}: {what} exceeds {FAN_RANGE} * max(H, W) = "
+                             f"{limit:.4g}, beyond which the float64 fan-beam geometry loses "
+                             "accuracy (luser_fast/core/radon_geometry.py, 'Fan-beam "
+                             f"range'){hint}")
     return int(n_detectors), float(det_spacing), float(source_distance), float(detector_distance)
 
 
 def forward_args(x, angles, n_detectors, det_spacing, source_distance, detector_distance,
                  fn: str):
-    """Validate a projection's arguments; return (angles float64 on x's device, D,
-    det_spacing, R or None, Dd or None)."""
+    """Validate a projection's arguments (angles on x's device, a sinogram that fits in
+    memory: ``validate.allocation``); return (angles float64, D, det_spacing, R or None,
+    Dd or None)."""
     validate.real_tensor(x, "x", fn)
     h, w = x.shape[-2:]
     if h == 0 or w == 0:
         raise ValueError(f"{fn}: x must have a non-empty image (H, W), got shape "
                          f"{tuple(x.shape)}")
+    if isinstance(angles, torch.Tensor):
+        validate.same_device(fn, x=x, angles=angles)
     angles = validate.angles(angles, fn, x.device)
-    return (angles, *check_geometry((h, w), n_detectors, det_spacing, source_distance,
-                                    detector_distance, fn))
+    geometry = check_geometry((h, w), n_detectors, det_spacing, source_distance,
+                              detector_distance, fn)
+    validate.allocation(fn, "the sinogram", (*x.shape[:-2], angles.numel(), geometry[0]),
+                        x.dtype, x.device)
+    return (angles, *geometry)
 
 
 def adjoint_args(sino, angles, image_size, n_detectors, det_spacing, source_distance,
                  detector_distance, fn: str):
-    """Validate a back-projection's arguments (``n_detectors=None`` takes D from sino);
-    return (angles float64 on sino's device, (H, W), D, det_spacing, R or None, Dd or None)."""
+    """Validate a back-projection's arguments (``n_detectors=None`` takes D from sino;
+    angles on sino's device, an image that fits in memory); return (angles float64,
+    (H, W), D, det_spacing, R or None, Dd or None)."""
     validate.real_tensor(sino, "sino", fn)
     size = validate.image_size(image_size, fn)
+    if isinstance(angles, torch.Tensor):
+        validate.same_device(fn, sino=sino, angles=angles)
     angles = validate.angles(angles, fn, sino.device)
     if n_detectors is None:
         n_detectors = sino.shape[-1]
@@ -147,6 +192,7 @@ def adjoint_args(sino, angles, image_size, n_detectors, det_spacing, source_dist
     if tuple(sino.shape[-2:]) != (angles.numel(), n_det):
         raise ValueError(f"{fn}: sino must end in (A, D) = ({angles.numel()}, {n_det}), "
                          f"got shape {tuple(sino.shape)}")
+    validate.allocation(fn, "the image", (*sino.shape[:-2], *size), sino.dtype, sino.device)
     return angles, size, n_det, spacing, src, det
 
 
@@ -255,13 +301,19 @@ def fbp(sino: torch.Tensor, angles: torch.Tensor, image_size: tuple[int, int], n
         fn: the public name reported in errors.
 
     Returns:
-        [..., H, W] in sino's dtype, scaled so that ``fbp(radon(x)) ~ x``.
+        [..., H, W] in sino's dtype (float16 / bfloat16 computed in float32), scaled so
+        that ``fbp(radon(x)) ~ x``; an empty batch gives an empty result.
     """
     if not isinstance(filter, str):
         raise TypeError(f"{fn}: filter must be a str, got {type(filter).__name__}")
     if filter not in FILTERS:
         raise ValueError(f"{fn}: filter must be one of {FILTERS}, got {filter!r}")
     n_ang = angles.numel()
+    if sino.numel() == 0:   # an empty batch (the FFTs take no empty batch)
+        return sino.new_zeros((*sino.shape[:-2], *image_size))
+    if sino.dtype not in FBP_DTYPES:   # the FFTs take no float16 / bfloat16
+        return fbp(sino.float(), angles, image_size, n_det, spacing, src, det, filter,
+                   backproject, fn).to(sino.dtype)
     s3 = sino.reshape(-1, n_ang, n_det)
     if src is not None:
         s3, angles, spacing = rebin_fan(s3, angles, n_det, spacing, src, det)

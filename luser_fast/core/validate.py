@@ -12,13 +12,16 @@ Value checks that need the data (finiteness, ranges of a trajectory) are skipped
 """
 from __future__ import annotations
 
+import functools
 import math
+import os
 from numbers import Integral, Real
 
 import torch
 
 __all__ = ["is_int", "is_real", "int_arg", "image_size", "real_tensor", "complex_tensor",
-           "angles", "ktraj", "nufft_accuracy", "RANGE_SLACK"]
+           "angles", "ktraj", "nufft_accuracy", "same_device", "tensor_like", "allocation",
+           "device_memory", "format_bytes", "RANGE_SLACK", "MAX_BYTES"]
 
 #: slack on the [-pi, pi] range of a trajectory, so that float32 pi (slightly > math.pi)
 #: passes
@@ -33,6 +36,12 @@ def is_int(v) -> bool:
 def is_real(v) -> bool:
     """True for Python/NumPy real numbers, False for bool."""
     return isinstance(v, Real) and not isinstance(v, bool)
+
+
+#: no single tensor may exceed this many bytes, whatever the device: 2**47 bytes (128 TiB)
+#: is the whole user address space of an x86-64 process (4-level paging) and more than any
+#: GPU holds. ``allocation`` also refuses more than the device's own memory.
+MAX_BYTES = 2 ** 47
 
 
 def _tracing() -> bool:
@@ -98,9 +107,12 @@ def angles(value, fn: str, device=None) -> torch.Tensor:
     if value.dim() != 1 or value.numel() == 0:
         raise ValueError(f"{fn}: angles must be a non-empty 1-D tensor, got shape "
                          f"{tuple(value.shape)}")
+    if device is not None:
+        _no_meta_mix(fn, "angles", value.device, torch.device(device))
     value = value.to(device=device if device is not None else value.device,
                      dtype=torch.float64)
-    if not _tracing() and not bool(torch.isfinite(value).all()):
+    if (not _tracing() and value.device.type != "meta"
+            and not bool(torch.isfinite(value).all())):
         raise ValueError(f"{fn}: angles must be finite")
     return value
 
@@ -115,7 +127,9 @@ def ktraj(value, fn: str, device=None) -> torch.Tensor:
         raise ValueError(f"{fn}: ktraj must have shape [M, 2], got {tuple(value.shape)}")
     if value.is_complex() or not value.is_floating_point():
         raise ValueError(f"{fn}: ktraj must be real floating point (radians), got {value.dtype}")
-    if not _tracing() and value.numel():
+    if device is not None:
+        _no_meta_mix(fn, "ktraj", value.device, torch.device(device))
+    if not _tracing() and value.numel() and value.device.type != "meta":
         k = value.detach()
         if not bool(torch.isfinite(k).all()):
             raise ValueError(f"{fn}: ktraj has non-finite entries (NaN or inf)")
@@ -129,15 +143,130 @@ def ktraj(value, fn: str, device=None) -> torch.Tensor:
     return value
 
 
-def nufft_accuracy(tol, oversamp, fn: str) -> tuple[float, float]:
-    """(tol, oversamp) as floats: tol in (0, 0.1], oversamp a finite number > 1."""
+def nufft_accuracy(tol, oversamp, fn: str) -> tuple[float, float | None]:
+    """(tol, oversamp) as floats: tol in (0, 0.1], oversamp a finite number > 1 or None
+    (None stays None: the kernel choice picks it from tol and the data's precision)."""
     if not is_real(tol):
         raise TypeError(f"{fn}: tol must be a real number, got {tol!r}")
     if not 0 < tol <= 0.1:
         raise ValueError(f"{fn}: tol must be a number in (0, 0.1], got {tol!r}")
+    if oversamp is None:
+        return float(tol), None
     if not is_real(oversamp):
-        raise TypeError(f"{fn}: oversamp must be a real number, got {oversamp!r}")
+        raise TypeError(f"{fn}: oversamp must be a real number or None, got {oversamp!r}")
     if not (math.isfinite(oversamp) and oversamp > 1):
         raise ValueError(f"{fn}: oversamp must be a finite number > 1 (2.0 or 1.25 are "
-                         f"usual), got {oversamp!r}")
+                         f"usual) or None, got {oversamp!r}")
     return float(tol), float(oversamp)
+
+
+def _no_meta_mix(fn: str, name: str, have: torch.device, want: torch.device) -> None:
+    """A tensor on ``meta`` (shape only, no data) cannot join data on another device (nor
+    the reverse): it cannot be copied, and a kernel would read or return garbage."""
+    if (have.type == "meta") != (want.type == "meta"):
+        raise ValueError(f"{fn}: {name} is on {have} but the data is on {want}; put every "
+                         f"tensor argument on one device")
+
+
+def same_device(fn: str, **tensors) -> torch.device:
+    """The one device of the tensor arguments ``tensors`` (name=tensor; None values are
+    skipped); ValueError naming the first argument that lives elsewhere than the first.
+
+    Example: ``same_device("radon_forward", x=x, angles=angles)``.
+    """
+    first = None
+    for name, t in tensors.items():
+        if t is None:
+            continue
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{fn}: {name} must be a torch.Tensor, got {type(t).__name__}")
+        if first is None:
+            first = (name, t.device)
+        elif t.device != first[1]:
+            raise ValueError(f"{fn}: {name} is on {t.device} but {first[0]} is on {first[1]}; "
+                             f"put every tensor argument on one device")
+    return first[1] if first is not None else torch.device("cpu")
+
+
+def tensor_like(t, name: str, fn: str, shape=None, dtype: torch.dtype | None = None,
+                device=None, what: str = "") -> torch.Tensor:
+    """``t`` as a tensor of exactly ``shape`` / ``dtype`` / ``device`` (each when given):
+    TypeError when it is not a tensor or has another dtype, ValueError for another shape or
+    device. ``what`` says where the expectation comes from (e.g. "the reconstruction's").
+    """
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{fn}: {name} must be a torch.Tensor, got {type(t).__name__}")
+    whose = f" ({what})" if what else ""
+    if shape is not None and tuple(t.shape) != tuple(shape):
+        raise ValueError(f"{fn}: {name} must have shape {tuple(shape)}{whose}, got "
+                         f"{tuple(t.shape)}")
+    if dtype is not None and t.dtype != dtype:
+        raise TypeError(f"{fn}: {name} must be {dtype}{whose}, got {t.dtype}")
+    if device is not None and t.device != torch.device(device):
+        raise ValueError(f"{fn}: {name} must be on {torch.device(device)}{whose}, got "
+                         f"{t.device}")
+    return t
+
+
+def format_bytes(n: float) -> str:
+    """``n`` bytes as "1.5 GiB" (binary units)."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"):
+        if abs(n) < 1024 or unit == "EiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} EiB"
+
+
+@functools.lru_cache(maxsize=None)
+def _host_memory() -> int | None:
+    """Physical memory plus swap of this machine in bytes (None where unknown)."""
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("SwapTotal:"):
+                    total += int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return total if total > 0 else None
+
+
+def device_memory(device) -> int | None:
+    """Total memory in bytes of ``device``: this machine's RAM plus swap for the CPU, the
+    GPU's memory for CUDA; None where unknown or meaningless (meta)."""
+    device = torch.device(device)
+    if device.type == "cpu":
+        return _host_memory()
+    if device.type == "cuda" and torch.cuda.is_available():
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        return int(torch.cuda.get_device_properties(index).total_memory)
+    return None
+
+
+def allocation(fn: str, name: str, shape, dtype: torch.dtype, device) -> int:
+    """Bytes of a tensor ``shape`` of ``dtype`` about to be allocated on ``device``; a
+    ValueError saying how much was asked when it exceeds ``MAX_BYTES`` or the device's
+    memory (``device_memory``), so an impossible size never reaches the allocator.
+    Tensors on ``meta`` (no data) and sizes while ``torch.compile`` traces pass.
+    """
+    device = torch.device(device)
+    if device.type == "meta" or _tracing():
+        return 0
+    numel = math.prod(int(s) for s in shape)
+    itemsize = torch.empty((), dtype=dtype, device="meta").element_size()
+    nbytes = numel * itemsize
+    memory = device_memory(device)
+    limit = MAX_BYTES if memory is None else min(MAX_BYTES, memory)
+    if nbytes > limit:
+        if memory is None or memory > MAX_BYTES:
+            where = f"the {format_bytes(MAX_BYTES)} any tensor may take"
+        else:
+            owner = "this machine" if device.type == "cpu" else str(device)
+            where = f"{owner}'s memory ({format_bytes(memory)})"
+        shape_text = "x".join(str(int(s)) for s in shape)
+        raise ValueError(f"{fn}: {name} would need {format_bytes(nbytes)} ({shape_text} "
+                         f"{str(dtype).replace('torch.', '')}), more than {where}")
+    return nbytes

@@ -14,6 +14,15 @@ Everything that makes the Radon transform fast, in one place:
   arguments in Python (every rejection is a ``TypeError``/``ValueError`` naming the
   argument) and dispatch through ``luser_fast.backends``.
 
+Called directly (``torch.ops.luser_fast.radon_forward(...)``, bypassing the public
+functions) the ops still refuse tensors on different devices (a ``meta`` argument beside
+CPU data would otherwise give uninitialised memory): the fake (meta) and CUDA kernels and
+the reference fallback raise ``ValueError`` naming the argument, the C++ CPU kernel a
+``RuntimeError``. Non-finite angles: the Python kernels (CUDA, reference fallback) raise
+``ValueError`` for the forward and the adjoint alike; the C++ CPU kernel gives NaN rows in
+the forward and drops those rays in the adjoint (``csrc/radon/radon.cpp`` does not check
+them yet), so pass finite angles, as the public functions require.
+
 Geometry: ``source_distance=None`` is parallel beam; otherwise flat-detector fan beam
 with ``detector_distance`` (default 0). Sinograms are ``[..., A, D]``, images ``[..., H, W]``.
 """
@@ -25,6 +34,7 @@ import torch
 
 from .. import backends
 from ..core import radon_geometry as geo
+from ..core import validate
 from ..reference.radon import radon_adjoint_ref, radon_forward_ref
 from . import cuda_common, library
 from .cuda_common import MAX_GRID_Y, THREADS, cuda_available, f64, i32, ptr
@@ -47,18 +57,33 @@ _RAY_BYTES = 40          # sizeof(JosephRay) in joseph.h
 #: the C++ CPU kernels are registered (the extension is built and holds the Radon ops)
 HAS_CPU_KERNELS = library.extension_has("radon_forward")
 
+
+def _check_raw(fn: str, data_name: str, data: torch.Tensor, angles: torch.Tensor,
+               values: bool = True) -> None:
+    """What the ops' Python kernels check when called directly (``torch.ops.luser_fast``,
+    bypassing the public functions): one device for data and angles (a ``meta`` argument
+    beside real data would otherwise give uninitialised memory) and, with ``values``,
+    finite angles, so forward and adjoint both refuse a NaN angle instead of the forward
+    giving NaN rows and the adjoint dropping them."""
+    validate.same_device(fn, **{data_name: data, "angles": angles})
+    if (values and angles.device.type != "meta" and not torch.compiler.is_compiling()
+            and not bool(torch.isfinite(angles).all())):
+        raise ValueError(f"{fn}: angles must be finite")
+
 if not HAS_CPU_KERNELS:
     # No extension: define the ops here, served on the CPU by the reference.
     library.define(SCHEMAS)
 
     def _forward_reference(x, angles, n_detectors, det_spacing, source_distance,
                            detector_distance):
+        _check_raw("radon_forward", "x", x, angles)
         backends.fallback("radon_forward", "the C++ extension is not built")
         return radon_forward_ref(x, angles, n_detectors, det_spacing, source_distance,
                                  detector_distance)
 
     def _adjoint_reference(sino, angles, height, width, det_spacing, source_distance,
                            detector_distance):
+        _check_raw("radon_adjoint", "sino", sino, angles)
         backends.fallback("radon_adjoint", "the C++ extension is not built")
         return radon_adjoint_ref(sino, angles, (height, width), sino.shape[-1], det_spacing,
                                  source_distance, detector_distance)
@@ -96,6 +121,7 @@ def _check_cuda_sizes(n_rays: int, hw: int) -> None:
 
 
 def _forward_cuda(x, angles, n_detectors, det_spacing, source_distance, detector_distance):
+    _check_raw("radon_forward", "x", x, angles)
     if x.dtype not in KERNEL_DTYPES or not cuda_available():
         backends.fallback("radon_forward", _cuda_unserved(x))
         return radon_forward_ref(x, angles, n_detectors, det_spacing, source_distance,
@@ -123,6 +149,7 @@ def _forward_cuda(x, angles, n_detectors, det_spacing, source_distance, detector
 
 def _adjoint_cuda(sino, angles, height, width, det_spacing, source_distance,
                   detector_distance):
+    _check_raw("radon_adjoint", "sino", sino, angles)
     if sino.dtype not in KERNEL_DTYPES or not cuda_available():
         backends.fallback("radon_adjoint", _cuda_unserved(sino))
         return radon_adjoint_ref(sino, angles, (height, width), sino.shape[-1],
@@ -159,6 +186,7 @@ torch.library.register_kernel("luser_fast::radon_adjoint", "cuda", _adjoint_cuda
 
 @torch.library.register_fake("luser_fast::radon_forward")
 def _forward_fake(x, angles, n_detectors, det_spacing, source_distance, detector_distance):
+    _check_raw("radon_forward", "x", x, angles, values=False)
     torch._check(x.dim() >= 2, lambda: "radon_forward: x must have at least 2 dims")
     torch._check(angles.dim() == 1, lambda: "radon_forward: angles must be 1-D")
     return x.new_empty((*x.shape[:-2], angles.shape[0], n_detectors))
@@ -167,6 +195,7 @@ def _forward_fake(x, angles, n_detectors, det_spacing, source_distance, detector
 @torch.library.register_fake("luser_fast::radon_adjoint")
 def _adjoint_fake(sino, angles, height, width, det_spacing, source_distance,
                   detector_distance):
+    _check_raw("radon_adjoint", "sino", sino, angles, values=False)
     torch._check(sino.dim() >= 2, lambda: "radon_adjoint: sino must have at least 2 dims")
     torch._check(angles.dim() == 1, lambda: "radon_adjoint: angles must be 1-D")
     return sino.new_empty((*sino.shape[:-2], height, width))
@@ -227,7 +256,7 @@ def radon_forward(x: torch.Tensor, angles: torch.Tensor, n_detectors: int | None
 
     Args:
         x: [..., H, W] real floating image.
-        angles: [A] radians (any real dtype; used in float64).
+        angles: [A] finite radians on x's device (any real dtype; used in float64).
         n_detectors: D; None gives ``ceil(sqrt(2) * max(H, W))``.
         det_spacing: detector spacing (on the detector), > 0.
         source_distance: source to rotation centre (fan beam); None: parallel beam.
@@ -261,7 +290,7 @@ def radon_adjoint(sino: torch.Tensor, angles: torch.Tensor, image_size,
 
     Args:
         sino: [..., A, D] real floating sinogram.
-        angles: [A] radians.
+        angles: [A] finite radians on sino's device.
         image_size: int or (H, W).
         n_detectors: D, checked against ``sino``; None takes it from ``sino``.
         det_spacing, source_distance, detector_distance, backend: as in ``radon_forward``.

@@ -64,6 +64,7 @@ class Radon(Operator):
         if validate.is_int(angles):
             if angles < 1:
                 raise ValueError(f"{fn}: angles must be positive, got {angles}")
+            validate.allocation(fn, f"angles={angles}", (angles,), torch.float64, "cpu")
             span = math.pi if geometry == "parallel" else 2 * math.pi
             angle_tensor = torch.arange(int(angles), dtype=torch.float64) * (span / angles)
         elif isinstance(angles, torch.Tensor):
@@ -86,8 +87,14 @@ class Radon(Operator):
                     source_distance=self.source_distance,
                     detector_distance=self.detector_distance)
 
+    def _check_device(self, t, name: str, fn: str) -> None:
+        if t.device != self.angles.device:
+            raise ValueError(f"{fn}: {name} is on {t.device} but the operator is on "
+                             f"{self.angles.device}; move one of them (.to())")
+
     def _check_sino(self, y, fn: str) -> None:
         validate.real_tensor(y, "y", fn)
+        self._check_device(y, "y", fn)
         want = (self.angles.numel(), self.n_detectors)
         if tuple(y.shape[-2:]) != want:
             raise ValueError(f"{fn}: y must end in (A, D) = {want}, got shape {tuple(y.shape)}")
@@ -98,6 +105,7 @@ class Radon(Operator):
         if tuple(x.shape[-2:]) != self.image_size:
             raise ValueError(f"Radon.forward: x must end in (H, W) = {self.image_size}, got "
                              f"shape {tuple(x.shape)}")
+        self._check_device(x, "x", "Radon.forward")
         return radon_forward(x, self.angles, **self._geometry_kwargs(), backend=self.backend)
 
     def adjoint(self, y: torch.Tensor, x: torch.Tensor | None = None) -> torch.Tensor:
@@ -109,14 +117,15 @@ class Radon(Operator):
     def fbp(self, y: torch.Tensor, filter: str = "ramp") -> torch.Tensor:
         """Filtered back-projection [..., A, D] -> [..., H, W]; filters ramp, shepp-logan,
         cosine, hann. Scaled so that ``fbp(forward(x)) ~ x`` (fan sinograms are rebinned
-        to parallel rays first; ``luser_fast/core/radon_geometry.py``, "FBP")."""
+        to parallel rays first; ``luser_fast/core/radon_geometry.py``, "FBP"). float16 /
+        bfloat16 are computed in float32; an empty batch gives an empty result."""
         fn = "Radon.fbp"
         self._check_sino(y, fn)
 
         def backproject(sino, angles, size, n_det, spacing):
             return radon_adjoint(sino, angles, size, n_det, spacing, backend=self.backend)
 
-        return geo.fbp(y, self.angles.to(y.device), self.image_size, self.n_detectors,
+        return geo.fbp(y, self.angles, self.image_size, self.n_detectors,
                        self.det_spacing, self.source_distance, self.detector_distance,
                        filter, backproject, fn)
 
