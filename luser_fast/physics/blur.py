@@ -21,6 +21,8 @@ from ..core import validate
 from ..core.operator import Operator
 
 _PADDINGS = ("circular", "zero")
+#: dtypes the FFTs take; circular blur computes others (float16, bfloat16) in float32
+_FFT_DTYPES = (torch.float32, torch.float64)
 
 
 def gaussian_kernel(sigma: float, kernel_size: int | None = None,
@@ -92,7 +94,8 @@ class Blur(Operator):
             same-size output).
 
     Shapes:
-        x: [..., H, W] real -> y: [..., H, W] (same dtype).
+        x: [..., H, W] real -> y: [..., H, W] (same dtype; float16 / bfloat16 are computed
+        in float32; an empty batch gives an empty result).
 
     Example:
         >>> op = Blur(sigma=1.5, image_size=(32, 32))
@@ -118,6 +121,9 @@ class Blur(Operator):
         self.register_buffer("kernel", kernel)
         cached = None
         if padding == "circular" and self.image_size is not None:
+            h, w = self.image_size
+            validate.allocation("Blur", f"the transfer function of image_size {(h, w)}",
+                                (h, w // 2 + 1), torch.complex128, "cpu")
             cached = kernel_transfer(kernel, self.image_size)
         self.register_buffer("kernel_fft", cached, persistent=False)
 
@@ -138,6 +144,10 @@ class Blur(Operator):
         return kernel_transfer(self.kernel.to(x), size)
 
     def _circular(self, x: torch.Tensor, conj: bool) -> torch.Tensor:
+        if x.numel() == 0:           # the FFTs take no empty batch
+            return torch.zeros_like(x)
+        if x.dtype not in _FFT_DTYPES:   # nor float16 / bfloat16: computed in float32
+            return self._circular(x.float(), conj).to(x.dtype)
         t = self._transfer(x)
         return torch.fft.irfft2(torch.fft.rfft2(x) * (t.conj() if conj else t), s=x.shape[-2:])
 

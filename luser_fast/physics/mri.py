@@ -18,13 +18,22 @@ from ..core.operator import Operator
 _DIMS = (-2, -1)
 
 
+def _empty(x: torch.Tensor) -> torch.Tensor:
+    """The (empty) transform of an empty x: the FFTs take no empty batch."""
+    return x.to(torch.promote_types(x.dtype, torch.complex64)).clone()
+
+
 def fft2c(x: torch.Tensor) -> torch.Tensor:
     """Orthonormal centred 2-D FFT over the last two dims. Args: x [..., H, W] complex."""
+    if x.numel() == 0:
+        return _empty(x)
     return torch.fft.fftshift(torch.fft.fft2(torch.fft.ifftshift(x, dim=_DIMS), norm="ortho"), dim=_DIMS)
 
 
 def ifft2c(y: torch.Tensor) -> torch.Tensor:
     """Inverse (= adjoint) of ``fft2c``. Args: y [..., H, W] complex."""
+    if y.numel() == 0:
+        return _empty(y)
     return torch.fft.fftshift(torch.fft.ifft2(torch.fft.ifftshift(y, dim=_DIMS), norm="ortho"), dim=_DIMS)
 
 
