@@ -265,3 +265,46 @@ def test_radon_fbp_half_computes_in_float32(op):
         assert got.dtype == dtype
         torch.testing.assert_close(got.float(), want, atol=0.05 * want.abs().max().item(),
                                    rtol=0.05)
+
+
+# --- 9. Anderson ops: dtypes of every tensor argument ---------------------------------------
+
+def _anderson_args(b=2, m=3, d=4, **override):
+    args = dict(fz=torch.ones(b, d), z=torch.zeros(b, d), hist_f=torch.zeros(b, m, d),
+                hist_g=torch.zeros(b, m, d), active=torch.ones(b, dtype=torch.bool))
+    args.update(override)
+    return args
+
+
+@pytest.mark.parametrize("name, value", [
+    ("hist_f", torch.zeros(2, 3, 4, dtype=torch.int64)),
+    ("hist_g", torch.zeros(2, 3, 4, dtype=torch.float64)),
+    ("fz", torch.ones(2, 4, dtype=torch.int64)),
+    ("z", torch.zeros(2, 4, dtype=torch.complex64)),
+    ("active", torch.ones(2, dtype=torch.int64)),
+])
+def test_anderson_step_names_a_tensor_of_the_wrong_dtype(name, value):
+    args = _anderson_args(**{name: value})
+    if name == "hist_f":
+        args["hist_g"] = value.clone()
+    with _raises(TypeError, f"anderson_step: {name} must"):
+        ops.anderson_step(**args, slot=0, n=1)
+    assert not args["hist_f"].any()     # nothing was written
+
+
+def test_anderson_step_and_mix_check_shapes_and_take_good_input():
+    with _raises(ValueError, "anderson_step: fz must have shape (2, 4)"):
+        ops.anderson_step(**_anderson_args(fz=torch.ones(2, 5)), slot=0, n=1)
+    args = _anderson_args()
+    row = ops.anderson_step(**args, slot=0, n=1)
+    assert row[0].tolist() == [4.0, 0.0, 0.0, 4.0]
+    hf, hg, act = args["hist_f"], args["hist_g"], args["active"]
+    torch.testing.assert_close(ops.anderson_mix(hf, hg, torch.ones(2, 1), act), args["fz"])
+    with _raises(TypeError, "anderson_mix: alpha must be a real floating tensor"):
+        ops.anderson_mix(hf, hg, torch.ones(2, 1, dtype=torch.int64), act)
+    with _raises(TypeError, "anderson_mix: best must be a real floating tensor"):
+        ops.anderson_mix(hf, hg, torch.ones(2, 1), act, best=torch.zeros(2, 4, dtype=torch.int32))
+    with _raises(TypeError, "anderson_mix: hist_f must be float32 or float64"):
+        ops.anderson_mix(hf.long(), hg.long(), torch.ones(2, 1), act)
+    with _raises(ValueError, "anderson_mix: alpha must be [B, n]"):
+        ops.anderson_mix(hf, hg, torch.ones(2, 4), act)

@@ -34,6 +34,7 @@ from __future__ import annotations
 import torch
 
 from .. import backends
+from ..core import validate
 from ..reference.anderson_ops import anderson_mix_ref, anderson_step_ref
 from . import triton_common
 from .triton_common import HAS_TRITON, tl, triton
@@ -207,6 +208,42 @@ def _validate(slot, n, m):
         raise ValueError(f"need 0 <= slot < n <= m, got slot={slot}, n={n}, m={m}")
 
 
+def _check_tensors(fn, hist_f, hist_g, active, real=(), shapes=()):
+    """dtypes, shapes and device of the tensor arguments: TypeError naming an argument of
+    the wrong dtype (an int64 history would silently truncate f(z)), ValueError for a
+    shape or device.
+
+    Args:
+        real: (name, tensor) pairs that must be real floating point (or None).
+        shapes: (name, tensor, expected shape) triples.
+    """
+    tensors = {"hist_f": hist_f, "hist_g": hist_g, "active": active, **dict(real)}
+    for name, t in tensors.items():
+        if t is not None and not isinstance(t, torch.Tensor):
+            raise TypeError(f"{fn}: {name} must be a torch.Tensor, got {type(t).__name__}")
+    for name, t in (("hist_f", hist_f), ("hist_g", hist_g)):
+        if t.dtype not in KERNEL_DTYPES:
+            raise TypeError(f"{fn}: {name} must be float32 or float64 (the work dtype), got "
+                            f"{t.dtype}")
+    if hist_g.dtype != hist_f.dtype:
+        raise TypeError(f"{fn}: hist_g must have hist_f's dtype {hist_f.dtype}, got "
+                        f"{hist_g.dtype}")
+    if active.dtype != torch.bool:
+        raise TypeError(f"{fn}: active must be a bool tensor, got {active.dtype}")
+    for name, t in real:
+        if t is not None and (t.is_complex() or not t.is_floating_point()):
+            raise TypeError(f"{fn}: {name} must be a real floating tensor, got {t.dtype}")
+    if hist_f.dim() != 3 or hist_g.shape != hist_f.shape:
+        raise ValueError(f"{fn}: hist_f and hist_g must both be [B, m, D], got "
+                         f"{tuple(hist_f.shape)} and {tuple(hist_g.shape)}")
+    b, _, d = hist_f.shape
+    for name, t, want in ((("active", active, (b,)),) + tuple(shapes)):
+        if t is not None and tuple(t.shape) != tuple(want):
+            raise ValueError(f"{fn}: {name} must have shape {tuple(want)} (from hist_f "
+                             f"[B, m, D] = {tuple(hist_f.shape)}), got {tuple(t.shape)}")
+    validate.same_device(fn, **tensors)
+
+
 def anderson_step(fz: torch.Tensor, z: torch.Tensor, hist_f: torch.Tensor,
                   hist_g: torch.Tensor, active: torch.Tensor, slot: int,
                   n: int, *, backend: str | None = None) -> torch.Tensor:
@@ -215,8 +252,8 @@ def anderson_step(fz: torch.Tensor, z: torch.Tensor, hist_f: torch.Tensor,
     Args:
         fz: f(z) [B, D].
         z: the iterate f was evaluated at [B, D].
-        hist_f, hist_g: contiguous ring buffers [B, m, D] (float32/float64), updated in
-            place at ``slot`` for active samples.
+        hist_f, hist_g: contiguous ring buffers [B, m, D] (float32/float64, one dtype),
+            updated in place at ``slot`` for active samples.
         active: [B] bool freeze mask (false: history untouched, zero row).
         slot: the slot to write; n: valid slots after the write (0 <= slot < n <= m).
         backend: request a backend for this call (``luser_fast.backends``); None: the
@@ -226,6 +263,12 @@ def anderson_step(fz: torch.Tensor, z: torch.Tensor, hist_f: torch.Tensor,
         [B, m + 1]: <G_j, f(z) - z> in columns j < n (column ``slot``: the squared
         residual), zeros up to column m - 1, ||f(z)||^2 in column m.
 
+    Raises:
+        TypeError: a tensor argument of the wrong dtype (fz, z real floating; hist_f,
+            hist_g float32/float64 alike; active bool), naming it.
+        ValueError: shapes that do not fit hist_f's [B, m, D], devices that differ, or
+            slot / n out of range.
+
     Example:
         >>> hf = torch.zeros(2, 3, 4); hg = torch.zeros_like(hf)
         >>> row = anderson_step(torch.ones(2, 4), torch.zeros(2, 4), hf, hg,
@@ -233,6 +276,11 @@ def anderson_step(fz: torch.Tensor, z: torch.Tensor, hist_f: torch.Tensor,
         >>> row[0].tolist()
         [4.0, 0.0, 0.0, 4.0]
     """
+    fn = "anderson_step"
+    validate.tensor_like(hist_f, "hist_f", fn)
+    _check_tensors(fn, hist_f, hist_g, active, real=(("fz", fz), ("z", z)),
+                   shapes=(("fz", fz, (hist_f.shape[0], hist_f.shape[-1])),
+                           ("z", z, (hist_f.shape[0], hist_f.shape[-1]))))
     _validate(slot, n, hist_f.shape[1])
     if backends.select("anderson_step", fz.device.type, backend) != "triton":
         return anderson_step_ref(fz, z, hist_f, hist_g, active, slot, n)
@@ -254,9 +302,18 @@ def anderson_mix(hist_f: torch.Tensor, hist_g: torch.Tensor, alpha: torch.Tensor
 
     Returns:
         [B, D] in the history dtype.
+
+    Raises:
+        TypeError / ValueError: as in ``anderson_step`` (alpha and best real floating).
     """
-    if not 1 <= alpha.shape[1] <= hist_f.shape[1]:
-        raise ValueError(f"alpha must be [B, n] with 1 <= n <= m, got {tuple(alpha.shape)}")
+    fn = "anderson_mix"
+    b = validate.tensor_like(hist_f, "hist_f", fn).shape[0]
+    _check_tensors(fn, hist_f, hist_g, active, real=(("alpha", alpha), ("best", best)),
+                   shapes=(("best", best, (b, hist_f.shape[-1])),))
+    if (alpha.dim() != 2 or alpha.shape[0] != b
+            or not 1 <= alpha.shape[1] <= hist_f.shape[1]):
+        raise ValueError(f"{fn}: alpha must be [B, n] with B = {b} and 1 <= n <= m = "
+                         f"{hist_f.shape[1]}, got {tuple(alpha.shape)}")
     if backends.select("anderson_mix", hist_f.device.type, backend) != "triton":
         return anderson_mix_ref(hist_f, hist_g, alpha, active, best, float(beta))
     return torch.ops.luser_fast.anderson_mix(hist_f, hist_g, alpha, active, best, float(beta))
