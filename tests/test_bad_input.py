@@ -308,3 +308,69 @@ def test_anderson_step_and_mix_check_shapes_and_take_good_input():
         ops.anderson_mix(hf.long(), hg.long(), torch.ones(2, 1), act)
     with _raises(ValueError, "anderson_mix: alpha must be [B, n]"):
         ops.anderson_mix(hf, hg, torch.ones(2, 4), act)
+
+
+# --- model and solver misuse ----------------------------------------------------------------
+
+def _ct_model(cls=LUSER):
+    torch.manual_seed(0)
+    op = Radon(16, angles=10)
+    return op, cls(op, iterations=2, channels=8)
+
+
+@pytest.mark.parametrize("cls", [LUSER, LU])
+def test_model_names_y_and_x0(cls):
+    op, model = _ct_model(cls)
+    name = cls.__name__
+    y = op(torch.rand(2, 1, 16, 16, generator=torch.Generator().manual_seed(0)))
+    with _raises(TypeError, f"{name}: y is torch.float64 but the model's parameters are "
+                            "torch.float32"):
+        model(y.double())
+    with _raises(TypeError, f"{name}: y must be a torch.Tensor"):
+        model(y.numpy())
+    with _raises(ValueError, f"{name}: x0 must have shape (2, 1, 16, 16)", "got (2, 1, 8, 8)"):
+        model(y, x0=torch.zeros(2, 1, 8, 8))
+    with _raises(TypeError, f"{name}: x0 must be torch.float32"):
+        model(y, x0=torch.zeros(2, 1, 16, 16, dtype=torch.float64))
+    assert model(y, x0=op.fbp(y)).shape == (2, 1, 16, 16)
+    assert model.double()(y.double()).dtype == torch.float64
+
+
+@pytest.mark.parametrize("cls", [LUSER, LU])
+def test_model_empty_batch(cls):
+    op, model = _ct_model(cls)
+    y = torch.zeros(0, 1, 10, op.n_detectors)
+    assert model(y).shape == (0, 1, 16, 16)
+
+
+def test_mri_model_empty_batch_and_complex_y():
+    mask = torch.ones(8, 8)
+    model = LUSER(MRI(mask), iterations=1, in_channels=2, channels=8)
+    assert model(torch.zeros(0, 1, 8, 8, dtype=torch.complex64)).shape == (0, 1, 8, 8)
+    with _raises(TypeError, "LUSER: y is torch.complex128"):
+        model(torch.zeros(1, 1, 8, 8, dtype=torch.complex128))
+
+
+def test_deq_names_a_wrong_z0():
+    from luser_fast import DEQ
+    from luser_fast.models import ShallowEquilibrium
+
+    layer = DEQ(ShallowEquilibrium(channels=8))
+    v = torch.zeros(2, 1, 8, 8)
+    with _raises(ValueError, "DEQ: z0 must have shape (2, 1, 8, 8) (v's), got (2, 1, 4, 4)"):
+        layer(v, z0=torch.zeros(2, 1, 4, 4))
+    with _raises(TypeError, "DEQ: z0 must be torch.float32"):
+        layer(v, z0=torch.zeros(2, 1, 8, 8, dtype=torch.float64))
+    assert layer(v, z0=torch.zeros_like(v)).shape == v.shape
+
+
+def test_training_memory_names_x_true():
+    from luser_fast import training_memory
+
+    op, model = _ct_model()
+    y = op(torch.rand(2, 1, 16, 16, generator=torch.Generator().manual_seed(0)))
+    with _raises(ValueError, "training_memory: x_true must have the reconstruction's shape "
+                             "(2, 1, 16, 16)", "got (1, 1, 16, 16)"):
+        training_memory(model, y, torch.zeros(1, 1, 16, 16))
+    with _raises(TypeError, "training_memory: x_true must be a torch.Tensor"):
+        training_memory(model, y, None)

@@ -32,6 +32,7 @@ import numbers
 import torch
 from torch import nn
 
+from ..core import validate
 from ..core.solver import (BACKWARDS, PHANTOM_DEFAULTS, batch_slices, cat_info,
                            check_check_every, check_chunk, check_option, checked_kwargs)
 from ..reference import deq as reference_deq
@@ -255,8 +256,10 @@ class DEQ(nn.Module):
 
         Args:
             v: the injected input [B, ...].
-            z0: starting point [B, ...]; defaults to ``f.init_state(v)`` if f defines it,
-                else ``zeros_like(v)``. Never differentiated.
+            z0: starting point with v's shape and device (else ValueError) and dtype
+                (else TypeError);
+                defaults to ``f.init_state(v)`` if f defines it, else ``zeros_like(v)``.
+                Never differentiated.
 
         Returns:
             z [B, ...]: z* (no grad), f(z*, v) ("ift", "jfb") or k damped steps from z*
@@ -271,6 +274,9 @@ class DEQ(nn.Module):
             if z0 is None:
                 init = getattr(self.f, "init_state", None)
                 z0 = init(v_fixed) if callable(init) else torch.zeros_like(v_fixed)
+            elif isinstance(z0, torch.Tensor):
+                validate.tensor_like(z0, "z0", "DEQ", shape=v.shape, dtype=v.dtype,
+                                     device=v.device, what="v's")
             if isinstance(z0, torch.Tensor):
                 z0 = z0.detach()
             slices = batch_slices(v_fixed.shape[0], self.chunk)

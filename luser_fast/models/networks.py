@@ -229,17 +229,51 @@ class _Unrolled(nn.Module):
             return self.operator.fbp(y)
         return self.operator.adjoint(y)
 
+    def _check_inputs(self, y, x0):
+        """y a tensor in the model's dtype (its real dtype for complex measurements) on the
+        model's device; x0 a point of the operator's domain for y (shape, dtype, device),
+        where the operator can tell (``domain_shape``, ``domain_dtype``)."""
+        fn = type(self).__name__
+        if not isinstance(y, torch.Tensor):
+            raise TypeError(f"{fn}: y must be a torch.Tensor, got {type(y).__name__}")
+        if y.dim() < 1:
+            raise ValueError(f"{fn}: y must have a leading batch dimension, got a 0-d tensor")
+        dtype = self.eta.dtype
+        if (y.real.dtype if y.is_complex() else y.dtype) != dtype:
+            raise TypeError(f"{fn}: y is {y.dtype} but the model's parameters are {dtype}; "
+                            f"convert one of them (y.to(...) or model.to(...))")
+        if y.device != self.eta.device:
+            raise ValueError(f"{fn}: y is on {y.device} but the model is on "
+                             f"{self.eta.device}; move one of them (.to())")
+        if x0 is None:
+            return
+        shape = getattr(self.operator, "domain_shape", lambda y: None)(y)
+        domain_dtype = getattr(self.operator, "domain_dtype", None)
+        validate.tensor_like(x0, "x0", fn, shape=shape,
+                             dtype=domain_dtype(y) if callable(domain_dtype) else None,
+                             device=y.device, what=f"the operator's domain for y of shape "
+                                                   f"{tuple(y.shape)}")
+
     def forward(self, y, x0=None):
         """Reconstruct x from measurements y.
 
         Args:
-            y: measurements, the shape ``operator(x)`` returns.
-            x0: starting image [B, C, H, W] (complex for MRI/NUFFT); default ``initial(y)``.
+            y: measurements [B, ...], the shape ``operator(x)`` returns, in the model's
+                dtype (complex measurements: its complex counterpart) and on its device.
+            x0: starting image [B, C, H, W] (complex for MRI/NUFFT) of the operator's
+                domain for y; default ``initial(y)``.
 
         Returns:
-            x_K, shaped like x0.
+            x_K, shaped like x0 (an empty batch gives x0 as it is).
+
+        Raises:
+            TypeError: y or x0 not a tensor or of another dtype than the model's.
+            ValueError: x0 of another shape or device than the operator's domain for y.
         """
+        self._check_inputs(y, x0)
         x = self.initial(y) if x0 is None else x0
+        if y.shape[0] == 0:       # an empty batch: nothing to solve (the DEQ takes B >= 1)
+            return x
         step = torch.exp(self.eta) / self.lipschitz
         for k in range(self.iterations):
             v = x - step[k] * self.operator.data_grad(x, y)

@@ -132,15 +132,31 @@ def training_memory(model, y, x_true, loss=mse, *, zero_grad=True) -> MemoryRepo
     Args:
         model: a module called as ``model(y)`` returning a reconstruction like ``x_true``.
         y: measurements.
-        x_true: target.
+        x_true: target, shaped like ``model(y)``.
         loss: callable (x_hat, x_true) -> scalar.
         zero_grad: clear parameter gradients first (so their allocation is counted).
 
     Returns:
         MemoryReport.
+
+    Raises:
+        TypeError: y or x_true not a tensor, loss not callable.
+        ValueError: x_true not shaped like the reconstruction (no broadcasting).
     """
+    fn = "training_memory"
     if not callable(loss):
-        raise TypeError("loss must be callable")
+        raise TypeError(f"{fn}: loss must be callable")
+    for name, t in (("y", y), ("x_true", x_true)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{fn}: {name} must be a torch.Tensor, got {type(t).__name__}")
+
+    def step_loss():
+        x_hat = model(y)
+        if x_hat.shape != x_true.shape:
+            raise ValueError(f"{fn}: x_true must have the reconstruction's shape "
+                             f"{tuple(x_hat.shape)} (model(y)), got {tuple(x_true.shape)}")
+        return loss(x_hat, x_true)
+
     device = y.device
     if zero_grad:
         model.zero_grad(set_to_none=True)
@@ -152,14 +168,14 @@ def training_memory(model, y, x_true, loss=mse, *, zero_grad=True) -> MemoryRepo
         base = torch.cuda.memory_allocated(device)
         torch.cuda.reset_peak_memory_stats(device)
         with SavedTensorBytes() as saved:
-            value = loss(model(y), x_true)
+            value = step_loss()
         value.backward()
         torch.cuda.synchronize(device)
         peak = torch.cuda.max_memory_allocated(device) - base
     else:
         with LiveTensorBytes() as live:
             with SavedTensorBytes() as saved:
-                value = loss(model(y), x_true)
+                value = step_loss()
             value.backward()
         peak = live.peak
     seconds = time.perf_counter() - t0
