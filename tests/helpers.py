@@ -38,6 +38,29 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     return (torch.linalg.vector_norm(a - b) / torch.linalg.vector_norm(b)).item()
 
 
+def contractions(dim: int, rates, seed: int = 0, dtype=torch.float64):
+    """Linear fixed-point problems z = W_i z + b_i: symmetric W_i [dim, dim] with eigenvalues
+    spread over [-rate_i, rate_i] (spectral radius rate_i), and b [len(rates), dim]."""
+    g = torch.Generator().manual_seed(seed)
+    ws = []
+    for rate in rates:
+        q, _ = torch.linalg.qr(torch.randn(dim, dim, dtype=torch.float64, generator=g))
+        eig = torch.linspace(-rate, rate, dim, dtype=torch.float64)
+        ws.append(q @ torch.diag(eig) @ q.T)
+    b = torch.randn(len(rates), dim, dtype=torch.float64, generator=g)
+    return torch.stack(ws).to(dtype), b.to(dtype)
+
+
+def linear_map(w: torch.Tensor, b: torch.Tensor):
+    """z [B, D] -> W z + b, batched over the problems of ``contractions``."""
+    return lambda z: (w @ z[..., None])[..., 0] + b
+
+
+def exact_fixed_point(w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """The solution of z = W z + b per problem, [B, D]."""
+    return torch.linalg.solve(torch.eye(w.shape[-1], dtype=w.dtype) - w, b)
+
+
 def ptxas_report(source: str, arch: int, include_dirs=()) -> dict:
     """Compile one .cu file with nvcc for sm_<arch> and parse ``-Xptxas -v``.
 

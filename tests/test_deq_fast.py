@@ -7,6 +7,7 @@ import weakref
 
 import pytest
 import torch
+from helpers import contractions, exact_fixed_point, linear_map, rel_err
 from torch import nn
 
 from luser_fast import deq as fast
@@ -18,30 +19,11 @@ from luser_fast.reference.deq import mixing_weights as _mixing_weights_ref
 D = 48
 
 
+def _problems(rates, seed=0, dtype=torch.float64):
+    return contractions(D, rates, seed, dtype)
+
+
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def _contractions(rates, seed=0, dtype=torch.float64):
-    """W_i = Q diag(eig) Q^T with eigenvalues in [-rate_i, rate_i]; b [B, D]."""
-    g = torch.Generator().manual_seed(seed)
-    Ws = []
-    for rate in rates:
-        q, _ = torch.linalg.qr(torch.randn(D, D, dtype=torch.float64, generator=g))
-        Ws.append(q @ torch.diag(torch.linspace(-rate, rate, D, dtype=torch.float64)) @ q.T)
-    b = torch.randn(len(rates), D, dtype=torch.float64, generator=g)
-    return torch.stack(Ws).to(dtype), b.to(dtype)
-
-
-def _linear(W, b):
-    return lambda z: (W @ z[..., None])[..., 0] + b
-
-
-def _exact(W, b):
-    return torch.linalg.solve(torch.eye(D, dtype=W.dtype) - W, b)
-
-
-def _rel(a, b):
-    return (torch.linalg.vector_norm(a - b) / torch.linalg.vector_norm(b)).item()
 
 
 @pytest.mark.parametrize("m, beta, stop", [(5, 1.0, "rel"), (3, 0.7, "rel"), (6, 1.0, "abs"),
@@ -50,23 +32,23 @@ def test_matches_reference_on_different_contractions(m, beta, stop):
     # Same maths as the reference, so the counts agree to rounding: equal here; at a rate of
     # 0.99 (365+ iterations) m=3, beta=0.7 differs by +-2 either way (X = F - G rounds
     # differently from a stored X).
-    W, b = _contractions([0.3, 0.6, 0.8, 0.95])
-    f = _linear(W, b)
+    W, b = _problems([0.3, 0.6, 0.8, 0.95])
+    f = linear_map(W, b)
     z0 = torch.zeros_like(b)
     kwargs = {"m": m, "beta": beta, "tol": 1e-10, "max_iter": 600, "stop": stop}
     z, info = fast.anderson(f, z0, **kwargs)
     z_ref, info_ref = reference.anderson(f, z0, **kwargs)
     assert info.converged.all() and info_ref.converged.all()
-    exact = _exact(W, b)
+    exact = exact_fixed_point(W, b)
     for i in range(len(b)):                                   # same fixed points, per sample
-        assert _rel(z[i], exact[i]) < 1e-7 and _rel(z[i], z_ref[i]) < 1e-7
+        assert rel_err(z[i], exact[i]) < 1e-7 and rel_err(z[i], z_ref[i]) < 1e-7
     assert (info.iterations <= info_ref.iterations).all(), (info.iterations, info_ref.iterations)
     assert len(set(info.iterations.tolist())) > 1            # each sample keeps its own count
 
 
 def test_fixed_point_matches_reference():
-    W, b = _contractions([0.2, 0.5, 0.8])
-    f = _linear(W, b)
+    W, b = _problems([0.2, 0.5, 0.8])
+    f = linear_map(W, b)
     z, info = fast.fixed_point(f, torch.zeros_like(b), tol=1e-10, max_iter=500)
     z_ref, info_ref = reference.fixed_point(f, torch.zeros_like(b), tol=1e-10, max_iter=500)
     assert torch.equal(info.iterations, info_ref.iterations) and info.converged.all()
@@ -86,12 +68,12 @@ def test_mixing_weights_from_incremental_gram_match_reference():
 @pytest.mark.parametrize("solver", [fast.anderson, fast.fixed_point])
 @pytest.mark.parametrize("check_every", [1, 3, 7])
 def test_frozen_samples_bit_identical(solver, check_every):
-    W, b = _contractions([0.1, 0.4, 0.7, 0.9])
+    W, b = _problems([0.1, 0.4, 0.7, 0.9])
     calls = []
 
     def f(z):
         calls.append(z.clone())
-        return _linear(W, b)(z)
+        return linear_map(W, b)(z)
 
     z, info = solver(f, torch.zeros_like(b), tol=1e-8, max_iter=500, check_every=check_every)
     its = info.iterations.tolist()
@@ -102,16 +84,16 @@ def test_frozen_samples_bit_identical(solver, check_every):
     for i, k in enumerate(its):
         assert all(torch.equal(c[i], z[i]) for c in calls[k - 1:])
         assert not torch.equal(calls[k - 2][i], z[i])
-    z1, info1 = solver(_linear(W, b), torch.zeros_like(b), tol=1e-8, max_iter=500, check_every=1)
+    z1, info1 = solver(linear_map(W, b), torch.zeros_like(b), tol=1e-8, max_iter=500, check_every=1)
     assert torch.equal(z, z1) and torch.equal(info.iterations, info1.iterations)
 
 
 @pytest.mark.parametrize("check_every", [1, 4])
 def test_nan_sample_does_not_poison_others(check_every):
-    W, b = _contractions([0.9] * 4)
+    W, b = _problems([0.9] * 4)
 
     def f(z):
-        out = _linear(W, b)(z).clone()
+        out = linear_map(W, b)(z).clone()
         if torch.count_nonzero(z[1]) > 0:      # sample 1 blows up after its first step
             out[1] = float("nan")
         out[3, 0] = float("inf")               # sample 3 is non-finite from the start
@@ -122,9 +104,9 @@ def test_nan_sample_does_not_poison_others(check_every):
     assert torch.isfinite(z).all()
     assert info.converged.tolist() == [True, False, True, False]
     assert info.iterations[1] == 2 and info.iterations[3] == 1
-    assert _rel(z[[0, 2]], _exact(W, b)[[0, 2]]) < 1e-6
+    assert rel_err(z[[0, 2]], exact_fixed_point(W, b)[[0, 2]]) < 1e-6
     assert torch.equal(z[1], z0[1]) and info.residual[3] == math.inf
-    z_alone, _ = fast.anderson(_linear(W[[0, 2]], b[[0, 2]]), z0[[0, 2]], tol=1e-8, max_iter=500)
+    z_alone, _ = fast.anderson(linear_map(W[[0, 2]], b[[0, 2]]), z0[[0, 2]], tol=1e-8, max_iter=500)
     assert torch.equal(z[[0, 2]], z_alone)     # bit-identical to solving them alone
 
 
@@ -235,12 +217,12 @@ def test_ift_matches_backprop_through_long_unrolled_solve():
         z = f(z, v)
     expected = torch.autograd.grad((z * c).sum(), [v, *f.parameters()])
     for got, want in zip(grads, expected):
-        assert _rel(got, want) < 1e-6
+        assert rel_err(got, want) < 1e-6
 
 
 @pytest.mark.parametrize("solver", ["anderson", "fixed_point"])
 def test_ift_matches_analytic_linear_gradient(solver):
-    W = _contractions([0.9], seed=1)[0][0]
+    W = _problems([0.9], seed=1)[0][0]
     f = LinearF(W)
     layer = fast.DEQ(f, solver=solver, solver_kwargs={"tol": 1e-12, "max_iter": 600},
                      backward_kwargs={"tol": 1e-12, "max_iter": 600, "check_every": 5})

@@ -6,12 +6,17 @@ import weakref
 
 import pytest
 import torch
+from helpers import contractions, exact_fixed_point, linear_map, rel_err
 from torch import nn
 
 from luser_fast.reference import DEQ, SolverInfo, anderson, fixed_point
 
 D = 60
 SOLVERS = [anderson, fixed_point]
+
+
+def _problems(rates, seed=0, dtype=torch.float64):
+    return contractions(D, rates, seed, dtype)
 
 
 @pytest.fixture(autouse=True)
@@ -24,40 +29,16 @@ def _one_thread():
     torch.set_num_threads(threads)
 
 
-def _contractions(rates, seed=0, dtype=torch.float64):
-    """Symmetric W_i with eigenvalues in [-rate_i, rate_i] (spectral radius rate_i)."""
-    g = torch.Generator().manual_seed(seed)
-    Ws = []
-    for rate in rates:
-        q, _ = torch.linalg.qr(torch.randn(D, D, dtype=torch.float64, generator=g))
-        eig = torch.linspace(-rate, rate, D, dtype=torch.float64)
-        Ws.append(q @ torch.diag(eig) @ q.T)
-    b = torch.randn(len(rates), D, dtype=torch.float64, generator=g)
-    return torch.stack(Ws).to(dtype), b.to(dtype)
-
-
-def _linear(W, b):
-    return lambda z: (W @ z[..., None])[..., 0] + b
-
-
-def _exact(W, b):
-    return torch.linalg.solve(torch.eye(D, dtype=W.dtype) - W, b)
-
-
-def _rel(a, b):
-    return (torch.linalg.vector_norm(a - b) / torch.linalg.vector_norm(b)).item()
-
-
 def test_anderson_matches_linear_solve_and_beats_picard():
-    W, b = _contractions([0.95] * 4)
-    f = _linear(W, b)
+    W, b = _problems([0.95] * 4)
+    f = linear_map(W, b)
     z0 = torch.zeros_like(b)
     # tol 1e-10 is reachable only with the scaled Tikhonov weight (an absolute 1e-4 stalls)
     z, info = anderson(f, z0, tol=1e-10, max_iter=500)
     assert info.converged.all()
     assert (info.residual <= 1e-10).all()
     torch.testing.assert_close(info.residual, info.rel_residual, rtol=0, atol=0)
-    assert _rel(z, _exact(W, b)) < 1e-8                         # 1.6e-9 measured
+    assert rel_err(z, exact_fixed_point(W, b)) < 1e-8                         # 1.6e-9 measured
     _, picard = fixed_point(f, z0, tol=1e-10, max_iter=2000)
     assert picard.converged.all()
     assert info.iterations.max() * 2 < picard.iterations.min()  # 164 vs 367 at m=5, measured
@@ -65,12 +46,12 @@ def test_anderson_matches_linear_solve_and_beats_picard():
 
 @pytest.mark.parametrize("solver", SOLVERS)
 def test_per_sample_iterations_and_freezing(solver):
-    W, b = _contractions([0.1, 0.4, 0.7, 0.9])
+    W, b = _problems([0.1, 0.4, 0.7, 0.9])
     calls = []
 
     def f(z):
         calls.append(z.clone())
-        return _linear(W, b)(z)
+        return linear_map(W, b)(z)
 
     z, info = solver(f, torch.zeros_like(b), tol=1e-8, max_iter=500)
     its = info.iterations.tolist()
@@ -86,10 +67,10 @@ def test_per_sample_iterations_and_freezing(solver):
 
 @pytest.mark.parametrize("solver", SOLVERS)
 def test_nan_sample_does_not_poison_others(solver):
-    W, b = _contractions([0.9] * 4)
+    W, b = _problems([0.9] * 4)
 
     def f(z):
-        out = _linear(W, b)(z).clone()
+        out = linear_map(W, b)(z).clone()
         if torch.count_nonzero(z[1]) > 0:      # sample 1 blows up after its first step
             out[1] = float("nan")
         out[3, 0] = float("inf")               # sample 3 is non-finite from the start
@@ -100,7 +81,7 @@ def test_nan_sample_does_not_poison_others(solver):
     assert torch.isfinite(z).all()
     assert info.converged.tolist() == [True, False, True, False]
     assert info.iterations[1] == 2 and info.iterations[3] == 1
-    assert _rel(z[[0, 2]], _exact(W, b)[[0, 2]]) < 1e-6
+    assert rel_err(z[[0, 2]], exact_fixed_point(W, b)[[0, 2]]) < 1e-6
     torch.testing.assert_close(z[1], z0[1], rtol=0, atol=0)    # its best (only) finite iterate
     assert torch.isfinite(info.residual[1]) and info.residual[3] == math.inf
 
@@ -148,7 +129,7 @@ def test_anderson_dtypes(dtype):
                        max_iter=300)
     exact = torch.linalg.solve(torch.eye(n, dtype=dtype) - W, b)
     assert z.dtype == dtype and info.converged.all()
-    assert _rel(z, exact) < 10 * tol                 # error <= residual / (1 - 0.8)
+    assert rel_err(z, exact) < 10 * tol                 # error <= residual / (1 - 0.8)
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
@@ -230,7 +211,7 @@ TIGHT = {"tol": 1e-12, "max_iter": 500}
 @pytest.mark.parametrize("solver", ["anderson", "fixed_point"])
 @pytest.mark.parametrize("v_requires_grad", [True, False])
 def test_ift_matches_analytic_implicit_gradient(solver, v_requires_grad):
-    W = _contractions([0.9], seed=1)[0][0]
+    W = _problems([0.9], seed=1)[0][0]
     f = LinearF(W)
     layer = DEQ(f, solver=solver, solver_kwargs=TIGHT, backward_kwargs=TIGHT)
     v = torch.randn(3, D, dtype=torch.float64, requires_grad=v_requires_grad)
@@ -248,7 +229,7 @@ def test_ift_matches_analytic_implicit_gradient(solver, v_requires_grad):
 
 
 def test_ift_unrolled_steps_share_f_in_one_graph():
-    W = _contractions([0.8], seed=2)[0][0]
+    W = _problems([0.8], seed=2)[0][0]
     f = LinearF(W)
     layer = DEQ(f, solver_kwargs=TIGHT)
     x = torch.randn(2, D, dtype=torch.float64, requires_grad=True)
@@ -356,7 +337,7 @@ def test_jfb_and_phantom_gradients():
     with torch.no_grad():
         torch.testing.assert_close(grads["jfb"], (1 - z.square()) * c)
     # phantom: k damped steps approach the implicit gradient as k grows
-    err = {k: _rel(grads[k], grads["ift"]) for k in ("jfb", "phantom5", "phantom60")}
+    err = {k: rel_err(grads[k], grads["ift"]) for k in ("jfb", "phantom5", "phantom60")}
     assert err["phantom60"] < 1e-6 < err["phantom5"] < err["jfb"], err
 
 
