@@ -32,6 +32,8 @@ def _normalise(arr):
         lo, hi = arr.min(), arr.max()
     if not hi > lo:
         return np.zeros_like(arr)
+    if hi / 2 - lo / 2 > np.finfo(np.float64).max / 2:   # a range beyond float64
+        arr, lo, hi = arr / 2, lo / 2, hi / 2
     return (np.clip(arr, lo, hi) - lo) / (hi - lo)
 
 

@@ -28,6 +28,8 @@ def _to_grey01(arr, path):
     if not np.isfinite(arr).all():
         raise ValueError(f"{path}: image has non-finite values")
     lo, hi = arr.min(), arr.max()
+    if hi / 2 - lo / 2 > np.finfo(np.float64).max / 2:   # a range beyond float64
+        arr, lo, hi = arr / 2, lo / 2, hi / 2
     return (arr - lo) / (hi - lo) if hi > lo else np.zeros_like(arr)
 
 

@@ -36,6 +36,15 @@ def _open(path):
         raise ValueError(f"{path}: not a readable HDF5 file ({exc})") from exc
 
 
+def _finite(arr, path, name, s):
+    """``arr`` (one slice of dataset ``name``), or a ValueError naming the file, the dataset
+    and the slice when it holds NaN or inf."""
+    if not np.isfinite(arr).all():
+        raise ValueError(f"{path}: dataset {name!r} slice {s} has non-finite values "
+                         "(NaN or inf)")
+    return arr
+
+
 def _dataset(fh, path, name, ndim, layout):
     if name not in fh:
         raise ValueError(f"{path}: no dataset {name!r} (a {layout} file has "
@@ -61,7 +70,8 @@ class FastMRISlices:
     ``slice``.
 
     Raises:
-        FileNotFoundError / ValueError naming the file and what is wrong with it.
+        FileNotFoundError / ValueError naming the file and what is wrong with it (``r[i]``:
+        non-finite values in its slice, naming the file, dataset and slice).
     """
 
     layout = "fastMRI single-coil"
@@ -89,8 +99,12 @@ class FastMRISlices:
     def __getitem__(self, i):
         path, s = self._index[i]
         with _open(path) as fh:
-            kspace = torch.from_numpy(np.asarray(fh["kspace"][s])).to(torch.complex64)
-            target = torch.from_numpy(np.asarray(fh[self.target][s], dtype=np.float32))
+            kspace = _finite(np.asarray(fh["kspace"][s]).astype(np.complex64), path,
+                             "kspace", s)
+            target = _finite(np.asarray(fh[self.target][s], dtype=np.float32), path,
+                             self.target, s)
+        kspace = torch.from_numpy(kspace)
+        target = torch.from_numpy(target)
         return {"kspace": kspace, "target": target, "file": path, "slice": s}
 
     def targets(self):
@@ -106,7 +120,8 @@ class LoDoPaB:
             files (all of one kind).
 
     ``len(r)`` counts samples over all files; ``r[i]`` is Tensor [H, W] float32 (an image
-    for ground truth, a [angles, detectors] sinogram for observations).
+    for ground truth, a [angles, detectors] sinogram for observations); a sample with NaN
+    or inf raises ValueError naming the file and the sample.
     """
 
     layout = "LoDoPaB-CT"
@@ -129,7 +144,8 @@ class LoDoPaB:
     def __getitem__(self, i):
         path, s = self._index[i]
         with _open(path) as fh:
-            return torch.from_numpy(np.asarray(fh["data"][s], dtype=np.float32))
+            return torch.from_numpy(_finite(np.asarray(fh["data"][s], dtype=np.float32),
+                                            path, "data", s))
 
     def targets(self):
         """Every sample, as a list of Tensor [H, W] float32."""
