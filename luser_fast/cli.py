@@ -15,6 +15,10 @@ This module parses arguments and calls the library: ``luser_fast.demo.run_demo``
 ``luser_fast.study.run_study`` and ``luser_fast.profile.provenance.environment``.
 
 Multi-process training: ``torchrun --nproc_per_node=N -m luser_fast.cli train ...``.
+
+A user's error (a bad argument, checkpoint or data file, a missing device, a diverged run,
+a full disk) ends the command with one ``luser-fast <command>: error: ...`` line and exit
+status 2 (``USER_ERRORS``); a traceback means a bug.
 """
 from __future__ import annotations
 
@@ -22,6 +26,8 @@ import argparse
 import json
 import shlex
 import sys
+
+from .errors import UserError
 
 
 def _cmd_info(args):
@@ -132,8 +138,19 @@ def _positive_int(text):
     return value
 
 
+def _non_negative_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an int >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be an int >= 0, got {text}")
+    return value
+
+
 def _threads_option(p):
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--threads", type=_non_negative_int, default=0,
+                   help="torch threads (0: torch's default)")
 
 
 def _task_options(p):
@@ -332,19 +349,28 @@ def build_parser():
     return p
 
 
+#: what ends a command with one ``error:`` line and status 2 instead of a traceback: the
+#: user's errors (``luser_fast.errors.UserError``: checkpoints, devices, a diverged run),
+#: rejected arguments and data (``ValueError``, the validation contract) and files that
+#: cannot be read or written (``OSError``: missing, permissions, a full disk). Anything
+#: else is a bug and keeps its traceback.
+USER_ERRORS = (UserError, ValueError, OSError)
+
+
 def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
     args.command_line = shlex.join(["luser-fast", *args.argv])
-    if getattr(args, "threads", 0):
-        import torch
-
-        torch.set_num_threads(args.threads)
     try:
+        if getattr(args, "threads", 0):
+            import torch
+
+            torch.set_num_threads(args.threads)
         return args.func(args)
-    except (ValueError, FileNotFoundError) as exc:
-        parser.exit(2, f"luser-fast {args.command}: error: {exc}\n")
+    except USER_ERRORS as exc:
+        message = " ".join(str(exc).split()) or type(exc).__name__
+        parser.exit(2, f"luser-fast {args.command}: error: {message}\n")
 
 
 if __name__ == "__main__":

@@ -19,9 +19,11 @@ an interrupted write never leaves a truncated checkpoint (a temporary file left 
 process that died is removed when ``train`` next starts in that folder). A checkpoint is
 untrusted input: it holds tensors and plain Python types only, is read with
 ``torch.load(..., weights_only=True)`` (no pickled code runs) and carries a SHA-256
-digest of its content (``checkpoint_digest``) that ``load_checkpoint`` verifies. Under
-``torchrun`` the model is wrapped in ``DistributedDataParallel`` (NCCL on GPUs, gloo on
-CPU) and only rank 0 logs and writes.
+digest of its content (``checkpoint_digest``) that ``load_checkpoint`` verifies;
+``check_checkpoint`` checks its entries, its configs and its step (within its run). A loss
+or weights that turn non-finite stop ``fit`` (``TrainingDivergedError``) and leave the last
+good checkpoint in place. Under ``torchrun`` the model is wrapped in
+``DistributedDataParallel`` (NCCL on GPUs, gloo on CPU) and only rank 0 logs and writes.
 """
 from __future__ import annotations
 
@@ -42,12 +44,13 @@ import torch
 import torch.distributed as dist
 
 from .data import TaskConfig, build_operator, make_task, measure, read_images
+from .errors import CheckpointError, DeviceUnavailableError, TrainingDivergedError
 from .metrics import psnr_per_image, ssim_per_image
 from .experiment import image_grid, magnitude, write_json
 from .profile import mse
 
 __all__ = ["TrainConfig", "build_model", "fit", "train", "evaluate", "reconstruct",
-           "save_checkpoint", "load_checkpoint", "checkpoint_digest", "rng_state", "set_rng_state",
+           "save_checkpoint", "load_checkpoint", "check_checkpoint", "checkpoint_digest", "rng_state", "set_rng_state",
            "CHECKPOINT_FORMAT"]
 
 #: format 2: tensors and plain types only (weights_only loading) and a SHA-256 digest
@@ -286,28 +289,84 @@ def load_checkpoint(path):
 
     Raises:
         FileNotFoundError: no such file.
-        ValueError: naming the file: unreadable, refused (not tensors and plain types
-            only), another format, or content that does not match its digest.
+        CheckpointError (a ValueError): naming the file: unreadable, refused (not
+            tensors and plain types only), another format, or content that does not match
+            its digest.
     """
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no checkpoint {path!r}")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        raise ValueError(f"{path}: not a readable checkpoint: refused by weights-only loading, "
-                         f"which accepts tensors and plain types only ({_refusal(exc)})") from exc
+        raise CheckpointError(f"{path}: not a readable checkpoint: refused by weights-only "
+                              f"loading, which accepts tensors and plain types only "
+                              f"({_refusal(exc)})") from exc
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        raise ValueError(f"{path}: not a readable checkpoint ({type(exc).__name__}: "
-                         f"{first})") from exc
+        raise CheckpointError(f"{path}: not a readable checkpoint ({_first_line(exc)})") from exc
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path}: not a luser-fast train checkpoint (format "
-                         f"{CHECKPOINT_FORMAT!r} expected)")
+        raise CheckpointError(f"{path}: not a luser-fast train checkpoint (format "
+                              f"{CHECKPOINT_FORMAT!r} expected)")
     digest = state.get("sha256")
-    if not isinstance(digest, str) or checkpoint_digest(state) != digest:
-        raise ValueError(f"{path}: checkpoint content does not match its SHA-256 digest "
-                         f"(the file is corrupted or was modified)")
+    try:
+        matches = isinstance(digest, str) and checkpoint_digest(state) == digest
+    except TypeError:
+        matches = False
+    if not matches:
+        raise CheckpointError(f"{path}: checkpoint content does not match its SHA-256 digest "
+                              f"(the file is corrupted or was modified)")
     return state
+
+
+def _first_line(exc):
+    """``Type: first line of the message`` of an exception."""
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
+
+
+#: what a ``train`` checkpoint holds, with the type of each entry
+_ENTRIES = {"task": dict, "train": dict, "step": int, "model": dict, "optimizer": dict,
+            "scheduler": dict, "rng": dict, "history": list, "world_size": int}
+
+
+def check_checkpoint(state, path, keys=tuple(_ENTRIES)):
+    """Check that a loaded checkpoint has the entries ``keys`` with their types, configs
+    that build, and a step within its run (0 <= step <= its total steps, one history row
+    per step).
+
+    Args:
+        state: ``load_checkpoint``'s dict.
+        path: the file (for messages).
+        keys: the entries the caller needs (default: all that ``train`` writes).
+
+    Returns:
+        (TaskConfig, TrainConfig) of the checkpoint.
+
+    Raises:
+        CheckpointError: naming the file and the entry.
+    """
+    for key in dict.fromkeys((*keys, "task", "train")):
+        want = _ENTRIES[key]
+        value = state.get(key)
+        if key not in state or not isinstance(value, want) or (
+                want is int and isinstance(value, bool)):
+            got = "missing" if key not in state else f"a {type(value).__name__}"
+            raise CheckpointError(f"{path}: the checkpoint's {key!r} entry is {got} "
+                                  f"(a {want.__name__} expected)")
+    try:
+        task = TaskConfig(**state["task"])
+        cfg = TrainConfig.from_dict(state["train"])
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"{path}: the checkpoint's configuration is invalid "
+                              f"({_first_line(exc)})") from exc
+    if "step" in keys:
+        step = state["step"]
+        if not 0 <= step <= cfg.total_steps:
+            raise CheckpointError(f"{path}: the checkpoint's step {step} is outside its run "
+                                  f"(0 to {cfg.total_steps} steps)")
+        if "history" in keys and len(state["history"]) != step:
+            raise CheckpointError(f"{path}: the checkpoint's history has "
+                                  f"{len(state['history'])} rows for step {step}")
+    return task, cfg
 
 
 def _remove_stale_tmp(folder):
@@ -367,9 +426,23 @@ def _distributed():
 def _device(cfg, local_rank):
     if cfg.device == "cpu" or (cfg.device == "auto" and not torch.cuda.is_available()):
         return torch.device("cpu")
-    if not torch.cuda.is_available():
-        raise RuntimeError("--device cuda: no CUDA device is available")
+    _check_device("cuda")
     return torch.device("cuda", local_rank)
+
+
+def _check_device(device):
+    """DeviceUnavailableError unless ``device`` ("cpu", "cuda", "cuda:1", ...) is here."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise DeviceUnavailableError(f"--device {device}: no CUDA device is available "
+                                         "(torch.cuda.is_available() is False)")
+        if device.index is not None and device.index >= count:
+            raise DeviceUnavailableError(f"--device {device}: this machine has {count} CUDA "
+                                         "device(s)")
+    elif device.type != "cpu":
+        raise DeviceUnavailableError(f"--device {device}: only cpu and cuda are supported")
 
 
 def rng_state():
@@ -455,6 +528,15 @@ def fit(model, y, x, steps, batch, lr, seed, *, checkpoint=None, meta=None, resu
         LUSER}, from step 1, resumed steps included; loss and psnr are means over the
         global batch), step reached, seconds and sec_per_step of this call's steps,
         checkpoint (path or None), rank, world_size and the trained model.
+
+    Raises:
+        TrainingDivergedError: the loss (checked every step, before the optimiser step)
+            or the weights (checked before every checkpoint) turned non-finite; the last
+            checkpoint written stays as it was, and none with non-finite weights is written.
+        CheckpointError: ``resume`` holds a step outside 0..steps, a history that is not
+            one row per step, or entries that do not fit the model and optimiser.
+        OSError: a checkpoint could not be written (e.g. the disk is full), naming it; the
+            previous checkpoint is kept.
     """
     for name, value in (("steps", steps), ("batch", batch)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -471,11 +553,7 @@ def fit(model, y, x, steps, batch, lr, seed, *, checkpoint=None, meta=None, resu
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
     history, step = [], 0
     if resume is not None:
-        model.load_state_dict(resume["model"])
-        opt.load_state_dict(resume["optimizer"])
-        sched.load_state_dict(resume["scheduler"])
-        history, step = list(resume["history"]), resume["step"]
-        set_rng_state(resume["rng"])
+        history, step = _resume(resume, model, opt, sched, steps, checkpoint)
     net = model
     if world > 1:
         from torch.nn.parallel import DistributedDataParallel
@@ -493,15 +571,38 @@ def fit(model, y, x, steps, batch, lr, seed, *, checkpoint=None, meta=None, resu
     every = log_every or max(1, steps // 10)
     progress = _progress(range(step, end), steps, step, rank, desc)
     t0 = time.perf_counter()
+    # the last checkpoint written (or resumed from), kept when the run diverges
+    good = {"step": step if resume is not None else None}
+
+    def diverged(what, at):
+        if checkpoint is None:
+            kept = "no checkpoint is written"
+        elif good["step"] is None:
+            kept = f"no checkpoint was written to {checkpoint}"
+        else:
+            kept = f"the last good checkpoint, step {good['step']}, is kept in {checkpoint}"
+        return TrainingDivergedError(
+            f"training stopped at step {at}: {what} (non-finite data, a learning rate too "
+            f"large for this model, lr={lr:g}?); {kept}")
 
     def save(at):
+        # every rank checks (the weights are the same on all), so all stop together
+        if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
+            raise diverged("the weights are not finite", at)
         if rank == 0 and checkpoint is not None:
-            save_checkpoint(checkpoint, {
-                **(meta or {}), "step": at, "model": model.state_dict(),
-                "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                "rng": rng_state(), "history": history, "world_size": world})
-            write_json(os.path.join(os.path.dirname(os.path.abspath(checkpoint)),
-                                    "history.json"), history)
+            try:
+                save_checkpoint(checkpoint, {
+                    **(meta or {}), "step": at, "model": model.state_dict(),
+                    "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                    "rng": rng_state(), "history": history, "world_size": world})
+                write_json(os.path.join(os.path.dirname(os.path.abspath(checkpoint)),
+                                        "history.json"), history)
+            except OSError as exc:
+                kept = ("" if good["step"] is None
+                        else f"; the checkpoint of step {good['step']} is kept")
+                raise OSError(exc.errno, f"cannot write the checkpoint of step {at} to "
+                                         f"{checkpoint}: {exc.strerror or exc}{kept}") from exc
+        good["step"] = at
 
     for s in progress:
         t_step = time.perf_counter()
@@ -511,9 +612,12 @@ def fit(model, y, x, steps, batch, lr, seed, *, checkpoint=None, meta=None, resu
         x_hat = net(yb)
         loss = mse(x_hat, xb)
         loss.backward()
+        # the loss averaged over ranks, so every rank stops at the same step
+        row = _step_metrics(s + 1, loss, x_hat, xb, model, world)
+        if not math.isfinite(row["loss"]):
+            raise diverged(f"the training loss is {row['loss']}", s + 1)
         opt.step()
         sched.step()
-        row = _step_metrics(s + 1, loss, x_hat, xb, model, world)
         row["seconds"] = time.perf_counter() - t_step
         history.append(row)
         if rank == 0 and log is not None:
@@ -527,6 +631,32 @@ def fit(model, y, x, steps, batch, lr, seed, *, checkpoint=None, meta=None, resu
     return {"history": history, "step": end, "seconds": seconds,
             "sec_per_step": seconds / max(1, end - start), "checkpoint": checkpoint,
             "rank": rank, "world_size": world, "model": model}
+
+
+def _resume(state, model, opt, sched, steps, checkpoint):
+    """Restore ``fit``'s state from a checkpoint; (history, step). CheckpointError when the
+    step is outside the run or the entries do not fit this model and optimiser."""
+    where = checkpoint or "the resumed checkpoint"
+    step, history = state.get("step"), state.get("history")
+    if isinstance(step, bool) or not isinstance(step, int) or not 0 <= step <= steps:
+        raise CheckpointError(f"{where}: the checkpoint's step {step!r} is outside this run "
+                              f"(0 to {steps} steps)")
+    if not isinstance(history, list) or len(history) != step:
+        raise CheckpointError(f"{where}: the checkpoint's history does not hold one row per "
+                              f"step up to {step}")
+    part = "model"
+    try:
+        model.load_state_dict(state["model"])
+        part = "optimizer"
+        opt.load_state_dict(state["optimizer"])
+        part = "scheduler"
+        sched.load_state_dict(state["scheduler"])
+        part = "rng"
+        set_rng_state(state["rng"])
+    except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as exc:
+        raise CheckpointError(f"{where}: the checkpoint's {part!r} entry does not fit this "
+                              f"run's model and optimiser ({_first_line(exc)})") from exc
+    return list(history), step
 
 
 def train(task: TaskConfig, cfg: TrainConfig, resume=False, log=print):
@@ -555,6 +685,7 @@ def train(task: TaskConfig, cfg: TrainConfig, resume=False, log=print):
         state = None
         if resume:
             state = load_checkpoint(ckpt_path)
+            check_checkpoint(state, ckpt_path)
             _check_same(state, task, cfg, ckpt_path)
         operator = build_operator(task)
         data = make_task(task, "train", cfg.n_train, operator=operator)
@@ -614,12 +745,17 @@ def _report(progress, row, every, total, log):
 
 def _load_model(checkpoint, device):
     """(state, task, cfg, model) of a checkpoint, the model on ``device`` in eval mode."""
+    _check_device(device)
     state = load_checkpoint(checkpoint)
-    task = TaskConfig(**state["task"])
-    cfg = TrainConfig.from_dict(state["train"])
+    task, cfg = check_checkpoint(state, checkpoint, ("task", "train", "step", "model"))
     operator = build_operator(task)
     model = build_model(cfg, operator, 2 if task.task in _COMPLEX_TASKS else 1)
-    model.load_state_dict(state["model"])
+    try:
+        model.load_state_dict(state["model"])
+    except (RuntimeError, ValueError, KeyError, TypeError) as exc:
+        raise CheckpointError(f"{checkpoint}: the checkpoint's weights do not fit the model "
+                              f"its configuration describes ({cfg.model}, depth {cfg.depth}, "
+                              f"{cfg.channels} channels; {_first_line(exc)})") from exc
     model.to(device).eval()
     return state, task, cfg, model
 

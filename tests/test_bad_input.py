@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 import re
 
+import numpy as np
 import pytest
 import torch
 
@@ -374,3 +375,242 @@ def test_training_memory_names_x_true():
         training_memory(model, y, torch.zeros(1, 1, 16, 16))
     with _raises(TypeError, "training_memory: x_true must be a torch.Tensor"):
         training_memory(model, y, None)
+
+
+# --- 7. readers reject non-finite data; a diverging run stops -------------------------------
+
+def _h5(path, **datasets):
+    import h5py
+
+    with h5py.File(path, "w") as fh:
+        for name, value in datasets.items():
+            fh.create_dataset(name, data=value)
+    return str(path)
+
+
+def _with_nan(shape, dtype=float):
+    arr = np.random.default_rng(0).random(shape).astype(dtype)
+    arr[(-1,) + (1,) * (len(shape) - 1)] = np.nan
+    return arr
+
+
+@pytest.mark.parametrize("layout", ["fastmri-target", "fastmri-kspace", "lodopab", "generic"])
+def test_hdf5_readers_reject_non_finite_data(tmp_path, layout):
+    from luser_fast.data import FastMRISlices, read_h5, read_images
+
+    ok = np.random.default_rng(1).random((2, 8, 8))
+    if layout.startswith("fastmri"):
+        kspace = (ok + 1j * ok).astype(np.complex64)
+        target = ok.astype(np.float32)
+        if layout == "fastmri-target":
+            target = _with_nan((2, 8, 8), np.float32)
+            where = "'reconstruction_esc' slice 1"
+        else:
+            kspace = kspace.copy()
+            kspace[1, 3, 3] = np.inf
+            where = "'kspace' slice 1"
+        path = _h5(tmp_path / "knee.h5", kspace=kspace, reconstruction_esc=target)
+        with _raises(ValueError, f"{path}: dataset {where} has non-finite values"):
+            FastMRISlices(path)[1]
+    elif layout == "lodopab":
+        path = _h5(tmp_path / "ground_truth_train_000.hdf5", data=_with_nan((2, 8, 8)))
+        where = "'data' slice 1"
+    else:
+        path = _h5(tmp_path / "images.h5", stack=_with_nan((2, 8, 8)))
+        where = "'stack' image 1"
+    for read in (read_h5, lambda p: read_images(p, size=8)):
+        with _raises(ValueError, f"{path}: ", where.split()[0], "non-finite"):
+            read(path)
+
+
+def test_readers_reject_a_range_beyond_float64_but_take_its_finite_values(tmp_path):
+    from luser_fast.data import read_image
+
+    np.save(tmp_path / "wide.npy", np.array([[-1e308, 1e308], [0.0, 0.0]]))
+    img = read_image(str(tmp_path / "wide.npy"))
+    assert torch.isfinite(img).all() and img.min() == 0 and img.max() == 1
+
+
+def _cli(capsys, *argv):
+    """(exit status, stderr) of ``luser-fast argv``: 0 or the SystemExit code."""
+    from luser_fast.cli import main
+
+    capsys.readouterr()
+    try:
+        code = main([str(a) for a in argv])
+    except SystemExit as exc:
+        code = exc.code
+    return code, capsys.readouterr().err
+
+
+def _one_error_line(err, command):
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith(f"luser-fast {command}: error: "), err
+    assert "Traceback" not in err
+    return lines[0]
+
+
+TINY = ["--size", "16", "--K", "2", "--channels", "4", "--batch", "2", "--n-train", "6",
+        "--threads", "1"]
+
+
+def test_train_on_an_hdf5_file_with_nan_stops_before_training(tmp_path, capsys):
+    path = _h5(tmp_path / "ground_truth_train_000.hdf5", data=_with_nan((8, 20, 20)))
+    code, err = _cli(capsys, "train", "--task", "ct", "--data", path, "--out",
+                     tmp_path / "run", *TINY, "--steps", "2")
+    assert code == 2
+    assert "non-finite" in _one_error_line(err, "train") and path in err
+    assert not (tmp_path / "run" / "last.pt").exists()
+
+
+class _Flaky(torch.nn.Module):
+    """y -> w * y; on call ``nan_at`` the output is NaN, on call ``inf_grad_at`` the
+    gradient of w is inf (the loss stays finite, the weights turn non-finite)."""
+
+    def __init__(self, nan_at=None, inf_grad_at=None):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.ones(()))
+        self.calls, self.nan_at, self.inf_grad_at = 0, nan_at, inf_grad_at
+
+    def forward(self, y):
+        self.calls += 1
+        w = self.w
+        if self.calls == self.inf_grad_at:
+            w = w * 1.0
+            w.register_hook(lambda g: torch.full_like(g, math.inf))
+        out = w * y
+        return out * math.nan if self.calls == self.nan_at else out
+
+
+@pytest.mark.parametrize("fault, step", [("nan_at", 3), ("inf_grad_at", 3)])
+def test_fit_stops_when_training_diverges_and_keeps_the_last_good_checkpoint(
+        tmp_path, fault, step):
+    from luser_fast.errors import TrainingDivergedError
+    from luser_fast.train import CHECKPOINT_FORMAT, fit, load_checkpoint
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(4, 1, 4, 4, generator=g)
+    ckpt = str(tmp_path / "last.pt")
+    model = _Flaky(**{fault: step})
+    with _raises(TrainingDivergedError, f"training stopped at step {step}:",
+                 "the last good checkpoint, step 2, is kept in", ckpt):
+        fit(model, 0.5 * x, x, 6, 2, 0.01, 0, checkpoint=ckpt, ckpt_every=1,
+            meta={"format": CHECKPOINT_FORMAT})
+    state = load_checkpoint(ckpt)
+    assert state["step"] == 2 and torch.isfinite(state["model"]["w"])
+    # no checkpoint yet: says so
+    with _raises(TrainingDivergedError, "at step 1", "no checkpoint was written"):
+        fit(_Flaky(nan_at=1), 0.5 * x, x, 6, 2, 0.01, 0,
+            checkpoint=str(tmp_path / "other" / "last.pt"), ckpt_every=1)
+    assert not (tmp_path / "other" / "last.pt").exists()
+
+
+# --- 9. checkpoints: step, missing entries, spliced weights; the CLI's user errors ----------
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """Two tiny runs (LU and LUSER on CT, 2 steps) and their checkpoints."""
+    from luser_fast.cli import main
+
+    root = tmp_path_factory.mktemp("runs")
+    for model in ("lu", "luser"):
+        assert main(["train", "--task", "ct", "--model", model, "--out", str(root / model),
+                     *TINY, "--steps", "2"]) == 0
+    return root
+
+
+def _altered(trained, tmp_path, run_of="lu", **changes):
+    """A copy of a run whose checkpoint has ``changes`` (None deletes an entry), re-saved
+    with a valid digest (what a careless or crafted edit gives)."""
+    import shutil
+
+    from luser_fast.train import load_checkpoint, save_checkpoint
+
+    run = tmp_path / f"{run_of}-altered"
+    shutil.copytree(trained / run_of, run)
+    state = load_checkpoint(str(run / "last.pt"))
+    for key, value in changes.items():
+        if value is None:
+            del state[key]
+        else:
+            state[key] = value
+    save_checkpoint(str(run / "last.pt"), {k: v for k, v in state.items() if k != "sha256"})
+    return run
+
+
+def _resume(capsys, run, model="lu"):
+    return _cli(capsys, "train", "--task", "ct", "--model", model, "--out", run, *TINY,
+                "--steps", "2", "--resume")
+
+
+@pytest.mark.parametrize("step", [-1, 10 ** 15, 3, True, 2.0])
+def test_checkpoint_with_a_bad_step_is_refused(trained, tmp_path, capsys, step):
+    run = _altered(trained, tmp_path, step=step)
+    for code, err, command in ((*_cli(capsys, "eval", run / "last.pt", "--n", "1"), "eval"),
+                               (*_resume(capsys, run), "train")):
+        assert code == 2
+        line = _one_error_line(err, command)
+        assert str(run / "last.pt") in line and "step" in line
+
+
+@pytest.mark.parametrize("missing", ["rng", "model", "optimizer", "history", "task"])
+def test_checkpoint_missing_an_entry_is_refused(trained, tmp_path, capsys, missing):
+    run = _altered(trained, tmp_path, **{missing: None})
+    code, err = _resume(capsys, run)
+    assert code == 2
+    assert f"the checkpoint's {missing!r} entry is missing" in _one_error_line(err, "train")
+
+
+def test_spliced_checkpoint_is_refused(trained, tmp_path, capsys):
+    from luser_fast.train import load_checkpoint
+
+    luser = load_checkpoint(str(trained / "luser" / "last.pt"))
+    run = _altered(trained, tmp_path, run_of="lu", model=luser["model"])
+    code, err = _cli(capsys, "eval", run / "last.pt", "--n", "1")
+    assert code == 2
+    assert "weights do not fit the model its configuration describes (lu" in \
+        _one_error_line(err, "eval")
+    code, err = _resume(capsys, run)
+    assert code == 2
+    assert "'model' entry does not fit" in _one_error_line(err, "train")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+@pytest.mark.parametrize("command", ["train", "eval", "reconstruct"])
+def test_device_cuda_without_cuda_is_one_error_line(trained, tmp_path, capsys, command):
+    ckpt = trained / "lu" / "last.pt"
+    argv = {"train": ["train", "--task", "ct", "--out", tmp_path / "r", *TINY, "--steps", "1"],
+            "eval": ["eval", ckpt],
+            "reconstruct": ["reconstruct", ckpt, "--measurements", "y.npy", "--out", "x.npy"]}
+    code, err = _cli(capsys, *argv[command], "--device", "cuda")
+    assert code == 2
+    assert "--device cuda: no CUDA device is available" in _one_error_line(err, command)
+
+
+def test_negative_threads_is_an_argument_error(capsys):
+    code, err = _cli(capsys, "train", "--task", "ct", "--threads", "-3")
+    assert code == 2
+    assert "argument --threads: must be an int >= 0, got -3" in err
+    assert "Traceback" not in err
+
+
+def test_disk_full_is_one_error_line_and_keeps_the_checkpoint(trained, tmp_path, capsys,
+                                                              monkeypatch):
+    import errno
+    import shutil
+
+    run = tmp_path / "full"
+    shutil.copytree(trained / "lu", run)
+    before = (run / "last.pt").read_bytes()
+
+    def no_space(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", no_space)
+    code, err = _cli(capsys, "train", "--task", "ct", "--model", "lu", "--out", run, *TINY,
+                     "--steps", "2")
+    assert code == 2
+    line = _one_error_line(err, "train")
+    assert "No space left on device" in line and str(run / "last.pt") in line
+    assert (run / "last.pt").read_bytes() == before
+    assert not [p for p in run.iterdir() if p.name.endswith(".tmp")]
