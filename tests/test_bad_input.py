@@ -15,8 +15,11 @@ import torch
 from luser_fast import LU, LUSER, MRI, NUFFT, Blur, Radon, ops
 from luser_fast.core import radon_geometry as geo
 from luser_fast.core import validate
+from luser_fast.ops import nufft as nufft_ops
 from luser_fast.ops import radon as radon_ops
-from luser_fast.reference import radon_adjoint_ref, radon_forward_ref
+from luser_fast.physics.nufft import pipe_density
+from luser_fast.reference import radon_adjoint_ref, radon_fbp_ref, radon_forward_ref
+from luser_fast.reference.nufft import NufftPlan, nudft_type1, nufft_type1_ref
 
 LF = torch.ops.luser_fast
 ANGLES = torch.tensor([0.1, 0.9, 2.0], dtype=torch.float64)
@@ -206,10 +209,24 @@ IMAGE_SIZE_USERS = {
     "radon_adjoint_ref": lambda s: radon_adjoint_ref(torch.zeros(1, 3, 4), ANGLES, s, 4),
     "nufft_type1": lambda s: ops.nufft_type1(torch.zeros(1, 3, dtype=torch.complex64),
                                              torch.zeros(3, 2), s),
+    "radon_fbp_ref": lambda s: radon_fbp_ref(torch.zeros(1, 3, 4), ANGLES, s, 4),
+    "pipe_density": lambda s: pipe_density(torch.zeros(3, 2), s),
+    "NufftPlan": lambda s: NufftPlan(torch.zeros(3, 2), s),
+    "nufft_type1_ref": lambda s: nufft_type1_ref(torch.zeros(1, 3, dtype=torch.complex64),
+                                                 torch.zeros(3, 2), s),
+    "nudft_type1": lambda s: nudft_type1(torch.zeros(1, 3, dtype=torch.complex64),
+                                         torch.zeros(3, 2), s),
+    "plan_for": lambda s: nufft_ops.plan_for(torch.zeros(3, 2), s),
+    "gridding_plan": lambda s: nufft_ops.gridding_plan(torch.zeros(3, 2), s),
 }
+#: ops/nufft.py's plan functions take image_size unchecked (not this file's to change)
+_UNCHECKED = pytest.mark.xfail(strict=False, reason="plan_for / gridding_plan do not "
+                                                    "validate image_size yet")
 
 
-@pytest.mark.parametrize("name", sorted(IMAGE_SIZE_USERS))
+@pytest.mark.parametrize("name", [
+    pytest.param(n, marks=_UNCHECKED) if n in ("plan_for", "gridding_plan") else n
+    for n in sorted(IMAGE_SIZE_USERS)])
 @pytest.mark.parametrize("size, exc", [(2.5, TypeError), (None, TypeError), ("8", TypeError),
                                        ((8, 2.0), TypeError), ((8,), TypeError),
                                        (0, ValueError), ((8, -1), ValueError)])
