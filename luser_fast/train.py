@@ -50,8 +50,8 @@ from .experiment import image_grid, magnitude, write_json
 from .profile import mse
 
 __all__ = ["TrainConfig", "build_model", "fit", "train", "evaluate", "reconstruct",
-           "save_checkpoint", "load_checkpoint", "check_checkpoint", "checkpoint_digest", "rng_state", "set_rng_state",
-           "CHECKPOINT_FORMAT"]
+           "save_checkpoint", "load_checkpoint", "check_checkpoint", "checkpoint_digest",
+           "rng_state", "set_rng_state", "CHECKPOINT_FORMAT"]
 
 #: format 2: tensors and plain types only (weights_only loading) and a SHA-256 digest
 CHECKPOINT_FORMAT = "luser_fast-train-2"
@@ -590,18 +590,21 @@ def fit(model, y, x, steps, batch, lr, seed, *, checkpoint=None, meta=None, resu
         if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
             raise diverged("the weights are not finite", at)
         if rank == 0 and checkpoint is not None:
+            target = checkpoint
             try:
                 save_checkpoint(checkpoint, {
                     **(meta or {}), "step": at, "model": model.state_dict(),
                     "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                     "rng": rng_state(), "history": history, "world_size": world})
-                write_json(os.path.join(os.path.dirname(os.path.abspath(checkpoint)),
-                                        "history.json"), history)
+                good["step"] = at
+                target = os.path.join(os.path.dirname(os.path.abspath(checkpoint)),
+                                      "history.json")
+                write_json(target, history)
             except OSError as exc:
                 kept = ("" if good["step"] is None
-                        else f"; the checkpoint of step {good['step']} is kept")
-                raise OSError(exc.errno, f"cannot write the checkpoint of step {at} to "
-                                         f"{checkpoint}: {exc.strerror or exc}{kept}") from exc
+                        else f"; the checkpoint of step {good['step']} is in {checkpoint}")
+                raise OSError(exc.errno, f"cannot write {target} at step {at}: "
+                                         f"{exc.strerror or exc}{kept}") from exc
         good["step"] = at
 
     for s in progress:
