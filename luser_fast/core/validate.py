@@ -8,7 +8,13 @@ The message starts with the name of the public function or class that was called
 (``fn``) and names the argument: ``"radon_forward: angles must be finite"``.
 
 Value checks that need the data (finiteness, ranges of a trajectory) are skipped while
-``torch.compile`` traces, where the data is symbolic; eager calls always run them.
+``torch.compile`` traces, where the data is symbolic, and on ``meta`` tensors, which have
+none; eager calls on data always run them.
+
+Besides the argument kinds: ``same_device`` (tensor arguments on one device, naming the
+one that is not), ``tensor_like`` (a tensor of a given shape / dtype / device) and
+``allocation`` (a tensor that cannot fit, ``MAX_BYTES`` or the device's memory, is refused
+with the bytes asked before it reaches the allocator).
 """
 from __future__ import annotations
 
@@ -256,8 +262,7 @@ def allocation(fn: str, name: str, shape, dtype: torch.dtype, device) -> int:
     if device.type == "meta" or _tracing():
         return 0
     numel = math.prod(int(s) for s in shape)
-    itemsize = torch.empty((), dtype=dtype, device="meta").element_size()
-    nbytes = numel * itemsize
+    nbytes = numel * dtype.itemsize
     memory = device_memory(device)
     limit = MAX_BYTES if memory is None else min(MAX_BYTES, memory)
     if nbytes > limit:
