@@ -88,14 +88,15 @@ def test_matches_exact_nudft(tol, dtype, traj, size, oversamp):
 @pytest.mark.parametrize("tol, oversamp", [(1e-2, 2.0), (1e-6, 2.0), (1e-4, 1.25), (1e-6, 1.25),
                                            (1e-12, 1.25)])
 def test_matches_reference_gridding(dtype, tol, oversamp):
-    """Same kernel, same grid: widths 3 .. 22 (one vector per row, several, and the
-    runtime-width loop beyond 16), batches larger than one spreading chunk."""
+    """Same kernel, same grid: widths 3 .. 18 (one vector per row, several, and the
+    runtime-width loop beyond 16), batches larger than one spreading chunk. The plan is
+    built for the data's dtype: below complex64's floor its kernel is narrower."""
     g = torch.Generator().manual_seed(2)
     k = torch.cat((random_traj(300, 3), radial_traj(9, 30)))
     size = (19, 12)
     x = randn_like_dtype((3, 7, *size), dtype, g)
     y = randn_like_dtype((3, 7, k.shape[0]), dtype, g)
-    plan = NufftPlan(k, size, tol, oversamp)
+    plan = NufftPlan(k, size, tol, oversamp, dtype)
     assert rel_err(nufft_type2(x, k, tol, oversamp), plan.type2(x)) <= SAME_AS_REF[dtype]
     assert rel_err(nufft_type1(y, k, size, tol, oversamp), plan.type1(y)) <= SAME_AS_REF[dtype]
 
@@ -273,6 +274,115 @@ def test_plan_is_cached_with_the_trajectory(monkeypatch):
     assert len(built) == before + 1
 
 
+def _write_numpy(k, arr):
+    arr *= 0.5
+
+
+def _write_data(k, arr):
+    k.data.mul_(0.5)
+
+
+def _write_one_value(k, arr):
+    k.data[7, 1] += 1e-9
+
+
+def _write_set(k, arr):
+    k.data = k.detach()[::2] * 0.5           # a new shape and storage under the same tensor
+
+
+@pytest.mark.parametrize("write", [_write_numpy, _write_data, _write_one_value, _write_set])
+@pytest.mark.parametrize("backend", ["cpu", "reference"])
+def test_plan_follows_writes_that_bypass_the_version_counter(write, backend):
+    """Writes through shared NumPy memory, ``.data`` (of all values or one) or a swapped
+    ``.data`` do not bump ``_version``; the plan cache compares values, so results follow
+    (issue 14, item 4: before, the old plan's values came back)."""
+    if backend == "cpu" and not HAS_EXT:
+        pytest.skip("the C++ extension is not built")
+    g = torch.Generator().manual_seed(30)
+    arr = random_traj(120, 31).numpy().copy()
+    k = torch.from_numpy(arr)
+    x = randn_like_dtype((2, 9, 10), torch.complex128, g)
+    y = randn_like_dtype((2, 120), torch.complex128, g)
+    before = nufft_type2(x, k, 1e-10, backend=backend)
+    nufft_type1(y, k, (9, 10), 1e-10, backend=backend)
+    version = k._version
+    write(k, arr)
+    assert k._version == version
+    got2 = nufft_type2(x, k, 1e-10, backend=backend)
+    assert rel_err(got2, nudft_type2(x, k)) <= 1e-10
+    assert not torch.equal(got2, before)
+    if k.shape[0] == 120:
+        assert rel_err(nufft_type1(y, k, (9, 10), 1e-10, backend=backend),
+                       nudft_type1(y, k, (9, 10))) <= 1e-10
+
+
+@needs_ext
+def test_cache_key_is_the_values(monkeypatch):
+    """Same values, same plan (no rebuild per call); a tensor whose values changed and
+    changed back also reuses nothing stale."""
+    built = []
+    init = nufft_ops.CompiledPlan.__init__
+
+    def counting(self, *args, **kwargs):
+        built.append(args[1])
+        init(self, *args, **kwargs)
+
+    monkeypatch.setattr(nufft_ops.CompiledPlan, "__init__", counting)
+    g = torch.Generator().manual_seed(32)
+    k = random_traj(90, 33)
+    x = randn_like_dtype((9, 10), torch.complex64, g)
+    for _ in range(3):
+        nufft_type2(x, k, 1e-3)
+    assert len(built) == 1
+    k.data[0, 0] = 0.25
+    want = nudft_type2(x.to(torch.complex128), k)
+    assert rel_err(nufft_type2(x, k, 1e-3).to(torch.complex128), want) <= 1e-3
+    assert len(built) == 2
+    # complex64 and complex128 share the plan where they choose the same kernel
+    nufft_type2(x.to(torch.complex128), k, 1e-3)
+    assert len(built) == 2
+    # the comparison is exact: one ulp of one coordinate is a new trajectory
+    plan = nufft_ops.plan_for(k, (9, 10), 1e-3, dtype=torch.complex64)
+    assert nufft_ops.plan_for(k, (9, 10), 1e-3, dtype=torch.complex64) is plan
+    k.data[5, 1] = torch.nextafter(k[5, 1], torch.tensor(4.0, dtype=k.dtype))
+    assert nufft_ops.plan_for(k, (9, 10), 1e-3, dtype=torch.complex64) is not plan
+
+
+def test_gradcheck_ktraj_through_the_public_function():
+    """gradcheck perturbs ktraj through ``.data``-like writes that leave ``_version``
+    alone: with a version-keyed cache the numerical Jacobian saw stale plans."""
+    g = torch.Generator().manual_seed(34)
+    k = (random_traj(6, 35) * 0.9).requires_grad_()
+    x = randn_like_dtype((2, 5, 4), torch.complex128, g).requires_grad_()
+    y = randn_like_dtype((2, 6), torch.complex128, g).requires_grad_()
+    assert torch.autograd.gradcheck(lambda a, b: nufft_type2(a, b, 1e-12), (x, k))
+    assert torch.autograd.gradcheck(lambda a, b: nufft_type1(a, b, (5, 4), 1e-12), (y, k))
+
+
+@pytest.mark.parametrize("source", ["tensor", "numpy"])
+def test_operator_keeps_its_own_trajectory(source):
+    """NUFFT copies ktraj (and density) at construction: writing to the caller's tensor or
+    NumPy array afterwards changes nothing; writing to ``op.ktraj`` itself is followed by
+    forward, adjoint and the cached Toeplitz kernel alike."""
+    g = torch.Generator().manual_seed(36)
+    arr = radial_traj(10, 24).numpy().copy()
+    k = torch.from_numpy(arr) if source == "tensor" else arr
+    dens = torch.rand(arr.shape[0], dtype=torch.float64, generator=g) + 0.5
+    op = NUFFT(k, (12, 10), density=dens, tol=1e-9)
+    x = randn_like_dtype((1, 1, 12, 10), torch.complex128, g)
+    y0, n0 = op(x), op.normal(x)
+    arr *= 0.5
+    dens.mul_(3.0)
+    assert torch.equal(op.ktraj, torch.from_numpy(arr) * 2)
+    assert torch.equal(op(x), y0) and torch.equal(op.normal(x), n0)
+    op.ktraj.data.mul_(0.5)                   # the operator's own buffer: followed
+    fresh = NUFFT(op.ktraj.clone(), (12, 10), density=op.density, tol=1e-9)
+    assert torch.equal(op(x), fresh(x))
+    assert torch.equal(op.normal(x), fresh.normal(x))
+    op.density.data.mul_(2.0)
+    assert rel_err(op.normal(x), 2 * fresh.normal(x)) < 1e-12
+
+
 # --- physics operator ------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
@@ -375,7 +485,7 @@ def test_reference_serves_without_extension():
         op, base = luser_fast.NUFFT(k, 8), RefNUFFT(k, 8)
         x = torch.randn(2, 1, 8, 8, dtype=torch.complex128, requires_grad=True)
         assert torch.equal(op(x), base(x))
-        y = torch.ops.luser_fast.nufft_type2(x, k, 1e-6, 2.0)
+        y = torch.ops.luser_fast.nufft_type2(x, k, 1e-6)      # oversamp None: as the operator
         try:
             ops.plan_for(k, (8, 8))
             raise AssertionError("plan_for built a compiled plan without the extension")

@@ -8,7 +8,16 @@ Everything that makes the NUFFT fast, in one place:
   the pure-PyTorch reference (``luser_fast/reference/nufft.py``) wherever neither serves;
 - the plan cache: a trajectory's stencils, kernel weights and bin sort are computed once
   and kept with the ``ktraj`` tensor itself (a weak-keyed cache, so a plan lives exactly as
-  long as its trajectory; an operator holding ``ktraj`` as a buffer keeps its plan);
+  long as its trajectory; an operator holding ``ktraj`` as a buffer keeps its plan). The
+  cache is keyed on the trajectory's *values*, not on the tensor's version counter: it
+  keeps a private copy of the values its plans were built from and compares it with
+  ``ktraj`` on every lookup (``torch.equal``: exact, on ktraj's device; ~0.1 ms for
+  100,000 points on one CPU core), so writes that bypass the version counter (through
+  shared NumPy memory, ``.data``, DLPack, gradcheck's perturbations) rebuild the plan
+  instead of returning stale results;
+- the kernel choice: ``luser_fast.core.nufft_kernel.choose_kernel`` picks the width, shape
+  and (for ``oversamp=None``) the oversampling from tol and the data's precision, so
+  complex64 and complex128 calls may use different kernels (and plans) at the same tol;
 - ``register_fake`` and ``register_autograd``: type 2 and type 1 are each other's adjoint,
   so each backward is the other op; the gradient with respect to ``ktraj`` is two more
   type-2 transforms (of the input weighted by the centred pixel index);
@@ -44,12 +53,13 @@ __all__ = ["nufft_type2", "nufft_type1", "plan_for"]
 
 #: op schemas (without the name)
 SCHEMAS = {
-    "nufft_type2": "(Tensor image, Tensor ktraj, float tol=1e-06, float oversamp=2.0) -> Tensor",
+    "nufft_type2": "(Tensor image, Tensor ktraj, float tol=1e-06, float? oversamp=None) -> Tensor",
     "nufft_type1": "(Tensor values, Tensor ktraj, SymInt[2] image_size, float tol=1e-06, "
-                   "float oversamp=2.0) -> Tensor",
+                   "float? oversamp=None) -> Tensor",
 }
 #: widest kernel the compiled kernels take (``kMaxWidth`` in csrc/nufft/es_kernel.h);
-#: wider ones (tol below ~1e-19 at oversampling 1.25) are served by the reference
+#: wider ones are served by the reference (``choose_kernel`` stops at the accuracy floor,
+#: at most 18 cells at any oversampling, so only a lowered limit reaches this)
 MAX_WIDTH = 32
 #: preferred bin side in grid cells: CPU (a bin's stencil rows for 8 coils stay in L1/L2)
 #: and CUDA (one shared-memory tile per bin)
@@ -59,7 +69,7 @@ _CUDA_BIN = 32
 _CUDA_SMEM = 48 * 1024
 #: points per CUDA spreading block (a bin with more points is split)
 _CUDA_SUBPROBLEM = 1024
-#: plans kept per trajectory tensor (image sizes x tolerances x devices)
+#: plans kept per trajectory tensor (image sizes x kernels x devices)
 _PLANS_PER_TRAJ = 8
 #: scratch memory a plan may keep between calls (``_Workspace``)
 _SCRATCH_BYTES = 256 * 2 ** 20
@@ -81,9 +91,10 @@ def _bin_count(n: int, width: int, preferred: int) -> int:
 
 
 class CompiledPlan:
-    """A trajectory's gridding plan for one image size, tolerance and device.
+    """A trajectory's gridding plan for one image size, kernel and device.
 
-    Holds the kernel (width, beta), the grid (n0, n1), the deapodisation factors and, for
+    Holds the kernel (width, beta; ``choose_kernel(tol, oversamp, dtype)``), the resolved
+    ``oversamp``, the grid (n0, n1), the deapodisation factors and, for
     the compiled kernels, the bin-sorted stencils of the trajectory with the axes swapped
     (rows along W; see the module docstring): ``order`` [M] int64 (sorted -> input
     index), ``start`` [M, 2] int32 (wrapped first stencil cell, row then column),
@@ -93,17 +104,21 @@ class CompiledPlan:
         ktraj: [M, 2] radians in [-pi, pi] (validated by the caller).
         image_size: (H, W).
         tol: target relative error in (0, 0.1].
-        oversamp: grid oversampling sigma > 1.
+        oversamp: grid oversampling sigma > 1, or None (chosen from tol and dtype).
         device: where the plan lives (and runs).
         kind: "cpu" (C++ kernels) or "cuda" (CUDA kernels).
+        dtype: the data's complex dtype, whose precision the kernel is chosen for (the
+            plan runs either precision: ``weights`` and ``deapod`` convert).
     """
 
     def __init__(self, ktraj: torch.Tensor, image_size: tuple[int, int], tol: float,
-                 oversamp: float, device: torch.device, kind: str):
+                 oversamp: float | None, device: torch.device, kind: str,
+                 dtype: torch.dtype = torch.complex128):
         self.image_size = tuple(int(s) for s in image_size)
-        self.tol, self.oversamp, self.kind, self.device = float(tol), float(oversamp), kind, device
-        self.width, self.beta = nufft_kernel.kernel_params(tol, oversamp)
-        self.grid_size = nufft_kernel.grid_size(self.image_size, oversamp, self.width)
+        choice = nufft_kernel.choose_kernel(tol, oversamp, dtype)
+        self.tol, self.oversamp, self.kind, self.device = float(tol), choice.oversamp, kind, device
+        self.width, self.beta = choice.width, choice.beta
+        self.grid_size = nufft_kernel.grid_size(self.image_size, self.oversamp, self.width)
         self.n_points = int(ktraj.shape[0])
         self._weights = {}
         self._deapod = {}
@@ -201,7 +216,35 @@ class _Workspace:
         return t
 
 
+class _Trajectory:
+    """A cached trajectory: a private copy of the values its plans were built from, and
+    the plans (key: image size, oversamp, width, beta, device)."""
+
+    __slots__ = ("values", "plans")
+
+    def __init__(self, values: torch.Tensor):
+        self.values, self.plans = values, {}
+
+    def holds(self, k: torch.Tensor) -> bool:
+        """True when ``k`` has exactly the values the plans were built from."""
+        v = self.values
+        return (v.dtype == k.dtype and v.shape == k.shape and v.device == k.device
+                and torch.equal(v, k))
+
+
+#: ktraj tensor -> _Trajectory (weak keys: an entry lives as long as its tensor)
 _PLANS = WeakIdKeyDictionary()
+
+
+def _trajectory(ktraj: torch.Tensor) -> _Trajectory:
+    """``ktraj``'s cache entry, rebuilt (plans dropped) when its values have changed since
+    the plans were built, however they were written."""
+    k = ktraj.detach()
+    entry = _PLANS.get(ktraj)
+    if entry is None or not entry.holds(k):
+        entry = _Trajectory(k.clone())
+        _PLANS[ktraj] = entry
+    return entry
 
 
 def _fast_kind(device: torch.device) -> str | None:
@@ -212,54 +255,59 @@ def _fast_kind(device: torch.device) -> str | None:
     return None
 
 
-def _unserved(device: torch.device, tol: float, oversamp: float) -> str | None:
+def _unserved(device: torch.device, tol: float, oversamp: float | None,
+              dtype: torch.dtype) -> str | None:
     """Why no compiled kernel serves this transform (None: one does)."""
     if _fast_kind(device) is None:
         return f"no compiled NUFFT kernels for {device.type} (extension or CuPy missing)"
-    width = nufft_kernel.kernel_params(tol, oversamp)[0]
-    if width > MAX_WIDTH:
-        return (f"tol={tol:g} at oversamp={oversamp:g} needs a kernel of width {width} > "
-                f"{MAX_WIDTH}, the compiled kernels' limit")
+    choice = nufft_kernel.choose_kernel(tol, oversamp, dtype)
+    if choice.width > MAX_WIDTH:
+        return (f"tol={tol:g} at oversamp={choice.oversamp:g} needs a kernel of width "
+                f"{choice.width} > {MAX_WIDTH}, the compiled kernels' limit")
     return None
 
 
-def plan_for(ktraj: torch.Tensor, image_size, tol: float = 1e-6, oversamp: float = 2.0,
-             device: torch.device | None = None) -> CompiledPlan:
-    """The cached compiled plan of ``ktraj`` (built on first use; rebuilt if ktraj changes
-    in place).
+def plan_for(ktraj: torch.Tensor, image_size, tol: float = 1e-6, oversamp: float | None = None,
+             device: torch.device | None = None,
+             dtype: torch.dtype = torch.complex128) -> CompiledPlan:
+    """The cached compiled plan of ``ktraj`` (built on first use; rebuilt when ktraj's
+    values change, however they are written).
 
     Args:
         ktraj: [M, 2] radians in [-pi, pi].
         image_size: (H, W).
-        tol, oversamp: kernel accuracy and grid oversampling.
+        tol, oversamp: kernel accuracy and grid oversampling (None: chosen from tol and
+            dtype).
         device: the plan's device (default: ktraj's); a compiled kernel must serve it.
+        dtype: the complex dtype of the data, whose precision the kernel is chosen for.
 
     Returns:
-        The ``CompiledPlan``; it lives as long as the ``ktraj`` tensor object.
+        The ``CompiledPlan``; it lives as long as the ``ktraj`` tensor object keeps its
+        values. Calls whose (tol, oversamp, dtype) choose the same kernel share one plan.
 
     Raises:
         RuntimeError: no compiled kernel serves ``device`` at this tol/oversamp.
     """
     device = torch.device(device) if device is not None else ktraj.device
-    reason = _unserved(device, tol, oversamp)
+    reason = _unserved(device, tol, oversamp, dtype)
     if reason is not None:
         raise RuntimeError(f"plan_for: {reason}")
-    key = (tuple(int(s) for s in image_size), float(tol), float(oversamp), str(device))
-    version = ktraj._version
-    entry = _PLANS.get(ktraj)
-    if entry is None or entry[0] != version:
-        entry = (version, {})
-        _PLANS[ktraj] = entry
-    plans = entry[1]
+    choice = nufft_kernel.choose_kernel(tol, oversamp, dtype)
+    key = (tuple(int(s) for s in image_size), choice.oversamp, choice.width, choice.beta,
+           str(device))
+    entry = _trajectory(ktraj)
+    plans = entry.plans
     if key not in plans:
         if len(plans) >= _PLANS_PER_TRAJ:
             plans.pop(next(iter(plans)))
-        plans[key] = CompiledPlan(ktraj, key[0], tol, oversamp, device, _fast_kind(device))
+        plans[key] = CompiledPlan(entry.values, key[0], tol, oversamp, device,
+                                  _fast_kind(device), dtype)
     return plans[key]
 
 
-def gridding_plan(ktraj: torch.Tensor, image_size, tol: float = 1e-6, oversamp: float = 2.0,
-                  *, backend: str | None = None):
+def gridding_plan(ktraj: torch.Tensor, image_size, tol: float = 1e-6,
+                  oversamp: float | None = None, *, dtype: torch.dtype = torch.complex128,
+                  backend: str | None = None):
     """The gridding plan (``spread``, ``interp``, ``width``, ``beta``, ``grid_size``) of the
     implementation that serves ``nufft_type1`` on ktraj's device: a ``CompiledPlan`` or
     the reference ``NufftPlan``.
@@ -267,15 +315,16 @@ def gridding_plan(ktraj: torch.Tensor, image_size, tol: float = 1e-6, oversamp: 
     Args:
         ktraj: [M, 2] validated trajectory.
         image_size: (H, W).
-        tol, oversamp: validated accuracy.
+        tol, oversamp: validated accuracy (oversamp None: chosen from tol and dtype).
+        dtype: the complex dtype the plan will run in.
         backend: as in ``nufft_type1``.
     """
     if backends.select("nufft_type1", ktraj.device.type, backend) != "reference":
-        reason = _unserved(ktraj.device, tol, oversamp)
+        reason = _unserved(ktraj.device, tol, oversamp, dtype)
         if reason is None:
-            return plan_for(ktraj, image_size, tol, oversamp)
+            return plan_for(ktraj, image_size, tol, oversamp, dtype=dtype)
         backends.fallback("nufft_type1", reason)
-    return NufftPlan(ktraj, image_size, tol, oversamp)
+    return NufftPlan(ktraj, image_size, tol, oversamp, dtype=dtype)
 
 
 # --- the transforms on a plan ------------------------------------------------------------------
@@ -367,22 +416,24 @@ def _check_raw(fn, **tensors):
 
 # The dispatcher drops trailing arguments equal to their schema defaults, so every Python
 # kernel below repeats the defaults.
-def _type2_kernel(image, ktraj, tol=1e-6, oversamp=2.0):
+def _type2_kernel(image, ktraj, tol=1e-6, oversamp=None):
     _check_raw("nufft_type2", image=image, ktraj=ktraj)
-    reason = _unserved(image.device, tol, oversamp)
+    reason = _unserved(image.device, tol, oversamp, image.dtype)
     if reason is not None:
         backends.fallback("nufft_type2", reason)
         return nufft_type2_ref(image, ktraj, tol, oversamp)
-    return _type2(plan_for(ktraj, image.shape[-2:], tol, oversamp, device=image.device), image)
+    return _type2(plan_for(ktraj, image.shape[-2:], tol, oversamp, device=image.device,
+                           dtype=image.dtype), image)
 
 
-def _type1_kernel(values, ktraj, image_size, tol=1e-6, oversamp=2.0):
+def _type1_kernel(values, ktraj, image_size, tol=1e-6, oversamp=None):
     _check_raw("nufft_type1", values=values, ktraj=ktraj)
-    reason = _unserved(values.device, tol, oversamp)
+    reason = _unserved(values.device, tol, oversamp, values.dtype)
     if reason is not None:
         backends.fallback("nufft_type1", reason)
         return nufft_type1_ref(values, ktraj, image_size, tol, oversamp)
-    return _type1(plan_for(ktraj, image_size, tol, oversamp, device=values.device), values)
+    return _type1(plan_for(ktraj, image_size, tol, oversamp, device=values.device,
+                           dtype=values.dtype), values)
 
 
 library.LIB.impl("nufft_type2", _type2_kernel, "CPU")
@@ -482,7 +533,7 @@ def _interp_cuda(plan: CompiledPlan, grid: torch.Tensor) -> torch.Tensor:
 # --- shapes and gradients ------------------------------------------------------------------------
 
 @torch.library.register_fake("luser_fast::nufft_type2")
-def _type2_fake(image, ktraj, tol=1e-6, oversamp=2.0):
+def _type2_fake(image, ktraj, tol=1e-6, oversamp=None):
     _check_raw("nufft_type2", image=image, ktraj=ktraj)
     torch._check(image.dim() >= 2, lambda: "nufft_type2: image must have at least 2 dims")
     torch._check(ktraj.dim() == 2 and ktraj.shape[1] == 2, lambda: "nufft_type2: ktraj must be [M, 2]")
@@ -490,7 +541,7 @@ def _type2_fake(image, ktraj, tol=1e-6, oversamp=2.0):
 
 
 @torch.library.register_fake("luser_fast::nufft_type1")
-def _type1_fake(values, ktraj, image_size, tol=1e-6, oversamp=2.0):
+def _type1_fake(values, ktraj, image_size, tol=1e-6, oversamp=None):
     _check_raw("nufft_type1", values=values, ktraj=ktraj)
     torch._check(values.dim() >= 1, lambda: "nufft_type1: values must have at least 1 dim")
     torch._check(ktraj.dim() == 2 and ktraj.shape[1] == 2, lambda: "nufft_type1: ktraj must be [M, 2]")
@@ -522,7 +573,7 @@ def _ktraj_grad(a: torch.Tensor, b: torch.Tensor, ktraj: torch.Tensor) -> torch.
 
 def _defaults(inputs: tuple, n_required: int) -> tuple:
     """(tol, oversamp) from an op's inputs, where trailing defaults may be left off."""
-    return (tuple(inputs[n_required:]) + (1e-6, 2.0)[len(inputs) - n_required:])[:2]
+    return (tuple(inputs[n_required:]) + (1e-6, None)[len(inputs) - n_required:])[:2]
 
 
 def _type2_setup(ctx, inputs, output):
@@ -576,19 +627,29 @@ backends.register(tuple(SCHEMAS), "cuda", ("cuda",), cuda_available)
 # --- public functionals ---------------------------------------------------------------------------
 
 def nufft_type2(image: torch.Tensor, ktraj: torch.Tensor, tol: float = 1e-6,
-                oversamp: float = 2.0, *, backend: str | None = None) -> torch.Tensor:
+                oversamp: float | None = None, *, backend: str | None = None) -> torch.Tensor:
     """Type-2 NUFFT (uniform grid -> points), y_m = sum_n x_n exp(-i k_m . (n - N // 2)).
 
     Served by the backend ``luser_fast.backends.select("nufft_type2", device)`` picks (the
     C++ CPU kernels, the CUDA kernels or the reference); the trajectory's plan is cached
-    with the ``ktraj`` tensor, so repeated calls with the same tensor skip the planning.
+    with the ``ktraj`` tensor and its values, so repeated calls with the same tensor skip
+    the planning, and a call after its values changed (however they were written) plans
+    anew.
+
+    Accuracy: the kernel is chosen for tol in image's precision
+    (``luser_fast.core.nufft_kernel.choose_kernel``). Each (precision, oversamp) has an
+    accuracy floor (complex64: ~6e-5 at oversamp 1.25, ~1e-6 at 2.0; complex128: ~5e-10
+    and ~1e-14); a tol below it gets the floor's kernel and a ``RuntimeWarning``, once.
 
     Args:
         image: [..., H, W] complex64 or complex128 (any strides).
         ktraj: [M, 2] radians in [-pi, pi]; column 0 along H, column 1 along W. Moved to
             image's device if it lives elsewhere (the plan is then cached per call only).
         tol: target relative l2 error against the exact sum, in (0, 0.1].
-        oversamp: grid oversampling sigma > 1 (2.0; 1.25 for a smaller grid, wider kernel).
+        oversamp: grid oversampling sigma > 1 (1.25: a smaller grid and a wider kernel;
+            2.0: the reverse, and a lower floor), or None: 1.25 for tol >= 1e-4 in
+            complex64 and tol >= 1e-8 in complex128, else 2.0
+            (``nufft_kernel.default_oversamp``).
         backend: request a backend for this call (``luser_fast.backends``); None: the
             environment's preference.
 
@@ -614,7 +675,7 @@ def nufft_type2(image: torch.Tensor, ktraj: torch.Tensor, tol: float = 1e-6,
 
 
 def nufft_type1(values: torch.Tensor, ktraj: torch.Tensor, image_size, tol: float = 1e-6,
-                oversamp: float = 2.0, *, backend: str | None = None) -> torch.Tensor:
+                oversamp: float | None = None, *, backend: str | None = None) -> torch.Tensor:
     """Type-1 NUFFT (points -> grid), the adjoint of ``nufft_type2``:
     x_n = sum_m y_m exp(+i k_m . (n - N // 2)).
 
@@ -622,8 +683,9 @@ def nufft_type1(values: torch.Tensor, ktraj: torch.Tensor, image_size, tol: floa
         values: [..., M] complex64 or complex128 (any strides).
         ktraj: [M, 2] radians in [-pi, pi] (as in ``nufft_type2``).
         image_size: (H, W) or an int for a square image.
-        tol: target relative l2 error in (0, 0.1].
-        oversamp: grid oversampling sigma > 1.
+        tol: target relative l2 error in (0, 0.1] (the floors of ``nufft_type2`` apply).
+        oversamp: grid oversampling sigma > 1, or None (chosen from tol and values'
+            precision, as in ``nufft_type2``).
         backend: as in ``nufft_type2``.
 
     Returns:

@@ -5,7 +5,9 @@ they do not. Conventions (``ktraj`` in radians, centred pixel index, type 2 with
 exp(-i ...), type 1 its unnormalised adjoint), the exponential-of-semicircle kernel, its
 parameters and the accuracy floors are those of ``luser_fast/core/nufft_kernel.py``. The
 gridding plan here gathers and scatters w x w stencils with plain indexing; the exact
-``nudft_*`` sums are the oracle for the gridding itself.
+``nudft_*`` sums are the oracle for the gridding itself. The kernel (and ``oversamp=None``)
+is chosen per precision by ``core.nufft_kernel.choose_kernel``, as the compiled kernels do,
+so the reference and the fast ops agree to rounding at every tol.
 """
 from __future__ import annotations
 
@@ -31,11 +33,18 @@ class NufftPlan(nn.Module):
     factors; these are non-persistent buffers, so ``.to(device)`` moves them and they never
     enter a ``state_dict``.
 
+    The kernel is chosen for ``dtype``'s precision. A plan runs data of the other
+    precision only where that precision's choice is the same kernel; elsewhere (a tol
+    below complex64's floor, where complex64 needs a narrower kernel) ``type2``/``type1``
+    raise ValueError rather than return a less accurate result.
+
     Args:
         ktraj: [M, 2] radians in [-pi, pi].
         image_size: (H, W).
         tol: target relative error in (0, 0.1].
-        oversamp: grid oversampling sigma > 1.
+        oversamp: grid oversampling sigma > 1, or None (chosen from tol and dtype:
+            ``core.nufft_kernel.default_oversamp``).
+        dtype: the complex dtype the transforms will run in (complex128 default).
 
     Example:
         >>> plan = NufftPlan(ktraj, (64, 64), tol=1e-6)
@@ -43,12 +52,22 @@ class NufftPlan(nn.Module):
         >>> x = plan.type1(y)                # [..., M] -> [..., 64, 64]
     """
 
-    def __init__(self, ktraj: torch.Tensor, image_size, tol: float = 1e-6, oversamp: float = 2.0):
+    def __init__(self, ktraj: torch.Tensor, image_size, tol: float = 1e-6,
+                 oversamp: float | None = None, dtype: torch.dtype = torch.complex128):
         super().__init__()
         tol, oversamp = validate.nufft_accuracy(tol, oversamp, "NufftPlan")
         ktraj = validate.ktraj(ktraj, "NufftPlan")
         self.image_size = validate.image_size(image_size, "NufftPlan")
-        self.width, self.beta = kern.kernel_params(tol, oversamp)
+        if not isinstance(dtype, torch.dtype):
+            raise TypeError(f"NufftPlan: dtype must be a torch.dtype, got {dtype!r}")
+        if dtype not in (torch.complex64, torch.complex128):
+            raise ValueError(f"NufftPlan: dtype must be torch.complex64 or torch.complex128, "
+                             f"got {dtype}")
+        choice = kern.choose_kernel(tol, oversamp, dtype)
+        self.tol, self.dtype, self.oversamp = tol, dtype, choice.oversamp
+        self._requested = (tol, oversamp)
+        self.width, self.beta = choice.width, choice.beta
+        oversamp = choice.oversamp
         w = self.width
         self.grid_size = kern.grid_size(self.image_size, oversamp, w)
         grid = torch.tensor(self.grid_size, dtype=torch.float64, device=ktraj.device)
@@ -85,6 +104,19 @@ class NufftPlan(nn.Module):
     def _deapod(self, dtype: torch.dtype) -> torch.Tensor:
         return (self.deapod0[:, None] * self.deapod1[None, :]).to(dtype)
 
+    def _check_precision(self, data: torch.Tensor, fn: str) -> None:
+        """ValueError when ``data``'s precision would choose another kernel than this
+        plan's (see the class docstring)."""
+        if data.dtype == self.dtype:
+            return
+        choice = kern.choose_kernel(*self._requested, data.dtype)
+        if (choice.width, choice.beta, choice.oversamp) != (self.width, self.beta, self.oversamp):
+            raise ValueError(
+                f"{fn}: this plan's kernel (width {self.width}, oversamp {self.oversamp:g}) "
+                f"was chosen for {self.dtype} at tol={self.tol:g}; {data.dtype} data needs "
+                f"width {choice.width} at oversamp {choice.oversamp:g}: build "
+                f"NufftPlan(..., dtype={data.dtype})")
+
     def interp(self, grid: torch.Tensor) -> torch.Tensor:
         """Grid -> points: [..., n0, n1] -> [..., M], y_m = sum_l psi(t_m - l) grid_l."""
         lead = grid.shape[:-2]
@@ -109,6 +141,7 @@ class NufftPlan(nn.Module):
     def type2(self, image: torch.Tensor) -> torch.Tensor:
         """Type 2 NUFFT: [..., H, W] complex -> [..., M] complex (exp(-i k . (n - N // 2)))."""
         validate.complex_tensor(image, "image", "nufft_type2")
+        self._check_precision(image, "nufft_type2")
         if tuple(image.shape[-2:]) != self.image_size:
             raise ValueError(f"nufft_type2: image must have shape [..., {self.image_size[0]}, "
                              f"{self.image_size[1]}], got {tuple(image.shape)}")
@@ -121,6 +154,7 @@ class NufftPlan(nn.Module):
     def type1(self, values: torch.Tensor) -> torch.Tensor:
         """Type 1 NUFFT, the adjoint of ``type2``: [..., M] complex -> [..., H, W] complex."""
         validate.complex_tensor(values, "values", "nufft_type1")
+        self._check_precision(values, "nufft_type1")
         if values.dim() < 1 or values.shape[-1] != self.n_points:
             raise ValueError(f"nufft_type1: values must have shape [..., {self.n_points}], "
                              f"got {tuple(values.shape)}")
@@ -131,7 +165,7 @@ class NufftPlan(nn.Module):
 
 
 def nufft_type2_ref(image: torch.Tensor, ktraj: torch.Tensor, tol: float = 1e-6,
-                    oversamp: float = 2.0) -> torch.Tensor:
+                    oversamp: float | None = None) -> torch.Tensor:
     """Gridding type-2 NUFFT (grid -> points), y_m = sum_n x_n exp(-i k_m . (n - N // 2)).
 
     Builds a ``NufftPlan`` per call; keep a plan (or a ``NUFFT`` operator) to reuse it.
@@ -140,18 +174,19 @@ def nufft_type2_ref(image: torch.Tensor, ktraj: torch.Tensor, tol: float = 1e-6,
         image: [..., H, W] complex64 or complex128.
         ktraj: [M, 2] radians in [-pi, pi] (column 0 along H, column 1 along W).
         tol: target relative error in (0, 0.1].
-        oversamp: grid oversampling sigma > 1.
+        oversamp: grid oversampling sigma > 1, or None (chosen from tol and image's
+            precision, as in ``luser_fast.ops.nufft_type2``).
 
     Returns:
         [..., M], image's dtype. Differentiable in image.
     """
     validate.complex_tensor(image, "image", "nufft_type2_ref", 2)
-    plan = NufftPlan(ktraj, tuple(image.shape[-2:]), tol, oversamp).to(image.device)
+    plan = NufftPlan(ktraj, tuple(image.shape[-2:]), tol, oversamp, image.dtype).to(image.device)
     return plan.type2(image)
 
 
 def nufft_type1_ref(values: torch.Tensor, ktraj: torch.Tensor, image_size, tol: float = 1e-6,
-                    oversamp: float = 2.0) -> torch.Tensor:
+                    oversamp: float | None = None) -> torch.Tensor:
     """Gridding type-1 NUFFT (points -> grid), the adjoint of ``nufft_type2_ref``.
 
     x_n = sum_m y_m exp(+i k_m . (n - N // 2)).
@@ -161,13 +196,14 @@ def nufft_type1_ref(values: torch.Tensor, ktraj: torch.Tensor, image_size, tol: 
         ktraj: [M, 2] radians in [-pi, pi].
         image_size: (H, W) or int.
         tol: target relative error in (0, 0.1].
-        oversamp: grid oversampling sigma > 1.
+        oversamp: grid oversampling sigma > 1, or None (chosen from tol and values'
+            precision).
 
     Returns:
         [..., H, W], values' dtype. Differentiable in values.
     """
     validate.complex_tensor(values, "values", "nufft_type1_ref", 1)
-    plan = NufftPlan(ktraj, image_size, tol, oversamp).to(values.device)
+    plan = NufftPlan(ktraj, image_size, tol, oversamp, values.dtype).to(values.device)
     return plan.type1(values)
 
 
