@@ -19,62 +19,57 @@
 // atomics; the CUDA spreader sizes its shared-memory tiles from it.
 //
 // Compiles as plain C++ (g++), as CUDA (nvcc) and under NVRTC, which has no standard
-// headers: only builtins (ceil, floor, sqrt, exp) are used there.
+// headers: only builtins (ceil, floor, sqrt, exp) are used (common/device.h: the
+// host/device qualifiers).
 #ifndef LUSER_FAST_NUFFT_ES_KERNEL_H
 #define LUSER_FAST_NUFFT_ES_KERNEL_H
 
-#if defined(__CUDACC__) || defined(__CUDACC_RTC__)
-#define LFN_HD __host__ __device__ __forceinline__
-#else
-#define LFN_HD inline
-#endif
-
-#if !defined(__CUDACC_RTC__)
-#include <cmath>
-#endif
+#include "common/constants.h"
+#include "common/device.h"
 
 namespace luser_fast {
 namespace nufft {
 
-// Widest kernel whose weights the kernels keep in fixed-size arrays (w = 25 is reached at
-// tol = 1e-14 with oversampling 1.25; the Python side rejects plans wider than this).
-constexpr int kMaxWidth = 32;
+// Widest kernel whose weights the kernels keep in fixed-size arrays: kNufftMaxWidth
+// (common/constants.h; w = 25 is reached at tol = 1e-14 with oversampling 1.25; the
+// Python side serves wider plans with the reference).
+constexpr int kMaxWidth = kNufftMaxWidth;
 
 constexpr double kTwoPi = 6.283185307179586476925286766559;
 
 // phi(z) = exp(beta (sqrt(1 - z^2) - 1)) for |z| <= 1, else 0.
-LFN_HD double es_kernel(double z, double beta) {
+LF_HD double es_kernel(double z, double beta) {
   const double s = 1.0 - z * z;
   return s >= 0.0 ? exp(beta * (sqrt(s) - 1.0)) : 0.0;
 }
 
 // Position of frequency k (radians) on a grid of n cells, in cells.
-LFN_HD double grid_position(double k, int n) { return k * (double)n / kTwoPi; }
+LF_HD double grid_position(double k, int n) { return k * (double)n / kTwoPi; }
 
 // First stencil cell s = ceil(t - w / 2) (not yet wrapped; may be negative or >= n).
-LFN_HD long long stencil_start(double t, int width) {
+LF_HD long long stencil_start(double t, int width) {
   return (long long)ceil(t - 0.5 * (double)width);
 }
 
 // s modulo n, in [0, n).
-LFN_HD int wrap_cell(long long s, int n) {
+LF_HD int wrap_cell(long long s, int n) {
   long long r = s % n;
   return (int)(r < 0 ? r + n : r);
 }
 
 // Weight of stencil cell a (0 <= a < w) of a point at t whose (unwrapped) start is s.
-LFN_HD double stencil_weight(double t, long long s, int a, int width, double beta) {
+LF_HD double stencil_weight(double t, long long s, int a, int width, double beta) {
   const double u = t - (double)(s + a);
   return es_kernel(u / (0.5 * (double)width), beta);
 }
 
 // Bin of cell c (0 <= c < n) among nb bins with boundaries lo(b) = b n / nb.
-LFN_HD int bin_of_cell(int c, int n, int nb) {
+LF_HD int bin_of_cell(int c, int n, int nb) {
   return (int)((((long long)c + 1) * nb - 1) / n);
 }
 
 // First cell of bin b (b = nb gives n).
-LFN_HD int bin_start(int b, int n, int nb) { return (int)(((long long)b * n) / nb); }
+LF_HD int bin_start(int b, int n, int nb) { return (int)(((long long)b * n) / nb); }
 
 }  // namespace nufft
 }  // namespace luser_fast

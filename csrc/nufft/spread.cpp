@@ -25,7 +25,7 @@
 // (interpolation: acc[j] += ky[i] * row[j], then a w-term dot with kx). The width is a
 // template parameter (2 .. 16; wider kernels take a runtime-width loop), and the run is
 // held in 64-byte vectors; the hot functions are compiled for the baseline ISA and, on
-// x86-64, for AVX2 + FMA and AVX-512, chosen at run time.
+// x86-64, for AVX2 + FMA and AVX-512, chosen at run time (common/simd.h).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <c10/util/complex.h>
@@ -39,48 +39,26 @@
 #include <tuple>
 #include <vector>
 
+#include "common/constants.h"
+#include "common/simd.h"
 #include "nufft/es_kernel.h"
 
 namespace {
 
 namespace nu = luser_fast::nufft;
 
-#if defined(__GNUC__)
-#define LFN_ALWAYS_INLINE inline __attribute__((always_inline))
-#else
-#define LFN_ALWAYS_INLINE inline
-#endif
-#if defined(__x86_64__) && defined(__GNUC__)
-#define LFN_HAVE_X86_CLONES 1
-#define LFN_TARGET_AVX2 __attribute__((target("avx2,fma")))
-#define LFN_TARGET_AVX512 __attribute__((target("avx512f,avx512vl,avx512dq,avx2,fma")))
-#else
-#define LFN_HAVE_X86_CLONES 0
-#endif
-
 // Largest |k| accepted (radians): pi with the reference's slack for float32 pi.
-constexpr double kMaxAbsK = 3.14159265358979323846 * (1.0 + 1e-5);
+constexpr double kMaxAbsK = luser_fast::kNufftMaxAbsK;
 // Largest grid side; keeps cell indices (and 2 * cells + 2 * w) inside int32.
 constexpr int64_t kMaxGridSide = int64_t(1) << 28;
 // Sorted points per interpolation task.
 constexpr int64_t kInterpChunk = 256;
 
-// Instruction sets of the hot loops: -1 best available, 0 baseline, 1 AVX2 + FMA, 2 AVX-512.
-int best_simd() {
-#if LFN_HAVE_X86_CLONES
-  static const int best = (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
-                           __builtin_cpu_supports("avx512dq"))
-                              ? 2
-                              : (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") ? 1 : 0);
-  return best;
-#else
-  return 0;
-#endif
-}
-
+// Instruction sets of the hot loops (common/simd.h): -1 best available, 0 baseline,
+// 1 AVX2 + FMA, 2 AVX-512.
 int resolve_simd(int64_t simd, const char* fn) {
   TORCH_CHECK(simd >= -1 && simd <= 2, fn, ": simd must be -1 (auto), 0, 1 or 2, got ", simd);
-  const int best = best_simd();
+  const int best = luser_fast::simd::best_level();
   TORCH_CHECK(simd <= best, fn, ": simd level ", simd, " is not supported by this CPU (best ",
               best, ")");
   return simd < 0 ? best : (int)simd;
@@ -261,23 +239,23 @@ struct Vec<float> {
   using type = vf32;
   static constexpr int kLanes = 16;
   // the complex value at p as (re, im, re, im, ...): one 64-bit broadcast
-  static LFN_ALWAYS_INLINE type pair(const float* p) {
+  static LF_ALWAYS_INLINE type pair(const float* p) {
     double bits;
     std::memcpy(&bits, p, sizeof(bits));
     return (type)(vf64{} + bits);
   }
   // (x0, x0, x1, x1, ..., x7, x7) and (x8, x8, ..., x15, x15)
-  static LFN_ALWAYS_INLINE type dup_lo(type x) {
+  static LF_ALWAYS_INLINE type dup_lo(type x) {
     return __builtin_shufflevector(x, x, 0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7);
   }
-  static LFN_ALWAYS_INLINE type dup_hi(type x) {
+  static LF_ALWAYS_INLINE type dup_hi(type x) {
     return __builtin_shufflevector(x, x, 8, 8, 9, 9, 10, 10, 11, 11, 12, 12, 13, 13, 14, 14, 15, 15);
   }
-  static LFN_ALWAYS_INLINE type iota() {
+  static LF_ALWAYS_INLINE type iota() {
     return type{0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
   }
   // (sum of even lanes, sum of odd lanes)
-  static LFN_ALWAYS_INLINE void fold(type t, float* re, float* im) {
+  static LF_ALWAYS_INLINE void fold(type t, float* re, float* im) {
     const vf32x8 a = __builtin_shufflevector(t, t, 0, 1, 2, 3, 4, 5, 6, 7) +
                      __builtin_shufflevector(t, t, 8, 9, 10, 11, 12, 13, 14, 15);
     const vf32x4 b = __builtin_shufflevector(a, a, 0, 1, 2, 3) + __builtin_shufflevector(a, a, 4, 5, 6, 7);
@@ -290,19 +268,19 @@ template <>
 struct Vec<double> {
   using type = vf64;
   static constexpr int kLanes = 8;
-  static LFN_ALWAYS_INLINE type pair(const double* p) {
+  static LF_ALWAYS_INLINE type pair(const double* p) {
     vf64x2 q;
     std::memcpy(&q, p, sizeof(q));
     return __builtin_shufflevector(q, q, 0, 1, 0, 1, 0, 1, 0, 1);
   }
-  static LFN_ALWAYS_INLINE type dup_lo(type x) {
+  static LF_ALWAYS_INLINE type dup_lo(type x) {
     return __builtin_shufflevector(x, x, 0, 0, 1, 1, 2, 2, 3, 3);
   }
-  static LFN_ALWAYS_INLINE type dup_hi(type x) {
+  static LF_ALWAYS_INLINE type dup_hi(type x) {
     return __builtin_shufflevector(x, x, 4, 4, 5, 5, 6, 6, 7, 7);
   }
-  static LFN_ALWAYS_INLINE type iota() { return type{0, 1, 2, 3, 4, 5, 6, 7}; }
-  static LFN_ALWAYS_INLINE void fold(type t, double* re, double* im) {
+  static LF_ALWAYS_INLINE type iota() { return type{0, 1, 2, 3, 4, 5, 6, 7}; }
+  static LF_ALWAYS_INLINE void fold(type t, double* re, double* im) {
     const vf64x4 a = __builtin_shufflevector(t, t, 0, 1, 2, 3) + __builtin_shufflevector(t, t, 4, 5, 6, 7);
     const vf64x2 b = __builtin_shufflevector(a, a, 0, 1) + __builtin_shufflevector(a, a, 2, 3);
     *re = b[0];
@@ -311,14 +289,14 @@ struct Vec<double> {
 };
 
 template <typename R>
-LFN_ALWAYS_INLINE typename Vec<R>::type vload(const R* p) {
+LF_ALWAYS_INLINE typename Vec<R>::type vload(const R* p) {
   typename Vec<R>::type v;
   std::memcpy(&v, p, sizeof(v));
   return v;
 }
 
 template <typename R>
-LFN_ALWAYS_INLINE void vstore(R* p, typename Vec<R>::type v) {
+LF_ALWAYS_INLINE void vstore(R* p, typename Vec<R>::type v) {
   std::memcpy(p, &v, sizeof(v));
 }
 
@@ -333,7 +311,7 @@ struct Row {
   static constexpr int kLanes = Vec<R>::kLanes;
   static constexpr int kVectors = (2 * W + kLanes - 1) / kLanes;
   static constexpr int kReads = ((kVectors + 1) / 2) * kLanes;
-  static LFN_ALWAYS_INLINE void kx_pairs(const R* kx, V* out) {
+  static LF_ALWAYS_INLINE void kx_pairs(const R* kx, V* out) {
     for (int u = 0; u < kVectors; ++u) {
       const V src = vload(kx + (u / 2) * kLanes);
       const V d = u % 2 == 0 ? Vec<R>::dup_lo(src) : Vec<R>::dup_hi(src);
@@ -354,7 +332,7 @@ constexpr bool kVectorWidth = W >= 2 && W <= 16;
 // row, with the zero lanes), never past sub_ld. Values come gathered in sorted order,
 // [M][B] (a.values, see spread_into), so a point's planes are one contiguous run.
 template <typename R, int W>
-LFN_ALWAYS_INLINE void spread_body(const Work<R>& a, const Bin& bin, R* __restrict__ sub) {
+LF_ALWAYS_INLINE void spread_body(const Work<R>& a, const Bin& bin, R* __restrict__ sub) {
   const int64_t ld = bin.sub_ld;
   const int64_t plane = ld * bin.sub_r;
   const int64_t n_weights = a.n_points * 2 * a.width;
@@ -405,7 +383,7 @@ LFN_ALWAYS_INLINE void spread_body(const Work<R>& a, const Bin& bin, R* __restri
 // Adds a bin's sub-grid into the grid (rows and columns wrapped). Bins of one parity
 // class never overlap, so this needs no atomics.
 template <typename R>
-LFN_ALWAYS_INLINE void add_sub_body(const Work<R>& a, const Bin& bin, const R* __restrict__ sub) {
+LF_ALWAYS_INLINE void add_sub_body(const Work<R>& a, const Bin& bin, const R* __restrict__ sub) {
   const int64_t grid_len = 2 * (int64_t)a.n_c;
   const int64_t sub_len = 2 * (int64_t)bin.sub_c;
   // columns lo_c .. lo_c + sub_c - 1: a first run up to the grid's edge, then the wrap
@@ -426,7 +404,7 @@ LFN_ALWAYS_INLINE void add_sub_body(const Work<R>& a, const Bin& bin, const R* _
 // through a per-point table; a stencil whose vectors would cross the row's end takes the
 // scalar loop (which also wraps columns).
 template <typename R, int W>
-LFN_ALWAYS_INLINE void interp_body(const Work<R>& a, int64_t p0, int64_t p1) {
+LF_ALWAYS_INLINE void interp_body(const Work<R>& a, int64_t p0, int64_t p1) {
   const int w = a.width;
   const int64_t row_len = 2 * (int64_t)a.n_c;
   const int64_t plane = row_len * a.n_r;
@@ -504,53 +482,27 @@ LFN_ALWAYS_INLINE void interp_body(const Work<R>& a, int64_t p0, int64_t p1) {
     default: BODY<R, 0>(__VA_ARGS__); break;        \
   }
 
-// A bin: zero its sub-grid, spread its points, add the sub-grid to the grid.
-#define LFN_SPREAD_BIN                                                          \
-  std::fill(sub, sub + bin.nb * bin.sub_r * bin.sub_ld, R(0));                  \
-  LFN_WIDTH_SWITCH(spread_body, a, bin, sub)                                    \
+// The hot functions, one clone per instruction set (common/simd.h). A bin: zero its
+// sub-grid, spread its points, add the sub-grid to the grid.
+LF_SIMD_CLONES((template <typename R>), spread_bin, (const Work<R>& a, const Bin& bin, R* sub), {
+  std::fill(sub, sub + bin.nb * bin.sub_r * bin.sub_ld, R(0));
+  LFN_WIDTH_SWITCH(spread_body, a, bin, sub)
   add_sub_body<R>(a, bin, sub);
-
-template <typename R>
-void spread_bin_base(const Work<R>& a, const Bin& bin, R* sub) { LFN_SPREAD_BIN }
-template <typename R>
-void interp_base(const Work<R>& a, int64_t p0, int64_t p1) {
-  LFN_WIDTH_SWITCH(interp_body, a, p0, p1)
-}
-#if LFN_HAVE_X86_CLONES
-template <typename R>
-LFN_TARGET_AVX2 void spread_bin_avx2(const Work<R>& a, const Bin& bin, R* sub) { LFN_SPREAD_BIN }
-template <typename R>
-LFN_TARGET_AVX2 void interp_avx2(const Work<R>& a, int64_t p0, int64_t p1) {
-  LFN_WIDTH_SWITCH(interp_body, a, p0, p1)
-}
-template <typename R>
-LFN_TARGET_AVX512 void spread_bin_avx512(const Work<R>& a, const Bin& bin, R* sub) {
-  LFN_SPREAD_BIN
-}
-template <typename R>
-LFN_TARGET_AVX512 void interp_avx512(const Work<R>& a, int64_t p0, int64_t p1) {
-  LFN_WIDTH_SWITCH(interp_body, a, p0, p1)
-}
-#endif
-#undef LFN_SPREAD_BIN
+})
+LF_SIMD_CLONES((template <typename R>), interp_range, (const Work<R>& a, int64_t p0, int64_t p1),
+               { LFN_WIDTH_SWITCH(interp_body, a, p0, p1) })
 #undef LFN_WIDTH_SWITCH
 
 template <typename R>
-void spread_bin(const Work<R>& a, const Bin& bin, R* sub, int simd) {
-#if LFN_HAVE_X86_CLONES
-  if (simd == 2) return spread_bin_avx512<R>(a, bin, sub);
-  if (simd == 1) return spread_bin_avx2<R>(a, bin, sub);
-#endif
-  spread_bin_base<R>(a, bin, sub);
+void spread_bin(const Work<R>& a, const Bin& bin, R* sub, int level) {
+  luser_fast::simd::pick(level, &spread_bin_base<R>, &spread_bin_avx2<R>,
+                         &spread_bin_avx512<R>)(a, bin, sub);
 }
 
 template <typename R>
-void interp_range(const Work<R>& a, int64_t p0, int64_t p1, int simd) {
-#if LFN_HAVE_X86_CLONES
-  if (simd == 2) return interp_avx512<R>(a, p0, p1);
-  if (simd == 1) return interp_avx2<R>(a, p0, p1);
-#endif
-  interp_base<R>(a, p0, p1);
+void interp_range(const Work<R>& a, int64_t p0, int64_t p1, int level) {
+  luser_fast::simd::pick(level, &interp_range_base<R>, &interp_range_avx2<R>,
+                         &interp_range_avx512<R>)(a, p0, p1);
 }
 
 // --- ops ---------------------------------------------------------------------------------
@@ -704,7 +656,7 @@ at::Tensor nufft_interp_cpu(const at::Tensor& grid, const at::Tensor& order, con
   return out;
 }
 
-int64_t nufft_simd_level_cpu() { return best_simd(); }
+int64_t nufft_simd_level_cpu() { return luser_fast::simd::best_level(); }
 
 }  // namespace
 

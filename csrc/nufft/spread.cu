@@ -4,8 +4,9 @@
 // CPU plan's layout (order [M] int64, start [M, 2] int32, weights [M, 2, w], points sorted
 // by bin), so spreading and interpolation read the same numbers on both devices. What is
 // here is only the mapping of threads to work. Grids are [B, n_r, n_c] complex, values
-// [B, M] complex, both as interleaved reals. Only es_kernel.h and CUDA builtins are
-// included, so NVRTC compiles this file as well.
+// [B, M] complex, both as interleaved reals. Only es_kernel.h (with common/) and CUDA
+// builtins are included, so NVRTC compiles this file as well.
+#include "common/device.h"
 #include "nufft/es_kernel.h"
 
 namespace luser_fast {
@@ -161,63 +162,38 @@ __device__ void interp(const R* __restrict__ grid, const long long* __restrict__
 }  // namespace nufft
 }  // namespace luser_fast
 
-extern "C" {
-
-__global__ void nufft_plan_points_kernel(const double* krc, int m, int n_r, int n_c, int nb_r,
-                                         int nb_c, int width, int* start, int* bins) {
+LF_KERNEL nufft_plan_points_kernel(const double* krc, int m, int n_r, int n_c, int nb_r, int nb_c,
+                                   int width, int* start, int* bins) {
   luser_fast::nufft::plan_points(krc, m, n_r, n_c, nb_r, nb_c, width, start, bins);
 }
 
-__global__ void nufft_plan_weights_kernel(const double* krc, const long long* order, int m,
-                                          int n_r, int n_c, int width, double beta,
-                                          double* weights) {
+LF_KERNEL nufft_plan_weights_kernel(const double* krc, const long long* order, int m, int n_r,
+                                    int n_c, int width, double beta, double* weights) {
   luser_fast::nufft::plan_weights(krc, order, m, n_r, n_c, width, beta, weights);
 }
 
-__global__ void nufft_spread_tile_kernel_f32(const float* values, const long long* order,
-                                             const int* start, const float* weights,
-                                             const int* subproblems, int batch, int m,
-                                             int width, int n_r, int n_c, int nb_r, int nb_c,
-                                             int tile_r, int tile_c, float* grid) {
-  luser_fast::nufft::spread_tile<float>(values, order, start, weights, subproblems, batch, m,
-                                        width, n_r, n_c, nb_r, nb_c, tile_r, tile_c, grid);
-}
+// Spreading (tile and global) and interpolation kernels, float32 and float64.
+#define LF_NUFFT_KERNELS(SUFFIX, R)                                                            \
+  LF_KERNEL nufft_spread_tile_kernel_##SUFFIX(                                                 \
+      const R* values, const long long* order, const int* start, const R* weights,            \
+      const int* subproblems, int batch, int m, int width, int n_r, int n_c, int nb_r,         \
+      int nb_c, int tile_r, int tile_c, R* grid) {                                             \
+    luser_fast::nufft::spread_tile<R>(values, order, start, weights, subproblems, batch, m,    \
+                                      width, n_r, n_c, nb_r, nb_c, tile_r, tile_c, grid);      \
+  }                                                                                            \
+  LF_KERNEL nufft_spread_global_kernel_##SUFFIX(const R* values, const long long* order,       \
+                                                const int* start, const R* weights, int batch, \
+                                                int m, int width, int n_r, int n_c, R* grid) { \
+    luser_fast::nufft::spread_global<R>(values, order, start, weights, batch, m, width, n_r,   \
+                                        n_c, grid);                                            \
+  }                                                                                            \
+  LF_KERNEL nufft_interp_kernel_##SUFFIX(const R* grid, const long long* order,                \
+                                         const int* start, const R* weights, int batch, int m, \
+                                         int width, int n_r, int n_c, R* out) {                \
+    luser_fast::nufft::interp<R>(grid, order, start, weights, batch, m, width, n_r, n_c, out); \
+  }
 
-__global__ void nufft_spread_tile_kernel_f64(const double* values, const long long* order,
-                                             const int* start, const double* weights,
-                                             const int* subproblems, int batch, int m,
-                                             int width, int n_r, int n_c, int nb_r, int nb_c,
-                                             int tile_r, int tile_c, double* grid) {
-  luser_fast::nufft::spread_tile<double>(values, order, start, weights, subproblems, batch, m,
-                                         width, n_r, n_c, nb_r, nb_c, tile_r, tile_c, grid);
-}
+LF_NUFFT_KERNELS(f32, float)
+LF_NUFFT_KERNELS(f64, double)
 
-__global__ void nufft_spread_global_kernel_f32(const float* values, const long long* order,
-                                               const int* start, const float* weights,
-                                               int batch, int m, int width, int n_r, int n_c,
-                                               float* grid) {
-  luser_fast::nufft::spread_global<float>(values, order, start, weights, batch, m, width, n_r,
-                                          n_c, grid);
-}
-
-__global__ void nufft_spread_global_kernel_f64(const double* values, const long long* order,
-                                               const int* start, const double* weights,
-                                               int batch, int m, int width, int n_r, int n_c,
-                                               double* grid) {
-  luser_fast::nufft::spread_global<double>(values, order, start, weights, batch, m, width, n_r,
-                                           n_c, grid);
-}
-
-__global__ void nufft_interp_kernel_f32(const float* grid, const long long* order,
-                                        const int* start, const float* weights, int batch,
-                                        int m, int width, int n_r, int n_c, float* out) {
-  luser_fast::nufft::interp<float>(grid, order, start, weights, batch, m, width, n_r, n_c, out);
-}
-
-__global__ void nufft_interp_kernel_f64(const double* grid, const long long* order,
-                                        const int* start, const double* weights, int batch,
-                                        int m, int width, int n_r, int n_c, double* out) {
-  luser_fast::nufft::interp<double>(grid, order, start, weights, batch, m, width, n_r, n_c, out);
-}
-
-}  // extern "C"
+#undef LF_NUFFT_KERNELS
