@@ -15,27 +15,19 @@
 // pairs, so it is the exact transpose.
 //
 // Compiles as plain C++ (g++), as CUDA (nvcc) and under NVRTC, which has no standard
-// headers: only builtins (floor, sqrt, fabs, fma) are used, no <cmath>/<algorithm> there.
+// headers: only builtins (floor, sqrt, fabs, fma) are used, no <cmath>/<algorithm> there
+// (common/device.h: the host/device qualifiers).
 #ifndef LUSER_FAST_RADON_JOSEPH_H
 #define LUSER_FAST_RADON_JOSEPH_H
 
-#if defined(__CUDACC__) || defined(__CUDACC_RTC__)
-#define LF_HD __host__ __device__ __forceinline__
-#define LF_UNROLL _Pragma("unroll")
-#else
-#define LF_HD inline
-#define LF_UNROLL
-#endif
-
-#if !defined(__CUDACC_RTC__)
-#include <cmath>
-#endif
+#include "common/constants.h"
+#include "common/device.h"
 
 namespace luser_fast {
 namespace radon {
 
-// One ray's Joseph parameters. Plain old data, 40 bytes; the CUDA launcher allocates the
-// ray table as raw bytes, so the layout is fixed.
+// One ray's Joseph parameters. Plain old data of kRadonRayBytes (common/constants.h) bytes;
+// the CUDA launcher allocates the ray table as raw bytes, so the layout is fixed.
 struct JosephRay {
   double f0;    // fractional minor-axis index at major step 0
   double df;    // change of f per major step (-v_minor / v_major, |df| <= 1)
@@ -45,7 +37,9 @@ struct JosephRay {
   int k_end;    // one past the last such step (k_begin == k_end: the ray misses)
   int unused;
 };
-static_assert(sizeof(JosephRay) == 40, "JosephRay must stay 40 bytes (CUDA ray table)");
+static_assert(sizeof(JosephRay) == kRadonRayBytes,
+              "sizeof(JosephRay) must equal kRadonRayBytes (common/constants.h): the CUDA "
+              "launcher sizes the ray table from it");
 
 // Products and sums that must round like PyTorch's separate elementwise ops (the
 // reference builds ray directions with them): no FMA contraction on the device. On the
@@ -132,32 +126,96 @@ LF_HD JosephRay joseph_ray(double cos_t, double sin_t, int d, int n_det, double 
 // Fractional minor-axis index of a ray's sample at major step k.
 LF_HD double joseph_f(const JosephRay& r, int k) { return r.f0 + (double)k * r.df; }
 
+// The samples of ray r at its major steps k in [k_lo, k_hi) (clipped to [k_begin, k_end)),
+// in order of k, through an image laid out so that row k is the ray's major step k (rows,
+// with row_stride elements from one row to the next): sample k sits at f = joseph_f(r, k)
+// and interpolates between the minor indices i = floor(f) and i + 1 of row k with weights
+// 1 - w and w, w = f - i (as WT). This is the one definition of a ray's samples: the
+// forward (joseph_forward_ray, the CPU fast path) and the CPU adjoint's scatter walk it.
+//   BLOCK: samples handled together. Their positions are computed first, independently
+//     of each other (their latencies overlap), then visit(row, u, i, w) is called for
+//     u = 0 .. BLOCK - 1, the sample at step k0 + u: row = rows + k0 * row_stride is the
+//     row of the block's first step k0 (the sample's own row is row + u * row_stride),
+//     and u can index BLOCK independent partial sums. The last (count % BLOCK) samples,
+//     which fill no block, come one at a time with u = 0.
+// Returns whether there was any sample.
+template <int BLOCK, typename WT, typename P, typename Visit>
+LF_HD bool joseph_ray_samples(const JosephRay& r, int k_lo, int k_hi, P rows,
+                              long long row_stride, Visit&& visit) {
+  int k = r.k_begin > k_lo ? r.k_begin : k_lo;
+  const int k_end = r.k_end < k_hi ? r.k_end : k_hi;
+  if (k >= k_end) return false;
+  // k as a double: on the host stepped alongside k (an add costs less than a conversion),
+  // on the device converted per block (a double induction variable costs two registers)
+  double kd = k;
+LF_NO_UNROLL
+  for (; k + BLOCK <= k_end; k += BLOCK) {
+#if defined(__CUDA_ARCH__)
+    kd = k;
+#endif
+    const P row = rows + k * row_stride;
+    int i[BLOCK];
+    WT w[BLOCK];
+LF_UNROLL
+    for (int u = 0; u < BLOCK; ++u) {
+      const double f = r.f0 + (u == 0 ? kd : kd + u) * r.df;  // joseph_f(r, k + u)
+      const double fl = floor(f);
+      i[u] = (int)fl;
+      w[u] = (WT)(f - fl);
+    }
+LF_UNROLL
+    for (int u = 0; u < BLOCK; ++u) visit(row, u, i[u], w[u]);
+#if !defined(__CUDA_ARCH__)
+    kd += BLOCK;
+#endif
+  }
+  if constexpr (BLOCK > 1) {
+    for (; k < k_end; ++k, kd += 1.0) {
+      const double f = r.f0 + kd * r.df;  // joseph_f(r, k)
+      const double fl = floor(f);
+      visit(rows + k * row_stride, 0, (int)fl, (WT)(f - fl));
+    }
+  }
+  return true;
+}
+
+// A sample's value from its two neighbours v0 (index i) and v1 (i + 1) and weight w.
+template <typename V, typename W>
+LF_HD V joseph_lerp(const V& v0, const V& v1, W w) {
+  return v0 + w * (v1 - v0);
+}
+
+// The transpose of joseph_lerp: what a value val at a sample of weight w adds to the two
+// neighbours, (1 - w) val and w val.
+template <typename V, typename W>
+LF_HD void joseph_lerp_adjoint(const V& val, W w, V* d0, V* d1) {
+  *d0 = (W(1) - w) * val;
+  *d1 = w * val;
+}
+
 // Forward projection of one ray through nb <= NB images (gather). rows points at the
 // first image laid out so that row k is the ray's major step k: the image itself for
 // y-major rays, its transpose for x-major rays (so both read along rows); each row has
 // n_min entries and image b starts at rows + b * image_stride. acc[b] receives the line
-// integral of image b.
+// integral of image b. Neighbours outside the image count as zero.
 template <typename T, int NB>
 LF_HD void joseph_forward_ray(const T* rows, long long image_stride, int nb, int n_min,
                               const JosephRay& r, T* acc) {
 LF_UNROLL
   for (int b = 0; b < NB; ++b) acc[b] = T(0);
-  for (int k = r.k_begin; k < r.k_end; ++k) {
-    const double f = joseph_f(r, k);
-    const double fl = floor(f);
-    const int i = (int)fl;
-    const T w1 = (T)(f - fl);
+  joseph_ray_samples<1, T>(r, r.k_begin, r.k_end, rows, n_min, [&](const T* row0, int u, int i,
+                                                                   T w1) {
     const bool ok0 = i >= 0 && i < n_min, ok1 = i >= -1 && i < n_min - 1;
-    const T* row = rows + (long long)k * n_min;
+    const T* row = row0 + (long long)u * n_min;
 LF_UNROLL
     for (int b = 0; b < NB; ++b) {
       if (b < nb) {
         const T* p = row + b * image_stride;
         const T v0 = ok0 ? p[i] : T(0), v1 = ok1 ? p[i + 1] : T(0);
-        acc[b] += v0 + w1 * (v1 - v0);
+        acc[b] += joseph_lerp(v0, v1, w1);
       }
     }
-  }
+  });
   const T step = (T)r.step;
 LF_UNROLL
   for (int b = 0; b < NB; ++b) acc[b] *= step;

@@ -7,8 +7,9 @@
 // neighbours are adjacent:
 //   plane_y[k][kPad + j][v] = x[v][k][j]   (y-major rays: row k, column j)
 //   plane_x[k][kPad + i][v] = x[v][i][k]   (x-major rays: column k, row i)
-// Each sample's position and weight (in float64, shared math from joseph.h) is then
-// computed once and applied to V images with contiguous vector loads, and the zero
+// Each sample's position and weight (in float64: joseph_ray_samples, joseph.h, the walk
+// the CUDA kernels take too) is then computed once and applied to V images with
+// contiguous vector loads (joseph_lerp and its transpose), and the zero
 // padding removes every bounds check from the inner loop. The forward is a gather over
 // rays (parallel over rays); the adjoint scatters the same (pixel, weight) pairs into
 // per-thread planes (each thread a contiguous range of angles), reduced at the end, so it
@@ -29,6 +30,7 @@
 #include <optional>
 #include <vector>
 
+#include "common/simd.h"
 #include "radon/joseph.h"
 
 namespace {
@@ -39,8 +41,8 @@ using luser_fast::radon::JosephRay;
 // -3 <= f < n_min + 2 (joseph.h), so floor(f) + kPad and floor(f) + 1 + kPad stay in
 // [0, n_min + 2 * kPad).
 constexpr int64_t kPad = 4;
-// Images per thread in the gather algorithms (as in the CUDA kernels).
-constexpr int kGatherImages = 4;
+// Images per thread in the gather algorithms (those of the CUDA kernels).
+constexpr int kGatherImages = luser_fast::kRadonImagesPerThread;
 // Least work (interpolated samples times lanes, or output elements) worth a thread:
 // smaller problems run on the calling thread, where a parallel region costs more than it
 // saves (and much more on an oversubscribed machine).
@@ -157,23 +159,10 @@ void fill_planes(const T* x, int64_t n0, int nb, const Geometry& g, const Planes
 
 // Hot loops: compiled for the baseline ISA and, on x86-64, also for AVX2 (one 256-bit
 // vector holds the 8 float32 / 4 float64 lanes; floor is one instruction), chosen at run
-// time. The bodies are always-inline templates instantiated in both.
-#if defined(__GNUC__)
-#define LF_ALWAYS_INLINE inline __attribute__((always_inline))
-#else
-#define LF_ALWAYS_INLINE inline
-#endif
-#if !defined(LF_HAVE_AVX2_CLONE)  // -DLF_HAVE_AVX2_CLONE=0 builds the baseline path only
-#if defined(__x86_64__) && defined(__GNUC__)
-#define LF_HAVE_AVX2_CLONE 1
-#else
-#define LF_HAVE_AVX2_CLONE 0
-#endif
-#endif
-#define LF_TARGET_AVX2 __attribute__((target("avx2,fma")))
+// time (common/simd.h). The bodies are always-inline templates instantiated in both.
 
-// Samples per block: their positions, floors and weights are computed together (one
-// vector of 4 float64), then applied to the V lanes; 4 accumulators keep 4 independent
+// Samples per block: their positions, floors and weights are computed together
+// (joseph_ray_samples), then applied to the V lanes; 4 accumulators keep 4 independent
 // addition chains in flight.
 constexpr int kBlock = 4;
 
@@ -209,18 +198,11 @@ LF_ALWAYS_INLINE void store_lanes(T* p, const Vec& v) {
   std::memcpy(p, &v, sizeof(Vec));
 }
 
-// Positions of kBlock consecutive samples of a ray from major step k (kd == k): plane
-// offsets (in elements, lanes included, from the start of row k) and the weights of the
-// second neighbour.
-template <typename T, int V>
-LF_ALWAYS_INLINE void block_samples(const JosephRay& ray, double kd, int64_t row,
-                                    int64_t* offset, T* w) {
-  for (int u = 0; u < kBlock; ++u) {
-    const double f = ray.f0 + (kd + u) * ray.df;  // joseph_f(ray, k + u)
-    const double fl = std::floor(f);
-    w[u] = (T)(f - fl);
-    offset[u] = u * row + ((int64_t)(int)fl + kPad) * V;
-  }
+// Element of the sample u of a block at minor index i (lanes included), from the start of
+// the block's first plane row.
+template <int V>
+LF_ALWAYS_INLINE int64_t plane_offset(int u, int i, int64_t row) {
+  return u * row + ((int64_t)i + kPad) * V;
 }
 
 // Adds to sums[(r - r0) * V + v] the samples of rays r0 .. r1 - 1 at major steps
@@ -232,31 +214,16 @@ LF_ALWAYS_INLINE void forward_rays_body(const T* plane_y, const T* plane_x, cons
   using Vec = lanes_t<T, V>;
   for (int64_t r = r0; r < r1; ++r) {
     const JosephRay ray = rays[r];
-    const int k_end = std::min(ray.k_end, k_hi);
-    int k = std::max(ray.k_begin, k_lo);
-    if (k >= k_end) continue;
     const T* base = ray.x_major ? plane_x : plane_y;
     const int64_t row = ray.x_major ? pl.row_x : pl.row_y;
     Vec acc[kBlock] = {};
-    double kd = k;  // k as a double, stepped alongside (no int-to-double conversions)
-    for (; k + kBlock <= k_end; k += kBlock, kd += kBlock) {
-      int64_t offset[kBlock];
-      T w[kBlock];
-      block_samples<T, V>(ray, kd, row, offset, w);
-      const T* pk = base + k * row;
-      for (int u = 0; u < kBlock; ++u) {
-        const Vec a = load_lanes<Vec>(pk + offset[u]), b = load_lanes<Vec>(pk + offset[u] + V);
-        acc[u] += a + w[u] * (b - a);
-      }
-    }
-    for (; k < k_end; ++k) {
-      const double f = luser_fast::radon::joseph_f(ray, k);
-      const double fl = std::floor(f);
-      const T w = (T)(f - fl);
-      const T* p = base + k * row + ((int)fl + kPad) * V;
-      const Vec a = load_lanes<Vec>(p), b = load_lanes<Vec>(p + V);
-      acc[0] += a + w * (b - a);
-    }
+    if (!luser_fast::radon::joseph_ray_samples<kBlock, T>(
+            ray, k_lo, k_hi, base, row, [&](const T* row0, int u, int i, T w) {
+              const T* p = row0 + plane_offset<V>(u, i, row);
+              acc[u] += luser_fast::radon::joseph_lerp(load_lanes<Vec>(p),
+                                                       load_lanes<Vec>(p + V), w);
+            }))
+      continue;  // no sample in these steps
     T* dst = sums + (r - r0) * V;
     store_lanes(dst, load_lanes<Vec>(dst) + ((acc[0] + acc[1]) + (acc[2] + acc[3])));
   }
@@ -271,93 +238,44 @@ LF_ALWAYS_INLINE void adjoint_rays_body(const T* vals, const Planes& pl, const J
   using Vec = lanes_t<T, V>;
   for (int64_t r = r0; r < r1; ++r) {
     const JosephRay ray = rays[r];
-    const int k_end = std::min(ray.k_end, k_hi);
-    int k = std::max(ray.k_begin, k_lo);
-    if (k >= k_end) continue;
     const Vec val = load_lanes<Vec>(vals + (r - r0) * V);
     T* base = ray.x_major ? plane_x : plane_y;
     const int64_t row = ray.x_major ? pl.row_x : pl.row_y;
-    double kd = k;
-    for (; k + kBlock <= k_end; k += kBlock, kd += kBlock) {
-      int64_t offset[kBlock];
-      T w[kBlock];
-      block_samples<T, V>(ray, kd, row, offset, w);
-      T* pk = base + k * row;
-      for (int u = 0; u < kBlock; ++u) {
-        T* p = pk + offset[u];
-        store_lanes(p, load_lanes<Vec>(p) + (T(1) - w[u]) * val);
-        store_lanes(p + V, load_lanes<Vec>(p + V) + w[u] * val);
-      }
-    }
-    for (; k < k_end; ++k) {
-      const double f = luser_fast::radon::joseph_f(ray, k);
-      const double fl = std::floor(f);
-      const T w = (T)(f - fl);
-      T* p = base + k * row + ((int)fl + kPad) * V;
-      store_lanes(p, load_lanes<Vec>(p) + (T(1) - w) * val);
-      store_lanes(p + V, load_lanes<Vec>(p + V) + w * val);
-    }
+    luser_fast::radon::joseph_ray_samples<kBlock, T>(
+        ray, k_lo, k_hi, base, row, [&](T* row0, int u, int i, T w) {
+          T* p = row0 + plane_offset<V>(u, i, row);
+          Vec d0, d1;
+          luser_fast::radon::joseph_lerp_adjoint(val, w, &d0, &d1);
+          store_lanes(p, load_lanes<Vec>(p) + d0);
+          store_lanes(p + V, load_lanes<Vec>(p + V) + d1);
+        });
   }
 }
 
-template <typename T, int V>
-void forward_rays_base(const T* plane_y, const T* plane_x, const Planes& pl,
-                       const JosephRay* rays, int64_t r0, int64_t r1, int k_lo, int k_hi,
-                       T* sums) {
-  forward_rays_body<T, V>(plane_y, plane_x, pl, rays, r0, r1, k_lo, k_hi, sums);
-}
+LF_SIMD_CLONES((template <typename T, int V>), forward_rays,
+               (const T* plane_y, const T* plane_x, const Planes& pl, const JosephRay* rays,
+                int64_t r0, int64_t r1, int k_lo, int k_hi, T* sums),
+               { forward_rays_body<T, V>(plane_y, plane_x, pl, rays, r0, r1, k_lo, k_hi, sums); })
 
-template <typename T, int V>
-void adjoint_rays_base(const T* vals, const Planes& pl, const JosephRay* rays, int64_t r0,
-                       int64_t r1, int k_lo, int k_hi, T* plane_y, T* plane_x) {
-  adjoint_rays_body<T, V>(vals, pl, rays, r0, r1, k_lo, k_hi, plane_y, plane_x);
-}
-
-#if LF_HAVE_AVX2_CLONE
-template <typename T, int V>
-LF_TARGET_AVX2 void forward_rays_avx2(const T* plane_y, const T* plane_x, const Planes& pl,
-                                      const JosephRay* rays, int64_t r0, int64_t r1, int k_lo,
-                                      int k_hi, T* sums) {
-  forward_rays_body<T, V>(plane_y, plane_x, pl, rays, r0, r1, k_lo, k_hi, sums);
-}
-
-template <typename T, int V>
-LF_TARGET_AVX2 void adjoint_rays_avx2(const T* vals, const Planes& pl, const JosephRay* rays,
-                                      int64_t r0, int64_t r1, int k_lo, int k_hi, T* plane_y,
-                                      T* plane_x) {
-  adjoint_rays_body<T, V>(vals, pl, rays, r0, r1, k_lo, k_hi, plane_y, plane_x);
-}
-
-bool use_avx2() {
-  static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  return ok;
-}
-#endif
+LF_SIMD_CLONES((template <typename T, int V>), adjoint_rays,
+               (const T* vals, const Planes& pl, const JosephRay* rays, int64_t r0,
+                int64_t r1, int k_lo, int k_hi, T* plane_y, T* plane_x),
+               { adjoint_rays_body<T, V>(vals, pl, rays, r0, r1, k_lo, k_hi, plane_y, plane_x); })
 
 #pragma GCC pop_options
 
+// The clones for this CPU: AVX2 where it has it (the AVX-512 clone is not used: the lanes
+// are one 256-bit vector).
 template <typename T, int V>
-void forward_rays(const T* plane_y, const T* plane_x, const Planes& pl, const JosephRay* rays,
-                  int64_t r0, int64_t r1, int k_lo, int k_hi, T* sums) {
-#if LF_HAVE_AVX2_CLONE
-  if (use_avx2()) {
-    forward_rays_avx2<T, V>(plane_y, plane_x, pl, rays, r0, r1, k_lo, k_hi, sums);
-    return;
-  }
-#endif
-  forward_rays_base<T, V>(plane_y, plane_x, pl, rays, r0, r1, k_lo, k_hi, sums);
+auto forward_rays() {
+  return luser_fast::simd::pick(luser_fast::simd::best_level(), &forward_rays_base<T, V>,
+                                &forward_rays_avx2<T, V>);
 }
 
 template <typename T, int V>
-void adjoint_rays(const T* vals, const Planes& pl, const JosephRay* rays, int64_t r0,
-                  int64_t r1, int k_lo, int k_hi, T* plane_y, T* plane_x) {
-#if LF_HAVE_AVX2_CLONE
-  if (use_avx2()) {
-    adjoint_rays_avx2<T, V>(vals, pl, rays, r0, r1, k_lo, k_hi, plane_y, plane_x);
-    return;
-  }
-#endif
-  adjoint_rays_base<T, V>(vals, pl, rays, r0, r1, k_lo, k_hi, plane_y, plane_x);
+auto adjoint_rays() {
+  return luser_fast::simd::pick(luser_fast::simd::best_level(), &adjoint_rays_base<T, V>,
+                                &adjoint_rays_avx2<T, V>);
 }
 
 // Cache blocking. Rays are processed in chunks of kChunkAngles angles, and each chunk in
@@ -400,14 +318,14 @@ void forward_group(const T* x, int64_t n0, int nb, const Geometry& g,
   const int64_t n_rays = g.n_angles * g.n_det, n_steps = std::max(g.height, g.width);
   const int64_t chunk = kChunkAngles * g.n_det;
   const int tile = tile_steps(g);
+  const auto rays_fn = forward_rays<T, V>();
   at::parallel_for(0, n_rays, grain(n_steps * V), [&](int64_t r0, int64_t r1) {
     std::vector<T> sums(std::min(chunk, r1 - r0) * V);
     for (int64_t c0 = r0; c0 < r1; c0 += chunk) {
       const int64_t c1 = std::min(r1, c0 + chunk);
       std::fill(sums.begin(), sums.end(), T(0));
       for (int k = 0; k < n_steps; k += tile) {
-        forward_rays<T, V>(planes, planes + pl.size_y, pl, rays.data(), c0, c1, k, k + tile,
-                           sums.data());
+        rays_fn(planes, planes + pl.size_y, pl, rays.data(), c0, c1, k, k + tile, sums.data());
       }
       for (int64_t r = c0; r < c1; ++r) {
         const T step = (T)rays[r].step;
@@ -428,6 +346,7 @@ void adjoint_group(const T* sino, int64_t n0, int nb, const Geometry& g,
       1, std::min<int64_t>({(int64_t)at::get_num_threads(), g.n_angles, work / kMinWork}));
   const int64_t per = pl.size_y + pl.size_x;
   const int tile = tile_steps(g);
+  const auto rays_fn = adjoint_rays<T, V>();
   const at::Tensor buffer = plane_buffer<T>(per * n_workers);
   T* planes = buffer.data_ptr<T>();
   at::parallel_for(0, n_workers, 1, [&](int64_t w0, int64_t w1) {
@@ -443,8 +362,7 @@ void adjoint_group(const T* sino, int64_t n0, int nb, const Geometry& g,
           for (int v = 0; v < nb; ++v) vals[(r - c0) * V + v] = sino[(n0 + v) * n_rays + r] * step;
         }
         for (int k = 0; k < n_steps; k += tile) {
-          adjoint_rays<T, V>(vals.data(), pl, rays.data(), c0, c1, k, k + tile, py,
-                             py + pl.size_y);
+          rays_fn(vals.data(), pl, rays.data(), c0, c1, k, k + tile, py, py + pl.size_y);
         }
       }
     }
@@ -505,60 +423,88 @@ Geometry make_geometry(int64_t height, int64_t width, int64_t n_angles, int64_t 
   return g;
 }
 
+// One op's checked arguments: the geometry, its output (allocated, [..., A, D] for a
+// forward, [..., H, W] for an adjoint), the contiguous input, how many images (or
+// sinograms) it holds and, when there are any, the ray table.
+struct OpCall {
+  Geometry g;
+  at::Tensor in, angles, out;
+  int64_t n_images = 0;
+  std::vector<JosephRay> rays;
+};
+
+OpCall forward_call(const at::Tensor& x, const at::Tensor& angles, int64_t n_det,
+                    double spacing, const std::optional<double>& src,
+                    const std::optional<double>& det, const char* fn) {
+  check_data(x, "x", fn);
+  OpCall c;
+  c.angles = check_angles(angles, x, fn);
+  const int64_t h = x.size(-2), w = x.size(-1);
+  check_geometry(h, w, n_det, spacing, src, det, fn);
+  c.g = make_geometry(h, w, c.angles.numel(), n_det, spacing, src, det);
+  std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end() - 2);
+  shape.push_back(c.g.n_angles);
+  shape.push_back(c.g.n_det);
+  c.out = at::empty(shape, x.options());
+  c.n_images = h * w == 0 ? 0 : x.numel() / (h * w);
+  if (c.n_images > 0) {
+    c.in = x.contiguous();
+    c.rays = make_rays(c.angles, c.g);
+  }
+  return c;
+}
+
+OpCall adjoint_call(const at::Tensor& sino, const at::Tensor& angles, int64_t height,
+                    int64_t width, double spacing, const std::optional<double>& src,
+                    const std::optional<double>& det, const char* fn) {
+  check_data(sino, "sino", fn);
+  OpCall c;
+  c.angles = check_angles(angles, sino, fn);
+  const int64_t n_det = sino.size(-1);
+  TORCH_CHECK(sino.size(-2) == c.angles.numel(), fn, ": sino must end in (A, D) with A = ",
+              c.angles.numel(), " angles, got shape ", sino.sizes());
+  check_geometry(height, width, n_det, spacing, src, det, fn);
+  c.g = make_geometry(height, width, c.angles.numel(), n_det, spacing, src, det);
+  std::vector<int64_t> shape(sino.sizes().begin(), sino.sizes().end() - 2);
+  shape.push_back(height);
+  shape.push_back(width);
+  c.out = at::empty(shape, sino.options());
+  c.n_images = sino.numel() / (c.g.n_angles * c.g.n_det);
+  if (c.n_images > 0) {
+    c.in = sino.contiguous();
+    c.rays = make_rays(c.angles, c.g);
+  }
+  return c;
+}
+
 at::Tensor radon_forward_cpu(const at::Tensor& x, const at::Tensor& angles, int64_t n_det,
                              double spacing, std::optional<double> src,
                              std::optional<double> det) {
-  const char* fn = "radon_forward";
-  check_data(x, "x", fn);
-  const at::Tensor ang = check_angles(angles, x, fn);
-  const int64_t h = x.size(-2), w = x.size(-1);
-  check_geometry(h, w, n_det, spacing, src, det, fn);
-  const Geometry g = make_geometry(h, w, ang.numel(), n_det, spacing, src, det);
-  std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end() - 2);
-  shape.push_back(g.n_angles);
-  shape.push_back(g.n_det);
-  at::Tensor out = at::empty(shape, x.options());
-  const int64_t n_images = h * w == 0 ? 0 : x.numel() / (h * w);
-  if (n_images == 0) return out;
-  const at::Tensor xc = x.contiguous();
-  const std::vector<JosephRay> rays = make_rays(ang, g);
+  const OpCall c = forward_call(x, angles, n_det, spacing, src, det, "radon_forward");
+  if (c.n_images == 0) return c.out;
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "radon_forward_cpu", [&] {
-    const scalar_t* xp = xc.data_ptr<scalar_t>();
-    scalar_t* op = out.data_ptr<scalar_t>();
-    for_lane_groups<full_lanes<scalar_t>()>(n_images, [&](auto lanes, int64_t n0, int nb) {
-      forward_group<scalar_t, decltype(lanes)::value>(xp, n0, nb, g, rays, op);
+    const scalar_t* xp = c.in.data_ptr<scalar_t>();
+    scalar_t* op = c.out.data_ptr<scalar_t>();
+    for_lane_groups<full_lanes<scalar_t>()>(c.n_images, [&](auto lanes, int64_t n0, int nb) {
+      forward_group<scalar_t, decltype(lanes)::value>(xp, n0, nb, c.g, c.rays, op);
     });
   });
-  return out;
+  return c.out;
 }
 
 at::Tensor radon_adjoint_cpu(const at::Tensor& sino, const at::Tensor& angles, int64_t height,
                              int64_t width, double spacing, std::optional<double> src,
                              std::optional<double> det) {
-  const char* fn = "radon_adjoint";
-  check_data(sino, "sino", fn);
-  const at::Tensor ang = check_angles(angles, sino, fn);
-  const int64_t n_det = sino.size(-1);
-  TORCH_CHECK(sino.size(-2) == ang.numel(), fn, ": sino must end in (A, D) with A = ",
-              ang.numel(), " angles, got shape ", sino.sizes());
-  check_geometry(height, width, n_det, spacing, src, det, fn);
-  const Geometry g = make_geometry(height, width, ang.numel(), n_det, spacing, src, det);
-  std::vector<int64_t> shape(sino.sizes().begin(), sino.sizes().end() - 2);
-  shape.push_back(height);
-  shape.push_back(width);
-  at::Tensor out = at::empty(shape, sino.options());
-  const int64_t n_images = sino.numel() / (g.n_angles * g.n_det);
-  if (n_images == 0) return out;
-  const at::Tensor sc = sino.contiguous();
-  const std::vector<JosephRay> rays = make_rays(ang, g);
+  const OpCall c = adjoint_call(sino, angles, height, width, spacing, src, det, "radon_adjoint");
+  if (c.n_images == 0) return c.out;
   AT_DISPATCH_FLOATING_TYPES(sino.scalar_type(), "radon_adjoint_cpu", [&] {
-    const scalar_t* sp = sc.data_ptr<scalar_t>();
-    scalar_t* op = out.data_ptr<scalar_t>();
-    for_lane_groups<full_lanes<scalar_t>()>(n_images, [&](auto lanes, int64_t n0, int nb) {
-      adjoint_group<scalar_t, decltype(lanes)::value>(sp, n0, nb, g, rays, op);
+    const scalar_t* sp = c.in.data_ptr<scalar_t>();
+    scalar_t* op = c.out.data_ptr<scalar_t>();
+    for_lane_groups<full_lanes<scalar_t>()>(c.n_images, [&](auto lanes, int64_t n0, int nb) {
+      adjoint_group<scalar_t, decltype(lanes)::value>(sp, n0, nb, c.g, c.rays, op);
     });
   });
-  return out;
+  return c.out;
 }
 
 // --- the CUDA kernels' algorithms on the CPU --------------------------------------------
@@ -566,33 +512,23 @@ at::Tensor radon_adjoint_cpu(const at::Tensor& sino, const at::Tensor& angles, i
 at::Tensor radon_forward_gather_cpu(const at::Tensor& x, const at::Tensor& angles,
                                     int64_t n_det, double spacing, std::optional<double> src,
                                     std::optional<double> det) {
-  const char* fn = "_radon_forward_gather";
-  check_data(x, "x", fn);
-  const at::Tensor ang = check_angles(angles, x, fn);
-  const int64_t h = x.size(-2), w = x.size(-1);
-  check_geometry(h, w, n_det, spacing, src, det, fn);
-  const Geometry g = make_geometry(h, w, ang.numel(), n_det, spacing, src, det);
-  std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end() - 2);
-  shape.push_back(g.n_angles);
-  shape.push_back(g.n_det);
-  at::Tensor out = at::empty(shape, x.options());
-  const int64_t n_images = h * w == 0 ? 0 : x.numel() / (h * w);
-  if (n_images == 0) return out;
-  const at::Tensor xc = x.contiguous();
-  const at::Tensor xt = xc.transpose(-1, -2).contiguous();
-  const std::vector<JosephRay> rays = make_rays(ang, g);
+  const OpCall c = forward_call(x, angles, n_det, spacing, src, det, "_radon_forward_gather");
+  if (c.n_images == 0) return c.out;
+  const Geometry& g = c.g;
+  const int64_t h = g.height, w = g.width, n_images = c.n_images;
+  const at::Tensor xt = c.in.transpose(-1, -2).contiguous();
   const int64_t n_rays = g.n_angles * g.n_det, hw = h * w;
   const int64_t n_groups = (n_images + kGatherImages - 1) / kGatherImages;
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "radon_forward_gather_cpu", [&] {
-    const scalar_t* img = xc.data_ptr<scalar_t>();
+    const scalar_t* img = c.in.data_ptr<scalar_t>();
     const scalar_t* img_t = xt.data_ptr<scalar_t>();
-    scalar_t* op = out.data_ptr<scalar_t>();
+    scalar_t* op = c.out.data_ptr<scalar_t>();
     at::parallel_for(0, n_groups * n_rays, grain(std::max(h, w) * kGatherImages),
                      [&](int64_t t0, int64_t t1) {
       for (int64_t t = t0; t < t1; ++t) {
         const int64_t n0 = (t / n_rays) * kGatherImages, r = t % n_rays;
         const int nb = (int)std::min<int64_t>(kGatherImages, n_images - n0);
-        const JosephRay ray = rays[r];
+        const JosephRay ray = c.rays[r];
         const scalar_t* rows = (ray.x_major ? img_t : img) + n0 * hw;
         scalar_t acc[kGatherImages];
         luser_fast::radon::joseph_forward_ray<scalar_t, kGatherImages>(
@@ -601,36 +537,25 @@ at::Tensor radon_forward_gather_cpu(const at::Tensor& x, const at::Tensor& angle
       }
     });
   });
-  return out;
+  return c.out;
 }
 
 at::Tensor radon_adjoint_gather_cpu(const at::Tensor& sino, const at::Tensor& angles,
                                     int64_t height, int64_t width, double spacing,
                                     std::optional<double> src, std::optional<double> det) {
-  const char* fn = "_radon_adjoint_gather";
-  check_data(sino, "sino", fn);
-  const at::Tensor ang = check_angles(angles, sino, fn);
-  const int64_t n_det = sino.size(-1);
-  TORCH_CHECK(sino.size(-2) == ang.numel(), fn, ": sino must end in (A, D) with A = ",
-              ang.numel(), " angles, got shape ", sino.sizes());
-  check_geometry(height, width, n_det, spacing, src, det, fn);
-  const Geometry g = make_geometry(height, width, ang.numel(), n_det, spacing, src, det);
-  std::vector<int64_t> shape(sino.sizes().begin(), sino.sizes().end() - 2);
-  shape.push_back(height);
-  shape.push_back(width);
-  at::Tensor out = at::empty(shape, sino.options());
-  const int64_t n_images = sino.numel() / (g.n_angles * g.n_det);
-  if (n_images == 0) return out;
-  const at::Tensor sc = sino.contiguous();
-  const std::vector<JosephRay> rays = make_rays(ang, g);
-  const at::Tensor c = at::cos(ang), s = at::sin(ang);
-  const double* cp = c.data_ptr<double>();
-  const double* spp = s.data_ptr<double>();
+  const OpCall c =
+      adjoint_call(sino, angles, height, width, spacing, src, det, "_radon_adjoint_gather");
+  if (c.n_images == 0) return c.out;
+  const Geometry& g = c.g;
+  const int64_t n_images = c.n_images;
+  const at::Tensor cos_t = at::cos(c.angles), sin_t = at::sin(c.angles);
+  const double* cp = cos_t.data_ptr<double>();
+  const double* spp = sin_t.data_ptr<double>();
   const int64_t n_rays = g.n_angles * g.n_det, hw = height * width;
   const int64_t n_groups = (n_images + kGatherImages - 1) / kGatherImages;
   AT_DISPATCH_FLOATING_TYPES(sino.scalar_type(), "radon_adjoint_gather_cpu", [&] {
-    const scalar_t* sp = sc.data_ptr<scalar_t>();
-    scalar_t* op = out.data_ptr<scalar_t>();
+    const scalar_t* sp = c.in.data_ptr<scalar_t>();
+    scalar_t* op = c.out.data_ptr<scalar_t>();
     at::parallel_for(0, n_groups * hw, grain(4 * g.n_angles * kGatherImages),
                      [&](int64_t t0, int64_t t1) {
       for (int64_t t = t0; t < t1; ++t) {
@@ -639,7 +564,7 @@ at::Tensor radon_adjoint_gather_cpu(const at::Tensor& sino, const at::Tensor& an
         scalar_t acc[kGatherImages] = {};
         const int i = (int)(p / width), j = (int)(p % width);
         for (int64_t a = 0; a < g.n_angles; ++a) {
-          const JosephRay* rays_a = rays.data() + a * g.n_det;
+          const JosephRay* rays_a = c.rays.data() + a * g.n_det;
           const scalar_t* sino_a = sp + n0 * n_rays + a * g.n_det;
           if (g.src > 0.0) {
             luser_fast::radon::joseph_adjoint_pixel<scalar_t, kGatherImages, true>(
@@ -655,7 +580,7 @@ at::Tensor radon_adjoint_gather_cpu(const at::Tensor& sino, const at::Tensor& an
       }
     });
   });
-  return out;
+  return c.out;
 }
 
 // The ray table as float64 [A, D, 6]: f0, df, step, x_major, k_begin, k_end (for tests and

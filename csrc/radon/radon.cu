@@ -2,7 +2,8 @@
 // luser_fast/ops/radon.py on torch's current stream. The math is joseph.h's, shared with
 // the CPU kernels (and exercised on the CPU by _radon_forward_gather /
 // _radon_adjoint_gather); what is here is only the mapping of threads to work.
-// Only joseph.h and CUDA builtins are included, so NVRTC compiles this file as well.
+// Only joseph.h (with common/) and CUDA builtins are included, so NVRTC compiles this file
+// as well.
 #include "radon/joseph.h"
 
 namespace {
@@ -10,8 +11,9 @@ namespace {
 using luser_fast::radon::JosephRay;
 
 // Images per thread: the ray (forward) or the pixel's candidate rays (adjoint) are set up
-// once and applied to this many images.
-constexpr int kImagesPerThread = 4;
+// once and applied to this many images (common/constants.h; the launcher sizes its grid
+// from it).
+constexpr int kImagesPerThread = luser_fast::kRadonImagesPerThread;
 
 // Forward: one thread per (ray, group of kImagesPerThread images); blockIdx.y strides over
 // the image groups. x-major rays read the transposed images, so the threads of a warp
