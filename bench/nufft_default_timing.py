@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import random
 import statistics
 import time
 
@@ -35,14 +36,19 @@ def golden_angle_radial(spokes: int = 402, samples: int = 256) -> torch.Tensor:
 
 
 def interleaved(calls: dict, rounds: int) -> dict:
-    """Median seconds per call, rounds interleaved so that load hits every call alike."""
+    """Median seconds per call, rounds interleaved so that load hits every call alike, in
+    a new random order each round: a call right after FINUFFT's runs slower (its OpenMP
+    threads still spin), which a fixed order would charge to one call every time."""
     for fn in calls.values():
         fn()
     times = {name: [] for name in calls}
+    rng = random.Random(0)
+    names = list(calls)
     for _ in range(rounds):
-        for name, fn in calls.items():
+        rng.shuffle(names)
+        for name in names:
             start = time.perf_counter()
-            fn()
+            calls[name]()
             times[name].append(time.perf_counter() - start)
     return {name: statistics.median(t) for name, t in times.items()}
 
