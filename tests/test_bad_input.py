@@ -219,14 +219,7 @@ IMAGE_SIZE_USERS = {
     "plan_for": lambda s: nufft_ops.plan_for(torch.zeros(3, 2), s),
     "gridding_plan": lambda s: nufft_ops.gridding_plan(torch.zeros(3, 2), s),
 }
-#: ops/nufft.py's plan functions take image_size unchecked (not this file's to change)
-_UNCHECKED = pytest.mark.xfail(strict=False, reason="plan_for / gridding_plan do not "
-                                                    "validate image_size yet")
-
-
-@pytest.mark.parametrize("name", [
-    pytest.param(n, marks=_UNCHECKED) if n in ("plan_for", "gridding_plan") else n
-    for n in sorted(IMAGE_SIZE_USERS)])
+@pytest.mark.parametrize("name", sorted(IMAGE_SIZE_USERS))
 @pytest.mark.parametrize("size, exc", [(2.5, TypeError), (None, TypeError), ("8", TypeError),
                                        ((8, 2.0), TypeError), ((8,), TypeError),
                                        (0, ValueError), ((8, -1), ValueError)])

@@ -288,6 +288,7 @@ def plan_for(ktraj: torch.Tensor, image_size, tol: float = 1e-6, oversamp: float
     Raises:
         RuntimeError: no compiled kernel serves ``device`` at this tol/oversamp.
     """
+    image_size = validate.image_size(image_size, "plan_for")
     device = torch.device(device) if device is not None else ktraj.device
     reason = _unserved(device, tol, oversamp, dtype)
     if reason is not None:
@@ -319,6 +320,7 @@ def gridding_plan(ktraj: torch.Tensor, image_size, tol: float = 1e-6,
         dtype: the complex dtype the plan will run in.
         backend: as in ``nufft_type1``.
     """
+    image_size = validate.image_size(image_size, "gridding_plan")
     if backends.select("nufft_type1", ktraj.device.type, backend) != "reference":
         reason = _unserved(ktraj.device, tol, oversamp, dtype)
         if reason is None:
