@@ -9,6 +9,12 @@ depth, at the K (|z*| + |v| + |x|) limit) and the parts of the fast LUSER's peak
 go to ``bench/results/deq_memory_cpu.json`` (keyed by machine, versions, git SHA) and are
 printed.
 
+GPU (only where one exists): the same step on the device (``training_memory`` measures the
+peak there with ``torch.cuda.max_memory_allocated``) for the fast LUSER, the reference LUSER
+and LU depth 5, with the seconds of the step; recorded model by model through
+``harness.record_gpu_case`` into the GPU run (``bench/results/gpu_<gpu>.json``, section
+``memory``), and judged by the report against issue 3's goal (LU / LUSER peak >= 8).
+
     pytest bench/test_bench_deq_memory.py --benchmark-only -s
 """
 from __future__ import annotations
@@ -156,3 +162,59 @@ def test_memory_against_iterations(benchmark):
     run["setup"] = {"task": "ct", "vary": "iterations", "batch": 2, "K": 5, **SWEEP}
     run["rows"] = rows
     print(harness.save_run("memprofile_cpu", run))
+
+
+# --- GPU --------------------------------------------------------------------------------------
+
+GPU_MODELS = ("fast_luser", "reference_luser", "lu_depth5")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(),
+                    reason="no CUDA device: the GPU benchmark runs only where one exists")
+def test_training_memory_cuda(benchmark):
+    """One training step per model on the GPU: saved bytes, peak bytes above what was
+    allocated before the step (``torch.cuda.max_memory_allocated``) and seconds; a first
+    step of each model warms up (kernel compilation, allocator), the second is recorded."""
+    import inspect
+
+    from luser_fast import backends
+
+    defaults = inspect.signature(LUSER).parameters
+    torch.manual_seed(0)
+    op = Radon(N, angles=N).cuda()
+    x = torch.rand(BATCH, 1, N, N, device="cuda")
+    y = op(x)
+    setup = {"task": "CT parallel beam", "image": [N, N], "angles": N, "batch": BATCH, "K": K,
+             "channels": CHANNELS, "dtype": "float32",
+             "models": "fast_luser and reference_luser: LUSER's defaults ("
+                       + ", ".join(f"{k} {defaults[k].default}" for k in ("depth", "chunk"))
+                       + "); lu_depth5: LU depth 5",
+             "peak": "torch.cuda.max_memory_allocated during the step, minus what was "
+                     "allocated before it",
+             "radon backend": backends.select("radon_forward", "cuda")}
+    reports = {}
+    for name in GPU_MODELS:
+        model = _build(name, op).cuda()
+        training_memory(model, y, x)                  # warm-up
+        if name == "fast_luser":
+            r = benchmark.pedantic(training_memory, args=(model, y, x), rounds=1, iterations=1)
+        else:
+            r = training_memory(model, y, x)
+        reports[name] = r
+        harness.record_gpu_case("memory", name, {
+            "saved_MiB": round(r.saved_bytes / MIB, 3), "peak_MiB": round(r.peak_bytes / MIB, 3),
+            "params_MiB": round(r.param_bytes / MIB, 3), "seconds": round(r.seconds, 4)},
+            setup=setup)
+        del model
+        torch.cuda.empty_cache()
+    fast, lu = reports["fast_luser"], reports["lu_depth5"]
+    ratios = {"LU peak / fast LUSER peak": round(lu.peak_bytes / fast.peak_bytes, 3),
+              "LU saved / fast LUSER saved": round(lu.saved_bytes / fast.saved_bytes, 3),
+              "reference LUSER peak / fast LUSER peak":
+                  round(reports["reference_luser"].peak_bytes / fast.peak_bytes, 3),
+              "fast LUSER seconds / LU seconds": round(fast.seconds / lu.seconds, 3)}
+    print(f"\n{torch.cuda.get_device_name()}: training memory "
+          + json.dumps({k: {"saved_MiB": round(r.saved_bytes / MIB, 2),
+                            "peak_MiB": round(r.peak_bytes / MIB, 2),
+                            "seconds": round(r.seconds, 4)} for k, r in reports.items()})
+          + f" ratios {ratios}")

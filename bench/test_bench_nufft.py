@@ -18,9 +18,11 @@ by other load on a shared machine) and the ratios against the peers measured in 
 run go through ``harness`` to ``bench/results/nufft_cpu.json`` (keyed by machine,
 versions and git SHA) and are printed.
 
-GPU (only where one exists): the same problem at tol 1e-5 in complex64, points per second
-(points x coils / s) against cuFINUFFT's published ~6e8 points/s (A6000, 2-D, fp32,
-tol 1e-5), checked against the CPU kernels first.
+GPU (only where one exists, with CuPy): the same problem at tol 1e-5 in complex64, points
+per second (points x coils / s) against cuFINUFFT's published ~6e8 points/s (A6000, 2-D,
+fp32, tol 1e-5), each checked against the exact NUDFT on the subset first; recorded case by
+case through ``harness.record_gpu_case`` into the GPU run (``bench/results/gpu_<gpu>.json``,
+keyed by GPU name, driver, CUDA, torch version and git SHA; section ``nufft``).
 
     pytest bench/test_bench_nufft.py --benchmark-only
 """
@@ -33,6 +35,7 @@ import numpy as np
 import pytest
 import torch
 
+from luser_fast import backends
 from luser_fast.ops import nufft as nufft_ops
 from luser_fast.ops import nufft_type1, nufft_type2
 from luser_fast.profile import harness
@@ -321,13 +324,23 @@ def test_luser_fast_cuda_points_per_second(benchmark, problem, kind):
 
     err = problem.error(kind, run().cpu())
     assert err <= GPU_TOL, err
-    benchmark.pedantic(run, rounds=harness.pick(50, 2), warmup_rounds=5)
-    if not benchmark.disabled:
-        rate = problem.ktraj.shape[0] * COILS / benchmark.stats.stats.median
-        benchmark.extra_info.update(points_per_second=rate, relative_l2_error=err,
-                                    vs_cufinufft_published=rate / CUFINUFFT_POINTS_PER_S,
-                                    device=torch.cuda.get_device_name())
-        print(f"\n{torch.cuda.get_device_name()}: nufft {kind} {H}x{W}, {SPOKES}x{SAMPLES} "
-              f"points x {COILS} coils, tol {GPU_TOL:g}: {rate:.3g} points/s "
-              f"({rate / CUFINUFFT_POINTS_PER_S:.2f}x cuFINUFFT's published {CUFINUFFT_POINTS_PER_S:.0e}), "
-              f"error {err:.2e}")
+    rounds = harness.pick(50, 2)
+    benchmark.pedantic(run, rounds=rounds, warmup_rounds=5)
+    t = harness.timing(benchmark)
+    if t is None:
+        return
+    points = problem.ktraj.shape[0] * COILS
+    row = {"ms": harness.ms(t), "points_per_second": points / t["median"],
+           "points_per_second_band": [points / t["max"], points / t["min"]],
+           "relative_l2_error": float(f"{err:.3g}"),
+           "vs_cufinufft_published": points / t["median"] / CUFINUFFT_POINTS_PER_S,
+           "backend": backends.select(f"nufft_{kind}", "cuda")}
+    harness.record_gpu_case("nufft", kind, row, setup={
+        "image": [H, W], "spokes": SPOKES, "samples": SAMPLES, "points": SPOKES * SAMPLES,
+        "coils": COILS, "dtype": "complex64", "tol": GPU_TOL, "rounds": rounds,
+        "trajectory": "golden-angle radial",
+        "cufinufft_published_points_per_second": CUFINUFFT_POINTS_PER_S})
+    print(f"\n{torch.cuda.get_device_name()}: nufft {kind} {H}x{W}, {SPOKES}x{SAMPLES} "
+          f"points x {COILS} coils, tol {GPU_TOL:g}: {row['points_per_second']:.3g} points/s "
+          f"({row['vs_cufinufft_published']:.2f}x cuFINUFFT's published "
+          f"{CUFINUFFT_POINTS_PER_S:.0e}), error {err:.2e}")

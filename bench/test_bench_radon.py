@@ -13,19 +13,25 @@ maxima, the ratios against the peers measured in the same run, and a throughput 
 over image sizes go through ``harness`` to ``bench/results/radon_cpu.json`` (keyed by
 machine, versions and git SHA) and are printed.
 
-GPU (only where one exists): 256 x 256, 256 angles, batch 128, float32: images/s for the
-forward and the adjoint, checked against the reference first.
+GPU (only where one exists, with CuPy): 256 x 256, 256 angles, batch 128, float32: images/s
+for the forward and the adjoint, each checked against the reference first; recorded case by
+case through ``harness.record_gpu_case`` into the GPU run (``bench/results/gpu_<gpu>.json``,
+keyed by GPU name, driver, CUDA, torch version and git SHA; section ``radon``). The report
+judges them against torch-radon's published ~19.5k images/s (fp32, V100), the comparison
+issue 5 names.
 
     pytest bench/test_bench_radon.py --benchmark-only
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
 import pytest
 import torch
 
+from luser_fast import backends
 from luser_fast.ops import radon as radon_ops
 from luser_fast.profile import harness
 from luser_fast.ops import radon_adjoint, radon_forward
@@ -35,7 +41,7 @@ N, N_ANGLES, BATCH, THREADS = harness.pick((256, 180, 8, 2), (32, 12, 2, 2))
 N_DET = math.ceil(math.sqrt(2) * N)
 #: image sides of the throughput sweep (forward + adjoint, batch BATCH, N_ANGLES angles)
 SIZES = harness.pick((64, 128, 256, 512), (16, 32))
-GPU_ANGLES, GPU_BATCH = 256, 128
+GPU_ANGLES, GPU_BATCH = harness.pick((256, 128), (16, 4))
 
 
 def rel(a, b) -> float:
@@ -284,27 +290,44 @@ needs_gpu = pytest.mark.skipif(
     reason="no CUDA device with CuPy here: the GPU benchmark runs only where one exists")
 
 
+@functools.lru_cache(maxsize=1)
+def _gpu_images() -> torch.Tensor:
+    """[GPU_BATCH, N, N] phantoms (made once: scikit-image's resize takes seconds)."""
+    return torch.from_numpy(phantoms(N, GPU_BATCH))
+
+
 @needs_gpu
 @pytest.mark.parametrize("direction", ["forward", "adjoint"])
 def test_luser_fast_cuda_throughput(benchmark, direction):
     angles = torch.arange(GPU_ANGLES, dtype=torch.float64, device="cuda") * (
         math.pi / GPU_ANGLES)
-    x = torch.from_numpy(phantoms(N, GPU_BATCH)).cuda()
+    x = _gpu_images().cuda()
     y = radon_forward(x, angles, N_DET)
-    assert rel(y[:4].cpu(), radon_forward_ref(x[:4].cpu(), angles.cpu(), N_DET)) < 1e-5
     back = radon_adjoint(y, angles, N)
-    assert rel(back[:4].cpu(), radon_adjoint_ref(y[:4].cpu(), angles.cpu(), N)) < 1e-5
     if direction == "forward":
+        err = rel(y[:4].cpu(), radon_forward_ref(x[:4].cpu(), angles.cpu(), N_DET))
+
         def run():
             radon_forward(x, angles, N_DET)
             torch.cuda.synchronize()
     else:
+        err = rel(back[:4].cpu(), radon_adjoint_ref(y[:4].cpu(), angles.cpu(), N))
+
         def run():
             radon_adjoint(y, angles, N)
             torch.cuda.synchronize()
+    assert err < 1e-5, err
     benchmark.pedantic(run, rounds=harness.pick(20, 2), warmup_rounds=3)
-    if not benchmark.disabled:
-        benchmark.extra_info["images_per_second"] = GPU_BATCH / benchmark.stats.stats.median
-        benchmark.extra_info["device"] = torch.cuda.get_device_name()
-        print(f"\n{torch.cuda.get_device_name()}: radon {direction} 256x256, 256 angles, "
-              f"batch {GPU_BATCH}: {benchmark.extra_info['images_per_second']:.0f} images/s")
+    t = harness.timing(benchmark)
+    if t is None:
+        return
+    row = {"ms_per_batch": harness.ms(t), "images_per_second": GPU_BATCH / t["median"],
+           "images_per_second_band": [GPU_BATCH / t["max"], GPU_BATCH / t["min"]],
+           "relative_error_vs_reference": float(f"{err:.3g}"),
+           "backend": backends.select(f"radon_{direction}", "cuda")}
+    harness.record_gpu_case("radon", direction, row, setup={
+        "image": [N, N], "angles": GPU_ANGLES, "detectors": N_DET, "batch": GPU_BATCH,
+        "dtype": "float32", "rounds": harness.pick(20, 2),
+        "reference_check": "first 4 images against the reference on the CPU"})
+    print(f"\n{torch.cuda.get_device_name()}: radon {direction} {N}x{N}, {GPU_ANGLES} angles, "
+          f"batch {GPU_BATCH}: {row['images_per_second']:.0f} images/s (error {err:.1e})")

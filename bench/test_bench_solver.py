@@ -18,6 +18,14 @@ bytes-per-iteration model of each
 implementation (``luser_fast.deq.bytes_per_iteration``) go to
 ``bench/results/solver_cpu.json``, keyed by machine, versions and git SHA, and are printed.
 
+GPU (only where one exists): the same two maps on larger problems (``GPU_LIGHT``,
+``GPU_SHALLOW``: the GPU is launch-bound at the CPU sizes), f alone and each solver called in
+interleaved rounds with a device synchronisation after each call, checked against the
+reference first; ms per iteration and the ratios go case by case through
+``harness.record_gpu_case`` into the GPU run (``bench/results/gpu_<gpu>.json``, section
+``solver``). Issue 3's 1.5x goal is a CPU goal: the report shows these figures without a
+verdict.
+
     pytest bench/test_bench_solver.py --benchmark-only
 """
 from __future__ import annotations
@@ -42,12 +50,17 @@ except ImportError:                                   # optional peer: reported 
     anderson_solver = None
 
 
-def _light_problem():
+#: GPU problem shapes (larger than the CPU's: a GPU is launch-bound at those sizes)
+GPU_LIGHT, GPU_SHALLOW = harness.pick(((32, 4, 128), (8, 128)), ((2, 4, 16), (2, 16)))
+
+
+def _light_problem(shape=LIGHT, device="cpu"):
     g = torch.Generator().manual_seed(0)
-    batch, channels, side = LIGHT
+    batch, channels, side = shape
     weight = torch.randn(channels, 1, 3, 3, generator=g)
     weight /= weight.abs().sum(dim=(1, 2, 3), keepdim=True)     # Lipschitz <= 0.6
     b = torch.randn(batch, channels, side, side, generator=g)
+    weight, b = weight.to(device), b.to(device)
 
     def f(z):
         return 0.6 * torch.tanh(nn.functional.conv2d(z, weight, padding=1, groups=channels)) + b
@@ -55,13 +68,14 @@ def _light_problem():
     return f, torch.zeros_like(b)
 
 
-def _shallow_problem():
+def _shallow_problem(shape=SHALLOW, device="cpu"):
     torch.manual_seed(0)
     net = ShallowEquilibrium(channels=16).requires_grad_(False)
     with torch.no_grad():
         net.conv_out.weight.mul_(20.0)                          # f really depends on z
-    batch, side = SHALLOW
+    batch, side = shape
     v = torch.randn(batch, 1, side, side, generator=torch.Generator().manual_seed(1))
+    net, v = net.to(device), v.to(device)
     return net.bind(v), v.clone()
 
 
@@ -191,3 +205,51 @@ def _write_report(results):
             lines.append("    paired rounds: speed-up of fast "
                          f"{entry['paired'].get('speedup_of_fast')}")
     print("\n".join(lines))
+
+
+# --- GPU --------------------------------------------------------------------------------------
+
+GPU_SHAPES = {"light": GPU_LIGHT, "shallow": GPU_SHALLOW}
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(),
+                    reason="no CUDA device: the GPU benchmark runs only where one exists")
+@pytest.mark.parametrize("problem", list(PROBLEMS))
+def test_anderson_cuda(benchmark, problem):
+    """f alone and every solver on the GPU in interleaved rounds, each call followed by a
+    device synchronisation; solutions checked against the reference's first."""
+    import time
+
+    f, z0 = PROBLEMS[problem](GPU_SHAPES[problem], "cuda")
+    calls = {"f_alone": lambda f, z0: [f(z0) for _ in range(ITERS)], **_solvers()}
+    times = {name: [] for name in calls}
+    errors = {}
+    with torch.no_grad():
+        z_ref = reference.anderson(f, z0, m=M, tol=1e-30, max_iter=ITERS)[0]
+        for name, fn in calls.items():                # correctness, and the warm-up
+            z = fn(f, z0)
+            if name != "f_alone":
+                errors[name] = ((z - z_ref).norm() / z_ref.norm()).item()
+                assert errors[name] < 1e-4, (name, errors[name])
+        torch.cuda.synchronize()
+        for _ in range(ROUNDS):
+            for name, fn in calls.items():
+                start = time.perf_counter()
+                fn(f, z0)
+                torch.cuda.synchronize()
+                times[name].append((time.perf_counter() - start) / ITERS)
+        benchmark.pedantic(lambda: (calls["fast"](f, z0), torch.cuda.synchronize()), rounds=1,
+                           iterations=1)
+    stats = {k: harness.stats_of(t) for k, t in times.items()}
+    row = {"ms_per_iteration": {k: harness.ms(v) for k, v in stats.items()},
+           "speedup_of_fast": {k: harness.rounded(harness.ratio(v, stats["fast"]))
+                               for k, v in stats.items() if k not in ("fast", "f_alone")},
+           "relative_error_vs_reference": {k: float(f"{v:.3g}") for k, v in errors.items()}}
+    shape = GPU_SHAPES[problem]
+    harness.record_gpu_case("solver", problem, row, setup={
+        "m": M, "iterations": ITERS, "rounds": ROUNDS, "dtype": "float32",
+        "light": f"{list(GPU_LIGHT[:2]) + [GPU_LIGHT[2]] * 2}, f = 0.6 tanh(depthwise conv3x3) + b",
+        "shallow": f"[{GPU_SHALLOW[0]}, 1, {GPU_SHALLOW[1]}, {GPU_SHALLOW[1]}], "
+                   "ShallowEquilibrium(channels=16, depth=2)"})
+    print(f"\n{torch.cuda.get_device_name()}: anderson {problem} {list(shape)}: ms/iteration "
+          f"{row['ms_per_iteration']}, speed-up of fast {row['speedup_of_fast']}")

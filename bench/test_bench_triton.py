@@ -6,14 +6,16 @@ Triton result against the PyTorch reference on the same device, then times both 
 ``triton.testing.do_bench`` (median ms) and reports GB/s from the kernel's bytes-moved
 model (``luser_fast.ops.shallow.bytes_per_map`` / the model in ``luser_fast/ops/anderson.py``)
 and the fraction of the device's memory bandwidth, with the speed-up over the reference
-measured in the same run. Results go through ``harness`` to ``bench/results/triton_gpu.json``
-(keyed by machine, versions and git SHA; the device and its bandwidth in the run). Without a CUDA device (or without Triton) every case is skipped.
+measured in the same run. Each case is recorded as soon as it is measured, through
+``harness.record_gpu_case``, into the GPU run (``bench/results/gpu_<gpu>.json``, keyed by
+GPU name, driver, CUDA, torch version and git SHA; section ``triton``; the device's peak
+bandwidth and where it was read are in the run's ``gpu`` entry, ``harness.gpu_info``).
+Without a CUDA device (or without Triton) every case is skipped.
 
     pytest bench/test_bench_triton.py -s
 """
 from __future__ import annotations
 
-import json
 import os
 
 import pytest
@@ -33,29 +35,27 @@ from luser_fast.ops import shallow as S  # noqa: E402
 from luser_fast.reference import ShallowEquilibrium  # noqa: E402
 
 BATCH, GROUPS = 8, 4
-CASES = [(c, n) for c in (32, 64) for n in (128, 256)]
-_rows = []
-
-
-def bandwidth() -> float:
-    """Peak DRAM bandwidth of the current device in bytes/s (2 transfers per clock)."""
-    p = torch.cuda.get_device_properties(0)
-    clock_khz = getattr(p, "memory_clock_rate", 0)
-    bus_bits = getattr(p, "memory_bus_width", 0)
-    if clock_khz and bus_bits:
-        return 2.0 * clock_khz * 1e3 * bus_bits / 8
-    return float("nan")
+CASES = harness.pick([(c, n) for c in (32, 64) for n in (128, 256)], [(8, 32)])
+ANDERSON_D = harness.pick([128 * 128, 256 * 256, 1 << 22], [1024])
+GPU = harness.gpu_info()
+SETUP = {"batch": BATCH, "groups": GROUPS, "image_channels": 1, "depth": 2,
+         "activation": "gelu", "dtype": "float32",
+         "timer": "triton.testing.do_bench, median ms",
+         "bandwidth_B_s": GPU["bandwidth_B_s"], "bandwidth_source": GPU["bandwidth_source"]}
 
 
 def _record(benchmark, fast, name, ms_fast, ms_ref, nbytes, extra):
-    """Store one row; also time ``fast`` through pytest-benchmark (``make bench`` runs with
-    --benchmark-only), synchronising so its clock sees the GPU work."""
-    bw = bandwidth()
+    """Record one case (at once, so a run stopped by its budget keeps it); also time
+    ``fast`` through pytest-benchmark (the suites run with --benchmark-only),
+    synchronising so its clock sees the GPU work. The fraction of bandwidth is None when
+    the device's bandwidth is unknown."""
+    bw = GPU["bandwidth_B_s"]
     gbs = nbytes / (ms_fast * 1e-3) / 1e9
-    row = {"case": name, "ms": ms_fast, "ms_reference": ms_ref, "speedup": ms_ref / ms_fast,
-           "bytes_model": nbytes, "GB_s": gbs, "fraction_of_bandwidth": gbs * 1e9 / bw, **extra}
-    _rows.append(row)
-    print(json.dumps(row))
+    row = {"ms": ms_fast, "ms_reference": ms_ref, "speedup": ms_ref / ms_fast,
+           "bytes_model": nbytes, "GB_s": gbs,
+           "fraction_of_bandwidth": gbs * 1e9 / bw if bw else None, **extra}
+    harness.record_gpu_case("triton", name, row, setup=SETUP)
+    print(name, {k: float(f"{v:.4g}") if isinstance(v, float) else v for k, v in row.items()})
     benchmark.extra_info.update(row)
     benchmark.pedantic(lambda: (fast(), torch.cuda.synchronize()), rounds=5, warmup_rounds=1)
 
@@ -111,7 +111,7 @@ def test_shallow_map_vjp(benchmark, c, n):
     _record(benchmark, fast, f"shallow_vjp_c{c}_{n}", ms_fast, ms_ref, nbytes, {"channels": c, "size": n})
 
 
-@pytest.mark.parametrize("d", [128 * 128, 256 * 256, 1 << 22])
+@pytest.mark.parametrize("d", ANDERSON_D)
 def test_anderson_step_and_mix(benchmark, d):
     """One iteration's history update and mixing (m = 5, all slots full); D = 128^2 and
     256^2 are LUSER's image states, 2^22 shows the bandwidth-bound regime."""
@@ -133,12 +133,3 @@ def test_anderson_step_and_mix(benchmark, d):
                                A.anderson_mix_ref(hf, hg, alpha, act, None, 1.0)))
     nbytes = BATCH * ((m + 3) + (m + 1)) * d * 4
     _record(benchmark, fast, f"anderson_d{d}", ms_fast, ms_ref, nbytes, {"D": d, "m": m})
-
-
-def teardown_module(module):
-    if not _rows:
-        return
-    run = harness.new_run(torch.get_num_threads())
-    run["device"] = {"name": torch.cuda.get_device_name(0), "bandwidth_B_s": bandwidth()}
-    run["rows"] = _rows
-    print(harness.save_run("triton_gpu", run))
