@@ -9,7 +9,7 @@ PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.luser_fast-installed
 PYTEST_ARGS ?=
 
-.PHONY: all setup demo test bench clean
+.PHONY: all setup demo test bench gpu-check clean
 
 all: test
 
@@ -37,6 +37,17 @@ bench: $(STAMP)
 	$(PIP) install -q finufft torchkbnufft torchdeq astra-toolbox torch==2.13.0
 	$(VENV)/bin/luser-fast bench --suite ops solver train --results bench/results/repeat --no-report
 	$(VENV)/bin/luser-fast bench
+
+# On a CUDA machine: CuPy for the local CUDA major (kept if one works; else the gpu extra's,
+# from a wheel on the machine), the GPU tests, the GPU benchmarks (within a 9-minute budget),
+# bench/results/gpu_<gpu>.json and BENCHMARKS.md (luser_fast.profile.bench.run_gpu_check).
+# Without CUDA it prints what it would run and exits 0, installing and running nothing.
+# It sets up no venv: GPU_PYTHON is the venv's Python if there is one, else python3; when
+# that torch has no CUDA the check reruns itself with a Python on PATH whose torch has.
+GPU_PYTHON ?= $(if $(wildcard $(PY)),$(PY),$(PYTHON))
+
+gpu-check:
+	$(GPU_PYTHON) -m luser_fast.cli bench --suite gpu
 
 clean:
 	rm -rf build *.egg-info .pytest_cache out

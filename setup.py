@@ -120,6 +120,9 @@ setup(
         "test": ["pytest", "hypothesis", "pytest-benchmark", "scipy", "finufft"],
         "triton": ["triton>=3.6,<3.8"],
         "cuda": ["cupy-cuda12x"],
+        # what `make gpu-check` installs when no CuPy works: the CuPy for a CUDA 12 driver
+        # (on CUDA 11 / 13 the check installs cupy-cuda11x / cupy-cuda13x instead)
+        "gpu": ["cupy-cuda12x"],
         "peers": ["finufft", "torchkbnufft", "torchdeq", "astra-toolbox"],
     },
     entry_points={"console_scripts": ["luser-fast=luser_fast.cli:main"]},
