@@ -105,3 +105,16 @@ def test_without_the_bench_folder_it_says_what_it_needs(monkeypatch, tmp_path, c
     with pytest.raises(SystemExit) as exc:
         main(["bench", "--suite", "solver", "--tiny"])
     assert exc.value.code == 2 and "bench/ folder" in capsys.readouterr().err
+
+
+def test_gpu_suite_alone_without_cuda_is_a_dry_run_that_records_nothing(tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is present: the GPU check would really run")
+    lines = []
+    run = run_bench(suites=("gpu",), results=str(tmp_path), tiny=True, log=lines.append)
+    assert run["suites"] == {} and "no CUDA device" in run["skipped"]["gpu"]
+    assert list(tmp_path.iterdir()) == []                     # not even bench_runs.json
+    assert any("bench/test_bench_triton.py" in ln for ln in lines)
+    assert BENCH_SUITES["gpu"][0] == ("test_bench_radon.py", "test_bench_nufft.py",
+                                      "test_bench_deq_memory.py", "test_bench_triton.py",
+                                      "test_bench_solver.py")
