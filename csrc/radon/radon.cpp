@@ -28,6 +28,7 @@
 #include <cmath>
 #include <cstring>
 #include <optional>
+#include <type_traits>
 #include <vector>
 
 #include "common/simd.h"
@@ -477,34 +478,39 @@ OpCall adjoint_call(const at::Tensor& sino, const at::Tensor& angles, int64_t he
   return c;
 }
 
+// Runs group(lanes, in, n0, nb, out) (forward_group or adjoint_group) over c's images in
+// groups of SIMD lanes, in c's dtype (float32 or float64: check_data).
+template <typename Group>
+at::Tensor run_lane_groups(const OpCall& c, const Group& group) {
+  if (c.n_images == 0) return c.out;
+  AT_DISPATCH_FLOATING_TYPES(c.in.scalar_type(), "radon_cpu", [&] {
+    const scalar_t* in = c.in.data_ptr<scalar_t>();
+    scalar_t* out = c.out.data_ptr<scalar_t>();
+    for_lane_groups<full_lanes<scalar_t>()>(c.n_images, [&](auto lanes, int64_t n0, int nb) {
+      group(lanes, in, n0, nb, out);
+    });
+  });
+  return c.out;
+}
+
 at::Tensor radon_forward_cpu(const at::Tensor& x, const at::Tensor& angles, int64_t n_det,
                              double spacing, std::optional<double> src,
                              std::optional<double> det) {
   const OpCall c = forward_call(x, angles, n_det, spacing, src, det, "radon_forward");
-  if (c.n_images == 0) return c.out;
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "radon_forward_cpu", [&] {
-    const scalar_t* xp = c.in.data_ptr<scalar_t>();
-    scalar_t* op = c.out.data_ptr<scalar_t>();
-    for_lane_groups<full_lanes<scalar_t>()>(c.n_images, [&](auto lanes, int64_t n0, int nb) {
-      forward_group<scalar_t, decltype(lanes)::value>(xp, n0, nb, c.g, c.rays, op);
-    });
+  return run_lane_groups(c, [&](auto lanes, auto in, int64_t n0, int nb, auto out) {
+    forward_group<std::remove_pointer_t<decltype(out)>, decltype(lanes)::value>(in, n0, nb, c.g,
+                                                                                 c.rays, out);
   });
-  return c.out;
 }
 
 at::Tensor radon_adjoint_cpu(const at::Tensor& sino, const at::Tensor& angles, int64_t height,
                              int64_t width, double spacing, std::optional<double> src,
                              std::optional<double> det) {
   const OpCall c = adjoint_call(sino, angles, height, width, spacing, src, det, "radon_adjoint");
-  if (c.n_images == 0) return c.out;
-  AT_DISPATCH_FLOATING_TYPES(sino.scalar_type(), "radon_adjoint_cpu", [&] {
-    const scalar_t* sp = c.in.data_ptr<scalar_t>();
-    scalar_t* op = c.out.data_ptr<scalar_t>();
-    for_lane_groups<full_lanes<scalar_t>()>(c.n_images, [&](auto lanes, int64_t n0, int nb) {
-      adjoint_group<scalar_t, decltype(lanes)::value>(sp, n0, nb, c.g, c.rays, op);
-    });
+  return run_lane_groups(c, [&](auto lanes, auto in, int64_t n0, int nb, auto out) {
+    adjoint_group<std::remove_pointer_t<decltype(out)>, decltype(lanes)::value>(in, n0, nb, c.g,
+                                                                                 c.rays, out);
   });
-  return c.out;
 }
 
 // --- the CUDA kernels' algorithms on the CPU --------------------------------------------
