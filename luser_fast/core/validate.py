@@ -25,7 +25,7 @@ from numbers import Integral, Real
 
 import torch
 
-__all__ = ["is_int", "is_real", "int_arg", "image_size", "real_tensor", "complex_tensor",
+__all__ = ["is_int", "is_real", "int_arg", "image_size", "as_tensor", "coil_maps", "real_tensor", "complex_tensor",
            "angles", "ktraj", "nufft_accuracy", "same_device", "tensor_like", "allocation",
            "device_memory", "format_bytes", "RANGE_SLACK", "MAX_BYTES"]
 
@@ -77,6 +77,38 @@ def image_size(value, fn: str) -> tuple[int, int]:
     if h < 1 or w < 1:
         raise ValueError(f"{fn}: image_size must be positive, got {value!r}")
     return h, w
+
+
+def as_tensor(value, name: str, fn: str) -> torch.Tensor:
+    """``value`` as a tensor (tensors as they are; arrays and nested sequences of numbers
+    converted); TypeError naming the argument when it cannot be one."""
+    if isinstance(value, torch.Tensor):
+        return value
+    if isinstance(value, (str, bytes)) or value is None:
+        raise TypeError(f"{fn}: {name} must be a tensor, got {type(value).__name__}")
+    try:
+        return torch.as_tensor(value)
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise TypeError(f"{fn}: {name} must be a tensor or array of numbers, got "
+                        f"{type(value).__name__} ({exc})") from None
+
+
+def coil_maps(maps, image_size: tuple[int, int], fn: str) -> torch.Tensor | None:
+    """None, or coil sensitivities [Coils, H, W] / [B, Coils, H, W] for ``image_size`` as a
+    complex tensor (real floating maps are promoted)."""
+    if maps is None:
+        return None
+    maps = as_tensor(maps, "coil_maps", fn)
+    if maps.dim() not in (3, 4) or tuple(maps.shape[-2:]) != tuple(image_size):
+        raise ValueError(f"{fn}: coil_maps must have shape [Coils, H, W] or [B, Coils, H, W] "
+                         f"with (H, W) = {tuple(image_size)}, got {tuple(maps.shape)}")
+    if not maps.is_complex():
+        if not maps.is_floating_point():
+            raise ValueError(f"{fn}: coil_maps must be complex, got {maps.dtype}")
+        maps = maps.to(torch.promote_types(maps.dtype, torch.complex64))
+    if not _tracing() and maps.numel() and not bool(torch.isfinite(maps).all()):
+        raise ValueError(f"{fn}: coil_maps has non-finite entries")
+    return maps
 
 
 def real_tensor(t, name: str, fn: str, min_dim: int = 2) -> None:

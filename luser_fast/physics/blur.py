@@ -52,7 +52,7 @@ def gaussian_kernel(sigma: float, kernel_size: int | None = None,
 
 
 def _check_kernel(kernel) -> torch.Tensor:
-    kernel = torch.as_tensor(kernel)
+    kernel = validate.as_tensor(kernel, "kernel", "Blur")
     if kernel.dim() != 2 or kernel.numel() == 0:
         raise ValueError(f"Blur: kernel must be a non-empty 2-D tensor [kh, kw], got {tuple(kernel.shape)}")
     if not kernel.is_floating_point():

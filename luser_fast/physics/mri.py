@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import torch
 
+from ..core import validate
 from ..core.operator import Operator
 
 _DIMS = (-2, -1)
@@ -57,7 +58,7 @@ class MRI(Operator):
 
     def __init__(self, mask: torch.Tensor, coil_maps: torch.Tensor | None = None):
         super().__init__()
-        mask = torch.as_tensor(mask)
+        mask = validate.as_tensor(mask, "mask", "MRI")
         if mask.dim() != 2 or mask.numel() == 0:
             raise ValueError(f"MRI: mask must be a 2-D tensor [H, W], got shape {tuple(mask.shape)}")
         if mask.is_complex():
@@ -66,16 +67,7 @@ class MRI(Operator):
         if not torch.isfinite(mask).all():
             raise ValueError("MRI: mask has non-finite entries")
         self.image_size = tuple(mask.shape)
-        if coil_maps is not None:
-            coil_maps = torch.as_tensor(coil_maps)
-            if coil_maps.dim() not in (3, 4) or tuple(coil_maps.shape[-2:]) != self.image_size:
-                raise ValueError(
-                    f"MRI: coil_maps must have shape [Coils, H, W] or [B, Coils, H, W] with (H, W) = "
-                    f"{self.image_size} (the mask's), got {tuple(coil_maps.shape)}")
-            if not coil_maps.is_complex():
-                if not coil_maps.is_floating_point():
-                    raise ValueError(f"MRI: coil_maps must be complex, got {coil_maps.dtype}")
-                coil_maps = coil_maps.to(torch.promote_types(coil_maps.dtype, torch.complex64))
+        coil_maps = validate.coil_maps(coil_maps, self.image_size, "MRI")
         self.register_buffer("mask", mask)
         self.register_buffer("coil_maps", coil_maps)
 

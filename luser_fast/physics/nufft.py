@@ -111,27 +111,18 @@ class NUFFT(Operator):
         fn = "NUFFT"
         self.tol, self.oversamp = validate.nufft_accuracy(tol, oversamp, fn)
         if not isinstance(ktraj, torch.Tensor):
-            ktraj = torch.as_tensor(ktraj)
+            ktraj = validate.as_tensor(ktraj, "ktraj", fn)
         ktraj = validate.ktraj(ktraj, fn).detach().clone()
         self.image_size = validate.image_size(image_size, fn)
         m = ktraj.shape[0]
-        if coil_maps is not None:
-            coil_maps = torch.as_tensor(coil_maps)
-            if coil_maps.dim() not in (3, 4) or tuple(coil_maps.shape[-2:]) != self.image_size:
-                raise ValueError(
-                    f"NUFFT: coil_maps must have shape [Coils, H, W] or [B, Coils, H, W] with (H, W) = "
-                    f"{self.image_size}, got {tuple(coil_maps.shape)}")
-            if not coil_maps.is_complex():
-                if not coil_maps.is_floating_point():
-                    raise ValueError(f"NUFFT: coil_maps must be complex, got {coil_maps.dtype}")
-                coil_maps = coil_maps.to(torch.promote_types(coil_maps.dtype, torch.complex64))
+        coil_maps = validate.coil_maps(coil_maps, self.image_size, fn)
         if isinstance(density, str):
             if density != "pipe":
                 raise ValueError(f"NUFFT: density must be a tensor, None or 'pipe', got {density!r}")
             density = pipe_density(ktraj, self.image_size, tol=self.tol,
                                    oversamp=self.oversamp, backend=self.backend)
         elif density is not None:
-            density = torch.as_tensor(density).detach().clone()
+            density = validate.as_tensor(density, "density", fn).detach().clone()
             if density.shape != (m,):
                 raise ValueError(f"NUFFT: density must have shape [M] = [{m}], "
                                  f"got {tuple(density.shape)}")

@@ -146,6 +146,8 @@ class NufftPlan(nn.Module):
             raise ValueError(f"nufft_type2: image must have shape [..., {self.image_size[0]}, "
                              f"{self.image_size[1]}], got {tuple(image.shape)}")
         (h, w), (n0, n1) = self.image_size, self.grid_size
+        if image.numel() == 0:             # no images: the FFTs refuse an empty batch
+            return image.new_zeros(*image.shape[:-2], self.n_points)
         x = image / self._deapod(image.real.dtype)
         padded = torch.nn.functional.pad(x, (0, n1 - w, 0, n0 - h))
         grid = torch.fft.fft2(torch.roll(padded, shifts=(-(h // 2), -(w // 2)), dims=(-2, -1)))
@@ -159,6 +161,8 @@ class NufftPlan(nn.Module):
             raise ValueError(f"nufft_type1: values must have shape [..., {self.n_points}], "
                              f"got {tuple(values.shape)}")
         h, w = self.image_size
+        if values.shape[:-1].numel() == 0:  # no samples: the FFTs refuse an empty batch
+            return values.new_zeros(*values.shape[:-1], h, w)
         grid = torch.fft.ifft2(self.spread(values), norm="forward")
         image = torch.roll(grid, shifts=(h // 2, w // 2), dims=(-2, -1))[..., :h, :w]
         return image / self._deapod(values.real.dtype)

@@ -78,6 +78,8 @@ def _project(x2: torch.Tensor, origin, direction, h: int, w: int) -> torch.Tenso
     n_batch, n_rays, n_steps = x2.shape[0], origin.shape[0], max(h, w)
     block = _block_steps(n_batch, n_rays, n_steps)
     out = x2.new_zeros(n_batch, n_rays)
+    if n_batch == 0 or n_rays == 0:
+        return out
     for k0 in range(0, n_steps, block):
         pixel, weight = _joseph_weights(origin, direction, h, w, k0, min(n_steps, k0 + block))
         vals = x2.index_select(1, pixel.reshape(-1)).view(n_batch, n_rays, -1)
@@ -90,6 +92,8 @@ def _backproject(s2: torch.Tensor, origin, direction, h: int, w: int) -> torch.T
     n_batch, n_rays, n_steps = s2.shape[0], origin.shape[0], max(h, w)
     block = _block_steps(n_batch, n_rays, n_steps)
     out = s2.new_zeros(n_batch, h * w)
+    if n_batch == 0 or n_rays == 0:
+        return out
     for k0 in range(0, n_steps, block):
         pixel, weight = _joseph_weights(origin, direction, h, w, k0, min(n_steps, k0 + block))
         contrib = s2[:, :, None] * weight.to(s2.dtype).view(n_rays, -1)
