@@ -195,7 +195,8 @@ def test_luser_fast(benchmark, problem, report, kind, tol):
 def test_luser_fast_plan(benchmark, problem, report):
     """Plan set-up for a new trajectory tensor (bin sort, stencils, weights, deapodisation)."""
     def run():
-        nufft_ops.plan_for(problem.ktraj.clone(), (H, W), 1e-6)
+        nufft_ops.plan_for(problem.ktraj.clone(), (H, W), 1e-6, OVERSAMP[1e-6],
+                           dtype=torch.complex64)
 
     benchmark.pedantic(run, rounds=harness.pick(5, 2), warmup_rounds=1)
     _record(benchmark, "luser_fast_plan_1e-06", None, report)
