@@ -150,10 +150,6 @@ def test_raw_radon_python_kernels_refuse_nan_angles_in_both_directions(monkeypat
         radon_adjoint_ref(sino, bad, 8)
 
 
-@pytest.mark.xfail(radon_ops.HAS_CPU_KERNELS, strict=False,
-                   reason="the C++ CPU kernel (csrc/radon/radon.cpp check_angles) does not "
-                          "check finiteness yet: its forward gives NaN rows, its adjoint "
-                          "drops those rays")
 def test_raw_radon_cpu_forward_and_adjoint_agree_on_nan_angles():
     bad = torch.tensor([math.nan, 0.0], dtype=torch.float64)
     x, sino = torch.ones(1, 8, 8), torch.ones(1, 2, 12)

@@ -90,6 +90,9 @@ at::Tensor check_angles(const at::Tensor& angles, const at::Tensor& data, const 
   TORCH_CHECK(angles.device() == data.device(), fn, ": angles must be on ", data.device(),
               ", got ", angles.device());
   TORCH_CHECK(angles.numel() < (1 << 24), fn, ": too many angles (", angles.numel(), ")");
+  // a NaN angle would give a NaN row in the forward and no rays in the adjoint: refuse it
+  // in both, as the Python kernels and the reference do
+  TORCH_CHECK(at::isfinite(angles).all().item<bool>(), fn, ": angles must be finite");
   return angles.to(at::kDouble).contiguous();
 }
 
@@ -464,6 +467,8 @@ OpCall adjoint_call(const at::Tensor& sino, const at::Tensor& angles, int64_t he
   const int64_t n_det = sino.size(-1);
   TORCH_CHECK(sino.size(-2) == c.angles.numel(), fn, ": sino must end in (A, D) with A = ",
               c.angles.numel(), " angles, got shape ", sino.sizes());
+  TORCH_CHECK(n_det >= 1, fn, ": sino must have at least one detector (D >= 1), got shape ",
+              sino.sizes());
   check_geometry(height, width, n_det, spacing, src, det, fn);
   c.g = make_geometry(height, width, c.angles.numel(), n_det, spacing, src, det);
   std::vector<int64_t> shape(sino.sizes().begin(), sino.sizes().end() - 2);
@@ -614,12 +619,14 @@ at::Tensor radon_rays_cpu(const at::Tensor& angles, int64_t height, int64_t widt
 
 }  // namespace
 
+// Private CPU kernel ops: the public radon_forward / radon_adjoint schemas are defined once,
+// in Python (luser_fast/ops/radon.py), whose CPU kernels call these.
 TORCH_LIBRARY_FRAGMENT(luser_fast, m) {
   m.def(
-      "radon_forward(Tensor x, Tensor angles, int n_detectors, float det_spacing, "
+      "_radon_forward(Tensor x, Tensor angles, int n_detectors, float det_spacing, "
       "float? source_distance, float? detector_distance) -> Tensor");
   m.def(
-      "radon_adjoint(Tensor sino, Tensor angles, int height, int width, float det_spacing, "
+      "_radon_adjoint(Tensor sino, Tensor angles, int height, int width, float det_spacing, "
       "float? source_distance, float? detector_distance) -> Tensor");
   m.def(
       "_radon_forward_gather(Tensor x, Tensor angles, int n_detectors, float det_spacing, "
@@ -633,8 +640,8 @@ TORCH_LIBRARY_FRAGMENT(luser_fast, m) {
 }
 
 TORCH_LIBRARY_IMPL(luser_fast, CPU, m) {
-  m.impl("radon_forward", &radon_forward_cpu);
-  m.impl("radon_adjoint", &radon_adjoint_cpu);
+  m.impl("_radon_forward", &radon_forward_cpu);
+  m.impl("_radon_adjoint", &radon_adjoint_cpu);
   m.impl("_radon_forward_gather", &radon_forward_gather_cpu);
   m.impl("_radon_adjoint_gather", &radon_adjoint_gather_cpu);
   m.impl("_radon_rays", &radon_rays_cpu);

@@ -7,5 +7,6 @@
 - ``solver``: ``SolverInfo`` and the contracts of every equilibrium solver;
 - ``binding``: how ``luser_fast.reference`` binds the package's classes to the reference.
 
-It imports nothing else from the package.
+It imports nothing else from the package but ``luser_fast.constants`` (the values the
+C++ headers define, ``csrc/common/constants.h``).
 """

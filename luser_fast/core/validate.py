@@ -25,13 +25,15 @@ from numbers import Integral, Real
 
 import torch
 
-__all__ = ["is_int", "is_real", "int_arg", "image_size", "as_tensor", "coil_maps", "real_tensor", "complex_tensor",
-           "angles", "ktraj", "nufft_accuracy", "same_device", "tensor_like", "allocation",
+from ..constants import NUFFT_MAX_ABS_K, NUFFT_RANGE_SLACK
+
+__all__ = ["is_int", "is_real", "int_arg", "image_size", "as_tensor", "coil_maps", "real_tensor",
+           "complex_tensor", "angles", "ktraj", "nufft_accuracy", "same_device", "tensor_like", "allocation",
            "device_memory", "format_bytes", "RANGE_SLACK", "MAX_BYTES"]
 
 #: slack on the [-pi, pi] range of a trajectory, so that float32 pi (slightly > math.pi)
-#: passes
-RANGE_SLACK = 1e-5
+#: passes (``kNufftRangeSlack``, csrc/common/constants.h: the kernels use the same bound)
+RANGE_SLACK = NUFFT_RANGE_SLACK
 
 
 def is_int(v) -> bool:
@@ -172,7 +174,7 @@ def ktraj(value, fn: str, device=None) -> torch.Tensor:
         if not bool(torch.isfinite(k).all()):
             raise ValueError(f"{fn}: ktraj has non-finite entries (NaN or inf)")
         kmax = k.abs().max().item()
-        if kmax > math.pi * (1 + RANGE_SLACK):
+        if kmax > NUFFT_MAX_ABS_K:
             raise ValueError(f"{fn}: ktraj must be radians in [-pi, pi]; got max |k| = "
                              f"{kmax:.6g} (a trajectory in cycles, [-0.5, 0.5], needs a "
                              "factor 2 pi)")

@@ -44,6 +44,7 @@ import torch
 from torch.utils.weak import WeakIdKeyDictionary
 
 from .. import backends
+from ..constants import NUFFT_MAX_WIDTH
 from ..core import nufft_kernel, validate
 from ..reference.nufft import NufftPlan, nufft_type1_ref, nufft_type2_ref
 from . import cuda_common, library
@@ -57,10 +58,10 @@ SCHEMAS = {
     "nufft_type1": "(Tensor values, Tensor ktraj, SymInt[2] image_size, float tol=1e-06, "
                    "float? oversamp=None) -> Tensor",
 }
-#: widest kernel the compiled kernels take (``kMaxWidth`` in csrc/nufft/es_kernel.h);
+#: widest kernel the compiled kernels take (``kNufftMaxWidth``, csrc/common/constants.h);
 #: wider ones are served by the reference (``choose_kernel`` stops at the accuracy floor,
 #: at most 18 cells at any oversampling, so only a lowered limit reaches this)
-MAX_WIDTH = 32
+MAX_WIDTH = NUFFT_MAX_WIDTH
 #: preferred bin side in grid cells: CPU (a bin's stencil rows for 8 coils stay in L1/L2)
 #: and CUDA (one shared-memory tile per bin)
 _CPU_BIN = 24
@@ -406,20 +407,32 @@ def _type1(plan: CompiledPlan, values: torch.Tensor) -> torch.Tensor:
 
 # --- op kernels (CPU and CUDA; the CUDA launchers are below) ----------------------------------
 
-def _check_raw(fn, **tensors):
+def _check_raw(fn, tol, oversamp, **tensors):
     """What the kernels check when called directly (``torch.ops.luser_fast``, bypassing
-    the public functions): one device (a ``meta`` argument beside real data would give
-    uninitialised memory) and a [M, 2] trajectory; ValueError naming the argument."""
+    the public functions), the structural checks of ``nufft_type2`` / ``nufft_type1``
+    (TypeError/ValueError naming the argument): complex data of the right rank, one device
+    (a ``meta`` argument beside real data would give uninitialised memory), a [M, 2]
+    trajectory and values with M points, tol and oversamp in range. The trajectory's
+    values are checked by the C++/CUDA plan (finite, within [-pi, pi])."""
     validate.same_device(fn, **tensors)
     k = tensors["ktraj"]
     if k.dim() != 2 or k.shape[1] != 2:
         raise ValueError(f"{fn}: ktraj must have shape [M, 2], got {tuple(k.shape)}")
+    if "image" in tensors:
+        validate.complex_tensor(tensors["image"], "image", fn, 2)
+    else:
+        values = tensors["values"]
+        validate.complex_tensor(values, "values", fn, 1)
+        if values.shape[-1] != k.shape[0]:
+            raise ValueError(f"{fn}: values must have shape [..., M] with M = {k.shape[0]} "
+                             f"(ktraj's points), got {tuple(values.shape)}")
+    validate.nufft_accuracy(tol, 2.0 if oversamp is None else oversamp, fn)
 
 
 # The dispatcher drops trailing arguments equal to their schema defaults, so every Python
 # kernel below repeats the defaults.
 def _type2_kernel(image, ktraj, tol=1e-6, oversamp=None):
-    _check_raw("nufft_type2", image=image, ktraj=ktraj)
+    _check_raw("nufft_type2", tol, oversamp, image=image, ktraj=ktraj)
     reason = _unserved(image.device, tol, oversamp, image.dtype)
     if reason is not None:
         backends.fallback("nufft_type2", reason)
@@ -429,7 +442,7 @@ def _type2_kernel(image, ktraj, tol=1e-6, oversamp=None):
 
 
 def _type1_kernel(values, ktraj, image_size, tol=1e-6, oversamp=None):
-    _check_raw("nufft_type1", values=values, ktraj=ktraj)
+    _check_raw("nufft_type1", tol, oversamp, values=values, ktraj=ktraj)
     reason = _unserved(values.device, tol, oversamp, values.dtype)
     if reason is not None:
         backends.fallback("nufft_type1", reason)
@@ -536,7 +549,7 @@ def _interp_cuda(plan: CompiledPlan, grid: torch.Tensor) -> torch.Tensor:
 
 @torch.library.register_fake("luser_fast::nufft_type2")
 def _type2_fake(image, ktraj, tol=1e-6, oversamp=None):
-    _check_raw("nufft_type2", image=image, ktraj=ktraj)
+    _check_raw("nufft_type2", tol, oversamp, image=image, ktraj=ktraj)
     torch._check(image.dim() >= 2, lambda: "nufft_type2: image must have at least 2 dims")
     torch._check(ktraj.dim() == 2 and ktraj.shape[1] == 2, lambda: "nufft_type2: ktraj must be [M, 2]")
     return image.new_empty((*image.shape[:-2], ktraj.shape[0]))
@@ -544,7 +557,7 @@ def _type2_fake(image, ktraj, tol=1e-6, oversamp=None):
 
 @torch.library.register_fake("luser_fast::nufft_type1")
 def _type1_fake(values, ktraj, image_size, tol=1e-6, oversamp=None):
-    _check_raw("nufft_type1", values=values, ktraj=ktraj)
+    _check_raw("nufft_type1", tol, oversamp, values=values, ktraj=ktraj)
     torch._check(values.dim() >= 1, lambda: "nufft_type1: values must have at least 1 dim")
     torch._check(ktraj.dim() == 2 and ktraj.shape[1] == 2, lambda: "nufft_type1: ktraj must be [M, 2]")
     return values.new_empty((*values.shape[:-1], *image_size))

@@ -33,6 +33,7 @@ import math
 import torch
 
 from .. import backends
+from ..constants import RADON_IMAGES_PER_THREAD, RADON_RAY_BYTES
 from ..core import radon_geometry as geo
 from ..core import validate
 from ..reference.radon import radon_adjoint_ref, radon_forward_ref
@@ -50,12 +51,10 @@ SCHEMAS = {
 }
 #: dtypes the compiled kernels take; others are computed in float32 and cast back
 KERNEL_DTYPES = (torch.float32, torch.float64)
-_IMAGES_PER_THREAD = 4   # kImagesPerThread in radon.cu
-_RAY_BYTES = 40          # sizeof(JosephRay) in joseph.h
-
 
 #: the C++ CPU kernels are registered (the extension is built and holds the Radon ops)
-HAS_CPU_KERNELS = library.extension_has("radon_forward")
+HAS_CPU_KERNELS = library.extension_has("_radon_forward")
+library.define(SCHEMAS)
 
 
 def _check_raw(fn: str, data_name: str, data: torch.Tensor, angles: torch.Tensor,
@@ -70,26 +69,32 @@ def _check_raw(fn: str, data_name: str, data: torch.Tensor, angles: torch.Tensor
             and not bool(torch.isfinite(angles).all())):
         raise ValueError(f"{fn}: angles must be finite")
 
-if not HAS_CPU_KERNELS:
-    # No extension: define the ops here, served on the CPU by the reference.
-    library.define(SCHEMAS)
 
-    def _forward_reference(x, angles, n_detectors, det_spacing, source_distance,
-                           detector_distance):
-        _check_raw("radon_forward", "x", x, angles)
-        backends.fallback("radon_forward", "the C++ extension is not built")
-        return radon_forward_ref(x, angles, n_detectors, det_spacing, source_distance,
-                                 detector_distance)
+# --- CPU: the C++ kernels (private ops of the extension), else the reference -------------
 
-    def _adjoint_reference(sino, angles, height, width, det_spacing, source_distance,
-                           detector_distance):
-        _check_raw("radon_adjoint", "sino", sino, angles)
-        backends.fallback("radon_adjoint", "the C++ extension is not built")
-        return radon_adjoint_ref(sino, angles, (height, width), sino.shape[-1], det_spacing,
-                                 source_distance, detector_distance)
+def _forward_cpu(x, angles, n_detectors, det_spacing, source_distance, detector_distance):
+    if HAS_CPU_KERNELS:
+        return torch.ops.luser_fast._radon_forward(x, angles, n_detectors, det_spacing,
+                                                   source_distance, detector_distance)
+    _check_raw("radon_forward", "x", x, angles)
+    backends.fallback("radon_forward", "the C++ extension is not built")
+    return radon_forward_ref(x, angles, n_detectors, det_spacing, source_distance,
+                             detector_distance)
 
-    library.LIB.impl("radon_forward", _forward_reference, "CPU")
-    library.LIB.impl("radon_adjoint", _adjoint_reference, "CPU")
+
+def _adjoint_cpu(sino, angles, height, width, det_spacing, source_distance,
+                 detector_distance):
+    if HAS_CPU_KERNELS:
+        return torch.ops.luser_fast._radon_adjoint(sino, angles, height, width, det_spacing,
+                                                   source_distance, detector_distance)
+    _check_raw("radon_adjoint", "sino", sino, angles)
+    backends.fallback("radon_adjoint", "the C++ extension is not built")
+    return radon_adjoint_ref(sino, angles, (height, width), sino.shape[-1], det_spacing,
+                             source_distance, detector_distance)
+
+
+library.LIB.impl("radon_forward", _forward_cpu, "CPU")
+library.LIB.impl("radon_adjoint", _adjoint_cpu, "CPU")
 
 
 # --- CUDA -------------------------------------------------------------------------------
@@ -103,7 +108,7 @@ def _ray_table(angles: torch.Tensor, height: int, width: int, n_det: int, spacin
     origin, direction = geo.rays(angles, n_det, spacing, src, det)
     lines = torch.cat((origin, direction), -1).contiguous()
     n_rays = lines.shape[0]
-    table = torch.empty(n_rays * _RAY_BYTES, dtype=torch.uint8, device=angles.device)
+    table = torch.empty(n_rays * RADON_RAY_BYTES, dtype=torch.uint8, device=angles.device)
     cuda_common.launch("radon_rays_kernel", angles.device, (math.ceil(n_rays / THREADS), 1),
                        (ptr(lines), i32(n_rays), i32(height), i32(width), ptr(table)))
     return table
@@ -141,7 +146,7 @@ def _forward_cuda(x, angles, n_detectors, det_spacing, source_distance, detector
                       detector_distance)
     name = "radon_fwd_kernel_" + ("f32" if x.dtype == torch.float32 else "f64")
     grid = (math.ceil(n_rays / THREADS),
-            min(MAX_GRID_Y, math.ceil(n_images / _IMAGES_PER_THREAD)))
+            min(MAX_GRID_Y, math.ceil(n_images / RADON_IMAGES_PER_THREAD)))
     cuda_common.launch(name, x.device, grid, (ptr(img), ptr(img_t), ptr(rays), i32(n_images),
                                    i32(n_rays), i32(h), i32(w), ptr(out)))
     return out
@@ -169,7 +174,7 @@ def _adjoint_cuda(sino, angles, height, width, det_spacing, source_distance,
     fan = source_distance is not None
     name = ("radon_adj_fan_kernel_" if fan else "radon_adj_kernel_") + (
         "f32" if sino.dtype == torch.float32 else "f64")
-    grid = (math.ceil(hw / THREADS), min(MAX_GRID_Y, math.ceil(n_images / _IMAGES_PER_THREAD)))
+    grid = (math.ceil(hw / THREADS), min(MAX_GRID_Y, math.ceil(n_images / RADON_IMAGES_PER_THREAD)))
     cuda_common.launch(name, sino.device, grid, (
         ptr(s), ptr(rays), ptr(trig), i32(n_images), i32(n_ang), i32(n_det),
         f64(det_spacing), f64(source_distance if fan else 0.0),
