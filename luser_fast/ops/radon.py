@@ -2,9 +2,9 @@
 
 Everything that makes the Radon transform fast, in one place:
 
-- the op schemas (defined in C++ by ``csrc/radon/radon.cpp`` when the extension is built,
-  else here, with the pure-PyTorch reference as the CPU kernel);
-- the CPU kernels (C++, multithreaded, ``csrc/radon/radon.cpp``);
+- the op schemas (defined here, once, through ``ops/library.py``);
+- the CPU kernels: the C++ ones (multithreaded, ``csrc/radon/radon.cpp``, private ops
+  ``_radon_forward`` / ``_radon_adjoint`` of the extension), else the reference;
 - the CUDA kernels (``csrc/radon/radon.cu``, compiled into the shipped fatbin or by NVRTC)
   and their launchers below, running on torch's current stream through CuPy;
 - ``register_fake`` (shapes for torch.compile / meta tensors) and ``register_autograd``:
@@ -42,7 +42,7 @@ from .cuda_common import MAX_GRID_Y, THREADS, cuda_available, f64, i32, ptr
 
 __all__ = ["radon_forward", "radon_adjoint"]
 
-#: op schemas (without the name); the C++ extension defines the same ones
+#: op schemas (without the name)
 SCHEMAS = {
     "radon_forward": "(Tensor x, Tensor angles, int n_detectors, float det_spacing, "
                      "float? source_distance, float? detector_distance) -> Tensor",
