@@ -61,6 +61,82 @@ def exact_fixed_point(w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.linalg.solve(torch.eye(w.shape[-1], dtype=w.dtype) - w, b)
 
 
+def poisoned_map(w: torch.Tensor, b: torch.Tensor):
+    """``linear_map`` with sample 1 turning NaN after its first step and sample 3 non-finite
+    from the start (for the solvers' per-sample freezing)."""
+    def f(z):
+        out = linear_map(w, b)(z).clone()
+        if torch.count_nonzero(z[1]) > 0:      # sample 1 blows up after its first step
+            out[1] = float("nan")
+        out[3, 0] = float("inf")               # sample 3 is non-finite from the start
+        return out
+    return f
+
+
+def nvrtc():
+    """The NVRTC library (PyPI nvidia-cuda-nvrtc) through ctypes, or None."""
+    import ctypes
+    import glob
+    import os
+    import sys
+
+    for pattern in ("nvidia/cu*/lib/libnvrtc.so*", "nvidia/cuda_nvrtc/lib/libnvrtc.so*"):
+        for site in sys.path:
+            for path in sorted(glob.glob(os.path.join(site, pattern))):
+                if "builtins" not in path:
+                    return ctypes.CDLL(path)
+    return None
+
+
+def nvrtc_ptx(code: bytes, include_dir: str, arch: str, name: bytes = b"all.cu") -> bytes:
+    """PTX of CUDA ``code`` compiled by NVRTC for ``arch`` (e.g. "compute_90") as CuPy
+    would on a device the fatbin lacks: no standard headers, ``include_dir`` on the path.
+    Raises AssertionError with NVRTC's log when compilation fails."""
+    import ctypes
+
+    lib = nvrtc()
+    prog = ctypes.c_void_p()
+    assert lib.nvrtcCreateProgram(ctypes.byref(prog), code, name, 0, None, None) == 0
+    try:
+        opts = [b"-std=c++17", f"-I{include_dir}".encode(), f"--gpu-architecture={arch}".encode()]
+        rc = lib.nvrtcCompileProgram(prog, len(opts), (ctypes.c_char_p * len(opts))(*opts))
+        size = ctypes.c_size_t()
+        lib.nvrtcGetProgramLogSize(prog, ctypes.byref(size))
+        log = ctypes.create_string_buffer(size.value)
+        lib.nvrtcGetProgramLog(prog, log)
+        assert rc == 0, log.value.decode()
+        lib.nvrtcGetPTXSize(prog, ctypes.byref(size))
+        ptx = ctypes.create_string_buffer(size.value)
+        lib.nvrtcGetPTX(prog, ptx)
+        return ptx.value
+    finally:
+        lib.nvrtcDestroyProgram(ctypes.byref(prog))
+
+
+def supersampled_disk(n: int, radius: float, ss: int = 8) -> torch.Tensor:
+    """[n, n] float64 centred disk, each pixel the covered fraction on an ss x ss grid."""
+    import numpy as np
+
+    offsets = (np.arange(ss) + 0.5) / ss - 0.5
+    c = np.arange(n) - (n - 1) / 2
+    xs = c[None, :, None, None] + offsets[None, None, None, :]
+    ys = c[:, None, None, None] + offsets[None, None, :, None]
+    return torch.tensor((xs ** 2 + ys ** 2 <= radius ** 2).mean((2, 3)))
+
+
+def count_plans(monkeypatch, plan_class) -> list:
+    """A list that grows by one entry (the plan's image size) per ``plan_class`` built."""
+    built = []
+    init = plan_class.__init__
+
+    def counting(self, *args, **kwargs):
+        built.append(args[1])
+        init(self, *args, **kwargs)
+
+    monkeypatch.setattr(plan_class, "__init__", counting)
+    return built
+
+
 def ptxas_report(source: str, arch: int, include_dirs=()) -> dict:
     """Compile one .cu file with nvcc for sm_<arch> and parse ``-Xptxas -v``.
 
@@ -107,8 +183,13 @@ def write_dicom(path, arr, *, modality="CT", photometric="MONOCHROME2", slope=No
     intercept; ``pixels=False`` leaves the pixel data out. Returns the path (str)."""
     import numpy as np
     from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import (CTImageStorage, ExplicitVRLittleEndian, MRImageStorage,
-                             SecondaryCaptureImageStorage, generate_uid)
+    from pydicom.uid import (
+        CTImageStorage,
+        ExplicitVRLittleEndian,
+        MRImageStorage,
+        SecondaryCaptureImageStorage,
+        generate_uid,
+    )
 
     sop = {"CT": CTImageStorage, "MR": MRImageStorage}.get(modality, SecondaryCaptureImageStorage)
     meta = FileMetaDataset()

@@ -7,7 +7,7 @@ import weakref
 
 import pytest
 import torch
-from helpers import contractions, exact_fixed_point, linear_map, rel_err
+from helpers import contractions, exact_fixed_point, linear_map, poisoned_map, rel_err
 from torch import nn
 
 from luser_fast import deq as fast
@@ -91,13 +91,7 @@ def test_frozen_samples_bit_identical(solver, check_every):
 @pytest.mark.parametrize("check_every", [1, 4])
 def test_nan_sample_does_not_poison_others(check_every):
     W, b = _problems([0.9] * 4)
-
-    def f(z):
-        out = linear_map(W, b)(z).clone()
-        if torch.count_nonzero(z[1]) > 0:      # sample 1 blows up after its first step
-            out[1] = float("nan")
-        out[3, 0] = float("inf")               # sample 3 is non-finite from the start
-        return out
+    f = poisoned_map(W, b)
 
     z0 = torch.zeros_like(b)
     z, info = fast.anderson(f, z0, tol=1e-8, max_iter=500, check_every=check_every)

@@ -9,8 +9,6 @@ same ES kernel in float64), so against the reference gridding they agree to roun
 """
 from __future__ import annotations
 
-import ctypes
-import glob
 import math
 import os
 import shutil
@@ -20,19 +18,27 @@ import textwrap
 
 import pytest
 import torch
-from helpers import ADJOINT_TOL, adjoint_mismatch, ptxas_report, randn_like_dtype, rel_err
+from helpers import (
+    ADJOINT_TOL,
+    adjoint_mismatch,
+    count_plans,
+    nvrtc,
+    nvrtc_ptx,
+    ptxas_report,
+    randn_like_dtype,
+    rel_err,
+)
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from luser_fast import backends
+from luser_fast import reference as ref
+from luser_fast.core.operator import LinearFunction
 from luser_fast.ops import nufft as nufft_ops
 from luser_fast.ops import nufft_type1, nufft_type2
 from luser_fast.physics import NUFFT
 from luser_fast.physics.nufft import pipe_density
-from luser_fast import reference as ref
-from luser_fast.reference.nufft import NufftPlan
-from luser_fast.reference.nufft import nudft_type1, nudft_type2
-from luser_fast.core.operator import LinearFunction
+from luser_fast.reference.nufft import NufftPlan, nudft_type1, nudft_type2
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CSRC = os.path.join(ROOT, "csrc")
@@ -247,14 +253,7 @@ def test_torch_compile_fullgraph_matches_eager():
 # --- plan cache -------------------------------------------------------------------------------
 
 def test_plan_is_cached_with_the_trajectory(monkeypatch):
-    built = []
-    init = nufft_ops.CompiledPlan.__init__
-
-    def counting(self, *args, **kwargs):
-        built.append(args[1])
-        init(self, *args, **kwargs)
-
-    monkeypatch.setattr(nufft_ops.CompiledPlan, "__init__", counting)
+    built = count_plans(monkeypatch, nufft_ops.CompiledPlan)
     g = torch.Generator().manual_seed(17)
     k = random_traj(80, 18)
     x = randn_like_dtype((2, 10, 10), torch.complex64, g).requires_grad_()
@@ -320,14 +319,7 @@ def test_plan_follows_writes_that_bypass_the_version_counter(write, backend):
 def test_cache_key_is_the_values(monkeypatch):
     """Same values, same plan (no rebuild per call); a tensor whose values changed and
     changed back also reuses nothing stale."""
-    built = []
-    init = nufft_ops.CompiledPlan.__init__
-
-    def counting(self, *args, **kwargs):
-        built.append(args[1])
-        init(self, *args, **kwargs)
-
-    monkeypatch.setattr(nufft_ops.CompiledPlan, "__init__", counting)
+    built = count_plans(monkeypatch, nufft_ops.CompiledPlan)
     g = torch.Generator().manual_seed(32)
     k = random_traj(90, 33)
     x = randn_like_dtype((9, 10), torch.complex64, g)
@@ -658,35 +650,12 @@ def test_cuda_kernels_compile_without_spills(arch):
         assert r["registers"] <= 64, (name, r)  # measured 30-40 on sm_80 and sm_90
 
 
-def _nvrtc():
-    for pattern in ("nvidia/cu*/lib/libnvrtc.so*", "nvidia/cuda_nvrtc/lib/libnvrtc.so*"):
-        for site in sys.path:
-            for path in sorted(glob.glob(os.path.join(site, pattern))):
-                if "builtins" not in path:
-                    return ctypes.CDLL(path)
-    return None
-
-
-@pytest.mark.skipif(_nvrtc() is None, reason="no NVRTC library (PyPI nvidia-cuda-nvrtc)")
+@pytest.mark.skipif(nvrtc() is None, reason="no NVRTC library (PyPI nvidia-cuda-nvrtc)")
 def test_cuda_sources_compile_with_nvrtc():
     """What CuPy compiles on a device the fatbin lacks: NVRTC, no standard headers."""
-    lib = _nvrtc()
-    code = b'#include "nufft/spread.cu"\n'
     for arch in ("compute_80", "compute_90"):
-        prog = ctypes.c_void_p()
-        assert lib.nvrtcCreateProgram(ctypes.byref(prog), code, b"nufft.cu", 0, None, None) == 0
-        opts = [b"-std=c++17", f"-I{CSRC}".encode(), f"--gpu-architecture={arch}".encode()]
-        rc = lib.nvrtcCompileProgram(prog, len(opts), (ctypes.c_char_p * len(opts))(*opts))
-        size = ctypes.c_size_t()
-        lib.nvrtcGetProgramLogSize(prog, ctypes.byref(size))
-        log = ctypes.create_string_buffer(size.value)
-        lib.nvrtcGetProgramLog(prog, log)
-        assert rc == 0, log.value.decode()
-        lib.nvrtcGetPTXSize(prog, ctypes.byref(size))
-        ptx = ctypes.create_string_buffer(size.value)
-        lib.nvrtcGetPTX(prog, ptx)
-        assert b".entry nufft_spread_tile_kernel_f32" in ptx.value
-        lib.nvrtcDestroyProgram(ctypes.byref(prog))
+        ptx = nvrtc_ptx(b'#include "nufft/spread.cu"\n', CSRC, arch, b"nufft.cu")
+        assert b".entry nufft_spread_tile_kernel_f32" in ptx
 
 
 @needs_gpu

@@ -7,7 +7,6 @@ relative, the same as the adjoint contract.
 """
 from __future__ import annotations
 
-import ctypes
 import glob
 import math
 import os
@@ -21,18 +20,29 @@ import textwrap
 import numpy as np
 import pytest
 import torch
-from helpers import ADJOINT_TOL, adjoint_mismatch, ptxas_report, rel_err
+from helpers import (
+    ADJOINT_TOL,
+    adjoint_mismatch,
+    nvrtc,
+    nvrtc_ptx,
+    ptxas_report,
+    rel_err,
+    supersampled_disk,
+)
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from luser_fast import _ext, backends
-from luser_fast.ops import radon as radon_ops
-from luser_fast.ops import radon_adjoint, radon_forward
-from luser_fast.physics import Radon
 from luser_fast import reference as ref
 from luser_fast.core import radon_geometry as geo
-from luser_fast.ops import cuda_common
-from luser_fast.reference.radon import radon_adjoint_ref, radon_fbp_ref, radon_forward_ref
+from luser_fast.ops import cuda_common, radon_adjoint, radon_forward
+from luser_fast.ops import radon as radon_ops
+from luser_fast.physics import Radon
+from luser_fast.reference.radon import (
+    radon_adjoint_ref,
+    radon_fbp_ref,
+    radon_forward_ref,
+)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CSRC = os.path.join(ROOT, "csrc")
@@ -235,14 +245,6 @@ def test_torch_compile_fullgraph_matches_eager():
 
 
 # --- physics operator, FBP, analytic checks ---------------------------------------------------
-
-def supersampled_disk(n: int, radius: float, ss: int = 8) -> torch.Tensor:
-    offsets = (np.arange(ss) + 0.5) / ss - 0.5
-    c = np.arange(n) - (n - 1) / 2
-    xs = c[None, :, None, None] + offsets[None, None, None, :]
-    ys = c[:, None, None, None] + offsets[None, None, :, None]
-    return torch.tensor((xs ** 2 + ys ** 2 <= radius ** 2).mean((2, 3)))
-
 
 @pytest.mark.parametrize("geometry", ["parallel", "fan"])
 def test_disk_sinogram_matches_analytic_chords(geometry):
@@ -578,41 +580,18 @@ def test_cuda_launches_match_kernel_signatures(monkeypatch):
             assert calls[1][1] == (1, 5) and calls[3][1] == (1, 5)
 
 
-def _nvrtc():
-    for pattern in ("nvidia/cu*/lib/libnvrtc.so*", "nvidia/cuda_nvrtc/lib/libnvrtc.so*"):
-        for site in sys.path:
-            for path in sorted(glob.glob(os.path.join(site, pattern))):
-                if "builtins" not in path:
-                    return ctypes.CDLL(path)
-    return None
-
-
-@pytest.mark.skipif(_nvrtc() is None or not os.path.exists(
+@pytest.mark.skipif(nvrtc() is None or not os.path.exists(
     os.path.join(_ext.CUDA_SRC_DIR, "all.cu")),
     reason="no NVRTC library (PyPI nvidia-cuda-nvrtc) or no shipped CUDA sources")
 def test_shipped_sources_compile_with_nvrtc():
     """What CuPy compiles on a device the fatbin lacks: the shipped sources (here the Radon
     part of all.cu), with NVRTC's builtins only (no standard headers)."""
-    lib = _nvrtc()
     src_dir = _ext.CUDA_SRC_DIR
     with open(os.path.join(src_dir, "all.cu"), "rb") as fh:
         assert b'#include "radon/radon.cu"' in fh.read()
-    code = b'#include "radon/radon.cu"\n'
     for arch in ("compute_80", "compute_90"):
-        prog = ctypes.c_void_p()
-        assert lib.nvrtcCreateProgram(ctypes.byref(prog), code, b"all.cu", 0, None, None) == 0
-        opts = [b"-std=c++17", f"-I{src_dir}".encode(), f"--gpu-architecture={arch}".encode()]
-        rc = lib.nvrtcCompileProgram(prog, len(opts), (ctypes.c_char_p * len(opts))(*opts))
-        size = ctypes.c_size_t()
-        lib.nvrtcGetProgramLogSize(prog, ctypes.byref(size))
-        log = ctypes.create_string_buffer(size.value)
-        lib.nvrtcGetProgramLog(prog, log)
-        assert rc == 0, log.value.decode()
-        lib.nvrtcGetPTXSize(prog, ctypes.byref(size))
-        ptx = ctypes.create_string_buffer(size.value)
-        lib.nvrtcGetPTX(prog, ptx)
-        assert b".entry radon_adj_fan_kernel_f32" in ptx.value
-        lib.nvrtcDestroyProgram(ctypes.byref(prog))
+        ptx = nvrtc_ptx(b'#include "radon/radon.cu"\n', src_dir, arch)
+        assert b".entry radon_adj_fan_kernel_f32" in ptx
 
 
 @needs_gpu

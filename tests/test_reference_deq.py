@@ -6,7 +6,7 @@ import weakref
 
 import pytest
 import torch
-from helpers import contractions, exact_fixed_point, linear_map, rel_err
+from helpers import contractions, exact_fixed_point, linear_map, poisoned_map, rel_err
 from torch import nn
 
 from luser_fast.reference import DEQ, SolverInfo, anderson, fixed_point
@@ -68,13 +68,7 @@ def test_per_sample_iterations_and_freezing(solver):
 @pytest.mark.parametrize("solver", SOLVERS)
 def test_nan_sample_does_not_poison_others(solver):
     W, b = _problems([0.9] * 4)
-
-    def f(z):
-        out = linear_map(W, b)(z).clone()
-        if torch.count_nonzero(z[1]) > 0:      # sample 1 blows up after its first step
-            out[1] = float("nan")
-        out[3, 0] = float("inf")               # sample 3 is non-finite from the start
-        return out
+    f = poisoned_map(W, b)
 
     z0 = torch.zeros_like(b)
     z, info = solver(f, z0, tol=1e-8, max_iter=500)

@@ -6,26 +6,21 @@ import math
 import numpy as np
 import pytest
 import torch
-from helpers import ADJOINT_TOL, adjoint_mismatch, rel_err
+from helpers import ADJOINT_TOL, adjoint_mismatch, rel_err, supersampled_disk
 
 from luser_fast.core.radon_geometry import FAN_RANGE
-from luser_fast.reference import radon as radon_mod
 from luser_fast.reference import Radon
-from luser_fast.reference.radon import radon_adjoint_ref, radon_fbp_ref, radon_forward_ref
+from luser_fast.reference import radon as radon_mod
+from luser_fast.reference.radon import (
+    radon_adjoint_ref,
+    radon_fbp_ref,
+    radon_forward_ref,
+)
 
 FILTERS = ("ramp", "shepp-logan", "cosine", "hann")
 # angles that exercise the major-axis switch (45 deg, just either side) and the axes
 AWKWARD_ANGLES = torch.tensor([0.0, math.pi / 4, math.pi / 4 + 1e-9, math.pi / 2, 2.0,
                                3 * math.pi / 4 - 1e-9, math.pi, 4.0, 5.9], dtype=torch.float64)
-
-
-def supersampled_disk(n: int, radius: float, ss: int = 8) -> torch.Tensor:
-    """[n, n] float64 centred disk, each pixel the covered fraction on an ss x ss grid."""
-    offsets = (np.arange(ss) + 0.5) / ss - 0.5
-    c = np.arange(n) - (n - 1) / 2
-    xs = c[None, :, None, None] + offsets[None, None, None, :]
-    ys = c[:, None, None, None] + offsets[None, None, :, None]
-    return torch.tensor((xs ** 2 + ys ** 2 <= radius ** 2).mean((2, 3)))
 
 
 def fan_geometry(h: int, w: int) -> dict:

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import torch
 
-from .. import _ext
+from .. import _ext, backends
 
-__all__ = ["LIB", "defined", "define", "extension_has"]
+__all__ = ["LIB", "defined", "define", "extension_has", "register_family"]
 
 #: the fragment of the ``luser_fast`` namespace this package defines its ops in
 LIB = torch.library.Library("luser_fast", "FRAGMENT")
@@ -36,3 +36,17 @@ def define(schemas: dict) -> None:
 def extension_has(name: str) -> bool:
     """The compiled extension is loaded and registered the op ``name``."""
     return _ext.extension() is not None and defined(name)
+
+
+def register_family(autograd: dict, cpu, cuda) -> None:
+    """Register an op family's autograd formulas and backends, once.
+
+    Args:
+        autograd: op name -> (backward, setup_context) for ``torch.library.register_autograd``.
+        cpu, cuda: ``available()`` callables: the compiled CPU / CUDA kernels serve the
+            family's ops (``luser_fast.backends.register``).
+    """
+    for name, (backward, setup) in autograd.items():
+        torch.library.register_autograd("luser_fast::" + name, backward, setup_context=setup)
+    backends.register(tuple(autograd), "cpu", ("cpu",), cpu)
+    backends.register(tuple(autograd), "cuda", ("cuda",), cuda)

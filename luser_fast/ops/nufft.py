@@ -630,13 +630,9 @@ def _type1_backward(ctx, grad):
     return grad_values, grad_ktraj, None, None, None
 
 
-torch.library.register_autograd("luser_fast::nufft_type2", _type2_backward,
-                                setup_context=_type2_setup)
-torch.library.register_autograd("luser_fast::nufft_type1", _type1_backward,
-                                setup_context=_type1_setup)
-
-backends.register(tuple(SCHEMAS), "cpu", ("cpu",), lambda: HAS_CPU_KERNELS)
-backends.register(tuple(SCHEMAS), "cuda", ("cuda",), cuda_available)
+library.register_family({"nufft_type2": (_type2_backward, _type2_setup),
+                         "nufft_type1": (_type1_backward, _type1_setup)},
+                        cpu=lambda: HAS_CPU_KERNELS, cuda=cuda_available)
 
 
 # --- public functionals ---------------------------------------------------------------------------

@@ -232,13 +232,9 @@ def _adjoint_backward(ctx, grad):
     return grad_sino, None, None, None, None, None, None
 
 
-torch.library.register_autograd("luser_fast::radon_forward", _forward_backward,
-                                setup_context=_forward_setup)
-torch.library.register_autograd("luser_fast::radon_adjoint", _adjoint_backward,
-                                setup_context=_adjoint_setup)
-
-backends.register(tuple(SCHEMAS), "cpu", ("cpu",), lambda: HAS_CPU_KERNELS)
-backends.register(tuple(SCHEMAS), "cuda", ("cuda",), cuda_available)
+library.register_family({"radon_forward": (_forward_backward, _forward_setup),
+                         "radon_adjoint": (_adjoint_backward, _adjoint_setup)},
+                        cpu=lambda: HAS_CPU_KERNELS, cuda=cuda_available)
 
 
 # --- public functionals ---------------------------------------------------------------------
