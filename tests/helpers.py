@@ -1,7 +1,14 @@
 """Shared test utilities (imported by the test modules; not a test file itself)."""
 from __future__ import annotations
 
+import os
+
 import torch
+from torch import nn
+
+#: the repository root and its C++/CUDA sources
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CSRC = os.path.join(ROOT, "csrc")
 
 #: dot-product test tolerances per real dtype (docs/DESIGN.md numerical contracts)
 ADJOINT_TOL = {torch.float32: 1e-5, torch.float64: 1e-12}
@@ -135,6 +142,17 @@ def count_plans(monkeypatch, plan_class) -> list:
 
     monkeypatch.setattr(plan_class, "__init__", counting)
     return built
+
+
+class LinearF(nn.Module):
+    """The DEQ tests' linear map f(z, v) = W z + v, with W a parameter."""
+
+    def __init__(self, w):
+        super().__init__()
+        self.W = nn.Parameter(w.clone())
+
+    def forward(self, z, v):
+        return z @ self.W.T + v
 
 
 def ptxas_report(source: str, arch: int, include_dirs=()) -> dict:

@@ -7,7 +7,7 @@ import weakref
 
 import pytest
 import torch
-from helpers import contractions, exact_fixed_point, linear_map, poisoned_map, rel_err
+from helpers import LinearF, contractions, exact_fixed_point, linear_map, poisoned_map, rel_err
 from torch import nn
 
 from luser_fast import deq as fast
@@ -155,16 +155,6 @@ def test_bytes_model():
         assert bytes_per_iteration(1000, m, masked=True) <= 0.4 * textbook
     assert bytes_per_iteration(1000, 5, beta=0.5) > bytes_per_iteration(1000, 5)
 
-
-class LinearF(nn.Module):
-    """f(z, v) = z W^T + v."""
-
-    def __init__(self, W):
-        super().__init__()
-        self.W = nn.Parameter(W.clone())
-
-    def forward(self, z, v):
-        return z @ self.W.T + v
 
 
 class ConvF(nn.Module):

@@ -18,16 +18,8 @@ import textwrap
 
 import pytest
 import torch
-from helpers import (
-    ADJOINT_TOL,
-    adjoint_mismatch,
-    count_plans,
-    nvrtc,
-    nvrtc_ptx,
-    ptxas_report,
-    randn_like_dtype,
-    rel_err,
-)
+from helpers import (ADJOINT_TOL, CSRC, adjoint_mismatch, count_plans, nvrtc, nvrtc_ptx,
+                     ptxas_report, randn_like_dtype, rel_err)
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -40,8 +32,6 @@ from luser_fast.physics import NUFFT
 from luser_fast.physics.nufft import pipe_density
 from luser_fast.reference.nufft import NufftPlan, nudft_type1, nudft_type2
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CSRC = os.path.join(ROOT, "csrc")
 SPREAD_CU = os.path.join(CSRC, "nufft", "spread.cu")
 HAS_EXT = nufft_ops.HAS_CPU_KERNELS
 needs_ext = pytest.mark.skipif(not HAS_EXT, reason="the C++ extension is not built")

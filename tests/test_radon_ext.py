@@ -20,15 +20,8 @@ import textwrap
 import numpy as np
 import pytest
 import torch
-from helpers import (
-    ADJOINT_TOL,
-    adjoint_mismatch,
-    nvrtc,
-    nvrtc_ptx,
-    ptxas_report,
-    rel_err,
-    supersampled_disk,
-)
+from helpers import (ADJOINT_TOL, CSRC, adjoint_mismatch, nvrtc, nvrtc_ptx, ptxas_report,
+                     rel_err, supersampled_disk)
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -38,14 +31,8 @@ from luser_fast.core import radon_geometry as geo
 from luser_fast.ops import cuda_common, radon_adjoint, radon_forward
 from luser_fast.ops import radon as radon_ops
 from luser_fast.physics import Radon
-from luser_fast.reference.radon import (
-    radon_adjoint_ref,
-    radon_fbp_ref,
-    radon_forward_ref,
-)
+from luser_fast.reference.radon import (radon_adjoint_ref, radon_fbp_ref, radon_forward_ref)
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CSRC = os.path.join(ROOT, "csrc")
 RADON_CU = os.path.join(CSRC, "radon", "radon.cu")
 REL_TOL = {torch.float32: 1e-5, torch.float64: 1e-12}
 # the major-axis switch (45 deg and either side), the axes, and the fan's full circle

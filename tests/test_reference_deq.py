@@ -6,7 +6,7 @@ import weakref
 
 import pytest
 import torch
-from helpers import contractions, exact_fixed_point, linear_map, poisoned_map, rel_err
+from helpers import LinearF, contractions, exact_fixed_point, linear_map, poisoned_map, rel_err
 from torch import nn
 
 from luser_fast.reference import DEQ, SolverInfo, anderson, fixed_point
@@ -187,16 +187,6 @@ def test_bad_arguments():
     with pytest.raises(ValueError, match="^v must"):
         DEQ(g)(torch.zeros(0, 3))
 
-
-class LinearF(nn.Module):
-    """f(z, v) = W z + v with W a parameter."""
-
-    def __init__(self, W):
-        super().__init__()
-        self.W = nn.Parameter(W.clone())
-
-    def forward(self, z, v):
-        return z @ self.W.T + v
 
 
 TIGHT = {"tol": 1e-12, "max_iter": 500}

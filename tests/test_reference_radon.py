@@ -11,11 +11,7 @@ from helpers import ADJOINT_TOL, adjoint_mismatch, rel_err, supersampled_disk
 from luser_fast.core.radon_geometry import FAN_RANGE
 from luser_fast.reference import Radon
 from luser_fast.reference import radon as radon_mod
-from luser_fast.reference.radon import (
-    radon_adjoint_ref,
-    radon_fbp_ref,
-    radon_forward_ref,
-)
+from luser_fast.reference.radon import (radon_adjoint_ref, radon_fbp_ref, radon_forward_ref)
 
 FILTERS = ("ramp", "shepp-logan", "cosine", "hann")
 # angles that exercise the major-axis switch (45 deg, just either side) and the axes
