@@ -63,6 +63,18 @@ def check(target, call, reference_call, bad, dtype, raw=False):
     _record(target, "accepted")
 
 
+def _cat(*outs):
+    """One flat tensor of several results (compared in one go)."""
+    return torch.cat([o.reshape(-1) for o in outs])
+
+
+def _forward_adjoint(cls, args: dict, x):
+    """A x and A^H A x of the operator ``cls(**args)``, flattened together."""
+    op = cls(**args)
+    y = op(x)
+    return _cat(y, op.adjoint(y))
+
+
 def corrupt(draw, args: dict, catalogue: dict):
     """Replace up to two arguments by invalid values; return the names replaced."""
     names = draw(st.lists(st.sampled_from(sorted(catalogue)), max_size=2, unique=True))
@@ -144,12 +156,8 @@ def fuzz_radon_operator(case, data):
         "angles": RADON_BAD["angles"][4:] + [0, -3, 2.5],
         "geometry": ["cone", 3, None]})
 
-    def run(cls):
-        op = cls(**args)
-        y = op(x)
-        return torch.cat([y.reshape(-1), op.adjoint(y).reshape(-1)])
-
-    check("Radon", lambda: run(luser_fast.Radon), lambda: run(reference.Radon), bad, dtype)
+    check("Radon", lambda: _forward_adjoint(luser_fast.Radon, args, x),
+          lambda: _forward_adjoint(reference.Radon, args, x), bad, dtype)
 
 
 @given(case=radon_case(), data=st.data())
@@ -172,21 +180,15 @@ def fuzz_raw_radon(case, data):
         "n_detectors": [0, -3], "det_spacing": [0.0, -1.0, math.nan]})
     if "angles" in bad or "n_detectors" in bad:
         bad += ["sino"]            # a geometry unlike the sinogram's may be reported on sino
-    lf = torch.ops.luser_fast
+    lf, ref = torch.ops.luser_fast, reference
     geom = (args["det_spacing"], args["source_distance"], args["detector_distance"])
-
-    def run(ops=True):
-        if ops:
-            fwd = lf.radon_forward(args["x"], args["angles"], args["n_detectors"], *geom)
-            adj = lf.radon_adjoint(args["sino"], args["angles"], h, w, *geom)
-        else:
-            fwd = reference.radon_forward_ref(args["x"], args["angles"], args["n_detectors"],
-                                              *geom)
-            adj = reference.radon_adjoint_ref(args["sino"], args["angles"], (h, w),
-                                              args["n_detectors"], *geom)
-        return torch.cat([fwd.reshape(-1), adj.reshape(-1)])
-
-    check("raw radon", run, lambda: run(False), bad, dtype, raw=True)
+    x, sino, angles, d = args["x"], args["sino"], args["angles"], args["n_detectors"]
+    check("raw radon",
+          lambda: _cat(lf.radon_forward(x, angles, d, *geom),
+                       lf.radon_adjoint(sino, angles, h, w, *geom)),
+          lambda: _cat(ref.radon_forward_ref(x, angles, d, *geom),
+                       ref.radon_adjoint_ref(sino, angles, (h, w), d, *geom)),
+          bad, dtype, raw=True)
 
 
 # --- NUFFT ----------------------------------------------------------------------------------
@@ -260,12 +262,8 @@ def fuzz_nufft_operator(case, data):
         bad += ["density"]         # a ktraj of another M may be reported against density
     xin = x.reshape(-1, 1, h, w)
 
-    def run(cls):
-        op = cls(**args)
-        y = op(xin)
-        return torch.cat([y.reshape(-1), op.adjoint(y).reshape(-1)])
-
-    check("NUFFT", lambda: run(luser_fast.NUFFT), lambda: run(reference.NUFFT), bad, dtype)
+    check("NUFFT", lambda: _forward_adjoint(luser_fast.NUFFT, args, xin),
+          lambda: _forward_adjoint(reference.NUFFT, args, xin), bad, dtype)
 
 
 @given(case=nufft_case(), data=st.data())
@@ -281,22 +279,15 @@ def fuzz_raw_nufft(case, data):
         "tol": [0.0, 0.5, -1.0], "oversamp": [1.0, 0.5]})
     if "ktraj" in bad:
         bad += ["values"]          # a ktraj of another M may be reported against values
+    lf, ref = torch.ops.luser_fast, reference
     size = tuple(x.shape[-2:])
-
-    def run(ops=True):
-        if ops:
-            lf = torch.ops.luser_fast
-            a = lf.nufft_type2(args["image"], args["ktraj"], args["tol"], args["oversamp"])
-            b = lf.nufft_type1(args["values"], args["ktraj"], size, args["tol"],
-                               args["oversamp"])
-        else:
-            a = reference.nufft_type2_ref(args["image"], args["ktraj"], args["tol"],
-                                          args["oversamp"])
-            b = reference.nufft_type1_ref(args["values"], args["ktraj"], size, args["tol"],
-                                          args["oversamp"])
-        return torch.cat([a.reshape(-1), b.reshape(-1)])
-
-    check("raw nufft", run, lambda: run(False), bad, dtype, raw=True)
+    image, values, k, acc = args["image"], args["values"], args["ktraj"], (args["tol"],
+                                                                           args["oversamp"])
+    check("raw nufft",
+          lambda: _cat(lf.nufft_type2(image, k, *acc), lf.nufft_type1(values, k, size, *acc)),
+          lambda: _cat(ref.nufft_type2_ref(image, k, *acc),
+                       ref.nufft_type1_ref(values, k, size, *acc)),
+          bad, dtype, raw=True)
 
 
 # --- Blur, MRI (one class each, no op: checked against their own adjoint) ---------------------

@@ -155,6 +155,29 @@ class LinearF(nn.Module):
         return z @ self.W.T + v
 
 
+#: prepended to a script to run it as if the extension was never built
+#: (LUSER_FAST_BUILD_EXT=0): the import of luser_fast._C fails
+_NO_EXTENSION = """
+import importlib.abc, sys
+class _Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name == "luser_fast._C":
+            raise ModuleNotFoundError("No module named 'luser_fast._C'", name=name)
+sys.meta_path.insert(0, _Block())
+"""
+
+
+def run_without_extension(code: str, timeout: int = 120):
+    """Run Python ``code`` (dedented) in a subprocess where luser_fast._C cannot be
+    imported; returns the CompletedProcess (stdout, stderr as text)."""
+    import subprocess
+    import sys
+    import textwrap
+
+    return subprocess.run([sys.executable, "-c", _NO_EXTENSION + textwrap.dedent(code)],
+                          capture_output=True, text=True, timeout=timeout)
+
+
 def ptxas_report(source: str, arch: int, include_dirs=()) -> dict:
     """Compile one .cu file with nvcc for sm_<arch> and parse ``-Xptxas -v``.
 

@@ -15,13 +15,12 @@ import shutil
 import struct
 import subprocess
 import sys
-import textwrap
 
 import numpy as np
 import pytest
 import torch
 from helpers import (ADJOINT_TOL, CSRC, adjoint_mismatch, nvrtc, nvrtc_ptx, ptxas_report,
-                     rel_err, supersampled_disk)
+                     rel_err, run_without_extension, supersampled_disk)
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -316,13 +315,8 @@ def test_half_precision_is_computed_in_float32():
 
 def test_reference_serves_without_extension():
     # the extension import is blocked as if it was never built (LUSER_FAST_BUILD_EXT=0)
-    code = textwrap.dedent("""
-        import importlib.abc, math, sys
-        class Block(importlib.abc.MetaPathFinder):
-            def find_spec(self, name, path, target=None):
-                if name == "luser_fast._C":
-                    raise ModuleNotFoundError("No module named 'luser_fast._C'", name=name)
-        sys.meta_path.insert(0, Block())
+    r = run_without_extension("""
+        import math
         import torch, luser_fast
         from luser_fast import _ext, backends
         from luser_fast.ops import radon as radon_ops
@@ -339,8 +333,6 @@ def test_reference_serves_without_extension():
         assert torch.allclose(x.grad, base.adjoint(torch.ones_like(y)))
         print("ok")
     """)
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                       timeout=120)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "ok"
     # the raw op called without the extension runs the reference and says so, once
