@@ -178,6 +178,13 @@ def run_without_extension(code: str, timeout: int = 120):
                           capture_output=True, text=True, timeout=timeout)
 
 
+def linear_deq_solution(w: torch.Tensor, v: torch.Tensor, c: torch.Tensor):
+    """For z* = W z* + v and the loss sum(c * z*): (z*, u) with u = (I - W)^-T c, per sample
+    (rows of v and c); the implicit gradients are dL/dv = u and dL/dW = u z*^T summed."""
+    a = torch.eye(w.shape[-1], dtype=w.dtype) - w
+    return torch.linalg.solve(a, v.detach().T).T, torch.linalg.solve(a.T, c.T).T
+
+
 def ptxas_report(source: str, arch: int, include_dirs=()) -> dict:
     """Compile one .cu file with nvcc for sm_<arch> and parse ``-Xptxas -v``.
 

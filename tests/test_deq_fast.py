@@ -7,7 +7,8 @@ import weakref
 
 import pytest
 import torch
-from helpers import LinearF, contractions, exact_fixed_point, linear_map, poisoned_map, rel_err
+from helpers import (LinearF, contractions, linear_deq_solution, exact_fixed_point,
+                     linear_map, poisoned_map, rel_err)
 from torch import nn
 
 from luser_fast import deq as fast
@@ -214,9 +215,7 @@ def test_ift_matches_analytic_linear_gradient(solver):
     c = torch.randn(3, D, dtype=torch.float64)
     z = layer(v)
     (z * c).sum().backward()
-    A = torch.eye(D, dtype=torch.float64) - W
-    z_exact = torch.linalg.solve(A, v.detach().T).T
-    u = torch.linalg.solve(A.T, c.T).T
+    z_exact, u = linear_deq_solution(W, v, c)
     torch.testing.assert_close(z.detach(), z_exact, rtol=1e-9, atol=1e-9)
     torch.testing.assert_close(v.grad, u, rtol=1e-6, atol=1e-9)
     torch.testing.assert_close(f.W.grad, u.T @ z_exact, rtol=1e-6, atol=1e-9)

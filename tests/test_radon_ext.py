@@ -53,6 +53,14 @@ CASES = [  # (H, W), batch, n_detectors, det_spacing
 ]
 
 
+def over_cases(test):
+    """Parametrize ``test`` over both float dtypes, both geometries and every case."""
+    for name, values in (("size,batch,n_det,spacing", CASES), ("geometry", ["parallel", "fan"]),
+                         ("dtype", [torch.float32, torch.float64])):
+        test = pytest.mark.parametrize(name, values)(test)
+    return test
+
+
 def geometry_kwargs(geometry: str, h: int, w: int) -> dict:
     if geometry == "parallel":
         return {}
@@ -78,9 +86,7 @@ def raw_args(kw: dict) -> tuple:
 # --- kernels against the reference -------------------------------------------------------
 
 @needs_ext
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("geometry", ["parallel", "fan"])
-@pytest.mark.parametrize("size,batch,n_det,spacing", CASES)
+@over_cases
 def test_cpu_kernels_match_reference(dtype, geometry, size, batch, n_det, spacing):
     op, x, y, kw = make_data(size, batch, n_det, spacing, geometry, dtype)
     h, w = size
@@ -100,9 +106,7 @@ def test_cpu_kernels_match_reference(dtype, geometry, size, batch, n_det, spacin
 
 
 @needs_ext
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("geometry", ["parallel", "fan"])
-@pytest.mark.parametrize("size,batch,n_det,spacing", CASES)
+@over_cases
 def test_adjoint_dot_product(dtype, geometry, size, batch, n_det, spacing):
     op, x, y, kw = make_data(size, batch, n_det, spacing, geometry, dtype, seed=1)
     assert adjoint_mismatch(op, x, y) < ADJOINT_TOL[dtype]
@@ -574,9 +578,7 @@ def test_shipped_sources_compile_with_nvrtc():
 
 
 @needs_gpu
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("geometry", ["parallel", "fan"])
-@pytest.mark.parametrize("size,batch,n_det,spacing", CASES)
+@over_cases
 def test_cuda_kernels_match_reference(dtype, geometry, size, batch, n_det, spacing):
     op, x, y, kw = make_data(size, batch, n_det, spacing, geometry, dtype, seed=9)
     op = op.cuda()
