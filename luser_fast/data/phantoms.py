@@ -7,6 +7,16 @@ import numpy as np
 import torch
 
 
+def _phantom_setup(n, size, seed):
+    """(H, W, the seeded RNG, and the [-1, 1]^2 coordinate grids yy, xx [H, W]) of a phantom
+    set of ``n`` images; n is checked to be a non-negative int."""
+    h, w = _check_size(size)
+    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+        raise ValueError(f"n must be a non-negative int, got {n!r}")
+    yy, xx = np.meshgrid(np.linspace(-1, 1, h), np.linspace(-1, 1, w), indexing="ij")
+    return h, w, np.random.default_rng(seed), yy, xx
+
+
 def _check_size(size):
     if isinstance(size, int):
         size = (size, size)
@@ -32,11 +42,7 @@ def random_ellipses(n, size=64, *, n_ellipses=(5, 12), seed=0, dtype=torch.float
     Returns:
         Tensor [n, 1, H, W].
     """
-    h, w = _check_size(size)
-    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
-        raise ValueError(f"n must be a non-negative int, got {n!r}")
-    rng = np.random.default_rng(seed)
-    yy, xx = np.meshgrid(np.linspace(-1, 1, h), np.linspace(-1, 1, w), indexing="ij")
+    h, w, rng, yy, xx = _phantom_setup(n, size, seed)
     out = np.zeros((n, 1, h, w))
     for i in range(n):
         img = _ellipse(xx, yy, 0.0, 0.0, 0.85 + 0.1 * rng.random(), 0.75 + 0.1 * rng.random(),
@@ -138,11 +144,7 @@ def textured_ellipses(n, size=64, *, n_ellipses=(5, 12), seed=0, dtype=torch.flo
     Returns:
         Tensor [n, 1, H, W] in [0, 1].
     """
-    h, w = _check_size(size)
-    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
-        raise ValueError(f"n must be a non-negative int, got {n!r}")
-    rng = np.random.default_rng(seed)
-    yy, xx = np.meshgrid(np.linspace(-1, 1, h), np.linspace(-1, 1, w), indexing="ij")
+    h, w, rng, yy, xx = _phantom_setup(n, size, seed)
     pixel = 2.0 / max(h - 1, w - 1, 1)
     out = np.zeros((n, 1, h, w))
     for i in range(n):
@@ -199,11 +201,7 @@ def smooth_phase(n, size=64, *, seed=0, dtype=torch.float32):
     Returns:
         Tensor [n, 1, H, W] of phases in radians.
     """
-    h, w = _check_size(size)
-    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
-        raise ValueError(f"n must be a non-negative int, got {n!r}")
-    rng = np.random.default_rng(seed)
-    yy, xx = np.meshgrid(np.linspace(-1, 1, h), np.linspace(-1, 1, w), indexing="ij")
+    h, w, rng, yy, xx = _phantom_setup(n, size, seed)
     basis = np.stack([np.ones_like(xx), xx, yy, xx ** 2, xx * yy, yy ** 2])
     bound = np.array([math.pi, math.pi / 2, math.pi / 2, math.pi / 4, math.pi / 4, math.pi / 4])
     coef = rng.uniform(-1, 1, size=(n, 6)) * bound
