@@ -226,20 +226,19 @@ def ptxas_report(source: str, arch: int, include_dirs=()) -> dict:
 
 def write_dicom(path, arr, *, modality="CT", photometric="MONOCHROME2", slope=None,
                 intercept=None, pixels=True):
-    """Write ``arr`` ([H, W], [F, H, W] or [H, W, 3] integers) as a DICOM file of
-    ``modality`` (CT, MR, else secondary capture), with an optional rescale slope /
-    intercept; ``pixels=False`` leaves the pixel data out. Returns the path (str)."""
+    """Write ``arr`` ([H, W], [F, H, W] or [H, W, 3] integers; or [H, W] float32, stored as a
+    parametric map's float pixel data) as a DICOM file of ``modality`` (CT, MR, else
+    secondary capture), with an optional rescale slope / intercept; ``pixels=False``
+    leaves the pixel data out. Returns the path (str)."""
     import numpy as np
     from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import (
-        CTImageStorage,
-        ExplicitVRLittleEndian,
-        MRImageStorage,
-        SecondaryCaptureImageStorage,
-        generate_uid,
-    )
+    from pydicom.uid import (CTImageStorage, ExplicitVRLittleEndian, MRImageStorage,
+                             ParametricMapStorage, SecondaryCaptureImageStorage, generate_uid)
 
-    sop = {"CT": CTImageStorage, "MR": MRImageStorage}.get(modality, SecondaryCaptureImageStorage)
+    arr = None if not pixels else np.asarray(arr)
+    floats = arr is not None and arr.dtype == np.float32
+    sop = ParametricMapStorage if floats else {"CT": CTImageStorage, "MR": MRImageStorage}.get(
+        modality, SecondaryCaptureImageStorage)
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = sop
     meta.MediaStorageSOPInstanceUID = generate_uid()
@@ -249,8 +248,12 @@ def write_dicom(path, arr, *, modality="CT", photometric="MONOCHROME2", slope=No
     ds.SOPClassUID = sop
     ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
     ds.Modality = modality
-    if pixels:
-        arr = np.asarray(arr)
+    if floats:
+        ds.Rows, ds.Columns = arr.shape
+        ds.SamplesPerPixel, ds.BitsAllocated = 1, 32
+        ds.PhotometricInterpretation = photometric
+        ds.FloatPixelData = arr.tobytes()
+    elif pixels:
         ds.set_pixel_data(arr, photometric, 8 if arr.dtype == np.uint8 else 16)
     if slope is not None:
         ds.RescaleSlope = slope

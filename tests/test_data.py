@@ -337,9 +337,6 @@ def test_read_dicom_mr_multiframe_rgb_and_folder(tmp_path):
 
 
 def test_read_dicom_bad_inputs(tmp_path):
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, ParametricMapStorage, generate_uid
-
     with pytest.raises(ValueError, match="nopix.dcm: DICOM file has no pixel data"):
         read_dicom(_dicom(tmp_path / "nopix.dcm", None, pixels=False))
     (tmp_path / "empty").mkdir()
@@ -358,19 +355,8 @@ def test_read_dicom_bad_inputs(tmp_path):
     with pytest.raises(ValueError, match="b.dcm: slices are 8x9.*share H x W"):
         read_dicom(str(mixed))
     # float pixel data (a parametric map) holding a NaN
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = ParametricMapStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID = ParametricMapStorage
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    ds.Rows, ds.Columns, ds.SamplesPerPixel, ds.BitsAllocated = 4, 4, 1, 32
-    ds.PhotometricInterpretation = "MONOCHROME2"
     values = np.ones((4, 4), np.float32)
     values[1, 2] = np.nan
-    ds.FloatPixelData = values.tobytes()
-    ds.save_as(tmp_path / "nan.dcm", enforce_file_format=True)
+    _dicom(tmp_path / "nan.dcm", values)
     with pytest.raises(ValueError, match="nan.dcm: pixel data has non-finite values"):
         read_dicom(str(tmp_path / "nan.dcm"))
