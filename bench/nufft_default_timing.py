@@ -54,7 +54,7 @@ def interleaved(calls: dict, rounds: int) -> dict:
 
 
 def versus_finufft(k: torch.Tensor, threads: int, rounds: int, tol: float = 1e-3) -> None:
-    import finufft
+    from test_bench_nufft import finufft_plans   # bench/ is this script's folder
 
     h = w = 256
     coils = 8
@@ -62,13 +62,7 @@ def versus_finufft(k: torch.Tensor, threads: int, rounds: int, tol: float = 1e-3
     image = torch.complex(torch.randn(coils, h, w, generator=g), torch.randn(coils, h, w, generator=g))
     values = torch.complex(torch.randn(coils, k.shape[0], generator=g),
                            torch.randn(coils, k.shape[0], generator=g))
-    kx, ky = k[:, 0].numpy().copy(), k[:, 1].numpy().copy()
-    p2 = finufft.Plan(2, (h, w), n_trans=coils, eps=tol, isign=-1, nthreads=threads,
-                      dtype="complex64")
-    p1 = finufft.Plan(1, (h, w), n_trans=coils, eps=tol, isign=1, nthreads=threads,
-                      dtype="complex64")
-    p2.setpts(kx, ky)
-    p1.setpts(kx, ky)
+    p2, p1 = finufft_plans(k, (h, w), coils, tol, threads)
     default = nufft_kernel.default_oversamp(tol, torch.complex64)
     calls = {
         "type2 default": lambda: nufft_type2(image, k, tol),

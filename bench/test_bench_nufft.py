@@ -52,6 +52,21 @@ CUFINUFFT_POINTS_PER_S = 6e8
 CHECK_POINTS, CHECK_PIXELS = harness.pick((2048, 1024), (64, 64))
 
 
+def finufft_plans(ktraj: torch.Tensor, size, coils: int, tol: float, threads: int):
+    """FINUFFT's complex64 type-2 and type-1 plans (the same sign conventions as ours) for
+    ``coils`` transforms of ``size`` on ``ktraj``, points set: (type 2, type 1)."""
+    import finufft
+
+    kx, ky = ktraj[:, 0].numpy().copy(), ktraj[:, 1].numpy().copy()
+    plans = []
+    for kind, sign in ((2, -1), (1, 1)):
+        plan = finufft.Plan(kind, tuple(size), n_trans=coils, eps=tol, isign=sign,
+                            nthreads=threads, dtype="complex64")
+        plan.setpts(kx, ky)
+        plans.append(plan)
+    return tuple(plans)
+
+
 def golden_angle_radial(spokes: int, samples: int) -> torch.Tensor:
     """[spokes * samples, 2] float32 radians: spoke s at angle s * pi (sqrt(5) - 1) / 2,
     samples (j - samples // 2) 2 pi / samples along it (the DC sample included)."""
@@ -205,18 +220,10 @@ def test_luser_fast_plan(benchmark, problem, report):
 @pytest.mark.parametrize("tol", TOLS)
 @pytest.mark.parametrize("kind", ["type2", "type1"])
 def test_finufft(benchmark, problem, report, kind, tol):
-    finufft = pytest.importorskip("finufft")
-    kx = problem.ktraj[:, 0].numpy().copy()
-    ky = problem.ktraj[:, 1].numpy().copy()
-    if kind == "type2":
-        plan = finufft.Plan(2, (H, W), n_trans=COILS, eps=tol, isign=-1, nthreads=THREADS,
-                            dtype="complex64")
-        data = problem.image.numpy()
-    else:
-        plan = finufft.Plan(1, (H, W), n_trans=COILS, eps=tol, isign=1, nthreads=THREADS,
-                            dtype="complex64")
-        data = problem.values.numpy()
-    plan.setpts(kx, ky)
+    pytest.importorskip("finufft")
+    type2, type1 = finufft_plans(problem.ktraj, (H, W), COILS, tol, THREADS)
+    plan, data = ((type2, problem.image.numpy()) if kind == "type2"
+                  else (type1, problem.values.numpy()))
 
     def run():
         return plan.execute(data)
@@ -257,22 +264,15 @@ def test_paired_rounds(benchmark, problem, report):
     that load from other processes on a shared machine hits every implementation alike;
     per-call min, median and max go to the JSON as ``paired`` next to the pytest-benchmark
     figures. (The benchmark fixture times one round of all of them.)"""
-    finufft = pytest.importorskip("finufft")
+    pytest.importorskip("finufft")
     tkbn = pytest.importorskip("torchkbnufft")
-    kx = problem.ktraj[:, 0].numpy().copy()
-    ky = problem.ktraj[:, 1].numpy().copy()
     ktk = problem.ktraj.T.contiguous()
     image, values = problem.image, problem.values
     calls = {"torchkbnufft_type2": lambda op=tkbn.KbNufft(im_size=(H, W)): op(image[:, None], ktk),
              "torchkbnufft_type1": lambda op=tkbn.KbNufftAdjoint(im_size=(H, W)):
              op(values[:, None], ktk)}
     for tol in TOLS:
-        p2 = finufft.Plan(2, (H, W), n_trans=COILS, eps=tol, isign=-1, nthreads=THREADS,
-                          dtype="complex64")
-        p1 = finufft.Plan(1, (H, W), n_trans=COILS, eps=tol, isign=1, nthreads=THREADS,
-                          dtype="complex64")
-        p2.setpts(kx, ky)
-        p1.setpts(kx, ky)
+        p2, p1 = finufft_plans(problem.ktraj, (H, W), COILS, tol, THREADS)
         calls[f"luser_fast_type2_{tol:g}"] = lambda t=tol: nufft_type2(image, problem.ktraj, t,
                                                                        OVERSAMP[t])
         calls[f"luser_fast_type1_{tol:g}"] = lambda t=tol: nufft_type1(values, problem.ktraj,
