@@ -7,7 +7,7 @@ import weakref
 
 import pytest
 import torch
-from helpers import (LinearF, contractions, linear_deq_solution, exact_fixed_point,
+from helpers import (LinearF, contractions, exact_fixed_point,
                      linear_map, poisoned_map, rel_err)
 from torch import nn
 
@@ -205,23 +205,6 @@ def test_ift_matches_backprop_through_long_unrolled_solve():
         assert rel_err(got, want) < 1e-6
 
 
-@pytest.mark.parametrize("solver", ["anderson", "fixed_point"])
-def test_ift_matches_analytic_linear_gradient(solver):
-    W = _problems([0.9], seed=1)[0][0]
-    f = LinearF(W)
-    layer = fast.DEQ(f, solver=solver, solver_kwargs={"tol": 1e-12, "max_iter": 600},
-                     backward_kwargs={"tol": 1e-12, "max_iter": 600, "check_every": 5})
-    v = torch.randn(3, D, dtype=torch.float64, requires_grad=True)
-    c = torch.randn(3, D, dtype=torch.float64)
-    z = layer(v)
-    (z * c).sum().backward()
-    z_exact, u = linear_deq_solution(W, v, c)
-    torch.testing.assert_close(z.detach(), z_exact, rtol=1e-9, atol=1e-9)
-    torch.testing.assert_close(v.grad, u, rtol=1e-6, atol=1e-9)
-    torch.testing.assert_close(f.W.grad, u.T @ z_exact, rtol=1e-6, atol=1e-9)
-    assert layer.last_backward_info.converged.all()
-
-
 def test_ift_gradcheck_small_conv():
     torch.manual_seed(0)
     f = ConvF(scale=0.5)
@@ -339,3 +322,88 @@ def test_no_grad_and_z0():
         torch.testing.assert_close(z, torch.full_like(v, 2.0))
         layer(v, z0=torch.full_like(v, 2.0))
     assert layer.last_info.iterations.tolist() == [1, 1]
+
+
+# ---------------------------------------------------------------- the solver runs the ops
+
+
+def test_anderson_runs_the_history_and_mixing_ops(monkeypatch):
+    """Every iteration calls ops.anderson_step (history, Gram row, ||f||^2) and every
+    iteration but the last ops.anderson_mix, with the solver's backend request; on CPU
+    their PyTorch twins serve (on CUDA the fused Triton kernels: tests/test_triton_kernels.py
+    runs this solver through them under the interpreter)."""
+    from luser_fast.ops import anderson as ops
+    calls = []
+    for name in ("anderson_step", "anderson_mix"):
+        real = getattr(ops, name)
+        monkeypatch.setattr(ops, name, lambda *a, _real=real, _name=name, **kw:
+                            (calls.append((_name, kw.get("backend"))), _real(*a, **kw))[1])
+    W, b = _problems([0.3, 0.6, 0.9])
+    z, info = fast.anderson(linear_map(W, b), torch.zeros_like(b), tol=1e-10, max_iter=200,
+                            backend="reference")
+    its = int(info.iterations.max())
+    assert calls.count(("anderson_step", "reference")) == its
+    assert calls.count(("anderson_mix", "reference")) == its - 1
+    assert len(calls) == 2 * its - 1
+
+
+def test_anderson_backend_request_is_checked():
+    """backend= is a request: one that cannot serve on this device raises naming the op."""
+    from luser_fast import backends
+    W, b = _problems([0.5])
+    if "triton" in [k for k in backends.BACKENDS if backends._serves("anderson_step", k, "cpu")]:
+        pytest.skip("Triton serves CPU tensors in this process (interpreter)")
+    with pytest.raises(RuntimeError, match="anderson_step"):
+        fast.anderson(linear_map(W, b), torch.zeros_like(b), backend="triton")
+    with pytest.raises(ValueError, match="backend"):
+        fast.anderson(linear_map(W, b), torch.zeros_like(b), backend="gpu")
+
+
+def test_cpu_twins_make_no_masked_copies_while_every_sample_is_live(monkeypatch):
+    """The CPU path of the history update and the mixing writes f and g straight into
+    their slots and returns the mix itself while every sample is active (no torch.where
+    over the data, no extra copies: no slowdown against the former inline code); masked
+    writes only once a sample is frozen."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from luser_fast.ops import anderson as ops
+
+    big = []
+
+    class Count(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            name = str(func)
+            if ("where" in name or "masked" in name) and isinstance(out, torch.Tensor) \
+                    and out.numel() >= D:
+                big.append(name)
+            return out
+
+    for name in ("anderson_step_ref", "anderson_mix_ref"):
+        real = getattr(ops, name)
+
+        def counted(*a, _real=real):
+            with Count():
+                return _real(*a)
+        monkeypatch.setattr(ops, name, counted)
+    W, b = _problems([0.5, 0.5])                 # equal rates: both finish together
+    b[1] = b[0]
+    W[1] = W[0]
+    fast.anderson(linear_map(W, b), torch.zeros_like(b), tol=1e-10, max_iter=100)
+    assert big == []
+    W, b = _problems([0.2, 0.9])                 # sample 0 freezes first
+    fast.anderson(linear_map(W, b), torch.zeros_like(b), tol=1e-10, max_iter=100)
+    assert big and all("where" in n or "masked" in n for n in big)
+
+
+def test_mixing_weights_retry_only_for_needed_samples():
+    """With the host looking (sync), the retry solve is skipped when only samples that
+    need no weights (frozen: zeroed Gram rows) failed; the needed weights are unchanged."""
+    g = torch.randn(3, 4, 20, dtype=torch.float64)
+    gram = g @ g.mT
+    gram[1] = 0                                   # a frozen sample's zeroed rows
+    needed = torch.tensor([True, False, True])
+    a_all = _mixing_weights(gram, 0.0, 3, sync=True)
+    a_needed = _mixing_weights(gram, 0.0, 3, sync=True, needed=needed)
+    torch.testing.assert_close(a_needed[needed], a_all[needed], rtol=0, atol=0)
+    assert torch.isfinite(a_all).all()

@@ -10,6 +10,7 @@ from helpers import (LinearF, contractions, linear_deq_solution, exact_fixed_poi
                      linear_map, poisoned_map, rel_err)
 from torch import nn
 
+import luser_fast
 from luser_fast.reference import DEQ, SolverInfo, anderson, fixed_point
 
 D = 60
@@ -195,10 +196,17 @@ TIGHT = {"tol": 1e-12, "max_iter": 500}
 
 @pytest.mark.parametrize("solver", ["anderson", "fixed_point"])
 @pytest.mark.parametrize("v_requires_grad", [True, False])
-def test_ift_matches_analytic_implicit_gradient(solver, v_requires_grad):
+@pytest.mark.parametrize("binding", ["reference", "fast"])
+def test_ift_matches_analytic_implicit_gradient(solver, v_requires_grad, binding):
+    """Both bindings of DEQ (the reference's graph-keeping backward and the fast one that
+    rebuilds f, with deferred host checks) against the closed-form implicit gradient."""
     W = _problems([0.9], seed=1)[0][0]
     f = LinearF(W)
-    layer = DEQ(f, solver=solver, solver_kwargs=TIGHT, backward_kwargs=TIGHT)
+    if binding == "reference":
+        layer = DEQ(f, solver=solver, solver_kwargs=TIGHT, backward_kwargs=TIGHT)
+    else:
+        layer = luser_fast.DEQ(f, solver=solver, solver_kwargs=TIGHT,
+                               backward_kwargs={**TIGHT, "check_every": 5})
     v = torch.randn(3, D, dtype=torch.float64, requires_grad=v_requires_grad)
     c = torch.randn(3, D, dtype=torch.float64)
     z = layer(v)
