@@ -15,6 +15,13 @@ textbook version), reorganised so that an iteration touches as little memory as 
   ``lam * mean(diag(G G^T))``; both the plain and the retried (``lam`` raised by 1e3)
   systems are solved and the result is chosen per sample with ``torch.where`` (no boolean
   indexing, hence no host sync), falling back to the newest image (a fixed-point step).
+* The history update with its Gram row and ||f(z)||^2 is one op,
+  ``luser_fast.ops.anderson_step``, and the mixing with the frozen samples' best iterate
+  another, ``luser_fast.ops.anderson_mix`` (``backend=`` is passed to both): on CUDA with
+  Triton the fused kernels of ``ops/anderson.py`` (one pass over the data each; frozen
+  samples read and write nothing, and take their best iterate inside the mix), elsewhere
+  their PyTorch twins (``reference/anderson_ops.py``), which on CPU write f(z) and g
+  straight into their slots and return the mix itself while every sample is active.
 * Freezing is applied with masks on the device every iteration, so iteration counts and
   frozen iterates are exactly those of the reference; the host only checks "all samples
   finished?" every ``check_every`` iterations (frozen samples then cost an evaluation of f
@@ -46,6 +53,7 @@ import torch
 
 from ..core.solver import (REL_EPS, RETRY_FACTOR, SolverInfo, Tracker, check_check_every,
                            check_solver_args, evaluate, flat, work_dtype)
+from ..ops import anderson as ops
 
 __all__ = ["anderson", "fixed_point", "bytes_per_iteration"]
 
@@ -146,15 +154,17 @@ def _border(b, n, dtype, device):
     return border, rhs
 
 
-def _mixing_weights(gram, lam, newest, sync=False, cache=None):
+def _mixing_weights(gram, lam, newest, sync=False, cache=None, needed=None):
     """Anderson weights from the Gram matrices ``gram`` [B, n, n] (work dtype).
 
     Solves [[0, 1^T], [1, G G^T + lam' I]] [mu; alpha] = [1; 0] in float64 with
     lam' = lam * mean(diag(G G^T)); where that fails (singular or non-finite) the retry
     with lam' * 1e3 is taken, and where that fails too, alpha is one-hot on ``newest``.
     The choice is made per sample with ``torch.where``; the retry is solved for every
-    sample, except with ``sync`` (the host may look), where it is solved only if needed.
-    ``cache`` (a dict kept by the caller across iterations) keeps the constant border.
+    sample, except with ``sync`` (the host may look), where it is solved only if a sample
+    in ``needed`` ([B] bool, default all; frozen samples, whose Gram rows are zeroed,
+    need no weights) failed. ``cache`` (a dict kept by the caller across iterations)
+    keeps the constant border.
 
     Returns:
         alpha [B, n] float64, rows summing to 1.
@@ -168,7 +178,7 @@ def _mixing_weights(gram, lam, newest, sync=False, cache=None):
     if n not in cache:
         cache[n] = _border(b, n, gram.dtype, gram.device)
     alpha, ok = _bordered_solve(gram, scale, lam, *cache[n])
-    if sync and bool(ok.all()):
+    if sync and bool((ok if needed is None else ok | ~needed).all()):
         return alpha
     retry, ok_retry = _bordered_solve(
         gram, scale, RETRY_FACTOR * max(lam, torch.finfo(torch.float64).eps), *cache[n])
@@ -180,7 +190,7 @@ def _mixing_weights(gram, lam, newest, sync=False, cache=None):
 
 def anderson(f: Callable[[torch.Tensor], torch.Tensor], z0: torch.Tensor, *, m: int = 5,
              beta: float = 1.0, lam: float = 1e-4, tol: float = 1e-3, max_iter: int = 50,
-             stop: str = "rel", check_every: int | None = None
+             stop: str = "rel", check_every: int | None = None, backend: str | None = None
              ) -> tuple[torch.Tensor, SolverInfo]:
     """Solve z = f(z) per sample with Anderson acceleration (type II), batched.
 
@@ -202,6 +212,10 @@ def anderson(f: Callable[[torch.Tensor], torch.Tensor], z0: torch.Tensor, *, m: 
         stop: "rel" (||f(z) - z|| / (||f(z)|| + REL_EPS)) or "abs" (||f(z) - z||).
         check_every: iterations between host checks of "every sample finished" (None: 1 on
             CPU, 4 on other devices). Iteration counts and results do not depend on it.
+        backend: the backend requested for the history update and the mixing
+            (``luser_fast.ops.anderson_step`` / ``anderson_mix``; None: the environment's
+            preference, i.e. the fused Triton kernels on CUDA when Triton is installed,
+            their PyTorch twins elsewhere).
 
     Returns:
         (z, info): z [B, ...] the best iterate per sample, z0's dtype, detached;
@@ -229,26 +243,26 @@ def anderson(f: Callable[[torch.Tensor], torch.Tensor], z0: torch.Tensor, *, m: 
         for k in range(max_iter):
             fz = evaluate(f, z)
             slot, n = k % m, min(k + 1, m)
-            f_new, g_new = hist_f[:, slot], hist_g[:, slot]
-            f_new.copy_(_flat_view(fz))
-            torch.sub(f_new, _flat_view(z), out=g_new)
-            # [B, n] as a [B, 1, D] x [B, D, n] product: the [B, n, D] x [B, D, 1] form of
-            # the same sum ran 15x slower in MKL's single-threaded GEMV (AMD EPYC, torch 2.13)
-            row = torch.bmm(g_new.unsqueeze(1), hist_g[:, :n].transpose(1, 2)).squeeze(1)
-            gram[:, slot, :n] = row
-            gram[:, :n, slot] = row
+            # history slot, Gram row and ||f(z)||^2 in one op (frozen samples untouched)
+            row = ops.anderson_step(_flat_view(fz), _flat_view(z), hist_f, hist_g,
+                                    tracker.active, slot, n, backend=backend)
+            gram[:, slot, :n] = row[:, :n]
+            gram[:, :n, slot] = row[:, :n]
             abs_r = row[:, slot].clamp_min(0).sqrt()
-            tracker.record(z, abs_r, torch.linalg.vector_norm(f_new, dim=1))
+            tracker.record(z, abs_r, row[:, m].clamp_min(0).sqrt())
             if k + 1 == max_iter:
                 break
             if (k + 1) % check_every == 0 and tracker.finished():
                 break
-            alpha = _mixing_weights(gram[:, :n, :n], lam, slot, tracker.sync, borders)
-            alpha = alpha.to(work).unsqueeze(1)
-            mixed = torch.bmm(alpha, hist_f[:, :n])          # fresh: it may become z and best
-            if beta != 1:
-                mixed.sub_(torch.bmm(alpha, hist_g[:, :n]), alpha=1 - beta)
-            z = tracker.next_iterate(_unflat_like(mixed.squeeze(1), z))
+            alpha = _mixing_weights(gram[:, :n, :n], lam, slot, tracker.sync, borders,
+                                    tracker.active)
+            # the next iterate, frozen samples taking their best in the same pass; with
+            # the host looking and every sample live, the mix is the iterate itself
+            everyone = tracker.sync and tracker.n_active == b
+            best = None if everyone else _flat_view(tracker.best)
+            mixed = ops.anderson_mix(hist_f, hist_g, alpha, tracker.active, best, beta,
+                                     backend=backend)     # fresh: it may become z and best
+            z = _unflat_like(mixed, z)
         return tracker.result(z0), tracker.info()
 
 

@@ -53,69 +53,82 @@ _NUM_WARPS = 4
 # --------------------------------------------------------------------------- kernels
 
 if HAS_TRITON:
-    @triton.jit
+    @triton.jit(do_not_specialize=["slot", "n"])
     def _anderson_step_fwd_kernel(fz_ptr, z_ptr, hf_ptr, hg_ptr, active_ptr, part_ptr,
                                   D, slot, n, n_tiles,
                                   M: tl.constexpr, BLOCK_D: tl.constexpr):
         """One D-tile of one sample: write F/G slot, partial Gram row and ||f||^2.
 
-        Grid (n_tiles, B). fz, z: [B, D]; hf, hg: [B, M, D] contiguous; active: [B] int8;
-        part: [B, n_tiles, M + 1] partial sums (work dtype). Accumulates in the history
-        dtype (float32 or float64) over a tile of BLOCK_D elements.
+        Grid (n_tiles, B) with B <= 65535 (the launcher chunks the batch). fz, z: [B, D];
+        hf, hg: [B, M, D] contiguous; active: [B] bool viewed as int8; part:
+        [B, n_tiles, M + 1] partial sums (work dtype). Accumulates in the history dtype
+        (float32 or float64) over a tile of BLOCK_D elements. Offsets: 64-bit scalar bases
+        (sample, slot, tile start), 32-bit lanes, so any m * D is addressed. ``slot`` and
+        ``n`` change every iteration: not specialised (one compiled kernel for all).
         """
         tile = tl.program_id(0)
         b = tl.program_id(1).to(tl.int64)
-        offs = tile * BLOCK_D + tl.arange(0, BLOCK_D)
+        start = tile.to(tl.int64) * BLOCK_D
+        lanes = tl.arange(0, BLOCK_D)
         live = tl.load(active_ptr + b) != 0
-        mask = (offs < D) & live           # frozen samples read and write nothing
+        rem = tl.minimum(D - start, BLOCK_D).to(tl.int32)   # elements left in this tile
+        mask = (lanes < rem) & live            # frozen samples read and write nothing
         dt = hf_ptr.dtype.element_ty
-        f = tl.load(fz_ptr + b * D + offs, mask=mask, other=0.0).to(dt)
-        g = f - tl.load(z_ptr + b * D + offs, mask=mask, other=0.0).to(dt)
-        row_base = b * M * D
-        tl.store(hf_ptr + row_base + slot * D + offs, f, mask=mask)
-        tl.store(hg_ptr + row_base + slot * D + offs, g, mask=mask)
+        x_off = b * D + start
+        f = tl.load(fz_ptr + x_off + lanes, mask=mask, other=0.0).to(dt)
+        g = f - tl.load(z_ptr + x_off + lanes, mask=mask, other=0.0).to(dt)
+        rows = b * M                           # row j of this sample: (rows + j) * D
+        s_off = (rows + slot) * D + start
+        tl.store(hf_ptr + s_off + lanes, f, mask=mask)
+        tl.store(hg_ptr + s_off + lanes, g, mask=mask)
         out = part_ptr + (b * n_tiles + tile) * (M + 1)
         for j in range(0, n):
             if j == slot:
                 gj = g                      # just written: use the registers
             else:
-                gj = tl.load(hg_ptr + row_base + j * D + offs, mask=mask, other=0.0)
+                gj = tl.load(hg_ptr + ((rows + j) * D + start) + lanes, mask=mask, other=0.0)
             tl.store(out + j, tl.sum(gj * g, axis=0))
         for j in range(n, M):
             tl.store(out + j, tl.sum(g * 0.0, axis=0))
         tl.store(out + M, tl.sum(f * f, axis=0))
 
-    @triton.jit
+    @triton.jit(do_not_specialize=["n"])
     def _anderson_mix_fwd_kernel(hf_ptr, hg_ptr, alpha_ptr, active_ptr, best_ptr, out_ptr,
-                                 D, n, damp,
+                                 D, n, damp: tl.float64,
                                  M: tl.constexpr, HAS_G: tl.constexpr, HAS_BEST: tl.constexpr,
                                  BLOCK_D: tl.constexpr):
         """One D-tile of one sample: out = sum alpha_j (F_j - damp G_j), or best if frozen.
 
-        Grid (cdiv(D, BLOCK_D), B). hf, hg: [B, M, D]; alpha: [B, n] (history dtype);
-        active: [B] int8; best, out: [B, D] (history dtype). damp = 1 - beta; HAS_G false
-        when beta == 1 (G is then not read at all).
+        Grid (cdiv(D, BLOCK_D), B) with B <= 65535. hf, hg: [B, M, D]; alpha: [B, n]
+        (history dtype); active: [B] int8; best, out: [B, D] (history dtype). damp = 1 - beta,
+        computed on the host in float64 and passed as a float64 argument (a plain Python
+        float argument is passed as float32), then rounded once to the history dtype as
+        the reference does. HAS_G false when beta == 1 (G is then not read at all).
         """
         tile = tl.program_id(0)
         b = tl.program_id(1).to(tl.int64)
-        offs = tile * BLOCK_D + tl.arange(0, BLOCK_D)
-        inb = offs < D
+        start = tile.to(tl.int64) * BLOCK_D
+        lanes = tl.arange(0, BLOCK_D)
+        inb = lanes < tl.minimum(D - start, BLOCK_D).to(tl.int32)
         flag = tl.load(active_ptr + b)
         live = flag != 0
         mask = inb & live
         dt = hf_ptr.dtype.element_ty
+        dm = tl.full([], damp, dt)         # exact in the interpreter too (a float there)
         acc = tl.zeros([BLOCK_D], dtype=dt)
-        row_base = b * M * D
+        rows = b * M
         for j in range(0, n):
             a = tl.load(alpha_ptr + b * n + j)
-            fj = tl.load(hf_ptr + row_base + j * D + offs, mask=mask, other=0.0)
+            r_off = (rows + j) * D + start
+            fj = tl.load(hf_ptr + r_off + lanes, mask=mask, other=0.0)
             if HAS_G:
-                fj = fj - damp * tl.load(hg_ptr + row_base + j * D + offs, mask=mask, other=0.0)
+                fj = fj - dm * tl.load(hg_ptr + r_off + lanes, mask=mask, other=0.0)
             acc += a * fj
+        x_off = b * D + start
         if HAS_BEST:
-            keep = tl.load(best_ptr + b * D + offs, mask=inb & (flag == 0), other=0.0)
+            keep = tl.load(best_ptr + x_off + lanes, mask=inb & (flag == 0), other=0.0)
             acc = tl.where(live, acc, keep)
-        tl.store(out_ptr + b * D + offs, acc, mask=inb)
+        tl.store(out_ptr + x_off + lanes, acc, mask=inb)
 
 
 # --------------------------------------------------------------------------- launchers
@@ -131,38 +144,63 @@ def _check_history(hist_f, hist_g, d):
         raise ValueError("hist_f and hist_g must be contiguous (they are updated in place)")
 
 
+def _flags(active):
+    """[B] bool -> int8 view (no copy) of a contiguous mask."""
+    return active.contiguous().view(torch.int8)
+
+
+def launch_grid(b: int, d: int) -> list:
+    """The launches of either kernel for a [B, D] problem: [(lo, hi, grid)], the batch
+    split into ``triton_common.batch_chunks`` and each grid (D-tiles, samples) within
+    CUDA's limits (host-side, unit-tested with sizes no test could allocate)."""
+    tiles = triton.cdiv(d, _BLOCK_D) if HAS_TRITON else -(-d // _BLOCK_D)
+    return [(lo, hi, triton_common.check_grid((tiles, hi - lo)))
+            for lo, hi in triton_common.batch_chunks(b)]
+
+
 def anderson_step_fwd(fz, z, hist_f, hist_g, active, slot: int, n: int):
     """Triton launcher of the history update; arguments and result as ``anderson_step_ref``.
 
-    Launches ``_anderson_step_fwd_kernel`` on a (cdiv(D, 1024), B) grid, then sums the
-    per-tile partial rows [B, tiles, m + 1] (a few hundred bytes per sample).
+    Launches ``_anderson_step_fwd_kernel`` on (cdiv(D, 1024), B) grids (the batch in
+    chunks of ``triton_common.BATCH_CHUNK``), then sums the per-tile partial rows
+    [B, tiles, m + 1] (a few hundred bytes per sample).
     """
     b, d = fz.shape
     m = hist_f.shape[1]
     _check_history(hist_f, hist_g, d)
     n_tiles = triton.cdiv(d, _BLOCK_D)
     part = triton_common.alloc((b, n_tiles, m + 1), hist_f.dtype, fz.device)
-    _anderson_step_fwd_kernel[(n_tiles, b)](
-        fz.contiguous(), z.contiguous(), hist_f, hist_g, active.to(torch.int8).contiguous(),
-        part, d, int(slot), int(n), n_tiles, M=m, BLOCK_D=_BLOCK_D, num_warps=_NUM_WARPS)
+    fz, z, flags = fz.contiguous(), z.contiguous(), _flags(active)
+    for lo, hi, grid in launch_grid(b, d):
+        triton_common.launch(
+            _anderson_step_fwd_kernel, grid, fz.device,
+            fz[lo:hi], z[lo:hi], hist_f[lo:hi], hist_g[lo:hi], flags[lo:hi], part[lo:hi],
+            d, int(slot), int(n), n_tiles, M=m, BLOCK_D=_BLOCK_D, num_warps=_NUM_WARPS)
+    if n_tiles == 0:
+        return part.new_zeros(b, m + 1)
     return part.sum(1)
 
 
 def anderson_mix_fwd(hist_f, hist_g, alpha, active, best, beta: float):
     """Triton launcher of the mixing; arguments and result as ``anderson_mix_ref``.
 
-    Launches ``_anderson_mix_fwd_kernel`` on a (cdiv(D, 1024), B) grid.
+    Launches ``_anderson_mix_fwd_kernel`` on (cdiv(D, 1024), B) grids (batch chunks as in
+    ``anderson_step_fwd``).
     """
     b, m, d = hist_f.shape
     _check_history(hist_f, hist_g, d)
     out = triton_common.alloc((b, d), hist_f.dtype, hist_f.device)
     has_best = best is not None
     best_arg = best.to(hist_f.dtype).contiguous() if has_best else out
-    grid = (triton.cdiv(d, _BLOCK_D), b)
-    _anderson_mix_fwd_kernel[grid](
-        hist_f, hist_g, alpha.to(hist_f.dtype).contiguous(),
-        active.to(torch.int8).contiguous(), best_arg, out, d, alpha.shape[1], 1.0 - beta,
-        M=m, HAS_G=beta != 1, HAS_BEST=has_best, BLOCK_D=_BLOCK_D, num_warps=_NUM_WARPS)
+    alpha = alpha.to(hist_f.dtype).contiguous()
+    flags = _flags(active)
+    damp = 1.0 - float(beta)                   # float64 on the host, a float64 argument
+    for lo, hi, grid in launch_grid(b, d):
+        triton_common.launch(
+            _anderson_mix_fwd_kernel, grid, hist_f.device,
+            hist_f[lo:hi], hist_g[lo:hi], alpha[lo:hi], flags[lo:hi], best_arg[lo:hi],
+            out[lo:hi], d, alpha.shape[1], damp,
+            M=m, HAS_G=beta != 1, HAS_BEST=has_best, BLOCK_D=_BLOCK_D, num_warps=_NUM_WARPS)
     return out
 
 
