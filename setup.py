@@ -46,6 +46,9 @@ def _ship_cuda_sources():
     if not cu:
         return
     dst = os.path.join(HERE, "luser_fast", "_cuda", "src")
+    # a fresh copy: a file removed from csrc must not linger in the package, where
+    # luser_fast/_ext.py checks the fatbin's manifest against these sources
+    shutil.rmtree(dst, ignore_errors=True)
     for path in cu + _sources("*.h") + _sources("*.cuh"):
         rel = os.path.relpath(path, "csrc")
         os.makedirs(os.path.dirname(os.path.join(dst, rel)), exist_ok=True)
@@ -55,7 +58,9 @@ def _ship_cuda_sources():
 
 
 class BuildPyWithFatbin(build_py):
-    """build_py that also runs CMake to produce luser_fast/_cuda/luser_fast.fatbin."""
+    """build_py that also runs CMake to produce luser_fast/_cuda/luser_fast.fatbin and,
+    next to it, luser_fast.fatbin.sources: the manifest (path and SHA-256 of every CUDA
+    source and header) that luser_fast/_ext.py checks the fatbin against at load time."""
 
     def run(self):
         _ship_cuda_sources()
@@ -71,7 +76,8 @@ class BuildPyWithFatbin(build_py):
             # build/lib outlives builds: drop compiled files an earlier build left there
             pkg = os.path.join(self.build_lib, "luser_fast")
             for path in glob.glob(os.path.join(pkg, "_C*.so")) + glob.glob(
-                    os.path.join(pkg, "_cuda", "*.fatbin")):
+                    os.path.join(pkg, "_cuda", "*.fatbin")) + glob.glob(
+                    os.path.join(pkg, "_cuda", "*.fatbin.sources")):
                 os.remove(path)
 
 
@@ -105,7 +111,7 @@ setup(
     packages=find_packages(include=["luser_fast", "luser_fast.*"]),
     # a pure-Python install (LUSER_FAST_BUILD_EXT=0) ships no compiled code, not even a
     # fatbin an earlier build left in the tree; the CUDA sources (for NVRTC) always go
-    package_data={"luser_fast": (["_cuda/*.fatbin"] if BUILD_EXT else [])
+    package_data={"luser_fast": (["_cuda/*.fatbin", "_cuda/*.fatbin.sources"] if BUILD_EXT else [])
                   + ["_cuda/src/*", "_cuda/src/*/*"]},
     install_requires=[
         "torch>=2.4",
