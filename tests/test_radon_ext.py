@@ -509,16 +509,16 @@ def test_cuda_kernels_compile_without_spills(arch):
 
 
 def _kernel_signatures() -> dict[str, list[str]]:
-    """Parameter kinds ("ptr", "int", "double") of every extern "C" kernel in radon.cu,
-    including those the LF_RADON_ADJ_KERNEL macro stamps out."""
+    """Parameter kinds ("ptr", "int", "long long", "double") of every extern "C" kernel in
+    radon.cu, including those the LF_RADON_ADJ_KERNEL macro stamps out."""
     src = open(RADON_CU).read()
 
     def kinds(params: str) -> list[str]:
         out = []
         for p in params.replace("\\", " ").split(","):
             p = p.strip()
-            kind = "ptr" if "*" in p else p.split()[0]
-            assert kind in ("ptr", "int", "double"), p
+            kind = "ptr" if "*" in p else " ".join(p.split()[:-1])
+            assert kind in ("ptr", "int", "long long", "double"), p
             out.append(kind)
         return out
 
@@ -556,7 +556,8 @@ def test_cuda_launches_match_kernel_signatures(monkeypatch):
             assert [c[0] for c in calls] == ["radon_rays_kernel", "radon_fwd_kernel_" + suffix,
                                              "radon_rays_kernel", adj]
             for name, grid, args in calls:
-                want = {"ptr": np.uint64, "int": np.int32, "double": np.float64}
+                want = {"ptr": np.uint64, "int": np.int32, "long long": np.int64,
+                        "double": np.float64}
                 assert [type(a) for a in args] == [want[k] for k in sigs[name]], name
                 assert len(grid) == 2 and 1 <= grid[1] <= 65535 and grid[0] >= 1
             # one thread per ray (forward) / pixel (adjoint), 4 images per thread

@@ -6,6 +6,17 @@
 // here is only the mapping of threads to work. Grids are [B, n_r, n_c] complex, values
 // [B, M] complex, both as interleaved reals. Only es_kernel.h (with common/) and CUDA
 // builtins are included, so NVRTC compiles this file as well.
+//
+// Sizes. Point indices p are 64-bit wherever they are multiplied (2 p, 3 s, p 2 w pass
+// 2^31 from M = 2^30 on), and so are the plane offsets (b n_r n_c, b M) and the batch B
+// itself. The launcher (luser_fast/ops/nufft.py) keeps M and the number of bins below
+// 2^31 and each grid side at most 2^28, and caps gridDim.y at 65535: the planes are a
+// grid-stride loop over blockIdx.y, so any batch runs.
+//
+// Rounding. Spreading adds with atomics, in an order that changes from run to run, and
+// interpolation sums a stencil row before the rows (the CPU sums the rows first): CPU and
+// CUDA results agree within the bound of docs/DESIGN.md ("Numerical contracts"), not
+// bitwise.
 #include "common/device.h"
 #include "nufft/es_kernel.h"
 
@@ -16,7 +27,7 @@ namespace nufft {
 // krc [M, 2] float64 holds each point's (row, column) frequency.
 __device__ void plan_points(const double* __restrict__ krc, int m, int n_r, int n_c, int nb_r,
                             int nb_c, int width, int* __restrict__ start, int* __restrict__ bins) {
-  const int p = blockIdx.x * blockDim.x + threadIdx.x;
+  const long long p = (long long)blockIdx.x * blockDim.x + threadIdx.x;
   if (p >= m) return;
   const int sr = wrap_cell(stencil_start(grid_position(krc[2 * p], n_r), width), n_r);
   const int sc = wrap_cell(stencil_start(grid_position(krc[2 * p + 1], n_c), width), n_c);
@@ -29,13 +40,13 @@ __device__ void plan_points(const double* __restrict__ krc, int m, int n_r, int 
 __device__ void plan_weights(const double* __restrict__ krc, const long long* __restrict__ order,
                              int m, int n_r, int n_c, int width, double beta,
                              double* __restrict__ weights) {
-  const int p = blockIdx.x * blockDim.x + threadIdx.x;
+  const long long p = (long long)blockIdx.x * blockDim.x + threadIdx.x;
   if (p >= m) return;
   const long long q = order[p];
   for (int d = 0; d < 2; ++d) {
     const double t = grid_position(krc[2 * q + d], d == 0 ? n_r : n_c);
     const long long s = stencil_start(t, width);
-    double* out = weights + ((long long)p * 2 + d) * width;
+    double* out = weights + (p * 2 + d) * width;
     for (int a = 0; a < width; ++a) out[a] = stencil_weight(t, s, a, width, beta);
   }
 }
@@ -49,29 +60,31 @@ __device__ void plan_weights(const double* __restrict__ krc, const long long* __
 template <typename R>
 __device__ void spread_tile(const R* __restrict__ values, const long long* __restrict__ order,
                             const int* __restrict__ start, const R* __restrict__ weights,
-                            const int* __restrict__ subproblems, int batch, int m, int width,
+                            const int* __restrict__ subproblems, long long batch, int m,
+                            int width,
                             int n_r, int n_c, int nb_r, int nb_c, int tile_r, int tile_c,
                             R* __restrict__ grid) {
   extern __shared__ double2 smem_raw[];
   R* tile = reinterpret_cast<R*>(smem_raw);
-  const int bin = subproblems[3 * blockIdx.x];
-  const int p0 = subproblems[3 * blockIdx.x + 1], p1 = subproblems[3 * blockIdx.x + 2];
+  const int* sub = subproblems + 3 * (long long)blockIdx.x;
+  const int bin = sub[0];
+  const long long p0 = sub[1], p1 = sub[2];
   const int br = bin / nb_c, bc = bin % nb_c;
   const int lo_r = bin_start(br, n_r, nb_r), lo_c = bin_start(bc, n_c, nb_c);
   const int len_r = bin_start(br + 1, n_r, nb_r) - lo_r;
   const int len_c = bin_start(bc + 1, n_c, nb_c) - lo_c;
   const int cells = tile_r * tile_c;
-  for (int b = blockIdx.y; b < batch; b += gridDim.y) {
+  for (long long b = blockIdx.y; b < batch; b += gridDim.y) {
     for (int i = threadIdx.x; i < 2 * cells; i += blockDim.x) tile[i] = R(0);
     __syncthreads();
-    for (int p = p0 + threadIdx.x; p < p1; p += blockDim.x) {
+    for (long long p = p0 + threadIdx.x; p < p1; p += blockDim.x) {
       const int rr = start[2 * p] - lo_r, cc = start[2 * p + 1] - lo_c;
       // the plan puts every point in its bin; a point that is not is skipped, never
       // written outside the tile
       if (rr < 0 || rr >= len_r || cc < 0 || cc >= len_c) continue;
-      const R* ky = weights + (long long)p * 2 * width;
+      const R* ky = weights + p * 2 * width;
       const R* kx = ky + width;
-      const long long v = 2 * ((long long)b * m + order[p]);
+      const long long v = 2 * (b * m + order[p]);
       const R vr = values[v], vi = values[v + 1];
       for (int i = 0; i < width; ++i) {
         R* trow = tile + 2 * ((rr + i) * tile_c + cc);
@@ -83,7 +96,7 @@ __device__ void spread_tile(const R* __restrict__ values, const long long* __res
       }
     }
     __syncthreads();
-    R* plane = grid + 2 * (long long)b * n_r * n_c;
+    R* plane = grid + 2 * b * n_r * n_c;
     for (int i = threadIdx.x; i < cells; i += blockDim.x) {
       const int tr = i / tile_c, tc = i - tr * tile_c;
       const R re = tile[2 * i], im = tile[2 * i + 1];
@@ -103,17 +116,17 @@ __device__ void spread_tile(const R* __restrict__ values, const long long* __res
 template <typename R>
 __device__ void spread_global(const R* __restrict__ values, const long long* __restrict__ order,
                               const int* __restrict__ start, const R* __restrict__ weights,
-                              int batch, int m, int width, int n_r, int n_c,
+                              long long batch, int m, int width, int n_r, int n_c,
                               R* __restrict__ grid) {
-  const int p = blockIdx.x * blockDim.x + threadIdx.x;
+  const long long p = (long long)blockIdx.x * blockDim.x + threadIdx.x;
   if (p >= m) return;
-  const R* ky = weights + (long long)p * 2 * width;
+  const R* ky = weights + p * 2 * width;
   const R* kx = ky + width;
   const int sr = start[2 * p], sc = start[2 * p + 1];
-  for (int b = blockIdx.y; b < batch; b += gridDim.y) {
-    const long long v = 2 * ((long long)b * m + order[p]);
+  for (long long b = blockIdx.y; b < batch; b += gridDim.y) {
+    const long long v = 2 * (b * m + order[p]);
     const R vr = values[v], vi = values[v + 1];
-    R* plane = grid + 2 * (long long)b * n_r * n_c;
+    R* plane = grid + 2 * b * n_r * n_c;
     for (int i = 0; i < width; ++i) {
       const int r = sr + i < n_r ? sr + i : sr + i - n_r;
       R* row = plane + 2 * (long long)r * n_c;
@@ -131,16 +144,17 @@ __device__ void spread_global(const R* __restrict__ values, const long long* __r
 // neighbouring points of one bin, so their stencils overlap in cache.
 template <typename R>
 __device__ void interp(const R* __restrict__ grid, const long long* __restrict__ order,
-                       const int* __restrict__ start, const R* __restrict__ weights, int batch,
-                       int m, int width, int n_r, int n_c, R* __restrict__ out) {
-  const int p = blockIdx.x * blockDim.x + threadIdx.x;
+                       const int* __restrict__ start, const R* __restrict__ weights,
+                       long long batch, int m, int width, int n_r, int n_c,
+                       R* __restrict__ out) {
+  const long long p = (long long)blockIdx.x * blockDim.x + threadIdx.x;
   if (p >= m) return;
-  const R* ky = weights + (long long)p * 2 * width;
+  const R* ky = weights + p * 2 * width;
   const R* kx = ky + width;
   const int sr = start[2 * p], sc = start[2 * p + 1];
   const long long q = order[p];
-  for (int b = blockIdx.y; b < batch; b += gridDim.y) {
-    const R* plane = grid + 2 * (long long)b * n_r * n_c;
+  for (long long b = blockIdx.y; b < batch; b += gridDim.y) {
+    const R* plane = grid + 2 * b * n_r * n_c;
     R re = R(0), im = R(0);
     for (int i = 0; i < width; ++i) {
       const int r = sr + i < n_r ? sr + i : sr + i - n_r;
@@ -154,8 +168,8 @@ __device__ void interp(const R* __restrict__ grid, const long long* __restrict__
       re += ky[i] * ar;
       im += ky[i] * ai;
     }
-    out[2 * ((long long)b * m + q)] = re;
-    out[2 * ((long long)b * m + q) + 1] = im;
+    out[2 * (b * m + q)] = re;
+    out[2 * (b * m + q) + 1] = im;
   }
 }
 
@@ -176,20 +190,21 @@ LF_KERNEL nufft_plan_weights_kernel(const double* krc, const long long* order, i
 #define LF_NUFFT_KERNELS(SUFFIX, R)                                                            \
   LF_KERNEL nufft_spread_tile_kernel_##SUFFIX(                                                 \
       const R* values, const long long* order, const int* start, const R* weights,            \
-      const int* subproblems, int batch, int m, int width, int n_r, int n_c, int nb_r,         \
+      const int* subproblems, long long batch, int m, int width, int n_r, int n_c, int nb_r,   \
       int nb_c, int tile_r, int tile_c, R* grid) {                                             \
     luser_fast::nufft::spread_tile<R>(values, order, start, weights, subproblems, batch, m,    \
                                       width, n_r, n_c, nb_r, nb_c, tile_r, tile_c, grid);      \
   }                                                                                            \
   LF_KERNEL nufft_spread_global_kernel_##SUFFIX(const R* values, const long long* order,       \
-                                                const int* start, const R* weights, int batch, \
-                                                int m, int width, int n_r, int n_c, R* grid) { \
+                                                const int* start, const R* weights,            \
+                                                long long batch, int m, int width, int n_r,    \
+                                                int n_c, R* grid) {                            \
     luser_fast::nufft::spread_global<R>(values, order, start, weights, batch, m, width, n_r,   \
                                         n_c, grid);                                            \
   }                                                                                            \
   LF_KERNEL nufft_interp_kernel_##SUFFIX(const R* grid, const long long* order,                \
-                                         const int* start, const R* weights, int batch, int m, \
-                                         int width, int n_r, int n_c, R* out) {                \
+                                         const int* start, const R* weights, long long batch,  \
+                                         int m, int width, int n_r, int n_c, R* out) {         \
     luser_fast::nufft::interp<R>(grid, order, start, weights, batch, m, width, n_r, n_c, out); \
   }
 

@@ -42,8 +42,13 @@ static_assert(sizeof(JosephRay) == kRadonRayBytes,
               "launcher sizes the ray table from it");
 
 // Products and sums that must round like PyTorch's separate elementwise ops (the
-// reference builds ray directions with them): no FMA contraction on the device. On the
-// host, g++ only contracts where the target has FMA, which the extension's baseline lacks.
+// reference builds ray directions with them) and like the CPU's gather kernels
+// (_radon_forward_gather / _radon_adjoint_gather, compiled for the baseline ISA, which has
+// no FMA): no FMA contraction on the device, where nvcc and NVRTC would otherwise fuse
+// a * b + c. Every product-then-sum of the per-sample math below goes through these on the
+// device, so a CUDA kernel computes what its CPU gather twin computes, operation for
+// operation (docs/DESIGN.md, "Numerical contracts"); on the host they are the plain
+// expressions.
 LF_HD double mul_rn(double a, double b) {
 #if defined(__CUDA_ARCH__)
   return __dmul_rn(a, b);
@@ -55,6 +60,22 @@ LF_HD double mul_rn(double a, double b) {
 LF_HD double add_rn(double a, double b) {
 #if defined(__CUDA_ARCH__)
   return __dadd_rn(a, b);
+#else
+  return a + b;
+#endif
+}
+
+LF_HD float mul_rn(float a, float b) {
+#if defined(__CUDA_ARCH__)
+  return __fmul_rn(a, b);
+#else
+  return a * b;
+#endif
+}
+
+LF_HD float add_rn(float a, float b) {
+#if defined(__CUDA_ARCH__)
+  return __fadd_rn(a, b);
 #else
   return a + b;
 #endif
@@ -124,7 +145,13 @@ LF_HD JosephRay joseph_ray(double cos_t, double sin_t, int d, int n_det, double 
 }
 
 // Fractional minor-axis index of a ray's sample at major step k.
-LF_HD double joseph_f(const JosephRay& r, int k) { return r.f0 + (double)k * r.df; }
+LF_HD double joseph_f(const JosephRay& r, int k) {
+#if defined(__CUDA_ARCH__)
+  return add_rn(r.f0, mul_rn((double)k, r.df));
+#else
+  return r.f0 + (double)k * r.df;
+#endif
+}
 
 // The samples of ray r at its major steps k in [k_lo, k_hi) (clipped to [k_begin, k_end)),
 // in order of k, through an image laid out so that row k is the ray's major step k (rows,
@@ -158,7 +185,11 @@ LF_NO_UNROLL
     WT w[BLOCK];
 LF_UNROLL
     for (int u = 0; u < BLOCK; ++u) {
+#if defined(__CUDA_ARCH__)
+      const double f = add_rn(r.f0, mul_rn(u == 0 ? kd : kd + u, r.df));  // joseph_f(r, k + u)
+#else
       const double f = r.f0 + (u == 0 ? kd : kd + u) * r.df;  // joseph_f(r, k + u)
+#endif
       const double fl = floor(f);
       i[u] = (int)fl;
       w[u] = (WT)(f - fl);
@@ -171,7 +202,11 @@ LF_UNROLL
   }
   if constexpr (BLOCK > 1) {
     for (; k < k_end; ++k, kd += 1.0) {
+#if defined(__CUDA_ARCH__)
+      const double f = add_rn(r.f0, mul_rn(kd, r.df));  // joseph_f(r, k)
+#else
       const double f = r.f0 + kd * r.df;  // joseph_f(r, k)
+#endif
       const double fl = floor(f);
       visit(rows + k * row_stride, 0, (int)fl, (WT)(f - fl));
     }
@@ -182,7 +217,11 @@ LF_UNROLL
 // A sample's value from its two neighbours v0 (index i) and v1 (i + 1) and weight w.
 template <typename V, typename W>
 LF_HD V joseph_lerp(const V& v0, const V& v1, W w) {
+#if defined(__CUDA_ARCH__)
+  return add_rn(v0, mul_rn(w, v1 - v0));  // V = W = float or double on the device
+#else
   return v0 + w * (v1 - v0);
+#endif
 }
 
 // The transpose of joseph_lerp: what a value val at a sample of weight w adds to the two
@@ -228,6 +267,19 @@ template <bool FAN>
 LF_HD bool joseph_detector_index(double px, double py, double cos_t, double sin_t,
                                  double inv_spacing, double center, double src, double det,
                                  double* t) {
+#if defined(__CUDA_ARCH__)
+  // unfused, as on the host (only the candidate window depends on these, with a margin,
+  // but the same roundings keep the device's candidates the host's)
+  const double pn = add_rn(mul_rn(px, cos_t), mul_rn(py, sin_t));
+  if (!FAN) {
+    *t = add_rn(mul_rn(pn, inv_spacing), center);
+    return true;
+  }
+  const double depth = src + (mul_rn(py, cos_t) - mul_rn(px, sin_t));  // R + p . e
+  if (!(depth > 1e-9 * src)) return false;
+  *t = add_rn(mul_rn((src + det) * pn / depth, inv_spacing), center);
+  return true;
+#else
   const double pn = px * cos_t + py * sin_t;
   if (!FAN) {
     *t = pn * inv_spacing + center;
@@ -237,6 +289,7 @@ LF_HD bool joseph_detector_index(double px, double py, double cos_t, double sin_
   if (!(depth > 1e-9 * src)) return false;
   *t = (src + det) * pn / depth * inv_spacing + center;
   return true;
+#endif
 }
 
 // Adjoint (back-projection) at pixel (i, j) of the rays of one angle, as a gather: adds
@@ -259,7 +312,11 @@ LF_HD void joseph_adjoint_pixel(const JosephRay* rays_a, const T* sino_a,
   // Index tolerance against rounding in the projection and in the rays' f (relative to
   // the coordinates' magnitudes, in detector units).
   const double scale = (width + height + 4.0) + (FAN ? src + det : 0.0);
+#if defined(__CUDA_ARCH__)
+  const double tol = 1e-6 * add_rn(1.0, mul_rn(scale, inv_spacing));
+#else
   const double tol = 1e-6 * (1.0 + scale * inv_spacing);
+#endif
   for (int orient = 0; orient < 2; ++orient) {  // 0: y-major rays, 1: x-major rays
     if (!FAN && orient != rays_a[0].x_major) continue;
     // sample positions touching the pixel: x-major rays at column j with the row within
@@ -295,7 +352,11 @@ LF_HD void joseph_adjoint_pixel(const JosephRay* rays_a, const T* sino_a,
       const T wt = (T)(w * r.step);
 LF_UNROLL
       for (int b = 0; b < NB; ++b) {
+#if defined(__CUDA_ARCH__)
+        if (b < nb) acc[b] = add_rn(acc[b], mul_rn(wt, sino_a[b * sino_stride + d]));
+#else
         if (b < nb) acc[b] += wt * sino_a[b * sino_stride + d];
+#endif
       }
     }
   }

@@ -44,11 +44,11 @@ import torch
 from torch.utils.weak import WeakIdKeyDictionary
 
 from .. import backends
-from ..constants import NUFFT_MAX_WIDTH
+from ..constants import NUFFT_MAX_ABS_K, NUFFT_MAX_WIDTH
 from ..core import nufft_kernel, validate
 from ..reference.nufft import NufftPlan, nufft_type1_ref, nufft_type2_ref
 from . import cuda_common, library
-from .cuda_common import MAX_GRID_Y, THREADS, cuda_available, f64, i32, ptr
+from .cuda_common import cuda_available, f64, i32, i64, ptr
 
 __all__ = ["nufft_type2", "nufft_type1", "plan_for"]
 
@@ -407,19 +407,31 @@ def _type1(plan: CompiledPlan, values: torch.Tensor) -> torch.Tensor:
 
 # --- op kernels (CPU and CUDA; the CUDA launchers are below) ----------------------------------
 
-def _check_raw(fn, tol, oversamp, **tensors):
+def _check_raw(fn, tol, oversamp, image_size=None, **tensors):
     """What the kernels check when called directly (``torch.ops.luser_fast``, bypassing
-    the public functions), the structural checks of ``nufft_type2`` / ``nufft_type1``
-    (TypeError/ValueError naming the argument): complex data of the right rank, one device
-    (a ``meta`` argument beside real data would give uninitialised memory), a [M, 2]
-    trajectory and values with M points, tol and oversamp in range. The trajectory's
-    values are checked by the C++/CUDA plan (finite, within [-pi, pi])."""
+    the public functions): the one validation of a raw call, run by the op's kernel on
+    every device (CPU and CUDA share ``_type2_kernel`` / ``_type1_kernel``) before any
+    plan is built or kernel launched, with the structural checks of ``nufft_type2`` /
+    ``nufft_type1`` (TypeError/ValueError naming the argument): complex data of the right
+    rank (real values would be read as half as many complex ones), one device (a ``meta``
+    argument beside real data would give uninitialised memory), a [M, 2] trajectory and
+    values with M points, a non-empty image (type 2: H, W >= 1; type 1: ``image_size``
+    positive), tol and oversamp in range. The trajectory's values are checked once per
+    plan, by the C++ plan on the CPU and by ``_cuda_plan`` on CUDA (finite, within
+    [-pi, pi])."""
     validate.same_device(fn, **tensors)
     k = tensors["ktraj"]
     if k.dim() != 2 or k.shape[1] != 2:
         raise ValueError(f"{fn}: ktraj must have shape [M, 2], got {tuple(k.shape)}")
+    if k.is_complex() or not k.is_floating_point():
+        raise ValueError(f"{fn}: ktraj must be real floating point (radians), got {k.dtype}")
+    if image_size is not None and "image" not in tensors:
+        validate.image_size(tuple(image_size), fn)
     if "image" in tensors:
-        validate.complex_tensor(tensors["image"], "image", fn, 2)
+        image = tensors["image"]
+        validate.complex_tensor(image, "image", fn, 2)
+        if image_size is not None and min(image.shape[-2:]) < 1:
+            raise ValueError(f"{fn}: image must have H, W >= 1, got shape {tuple(image.shape)}")
     else:
         values = tensors["values"]
         validate.complex_tensor(values, "values", fn, 1)
@@ -432,7 +444,9 @@ def _check_raw(fn, tol, oversamp, **tensors):
 # The dispatcher drops trailing arguments equal to their schema defaults, so every Python
 # kernel below repeats the defaults.
 def _type2_kernel(image, ktraj, tol=1e-6, oversamp=None):
-    _check_raw("nufft_type2", tol, oversamp, image=image, ktraj=ktraj)
+    _check_raw("nufft_type2", tol, oversamp,
+               image_size=tuple(image.shape[-2:]) if isinstance(image, torch.Tensor)
+               and image.dim() >= 2 else None, image=image, ktraj=ktraj)
     reason = _unserved(image.device, tol, oversamp, image.dtype)
     if reason is not None:
         backends.fallback("nufft_type2", reason)
@@ -442,7 +456,8 @@ def _type2_kernel(image, ktraj, tol=1e-6, oversamp=None):
 
 
 def _type1_kernel(values, ktraj, image_size, tol=1e-6, oversamp=None):
-    _check_raw("nufft_type1", tol, oversamp, values=values, ktraj=ktraj)
+    _check_raw("nufft_type1", tol, oversamp, image_size=image_size, values=values,
+               ktraj=ktraj)
     reason = _unserved(values.device, tol, oversamp, values.dtype)
     if reason is not None:
         backends.fallback("nufft_type1", reason)
@@ -458,31 +473,62 @@ torch.library.register_kernel("luser_fast::nufft_type1", "cuda", _type1_kernel)
 
 
 # --- CUDA ------------------------------------------------------------------------------------
+#
+# The kernels' limits (csrc/nufft/spread.cu, "Sizes") are checked and their launch grids
+# computed by the pure functions below, before anything is allocated or launched; they are
+# unit-tested with sizes no machine holds (tests/test_cuda_host.py).
+
+#: longest grid side the kernels take (the C++ kernels' kMaxGridSide, csrc/nufft/spread.cpp)
+MAX_GRID_SIDE = 2 ** 28
 
 
+def _cuda_check_sizes(m: int, grid_size: tuple[int, int], n_bins: tuple[int, int]) -> None:
+    """ValueError unless the CUDA kernels can index the plan: fewer than 2^31 points and
+    bins (int indices; products with them are 64-bit), grid sides of at most 2^28."""
+    n0, n1 = grid_size
+    cuda_common.check_sizes("nufft", points=m, bins=n_bins[0] * n_bins[1])
+    cuda_common.check_sizes("nufft", limit=MAX_GRID_SIDE, **{"the grid side": max(n0, n1)})
 
 
+def _spread_launch(n_subproblems: int, m: int, batch: int, tile: tuple[int, int],
+                   itemsize: int) -> tuple[str, tuple[int, int], int]:
+    """How to spread: ("tile", grid, shared bytes) with one block per subproblem when a
+    shared-memory tile of ``tile`` complex cells fits in _CUDA_SMEM, else ("global",
+    grid, 0) with one thread per point; planes on y (capped; the kernels stride)."""
+    smem = tile[0] * tile[1] * itemsize
+    if smem <= _CUDA_SMEM:
+        return "tile", cuda_common.grid(n_subproblems, batch, threads=1), smem
+    return "global", cuda_common.grid(m, batch), 0
 
 
-
+def _interp_launch(m: int, batch: int) -> tuple[int, int]:
+    """Interpolation grid: one thread per point on x, planes on y (capped)."""
+    return cuda_common.grid(m, batch)
 
 
 def _cuda_plan(plan: CompiledPlan, krc: torch.Tensor) -> None:
     """Fill ``plan``'s sorted stencils on the GPU: per-point starts and bins (es_kernel.h, in
     nufft_plan_points_kernel), a stable sort by bin, float64 weights in sorted order, and
-    the spreading subproblems (bin, first point, end point), at most _CUDA_SUBPROBLEM each."""
+    the spreading subproblems (bin, first point, end point), at most _CUDA_SUBPROBLEM each.
+    The trajectory is checked first, as the C++ plan checks it: finite radians within
+    [-pi, pi] (ValueError naming ktraj)."""
     n0, n1 = plan.grid_size
     m, dev = plan.n_points, krc.device
     nb_r, nb_c = plan.n_bins
-    if m >= 2 ** 31 or n0 * n1 >= 2 ** 31:
-        raise ValueError(f"nufft: too large for the CUDA kernels ({m} points, grid {n0} x {n1})")
+    _cuda_check_sizes(m, plan.grid_size, plan.n_bins)
+    if m and dev.type != "meta":
+        if not bool(torch.isfinite(krc).all()):
+            raise ValueError("plan_for: ktraj has non-finite entries (NaN or inf)")
+        kmax = float(krc.abs().max())
+        if kmax > NUFFT_MAX_ABS_K:
+            raise ValueError(f"plan_for: ktraj must be radians in [-pi, pi]; got max |k| = "
+                             f"{kmax:.6g}")
     start = torch.empty(m, 2, dtype=torch.int32, device=dev)
     bins = torch.empty(m, dtype=torch.int32, device=dev)
-    blocks = (max(1, math.ceil(m / THREADS)), 1)
     if m:
-        cuda_common.launch("nufft_plan_points_kernel", dev, blocks,
-                (ptr(krc), i32(m), i32(n1), i32(n0), i32(nb_r), i32(nb_c),
-                 i32(plan.width), ptr(start), ptr(bins)))
+        cuda_common.launch("nufft_plan_points_kernel", dev, cuda_common.grid(m),
+                           (ptr(krc), i32(m), i32(n1), i32(n0), i32(nb_r), i32(nb_c),
+                            i32(plan.width), ptr(start), ptr(bins)))
     order = torch.sort(bins, stable=True).indices
     plan.order = order
     plan.start = start[order].contiguous()
@@ -490,9 +536,9 @@ def _cuda_plan(plan: CompiledPlan, krc: torch.Tensor) -> None:
     plan.bin_offsets = torch.cat((counts.new_zeros(1), torch.cumsum(counts, 0)))
     weights = torch.empty(m, 2, plan.width, dtype=torch.float64, device=dev)
     if m:
-        cuda_common.launch("nufft_plan_weights_kernel", dev, blocks,
-                (ptr(krc), ptr(order), i32(m), i32(n1), i32(n0), i32(plan.width),
-                 f64(plan.beta), ptr(weights)))
+        cuda_common.launch("nufft_plan_weights_kernel", dev, cuda_common.grid(m),
+                           (ptr(krc), ptr(order), i32(m), i32(n1), i32(n0), i32(plan.width),
+                            f64(plan.beta), ptr(weights)))
     plan._weights[torch.float64] = weights
     n_sub = (counts + _CUDA_SUBPROBLEM - 1) // _CUDA_SUBPROBLEM
     sub_bin = torch.repeat_interleave(torch.arange(nb_r * nb_c, device=dev), n_sub)
@@ -514,19 +560,20 @@ def _spread_cuda(plan: CompiledPlan, values: torch.Tensor, grid: torch.Tensor) -
         return grid
     suffix = "f32" if v.dtype == torch.complex64 else "f64"
     weights = plan.weights(v.dtype)
-    smem = plan.tile[0] * plan.tile[1] * v.element_size()
-    gy = min(MAX_GRID_Y, batch)
-    if smem <= _CUDA_SMEM:
-        cuda_common.launch("nufft_spread_tile_kernel_" + suffix, v.device,
-                (plan.subproblems.shape[0], gy),
-                (ptr(v), ptr(plan.order), ptr(plan.start), ptr(weights),
-                 ptr(plan.subproblems), i32(batch), i32(m), i32(plan.width), i32(n1),
-                 i32(n0), i32(plan.n_bins[0]), i32(plan.n_bins[1]), i32(plan.tile[0]),
-                 i32(plan.tile[1]), ptr(grid)), shared_mem=smem)
+    kind, launch_grid, smem = _spread_launch(plan.subproblems.shape[0], m, batch, plan.tile,
+                                             v.element_size())
+    if kind == "tile":
+        cuda_common.launch("nufft_spread_tile_kernel_" + suffix, v.device, launch_grid,
+                           (ptr(v), ptr(plan.order), ptr(plan.start), ptr(weights),
+                            ptr(plan.subproblems), i64(batch), i32(m), i32(plan.width),
+                            i32(n1), i32(n0), i32(plan.n_bins[0]), i32(plan.n_bins[1]),
+                            i32(plan.tile[0]), i32(plan.tile[1]), ptr(grid)),
+                           shared_mem=smem)
     else:
-        cuda_common.launch("nufft_spread_global_kernel_" + suffix, v.device, (math.ceil(m / THREADS), gy),
-                (ptr(v), ptr(plan.order), ptr(plan.start), ptr(weights), i32(batch),
-                 i32(m), i32(plan.width), i32(n1), i32(n0), ptr(grid)))
+        cuda_common.launch("nufft_spread_global_kernel_" + suffix, v.device, launch_grid,
+                           (ptr(v), ptr(plan.order), ptr(plan.start), ptr(weights),
+                            i64(batch), i32(m), i32(plan.width), i32(n1), i32(n0),
+                            ptr(grid)))
     return grid
 
 
@@ -538,10 +585,9 @@ def _interp_cuda(plan: CompiledPlan, grid: torch.Tensor) -> torch.Tensor:
     if batch == 0 or m == 0:
         return out
     suffix = "f32" if g.dtype == torch.complex64 else "f64"
-    cuda_common.launch("nufft_interp_kernel_" + suffix, g.device,
-            (math.ceil(m / THREADS), min(MAX_GRID_Y, batch)),
-            (ptr(g), ptr(plan.order), ptr(plan.start), ptr(plan.weights(g.dtype)),
-             i32(batch), i32(m), i32(plan.width), i32(n_r), i32(n_c), ptr(out)))
+    cuda_common.launch("nufft_interp_kernel_" + suffix, g.device, _interp_launch(m, batch),
+                       (ptr(g), ptr(plan.order), ptr(plan.start), ptr(plan.weights(g.dtype)),
+                        i64(batch), i32(m), i32(plan.width), i32(n_r), i32(n_c), ptr(out)))
     return out
 
 

@@ -38,7 +38,7 @@ from ..core import radon_geometry as geo
 from ..core import validate
 from ..reference.radon import radon_adjoint_ref, radon_forward_ref
 from . import cuda_common, library
-from .cuda_common import MAX_GRID_Y, THREADS, cuda_available, f64, i32, ptr
+from .cuda_common import cuda_available, f64, i32, i64, ptr
 
 __all__ = ["radon_forward", "radon_adjoint"]
 
@@ -55,19 +55,64 @@ KERNEL_DTYPES = (torch.float32, torch.float64)
 #: the C++ CPU kernels are registered (the extension is built and holds the Radon ops)
 HAS_CPU_KERNELS = library.extension_has("_radon_forward")
 library.define(SCHEMAS)
+#: image sides, detector and angle counts stay below this (the kernels' int indices;
+#: csrc/radon/radon.cpp checks the same)
+MAX_COUNT = 2 ** 24
 
 
 def _check_raw(fn: str, data_name: str, data: torch.Tensor, angles: torch.Tensor,
-               values: bool = True) -> None:
-    """What the ops' Python kernels check when called directly (``torch.ops.luser_fast``,
-    bypassing the public functions): one device for data and angles (a ``meta`` argument
-    beside real data would otherwise give uninitialised memory) and, with ``values``,
-    finite angles, so forward and adjoint both refuse a NaN angle instead of the forward
-    giving NaN rows and the adjoint dropping them."""
+               values: bool = True, geometry: tuple | None = None) -> None:
+    """What the ops' kernels check when called directly (``torch.ops.luser_fast``,
+    bypassing the public functions): the one validation of a raw call, run by every
+    Python kernel (CUDA, and the reference fallback of the CPU kernel) before anything is
+    allocated or launched, with the C++ CPU kernel's checks (``csrc/radon/radon.cpp``)
+    as ``TypeError``/``ValueError`` naming the argument.
+
+    Always: one device for data and angles (a ``meta`` argument beside real data would
+    otherwise give uninitialised memory); with ``values``, finite angles, so forward and
+    adjoint both refuse a NaN angle instead of the forward giving NaN rows and the adjoint
+    dropping them. With ``geometry`` = ((H, W), D, det_spacing, source_distance,
+    detector_distance), a kernel call's: a real floating ``data`` of at least 2 dims,
+    non-empty 1-D real angles, H, W, D and A in [1, 2^24), the geometry of
+    ``core.radon_geometry.check_geometry`` (spacing, fan distances), and for the adjoint a
+    sinogram ending in (A, D): a sinogram with more angle rows than angles would
+    otherwise be read against a ray table that is too short.
+    """
     validate.same_device(fn, **{data_name: data, "angles": angles})
+    if geometry is not None:
+        validate.real_tensor(data, data_name, fn)
+        if angles.is_complex() or angles.dtype == torch.bool:
+            raise ValueError(f"{fn}: angles must be real, got {angles.dtype}")
+        if angles.dim() != 1 or angles.numel() == 0:
+            raise ValueError(f"{fn}: angles must be a non-empty 1-D tensor, got shape "
+                             f"{tuple(angles.shape)}")
+        (h, w), n_det, spacing, src, det = geometry
+        what = "x must have a non-empty image (H, W)" if data_name == "x" else \
+            "image size (height, width) must be positive"
+        if not (validate.is_int(h) and validate.is_int(w)) or h < 1 or w < 1:
+            raise ValueError(f"{fn}: {what}, got {(h, w)}")
+        geo.check_geometry((h, w), n_det, spacing, src, det, fn)
+        n_ang = angles.numel()
+        if data_name == "sino" and tuple(data.shape[-2:]) != (n_ang, n_det):
+            raise ValueError(f"{fn}: sino must end in (A, D) with A = {n_ang} angles and "
+                             f"D >= 1 detectors, got shape {tuple(data.shape)}")
+        for name, value in (("height", h), ("width", w), ("n_detectors", n_det),
+                            ("the number of angles", n_ang)):
+            if value >= MAX_COUNT:
+                raise ValueError(f"{fn}: {name} must be below {MAX_COUNT}, got {value}")
     if (values and angles.device.type != "meta" and not torch.compiler.is_compiling()
             and not bool(torch.isfinite(angles).all())):
         raise ValueError(f"{fn}: angles must be finite")
+
+
+def _forward_geometry(x, n_detectors, det_spacing, source_distance, detector_distance):
+    shape = tuple(x.shape[-2:]) if isinstance(x, torch.Tensor) and x.dim() >= 2 else (0, 0)
+    return shape, n_detectors, det_spacing, source_distance, detector_distance
+
+
+def _adjoint_geometry(sino, height, width, det_spacing, source_distance, detector_distance):
+    n_det = sino.shape[-1] if isinstance(sino, torch.Tensor) and sino.dim() >= 1 else 0
+    return (height, width), n_det, det_spacing, source_distance, detector_distance
 
 
 # --- CPU: the C++ kernels (private ops of the extension), else the reference -------------
@@ -76,7 +121,8 @@ def _forward_cpu(x, angles, n_detectors, det_spacing, source_distance, detector_
     if HAS_CPU_KERNELS:
         return torch.ops.luser_fast._radon_forward(x, angles, n_detectors, det_spacing,
                                                    source_distance, detector_distance)
-    _check_raw("radon_forward", "x", x, angles)
+    _check_raw("radon_forward", "x", x, angles, geometry=_forward_geometry(
+        x, n_detectors, det_spacing, source_distance, detector_distance))
     backends.fallback("radon_forward", "the C++ extension is not built")
     return radon_forward_ref(x, angles, n_detectors, det_spacing, source_distance,
                              detector_distance)
@@ -87,7 +133,8 @@ def _adjoint_cpu(sino, angles, height, width, det_spacing, source_distance,
     if HAS_CPU_KERNELS:
         return torch.ops.luser_fast._radon_adjoint(sino, angles, height, width, det_spacing,
                                                    source_distance, detector_distance)
-    _check_raw("radon_adjoint", "sino", sino, angles)
+    _check_raw("radon_adjoint", "sino", sino, angles, geometry=_adjoint_geometry(
+        sino, height, width, det_spacing, source_distance, detector_distance))
     backends.fallback("radon_adjoint", "the C++ extension is not built")
     return radon_adjoint_ref(sino, angles, (height, width), sino.shape[-1], det_spacing,
                              source_distance, detector_distance)
@@ -98,6 +145,25 @@ library.LIB.impl("radon_adjoint", _adjoint_cpu, "CPU")
 
 
 # --- CUDA -------------------------------------------------------------------------------
+#
+# Every launcher validates its call first (_check_raw with the geometry: what the C++ CPU
+# kernel checks), then sizes its launch with the pure functions below, so nothing is
+# allocated or launched for a call the CPU kernel would refuse or the kernels cannot index.
+
+def _forward_grid(n_rays: int, n_images: int) -> tuple[int, int]:
+    """Forward launch grid: one thread per ray on x, image groups of
+    RADON_IMAGES_PER_THREAD on y (capped; the kernel strides over them). Rays are int
+    indices in the kernels (and the ray table has A * D entries): ValueError from 2^31."""
+    cuda_common.check_sizes("radon_forward", rays=n_rays)
+    return cuda_common.grid(n_rays, math.ceil(n_images / RADON_IMAGES_PER_THREAD))
+
+
+def _adjoint_grid(n_pixels: int, n_rays: int, n_images: int) -> tuple[int, int]:
+    """Adjoint launch grid: one thread per pixel on x (64-bit pixel indices: H * W may
+    pass 2^31), image groups on y as in ``_forward_grid``."""
+    cuda_common.check_sizes("radon_adjoint", rays=n_rays)
+    return cuda_common.grid(n_pixels, math.ceil(n_images / RADON_IMAGES_PER_THREAD))
+
 
 def _ray_table(angles: torch.Tensor, height: int, width: int, n_det: int, spacing: float,
                src, det) -> torch.Tensor:
@@ -109,7 +175,7 @@ def _ray_table(angles: torch.Tensor, height: int, width: int, n_det: int, spacin
     lines = torch.cat((origin, direction), -1).contiguous()
     n_rays = lines.shape[0]
     table = torch.empty(n_rays * RADON_RAY_BYTES, dtype=torch.uint8, device=angles.device)
-    cuda_common.launch("radon_rays_kernel", angles.device, (math.ceil(n_rays / THREADS), 1),
+    cuda_common.launch("radon_rays_kernel", angles.device, cuda_common.grid(n_rays),
                        (ptr(lines), i32(n_rays), i32(height), i32(width), ptr(table)))
     return table
 
@@ -117,56 +183,51 @@ def _ray_table(angles: torch.Tensor, height: int, width: int, n_det: int, spacin
 def _cuda_unserved(t: torch.Tensor) -> str:
     if t.dtype not in KERNEL_DTYPES:
         return f"the CUDA kernels take {KERNEL_DTYPES}, got {t.dtype}"
-    return "CuPy, a CUDA device or the package's CUDA code is missing"
-
-
-def _check_cuda_sizes(n_rays: int, hw: int) -> None:
-    if n_rays >= 2 ** 31 or hw >= 2 ** 31:
-        raise ValueError(f"radon: too large for the CUDA kernels ({n_rays} rays, {hw} pixels)")
+    return cuda_common.cuda_unavailable_reason() or "the CUDA kernels are unavailable"
 
 
 def _forward_cuda(x, angles, n_detectors, det_spacing, source_distance, detector_distance):
-    _check_raw("radon_forward", "x", x, angles)
+    _check_raw("radon_forward", "x", x, angles, geometry=_forward_geometry(
+        x, n_detectors, det_spacing, source_distance, detector_distance))
     if x.dtype not in KERNEL_DTYPES or not cuda_available():
         backends.fallback("radon_forward", _cuda_unserved(x))
         return radon_forward_ref(x, angles, n_detectors, det_spacing, source_distance,
-                                      detector_distance)
+                                 detector_distance)
     h, w = x.shape[-2:]
-    angles = angles.to(device=x.device, dtype=torch.float64).contiguous()
     n_ang = angles.numel()
-    out = x.new_empty((*x.shape[:-2], n_ang, n_detectors))
-    n_images = x.numel() // (h * w) if h * w else 0
-    if n_images == 0 or out.numel() == 0:
-        return out
+    n_images = x.numel() // (h * w)
     n_rays = n_ang * n_detectors
-    _check_cuda_sizes(n_rays, h * w)
+    grid = _forward_grid(n_rays, n_images)
+    out = x.new_empty((*x.shape[:-2], n_ang, n_detectors))
+    if n_images == 0:
+        return out
+    angles = angles.to(device=x.device, dtype=torch.float64).contiguous()
     img = x.contiguous()
     img_t = img.transpose(-1, -2).contiguous()
     rays = _ray_table(angles, h, w, n_detectors, det_spacing, source_distance,
                       detector_distance)
     name = "radon_fwd_kernel_" + ("f32" if x.dtype == torch.float32 else "f64")
-    grid = (math.ceil(n_rays / THREADS),
-            min(MAX_GRID_Y, math.ceil(n_images / RADON_IMAGES_PER_THREAD)))
-    cuda_common.launch(name, x.device, grid, (ptr(img), ptr(img_t), ptr(rays), i32(n_images),
-                                   i32(n_rays), i32(h), i32(w), ptr(out)))
+    cuda_common.launch(name, x.device, grid, (ptr(img), ptr(img_t), ptr(rays), i64(n_images),
+                                              i32(n_rays), i32(h), i32(w), ptr(out)))
     return out
 
 
 def _adjoint_cuda(sino, angles, height, width, det_spacing, source_distance,
                   detector_distance):
-    _check_raw("radon_adjoint", "sino", sino, angles)
+    _check_raw("radon_adjoint", "sino", sino, angles, geometry=_adjoint_geometry(
+        sino, height, width, det_spacing, source_distance, detector_distance))
     if sino.dtype not in KERNEL_DTYPES or not cuda_available():
         backends.fallback("radon_adjoint", _cuda_unserved(sino))
         return radon_adjoint_ref(sino, angles, (height, width), sino.shape[-1],
-                                      det_spacing, source_distance, detector_distance)
-    angles = angles.to(device=sino.device, dtype=torch.float64).contiguous()
+                                 det_spacing, source_distance, detector_distance)
     n_ang, n_det = sino.shape[-2:]
-    out = sino.new_empty((*sino.shape[:-2], height, width))
     hw = height * width
-    n_images = sino.numel() // (n_ang * n_det) if n_ang * n_det else 0
-    if n_images == 0 or out.numel() == 0:
+    n_images = sino.numel() // (n_ang * n_det)
+    grid = _adjoint_grid(hw, n_ang * n_det, n_images)
+    out = sino.new_empty((*sino.shape[:-2], height, width))
+    if n_images == 0:
         return out
-    _check_cuda_sizes(n_ang * n_det, hw)
+    angles = angles.to(device=sino.device, dtype=torch.float64).contiguous()
     s = sino.contiguous()
     rays = _ray_table(angles, height, width, n_det, det_spacing, source_distance,
                       detector_distance)
@@ -174,9 +235,8 @@ def _adjoint_cuda(sino, angles, height, width, det_spacing, source_distance,
     fan = source_distance is not None
     name = ("radon_adj_fan_kernel_" if fan else "radon_adj_kernel_") + (
         "f32" if sino.dtype == torch.float32 else "f64")
-    grid = (math.ceil(hw / THREADS), min(MAX_GRID_Y, math.ceil(n_images / RADON_IMAGES_PER_THREAD)))
     cuda_common.launch(name, sino.device, grid, (
-        ptr(s), ptr(rays), ptr(trig), i32(n_images), i32(n_ang), i32(n_det),
+        ptr(s), ptr(rays), ptr(trig), i64(n_images), i32(n_ang), i32(n_det),
         f64(det_spacing), f64(source_distance if fan else 0.0),
         f64(detector_distance if fan and detector_distance is not None else 0.0),
         i32(height), i32(width), ptr(out)))
