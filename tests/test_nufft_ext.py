@@ -628,7 +628,7 @@ def test_cuda_kernels_compile_without_spills(arch):
     assert set(report) == want
     for name, r in report.items():
         assert r["spill_stores"] == 0 and r["spill_loads"] == 0, (name, r)
-        assert r["registers"] <= 64, (name, r)  # measured 30-40 on sm_80 and sm_90
+        assert r["registers"] <= 64, (name, r)  # measured 32-42 (sm_80), 32-40 (sm_90)
 
 
 @pytest.mark.skipif(nvrtc() is None, reason="no NVRTC library (PyPI nvidia-cuda-nvrtc)")

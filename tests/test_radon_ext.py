@@ -505,7 +505,7 @@ def test_cuda_kernels_compile_without_spills(arch):
     assert set(report) == want
     for name, r in report.items():
         assert r["spill_stores"] == 0 and r["spill_loads"] == 0, (name, r)
-        assert r["registers"] <= 96, (name, r)  # measured 36-70 (sm_80), 36-63 (sm_90)
+        assert r["registers"] <= 96, (name, r)  # measured 36-69 (sm_80), 30-63 (sm_90)
 
 
 def _kernel_signatures() -> dict[str, list[str]]:
