@@ -95,29 +95,36 @@ def nvrtc():
     return None
 
 
-def nvrtc_ptx(code: bytes, include_dir: str, arch: str, name: bytes = b"all.cu") -> bytes:
-    """PTX of CUDA ``code`` compiled by NVRTC for ``arch`` (e.g. "compute_90") as CuPy
-    would on a device the fatbin lacks: no standard headers, ``include_dir`` on the path.
-    Raises AssertionError with NVRTC's log when compilation fails."""
+def nvrtc_compile(code: bytes, options, name: bytes = b"all.cu", cubin: bool = False) -> bytes:
+    """PTX (or, with ``cubin``, the CUBIN) of CUDA ``code`` compiled by NVRTC with
+    ``options`` (str); AssertionError with NVRTC's log when compilation fails."""
     import ctypes
 
     lib = nvrtc()
     prog = ctypes.c_void_p()
     assert lib.nvrtcCreateProgram(ctypes.byref(prog), code, name, 0, None, None) == 0
     try:
-        opts = [b"-std=c++17", f"-I{include_dir}".encode(), f"--gpu-architecture={arch}".encode()]
+        opts = [o.encode() for o in options]
         rc = lib.nvrtcCompileProgram(prog, len(opts), (ctypes.c_char_p * len(opts))(*opts))
         size = ctypes.c_size_t()
         lib.nvrtcGetProgramLogSize(prog, ctypes.byref(size))
         log = ctypes.create_string_buffer(size.value)
         lib.nvrtcGetProgramLog(prog, log)
         assert rc == 0, log.value.decode()
-        lib.nvrtcGetPTXSize(prog, ctypes.byref(size))
-        ptx = ctypes.create_string_buffer(size.value)
-        lib.nvrtcGetPTX(prog, ptx)
-        return ptx.value
+        kind = "CUBIN" if cubin else "PTX"
+        getattr(lib, f"nvrtcGet{kind}Size")(prog, ctypes.byref(size))
+        out = ctypes.create_string_buffer(size.value)
+        getattr(lib, f"nvrtcGet{kind}")(prog, out)
+        return out.raw[: size.value]
     finally:
         lib.nvrtcDestroyProgram(ctypes.byref(prog))
+
+
+def nvrtc_ptx(code: bytes, include_dir: str, arch: str, name: bytes = b"all.cu") -> bytes:
+    """PTX of CUDA ``code`` compiled by NVRTC for ``arch`` (e.g. "compute_90") as CuPy
+    would on a device the fatbin lacks: no standard headers, ``include_dir`` on the path."""
+    return nvrtc_compile(code, ["-std=c++17", f"-I{include_dir}", f"--gpu-architecture={arch}"],
+                         name)
 
 
 def supersampled_disk(n: int, radius: float, ss: int = 8) -> torch.Tensor:

@@ -38,7 +38,7 @@ import types
 import numpy as np
 import pytest
 import torch
-from helpers import CSRC, ROOT, nvrtc, rel_err
+from helpers import CSRC, ROOT, nvrtc, nvrtc_compile, rel_err
 
 from luser_fast import _ext
 from luser_fast.ops import cuda_common
@@ -640,27 +640,6 @@ def test_radon_kernels_have_no_fma_and_no_ftz_nvcc(tmp_path, arch):
     assert ".ftz" not in ptx
 
 
-def _nvrtc_compile(code: bytes, options: list[str], cubin: bool = False) -> bytes:
-    lib = nvrtc()
-    prog = ctypes.c_void_p()
-    assert lib.nvrtcCreateProgram(ctypes.byref(prog), code, b"luser_fast_all.cu", 0, None, None) == 0
-    try:
-        opts = [o.encode() for o in options]
-        rc = lib.nvrtcCompileProgram(prog, len(opts), (ctypes.c_char_p * len(opts))(*opts))
-        size = ctypes.c_size_t()
-        lib.nvrtcGetProgramLogSize(prog, ctypes.byref(size))
-        log = ctypes.create_string_buffer(size.value)
-        lib.nvrtcGetProgramLog(prog, log)
-        assert rc == 0, log.value.decode()
-        kind = "CUBIN" if cubin else "PTX"
-        getattr(lib, f"nvrtcGet{kind}Size")(prog, ctypes.byref(size))
-        out = ctypes.create_string_buffer(size.value)
-        getattr(lib, f"nvrtcGet{kind}")(prog, out)
-        return out.raw[: size.value]
-    finally:
-        lib.nvrtcDestroyProgram(ctypes.byref(prog))
-
-
 @pytest.mark.skipif(nvrtc() is None, reason="no NVRTC library (PyPI nvidia-cuda-nvrtc)")
 def test_nvrtc_compiles_the_full_unit_ieee():
     """What _ext.nvrtc_binary compiles on a device: the full unit (includes inlined, no -I
@@ -668,15 +647,18 @@ def test_nvrtc_compiles_the_full_unit_ieee():
     would), the Radon kernels no FMA, and NVRTC emits a cubin for sm_90."""
     code = _ext.cuda_source_text().encode()
     assert b"#include \"" not in code
-    ptx = _nvrtc_compile(code, [*_ext.NVRTC_OPTIONS, "--gpu-architecture=compute_90"]).decode()
+    ptx = nvrtc_compile(code, [*_ext.NVRTC_OPTIONS, "--gpu-architecture=compute_90"],
+                        b"luser_fast_all.cu").decode()
     entries = _entries(ptx)
     assert len(entries) == 15 and ".ftz" not in ptx
     for name, body in entries.items():
         if name.startswith("radon_"):
             assert "fma.rn" not in body, name
-    flushed = _nvrtc_compile(code, ["-std=c++17", "-ftz=true", "--gpu-architecture=compute_90"])
+    flushed = nvrtc_compile(code, ["-std=c++17", "-ftz=true", "--gpu-architecture=compute_90"],
+                            b"luser_fast_all.cu")
     assert b".ftz" in flushed
-    cubin = _nvrtc_compile(code, [*_ext.NVRTC_OPTIONS, "--gpu-architecture=sm_90"], cubin=True)
+    cubin = nvrtc_compile(code, [*_ext.NVRTC_OPTIONS, "--gpu-architecture=sm_90"],
+                          b"luser_fast_all.cu", cubin=True)
     assert cubin[:4] == b"\x7fELF"
 
 
