@@ -44,6 +44,116 @@ else:
                                     reason="kernels not built for the Triton interpreter")
 
 
+# --------------------------------------------------------------------------- launch rules
+# Host-side: plain Python, with sizes no test could allocate (run in either mode).
+
+
+def test_batch_chunks_and_grid_limits():
+    tc = triton_common
+    assert tc.batch_chunks(0) == [] and tc.batch_chunks(5) == [(0, 5)]
+    for b in (65535, 65536, 10 ** 6 + 7, 2 ** 31):
+        chunks = tc.batch_chunks(b)
+        assert chunks[0][0] == 0 and chunks[-1][1] == b
+        assert all(lo < hi <= lo + tc.BATCH_CHUNK for lo, hi in chunks)
+        assert all(a[1] == c[0] for a, c in zip(chunks, chunks[1:]))
+    assert tc.batch_chunks(5, 2) == [(0, 2), (2, 4), (4, 5)]
+    with pytest.raises(ValueError):
+        tc.batch_chunks(4, 65536)
+    assert tc.check_grid((5,)) == (5, 1, 1)
+    assert tc.check_grid((2 ** 31 - 1, 65535, 65535)) == (2 ** 31 - 1, 65535, 65535)
+    for bad in ((2 ** 31, 1, 1), (1, 65536), (1, 1, 65536), (-1,)):
+        with pytest.raises(ValueError, match="grid axis"):
+            tc.check_grid(bad)
+    assert not tc.needs_int64(2 ** 31 - 1) and tc.needs_int64(2 ** 31)
+
+
+@pytest.mark.parametrize("b,d", [(1, 1), (3, 1025), (70000, 4096), (2 ** 20, 2 ** 33)])
+def test_anderson_launch_grids(b, d):
+    """Every launch of the Anderson kernels within CUDA's limits, the batch covered once
+    (B > 65535 and D > 2**31 included)."""
+    launches = A.launch_grid(b, d)
+    assert [lo for lo, _, _ in launches] == list(range(0, b, triton_common.BATCH_CHUNK))
+    assert launches[-1][1] == b
+    for lo, hi, grid in launches:
+        assert grid == (-(-d // 1024), hi - lo, 1) and hi - lo <= 65535
+
+
+@pytest.mark.parametrize("b,c_in,c_out,h,w,itemsize,off64", [
+    (2, 1, 64, 64, 64, 4, False),
+    (100_000, 128, 128, 4096, 4096, 2, False),   # C H W = 2**31: 64-bit bases, 32-bit lanes
+    (1, 64, 64, 8192, 8192, 4, True),            # a 32-channel block spans 2**31 elements
+    (1, 3, 1, 46340, 46340, 4, True),
+])
+def test_shallow_conv_plans(b, c_in, c_out, h, w, itemsize, off64):
+    plan = S.conv_plan(b, c_in, c_out, h, w, itemsize)
+    t = plan["tiles"]
+    assert plan["off64"] is off64
+    assert plan["n_ptiles"] == -(-h * w // t["BLOCK_P"])
+    assert plan["launches"][0][0] == 0 and plan["launches"][-1][1] == b
+    for lo, hi, grid in plan["launches"]:
+        assert grid == (plan["n_ptiles"], -(-c_out // t["BLOCK_CO"]), hi - lo)
+        assert grid[0] <= 2 ** 31 - 1 and grid[1] <= 65535 and grid[2] <= 65535
+    assert S.size_reason(c_in, c_out, h, w) is None
+
+
+def test_shallow_sizes_beyond_the_kernels_fall_back():
+    """Sizes the kernels cannot address are refused by name (the op then runs its
+    reference, announced once): H W >= 2**31 pixels, 9 C_in C_out >= 2**31 weights."""
+    assert "pixel offsets" in S.size_reason(1, 8, 46341, 46341)
+    assert "weight offsets" in S.size_reason(16384, 16384, 8, 8)
+    assert S.size_reason(128, 128, 16384, 16384) is None
+
+
+def test_launches_run_under_the_device_guard(monkeypatch):
+    """``triton_common.launch`` enters torch.cuda.device(<the tensors' device>) around
+    the launch (a tensor on a non-current GPU would fault), and nothing for CPU tensors."""
+    entered = []
+
+    class Guard:
+        def __init__(self, device):
+            self.device = device
+
+        def __enter__(self):
+            entered.append(self.device)
+
+        def __exit__(self, *exc):
+            entered.append(None)
+            return False
+
+    launched = []
+
+    class Kernel:
+        def __getitem__(self, grid):
+            return lambda *args, **meta: launched.append((grid, list(entered), args, meta))
+
+    monkeypatch.setattr(torch.cuda, "device", Guard)
+    dev = torch.device("cuda", 1)
+    triton_common.launch(Kernel(), (2, 3), dev, 7, X=1)
+    assert launched == [((2, 3, 1), [dev], (7,), {"X": 1})] and entered == [dev, None]
+    entered.clear()
+
+    class OnGpu1:                             # a tensor-like on cuda:1 (no GPU needed)
+        device = dev
+    with triton_common.device_guard(OnGpu1()):
+        assert entered == [dev]
+    entered.clear()
+    triton_common.launch(Kernel(), (2,), torch.device("cpu"))
+    assert entered == [] and launched[-1][0] == (2, 1, 1)
+    triton_common.launch(Kernel(), (0, 3), dev)         # empty grid: nothing launched
+    assert len(launched) == 2 and entered == []
+
+
+def test_every_launch_goes_through_triton_common():
+    """No launcher indexes a kernel with a grid itself: they all call
+    triton_common.launch (device guard, grid check)."""
+    import inspect
+    import re
+    for mod in (A, S):
+        src = inspect.getsource(mod)
+        assert not re.search(r"_kernel\s*\[", src), mod.__name__
+        assert "triton_common.launch(" in src
+
+
 def _nan_alloc(shape, dtype, device):
     return torch.full(shape, float("nan"), dtype=dtype, device=device)
 
@@ -136,6 +246,124 @@ if INTERPRETED:
         torch.library.opcheck(torch.ops.luser_fast.anderson_mix,
                               (hf, hg, torch.ones(b, 1), act, None, 1.0),
                               test_utils=("test_schema", "test_faketensor"))
+
+    def test_batch_chunks_give_the_unchunked_results(monkeypatch):
+        """Launchers split the batch (B > 65535 on a GPU; 2 here, lowered by
+        monkeypatch): every kernel gives the results of a single launch, bit for bit."""
+        b, m, d = 5, 3, 1030
+        hf0, hg0, fz, z = (t.float() for t in _history(b, m, d, torch.float32, 5))
+        active = torch.tensor([True, False, True, True, False])
+        alpha = torch.rand(b, 2, generator=torch.Generator().manual_seed(1))
+        mc = _shallow_case(3, 2, 8, 2, "group", "silu", 2, seed=4)[0]
+        ws, bs, gs, be = (_cast(t, torch.float32) for t in _params(mc))
+        zz, vv = torch.randn(2, 3, 2, 7, 9).unbind(0)
+
+        def run():
+            hf, hg = hf0.clone(), hg0.clone()
+            row = A.anderson_step_fwd(fz, z, hf, hg, active, 1, 2)
+            mix = A.anderson_mix_fwd(hf, hg, alpha, active, fz, 0.6)
+            inj = S.shallow_inject_fwd(vv, mc.inject.weight.float())
+            f = S.shallow_map_fwd(zz, inj, vv, ws, bs, gs, be, 2, "silu", 1e-5)
+            vjp = S.shallow_map_bwd(torch.ones_like(zz), zz, inj, vv, ws, bs, gs, be, 2,
+                                    "silu", 1e-5, param_grads=False)[:2]
+            return (hf, hg, row, mix, inj, f, *vjp)
+
+        calls = []
+        real_launch = triton_common.launch
+        monkeypatch.setattr(triton_common, "launch",
+                            lambda k, grid, *a, **kw: (calls.append(grid), real_launch(k, grid, *a, **kw)))
+        whole = run()
+        assert max(g[1] if g[2] == 1 else g[2] for g in calls) == b
+        calls.clear()
+        monkeypatch.setattr(triton_common, "BATCH_CHUNK", 2)
+        chunked = run()
+        assert max(g[1] if g[2] == 1 else g[2] for g in calls) == 2
+        for x, y in zip(whole, chunked):
+            assert torch.equal(x, y)
+
+    def test_64_bit_lane_variant_gives_the_same_results(monkeypatch):
+        """The OFF64 kernels (64-bit offsets within a tile, chosen for images of 8192 x
+        8192 and more) compute what the 32-bit ones do, forward and VJP, bit for bit."""
+        mc = _shallow_case(1, 2, 8, 2, "group", "gelu", 2, seed=6)[0]
+        ws, bs, gs, be = (_cast(t, torch.float32) for t in _params(mc))
+        zz, vv = torch.randn(2, 2, 2, 6, 7).unbind(0)
+        inj = S.shallow_inject_fwd(vv, mc.inject.weight.float())
+
+        def run():
+            return (S.shallow_map_fwd(zz, inj, vv, ws, bs, gs, be, 2, "gelu", 1e-5),
+                    *S.shallow_map_bwd(torch.ones_like(zz), zz, inj, vv, ws, bs, gs, be, 2,
+                                       "gelu", 1e-5, param_grads=False)[:2])
+
+        flags = []
+        real_launch = triton_common.launch
+        monkeypatch.setattr(triton_common, "launch", lambda k, grid, dev, *a, **kw: (
+            flags.append(kw["OFF64"]), real_launch(k, grid, dev, *a, **kw)))
+        narrow = run()
+        monkeypatch.setattr(triton_common, "needs_int64", lambda *sizes: True)
+        wide = run()
+        assert set(flags[:len(flags) // 2]) == {False} and set(flags[len(flags) // 2:]) == {True}
+        for x, y in zip(narrow, wide):
+            assert torch.equal(x, y)
+
+    def test_anderson_mix_float64_damping_exact():
+        """1 - beta reaches the float64 kernel in float64 (a float argument is passed as
+        float32 when compiled, and tl.cast of a float rounds it to float32 in the
+        interpreter): the mix matches the reference to 1e-13 for damping that float32
+        cannot hold."""
+        b, m, d = 2, 3, 300
+        hf, hg, _, _ = _history(b, m, d, torch.float64, 2)
+        alpha = torch.randn(b, m, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+        act = torch.ones(b, dtype=torch.bool)
+        for beta in (0.7, 1 / 3, 1 - 1e-9):
+            got = A.anderson_mix_fwd(hf, hg, alpha, act, None, beta)
+            want = A.anderson_mix_ref(hf, hg, alpha, act, None, beta)
+            assert _relmax(got, want) <= 1e-13, beta
+
+    @pytest.mark.parametrize("dtype,beta,check_every,how", [
+        (torch.float64, 1.0, 1, "argument"),
+        (torch.float64, 0.6, 3, "environment"),
+        (torch.float32, 1.0, 2, "argument"),
+        (torch.complex128, 0.8, 1, "argument"),
+    ])
+    def test_solver_runs_the_fused_kernels(monkeypatch, dtype, beta, check_every, how):
+        """luser_fast.deq.anderson with the Triton backend (as on CUDA; here the
+        interpreter on CPU) runs anderson_step / anderson_mix kernels every iteration and
+        gives the iteration counts of the reference twins' run, and its iterates to
+        rounding; frozen samples keep their best iterate."""
+        from helpers import contractions, linear_map
+
+        from luser_fast import deq
+
+        d = 40
+        w, rhs = contractions(d, [0.2, 0.5, 0.7], seed=3)
+        if dtype.is_complex:
+            f = lambda z: (w.to(dtype) @ z[..., None])[..., 0] + rhs.to(dtype) * (1 + 1j)  # noqa: E731
+        else:
+            f = linear_map(w.to(dtype), rhs.to(dtype))
+        z0 = torch.zeros(3, d, dtype=dtype)
+        kw = {"m": 3, "beta": beta, "tol": 1e-9 if dtype != torch.float32 else 1e-5,
+              "max_iter": 60, "check_every": check_every}
+        launched = []
+        real_launch = triton_common.launch
+        monkeypatch.setattr(triton_common, "launch",
+                            lambda k, *a, **m: (launched.append(k), real_launch(k, *a, **m)))
+        z_ref, info_ref = deq.anderson(f, z0, backend="reference", **kw)
+        assert not launched
+        if how == "environment":
+            monkeypatch.setenv("LUSER_FAST_BACKEND", "triton")
+            z, info = deq.anderson(f, z0, **kw)
+        else:
+            z, info = deq.anderson(f, z0, backend="triton", **kw)
+        steps = sum(k is A._anderson_step_fwd_kernel for k in launched)
+        mixes = sum(k is A._anderson_mix_fwd_kernel for k in launched)
+        last = int(info.iterations.max())   # the host notices at the next check
+        assert steps == min(kw["max_iter"], -(-last // check_every) * check_every)
+        assert mixes == steps - 1 and steps > 3
+        assert torch.equal(info.iterations, info_ref.iterations)
+        assert info.converged.all() and len(set(info.iterations.tolist())) > 1
+        tol = 1e-12 if dtype != torch.float32 else 1e-5
+        assert _relmax(torch.view_as_real(z) if z.is_complex() else z,
+                       torch.view_as_real(z_ref) if z.is_complex() else z_ref) < tol
 
     def _params(m):
         ws = [m.conv_in.weight] + [c.weight for c in m.hidden] + [m.conv_out.weight]

@@ -28,6 +28,18 @@ The reference twins ``anderson_step_ref`` / ``anderson_mix_ref`` below are the s
 in plain PyTorch; they serve on CPU and wherever Triton is missing. Partial Gram rows are
 written per D-tile and summed on the host side of the launcher (no atomics), so results
 are deterministic.
+
+Numerics against the twins: the same sums in another order (per-tile partial sums; the
+mix as sum_j alpha_j (F_j - (1 - beta) G_j), FMA-contracted when compiled), so float64
+agrees to rounding (tests: 1e-12 relative, 1e-13 for the mix) and float32 within ten
+times the float32 twin's own error against float64. 1 - beta is formed in float64 on
+the host and passed as a float64 argument (a Python float argument would reach the
+kernel as float32: 9.5e-9 relative off in float64), then rounded once to the history
+dtype as the twin does.
+
+Launches (``launch_grid``): grids (D-tiles, samples) with the batch in chunks of
+``triton_common.BATCH_CHUNK``; 64-bit scalar base offsets (sample, slot, tile start), so
+m D and B m D may exceed 2**31; every launch under the tensors' CUDA device.
 """
 from __future__ import annotations
 

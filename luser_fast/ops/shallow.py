@@ -23,6 +23,16 @@ the same kernel (no bias, nothing added).
 Storage float32, float16 or bfloat16; accumulation float32 (float32 inputs use IEEE fp32
 ``tl.dot``, not TF32, to match the reference). Only ``kernel_size`` 3 is fused.
 
+Launches (``conv_plan``, plain Python, unit-tested on the host): the grid is (pixel tiles,
+C_out blocks, samples), the batch split into chunks of ``triton_common.BATCH_CHUNK`` (CUDA
+allows 65535 programs on that axis); every launch runs under the tensors' CUDA device
+(``triton_common.launch``). Offsets: the per-program bases (sample, channel block) are
+64-bit, so C H W may exceed 2**31; within a tile they are 32-bit unless a channel block
+spans 2**31 elements (``OFF64``, images of 8192 x 8192 and more). Images of 2**31 pixels
+or more and weights of 9 C_in C_out >= 2**31 run the reference (``size_reason``). The
+C_in-block and tap loops are one flattened loop (``tl.range(flatten=True)``): nested, ptxas
+unrolled the nine taps where registers allowed and spilled (sm_80, float32).
+
 Bytes moved per map evaluation, s = itemsize, P = H W pixels, C hidden channels, C_in
 image channels, L = depth convolutions (weights and statistics ignored; each input tile
 is re-read once per C_out block, counted once, as it is served from L2):
@@ -52,17 +62,24 @@ __all__ = ["shallow_map", "shallow_inject", "shallow_map_ref", "shallow_map_fwd"
 ACTS = {"gelu": 0, "relu": 1, "silu": 2, "elu": 3}
 #: storage dtypes the kernel takes (float32 accumulation)
 KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-#: tiles: 64 pixels x up to (C_out, C_in) channels per tl.dot, by storage dtype (ptxas,
-#: Triton 3.7.1, 4 warps). fp16/bf16 on tensor cores: 64 x 64 x 32 reached 255 registers
-#: and spilled 8 bytes in the VJP kernel on sm_90a, 64 x 32 x 32 uses at most 194. fp32 uses
-#: the IEEE dot, which Triton lowers to FMAs with each thread holding whole K-slices of both
-#: operands: 64 x 64 x 32 spilled there, 64 x 32 x 16 uses at most 238 registers
-_BLOCK_P = 64
-_MAX_BLOCKS = {4: (32, 16), 2: (32, 32)}   # itemsize -> (max BLOCK_CO, max BLOCK_CI)
-#: warps by itemsize: with 4 warps, 16-bit layers with GroupNorm on the load and no
-#: statistics spilled 12 bytes on sm_80 (168 registers); 8 warps use at most ~110
-_NUM_WARPS = {4: 4, 2: 8}
-
+#: tiles and launch options by storage itemsize: 64 pixels x up to (max_co, max_ci)
+#: channels per tl.dot. Checked by tests/test_triton_compile.py as Triton 3.7.1 launches
+#: them (divisibility and constant-1 specialisation) over every activation, IN_MODE,
+#: epilogue, dtype, channel count class and image size class, sm_80 and sm_90a: 1751
+#: specialisations, 0 spill bytes. float32 uses the IEEE dot (FMAs, each thread holding
+#: whole K-slices of both operands): at most 202 registers (sm_80; the hidden conv with
+#: GroupNorm statistics, 64 x 32 x 16); its VJP layers with the GroupNorm-activation
+#: epilogue use 16-channel output blocks (with 32, one spilled 8 bytes at the 128
+#: registers ptxas chose on sm_80; they needed up to 220), at most 128. fp16/bf16 use
+#: tensor cores with 8 warps and ``maxnreg`` 128: without a cap ptxas aimed at 64-80
+#: registers (occupancy) and spilled 8-48 bytes on sm_80; with it at most 128, no spills.
+#: No float32 cap: with one ptxas fills it (255 would be used) and spills more.
+_TILES = {4: {"BLOCK_P": 64, "max_co": 32, "max_co_norm_vjp": 16, "max_ci": 16,
+              "num_warps": 4, "maxnreg": None, "num_stages": None},
+          2: {"BLOCK_P": 64, "max_co": 32, "max_co_norm_vjp": 32, "max_ci": 32,
+              "num_warps": 8, "maxnreg": 128, "num_stages": None}}
+#: pixels per tile of the largest tile (the size checks allow for it)
+_BLOCK_P = max(t["BLOCK_P"] for t in _TILES.values())
 
 if HAS_TRITON:
     @triton.jit
@@ -85,16 +102,20 @@ if HAS_TRITON:
                                 IN_MODE: tl.constexpr, ACT: tl.constexpr,
                                 HAS_BIAS: tl.constexpr, HAS_ADD: tl.constexpr,
                                 STATS: tl.constexpr, IEEE: tl.constexpr,
-                                BLOCK_P: tl.constexpr, BLOCK_CO: tl.constexpr,
-                                BLOCK_CI: tl.constexpr):
+                                OFF64: tl.constexpr, BLOCK_P: tl.constexpr,
+                                BLOCK_CO: tl.constexpr, BLOCK_CI: tl.constexpr):
         """One [BLOCK_P pixels, BLOCK_CO channels] tile of a 3x3 conv layer, one sample.
 
-        Grid (cdiv(H W, BLOCK_P), cdiv(C_out, BLOCK_CO), B).
-        x: [B, C_in, H, W]; w: [9, C_in, C_out] (tap-major, C_out contiguous);
-        bias: [C_out] fp32; scale, shift: [B, C_in] fp32 (IN_MODE 2: the input is
-        act(x * scale + shift); IN_MODE 1: act(x); IN_MODE 0: x);
-        add, out: [B, C_out, H, W]; psum, psq: [B, n_ptiles, C_out] fp32 partial sums of
-        out and out^2 over this tile's pixels (STATS).
+        Grid (cdiv(H W, BLOCK_P), cdiv(C_out, BLOCK_CO), B) with B <= 65535 (the launcher
+        chunks the batch). x: [B, C_in, H, W]; w: [9, C_in, C_out] (tap-major, C_out
+        contiguous); bias: [C_out] fp32; scale, shift: [B, C_in] fp32 (IN_MODE 2: the input
+        is act(x * scale + shift); IN_MODE 1: act(x); IN_MODE 0: x); add, out:
+        [B, C_out, H, W]; psum, psq: [B, n_ptiles, C_out] fp32 partial sums of out and
+        out^2 over this tile's pixels (STATS).
+
+        Offsets: the (sample, channel block) bases are 64-bit scalars, so C H W may exceed
+        2**31; within a tile, channel * H W + pixel is 32-bit unless OFF64 (the launcher
+        sets it when BLOCK_C H W reaches 2**31). H W and 9 C_in C_out stay below 2**31.
         """
         pid_p = tl.program_id(0)
         pid_co = tl.program_id(1)
@@ -104,46 +125,54 @@ if HAS_TRITON:
         p_ok = offs_p < hw
         yy = offs_p // W
         xx = offs_p % W
-        offs_co = pid_co * BLOCK_CO + tl.arange(0, BLOCK_CO)
-        co_ok = offs_co < C_out
+        co0 = pid_co * BLOCK_CO
+        co = tl.arange(0, BLOCK_CO)
+        co_ok = co0 + co < C_out
+        ci = tl.arange(0, BLOCK_CI)
+        if OFF64:
+            ci_lane = ci.to(tl.int64)[None, :] * hw
+            co_lane = co.to(tl.int64)[None, :] * hw
+        else:
+            ci_lane = ci[None, :] * hw
+            co_lane = co[None, :] * hw
         acc = tl.zeros([BLOCK_P, BLOCK_CO], dtype=tl.float32)
-        x_base = x_ptr + b * C_in * hw
-        for ci0 in range(0, C_in, BLOCK_CI):
-            offs_ci = ci0 + tl.arange(0, BLOCK_CI)
-            ci_ok = offs_ci < C_in
+        for ci0 in tl.range(0, C_in, BLOCK_CI, flatten=True):
+            ci_ok = ci0 + ci < C_in
+            x_blk = x_ptr + (b * C_in + ci0) * hw          # 64-bit scalar base
             if IN_MODE == 2:
-                sc = tl.load(scale_ptr + b * C_in + offs_ci, mask=ci_ok, other=0.0)
-                sh = tl.load(shift_ptr + b * C_in + offs_ci, mask=ci_ok, other=0.0)
+                sc = tl.load(scale_ptr + (b * C_in + ci0) + ci, mask=ci_ok, other=0.0)
+                sh = tl.load(shift_ptr + (b * C_in + ci0) + ci, mask=ci_ok, other=0.0)
             for tap in range(9):
                 iy = yy + (tap // 3 - 1)
                 ix = xx + (tap % 3 - 1)
                 ok = p_ok & (iy >= 0) & (iy < H) & (ix >= 0) & (ix < W)
                 m2 = ok[:, None] & ci_ok[None, :]
-                a = tl.load(x_base + offs_ci[None, :] * hw + (iy * W + ix)[:, None],
+                a = tl.load(x_blk + ci_lane + (iy * W + ix)[:, None],
                             mask=m2, other=0.0).to(tl.float32)
                 if IN_MODE == 2:
                     a = a * sc[None, :] + sh[None, :]
                 if IN_MODE >= 1:
                     a = tl.where(m2, _act(a, ACT), 0.0)     # zero padding is of h, not y
-                wt = tl.load(w_ptr + tap * C_in * C_out + offs_ci[:, None] * C_out
-                             + offs_co[None, :],
+                wt = tl.load(w_ptr + ((tap * C_in + ci0) * C_out + co0)
+                             + ci[:, None] * C_out + co[None, :],
                              mask=ci_ok[:, None] & co_ok[None, :], other=0.0)
                 if IEEE:
                     acc = tl.dot(a, wt.to(tl.float32), acc, input_precision="ieee")
                 else:
                     acc = tl.dot(a.to(wt.dtype), wt, acc)
         if HAS_BIAS:
-            acc += tl.load(bias_ptr + offs_co, mask=co_ok, other=0.0)[None, :]
+            acc += tl.load(bias_ptr + co0 + co, mask=co_ok, other=0.0)[None, :]
         m_out = p_ok[:, None] & co_ok[None, :]
-        o_off = b * C_out * hw + offs_co[None, :] * hw + offs_p[:, None]
+        o_base = (b * C_out + co0) * hw                     # 64-bit scalar base
+        o_lane = co_lane + offs_p[:, None]
         if HAS_ADD:
-            acc += tl.load(add_ptr + o_off, mask=m_out, other=0.0).to(tl.float32)
-        tl.store(out_ptr + o_off, acc.to(out_ptr.dtype.element_ty), mask=m_out)
+            acc += tl.load(add_ptr + o_base + o_lane, mask=m_out, other=0.0).to(tl.float32)
+        tl.store(out_ptr + o_base + o_lane, acc.to(out_ptr.dtype.element_ty), mask=m_out)
         if STATS:
             accm = tl.where(m_out, acc, 0.0)
-            s_off = (b * n_ptiles + pid_p) * C_out + offs_co
-            tl.store(psum_ptr + s_off, tl.sum(accm, axis=0), mask=co_ok)
-            tl.store(psq_ptr + s_off, tl.sum(accm * accm, axis=0), mask=co_ok)
+            s_base = (b * n_ptiles + pid_p) * C_out + co0
+            tl.store(psum_ptr + s_base + co, tl.sum(accm, axis=0), mask=co_ok)
+            tl.store(psq_ptr + s_base + co, tl.sum(accm * accm, axis=0), mask=co_ok)
 
 
     @triton.jit
@@ -168,11 +197,11 @@ if HAS_TRITON:
                                 IN_GN: tl.constexpr, EPI_ACT: tl.constexpr,
                                 EPI_NORM: tl.constexpr, ACT: tl.constexpr,
                                 STATS: tl.constexpr, IEEE: tl.constexpr,
-                                BLOCK_P: tl.constexpr, BLOCK_CO: tl.constexpr,
-                                BLOCK_CI: tl.constexpr):
+                                OFF64: tl.constexpr, BLOCK_P: tl.constexpr,
+                                BLOCK_CO: tl.constexpr, BLOCK_CI: tl.constexpr):
         """One [BLOCK_P, BLOCK_CO] tile of a transposed 3x3 conv in the VJP, one sample.
 
-        Grid (cdiv(H W, BLOCK_P), cdiv(C_out, BLOCK_CO), B).
+        Grid (cdiv(H W, BLOCK_P), cdiv(C_out, BLOCK_CO), B) with B <= 65535.
         g: [B, C_in, H, W] incoming cotangent; with IN_GN it is da of a GroupNorm layer and
         the conv input is the GroupNorm backward ``g * p + y_in * q + r`` (p, q, r:
         [B, C_in] fp32, y_in: the layer's recomputed pre-norm output [B, C_in, H, W]).
@@ -180,7 +209,8 @@ if HAS_TRITON:
         EPI_ACT: the result is multiplied by act'(y_out * scale + shift) (EPI_NORM) or
         act'(y_out) (y_out [B, C_out, H, W]; scale, shift [B, C_out] fp32): it becomes da.
         out: [B, C_out, H, W]; psum, pdot: [B, n_ptiles, C_out] fp32 partial sums of da and
-        da * y_out (STATS), the GroupNorm backward's reductions.
+        da * y_out (STATS), the GroupNorm backward's reductions. Offsets as in the forward
+        kernel (64-bit scalar bases, OFF64 for 64-bit lanes).
         """
         pid_p = tl.program_id(0)
         pid_co = tl.program_id(1)
@@ -190,54 +220,111 @@ if HAS_TRITON:
         p_ok = offs_p < hw
         yy = offs_p // W
         xx = offs_p % W
-        offs_co = pid_co * BLOCK_CO + tl.arange(0, BLOCK_CO)
-        co_ok = offs_co < C_out
+        co0 = pid_co * BLOCK_CO
+        co = tl.arange(0, BLOCK_CO)
+        co_ok = co0 + co < C_out
+        ci = tl.arange(0, BLOCK_CI)
+        if OFF64:
+            ci_lane = ci.to(tl.int64)[None, :] * hw
+            co_lane = co.to(tl.int64)[None, :] * hw
+        else:
+            ci_lane = ci[None, :] * hw
+            co_lane = co[None, :] * hw
         acc = tl.zeros([BLOCK_P, BLOCK_CO], dtype=tl.float32)
-        in_base = b * C_in * hw
-        for ci0 in range(0, C_in, BLOCK_CI):
-            offs_ci = ci0 + tl.arange(0, BLOCK_CI)
-            ci_ok = offs_ci < C_in
+        for ci0 in tl.range(0, C_in, BLOCK_CI, flatten=True):
+            ci_ok = ci0 + ci < C_in
+            in_blk = (b * C_in + ci0) * hw                 # 64-bit scalar base
             if IN_GN:
-                pc = tl.load(p_ptr + b * C_in + offs_ci, mask=ci_ok, other=0.0)
-                qc = tl.load(q_ptr + b * C_in + offs_ci, mask=ci_ok, other=0.0)
-                rc = tl.load(r_ptr + b * C_in + offs_ci, mask=ci_ok, other=0.0)
+                pc = tl.load(p_ptr + (b * C_in + ci0) + ci, mask=ci_ok, other=0.0)
+                qc = tl.load(q_ptr + (b * C_in + ci0) + ci, mask=ci_ok, other=0.0)
+                rc = tl.load(r_ptr + (b * C_in + ci0) + ci, mask=ci_ok, other=0.0)
             for tap in range(9):
                 iy = yy + (tap // 3 - 1)
                 ix = xx + (tap % 3 - 1)
                 ok = p_ok & (iy >= 0) & (iy < H) & (ix >= 0) & (ix < W)
                 m2 = ok[:, None] & ci_ok[None, :]
-                off = in_base + offs_ci[None, :] * hw + (iy * W + ix)[:, None]
-                a = tl.load(g_ptr + off, mask=m2, other=0.0).to(tl.float32)
+                lane = ci_lane + (iy * W + ix)[:, None]
+                a = tl.load(g_ptr + in_blk + lane, mask=m2, other=0.0).to(tl.float32)
                 if IN_GN:
-                    yv = tl.load(y_in_ptr + off, mask=m2, other=0.0).to(tl.float32)
+                    yv = tl.load(y_in_ptr + in_blk + lane, mask=m2, other=0.0).to(tl.float32)
                     a = tl.where(m2, a * pc[None, :] + yv * qc[None, :] + rc[None, :], 0.0)
-                wt = tl.load(w_ptr + tap * C_in * C_out + offs_ci[:, None] * C_out
-                             + offs_co[None, :],
+                wt = tl.load(w_ptr + ((tap * C_in + ci0) * C_out + co0)
+                             + ci[:, None] * C_out + co[None, :],
                              mask=ci_ok[:, None] & co_ok[None, :], other=0.0)
                 if IEEE:
                     acc = tl.dot(a, wt.to(tl.float32), acc, input_precision="ieee")
                 else:
                     acc = tl.dot(a.to(wt.dtype), wt, acc)
         m_out = p_ok[:, None] & co_ok[None, :]
-        o_off = b * C_out * hw + offs_co[None, :] * hw + offs_p[:, None]
+        o_base = (b * C_out + co0) * hw                     # 64-bit scalar base
+        o_lane = co_lane + offs_p[:, None]
         if EPI_ACT:
-            yo = tl.load(y_out_ptr + o_off, mask=m_out, other=0.0).to(tl.float32)
+            yo = tl.load(y_out_ptr + o_base + o_lane, mask=m_out, other=0.0).to(tl.float32)
             if EPI_NORM:
-                sc = tl.load(scale_ptr + b * C_out + offs_co, mask=co_ok, other=0.0)
-                sh = tl.load(shift_ptr + b * C_out + offs_co, mask=co_ok, other=0.0)
+                sc = tl.load(scale_ptr + (b * C_out + co0) + co, mask=co_ok, other=0.0)
+                sh = tl.load(shift_ptr + (b * C_out + co0) + co, mask=co_ok, other=0.0)
                 acc = acc * _act_grad(yo * sc[None, :] + sh[None, :], ACT)
             else:
                 acc = acc * _act_grad(yo, ACT)
             if STATS:
                 accm = tl.where(m_out, acc, 0.0)
-                s_off = (b * n_ptiles + pid_p) * C_out + offs_co
-                tl.store(psum_ptr + s_off, tl.sum(accm, axis=0), mask=co_ok)
-                tl.store(pdot_ptr + s_off, tl.sum(accm * yo, axis=0), mask=co_ok)
-        tl.store(out_ptr + o_off, acc.to(out_ptr.dtype.element_ty), mask=m_out)
+                s_base = (b * n_ptiles + pid_p) * C_out + co0
+                tl.store(psum_ptr + s_base + co, tl.sum(accm, axis=0), mask=co_ok)
+                tl.store(pdot_ptr + s_base + co, tl.sum(accm * yo, axis=0), mask=co_ok)
+        tl.store(out_ptr + o_base + o_lane, acc.to(out_ptr.dtype.element_ty), mask=m_out)
 
 
 def _pow2_block(c, cap):
-    return min(cap, max(16, triton.next_power_of_2(c)))
+    return min(cap, max(16, 1 << max(0, int(c) - 1).bit_length()))
+
+
+def conv_tiles(c_in: int, c_out: int, itemsize: int, norm_vjp: bool = False) -> dict:
+    """Tiles and launch options of one conv layer (forward or VJP) with ``c_in`` input and
+    ``c_out`` output channels stored with ``itemsize`` bytes (``_TILES``): {"BLOCK_P",
+    "BLOCK_CO", "BLOCK_CI" (channel blocks: the next power of two >= 16 up to the
+    maximum; ``norm_vjp``: a VJP layer with the GroupNorm-activation epilogue, whose
+    output blocks are capped at ``max_co_norm_vjp``), "num_warps", and "maxnreg" /
+    "num_stages" where set}."""
+    t = _TILES[itemsize]
+    max_co = t["max_co_norm_vjp"] if norm_vjp else t["max_co"]
+    return {"BLOCK_P": t["BLOCK_P"], "BLOCK_CO": _pow2_block(c_out, max_co),
+            "BLOCK_CI": _pow2_block(c_in, t["max_ci"]),
+            **{k: t[k] for k in ("num_warps", "maxnreg", "num_stages") if t[k] is not None}}
+
+
+def conv_plan(b: int, c_in: int, c_out: int, h: int, w: int, itemsize: int,
+              norm_vjp: bool = False) -> dict:
+    """Launch parameters of one conv layer on [B, C_in, H, W] -> [B, C_out, H, W] (plain
+    Python, unit-tested on the host with sizes no test could allocate).
+
+    Returns:
+        {"tiles": ``conv_tiles``'s dict, "n_ptiles": pixel tiles,
+        "off64": whether the per-element offsets within a tile need 64 bits,
+        "launches": [(lo, hi, grid)]: the batch in ``triton_common.batch_chunks``, each
+        grid (pixel tiles, C_out blocks, samples) within CUDA's limits}.
+    """
+    tiles = conv_tiles(c_in, c_out, itemsize, norm_vjp)
+    block_p, block_co, block_ci = tiles["BLOCK_P"], tiles["BLOCK_CO"], tiles["BLOCK_CI"]
+    hw = h * w
+    n_pt = -(-hw // block_p)
+    # largest 32-bit lane offset formed: channel lane * H W + pixel (masked taps reach
+    # one row and one pixel beyond the image)
+    off64 = triton_common.needs_int64(max(block_co, block_ci) * hw + w + 1)
+    launches = [(lo, hi, triton_common.check_grid((n_pt, -(-c_out // block_co), hi - lo)))
+                for lo, hi in triton_common.batch_chunks(b)]
+    return {"tiles": tiles, "n_ptiles": n_pt, "off64": off64, "launches": launches}
+
+
+def size_reason(c_in: int, c_out: int, h: int, w: int) -> str | None:
+    """Why the kernels cannot address a conv layer of these sizes (None: they can). The
+    kernels keep H W and the weight offsets 9 C_in C_out in 32 bits; any C H W and batch
+    are addressed (64-bit bases, batch chunks)."""
+    if triton_common.needs_int64(h * w + w + _BLOCK_P):
+        return f"an image of {h}x{w} pixels exceeds the kernels' 32-bit pixel offsets"
+    if triton_common.needs_int64(9 * c_in * c_out):
+        return (f"a 3x3 conv of {c_in} -> {c_out} channels exceeds the kernels' 32-bit "
+                "weight offsets")
+    return None
 
 
 def _conv_layer(x, w, bias, scale, shift, add, in_mode, act, stats):
@@ -245,23 +332,25 @@ def _conv_layer(x, w, bias, scale, shift, add, in_mode, act, stats):
     b, c_in, h, wd = x.shape
     c_out = w.shape[0]
     w_t = w.permute(2, 3, 1, 0).reshape(9, c_in, c_out).contiguous()
-    max_co, max_ci = _MAX_BLOCKS[x.element_size()]
-    block_co, block_ci = _pow2_block(c_out, max_co), _pow2_block(c_in, max_ci)
-    n_pt = triton.cdiv(h * wd, _BLOCK_P)
+    plan = conv_plan(b, c_in, c_out, h, wd, x.element_size())
+    n_pt = plan["n_ptiles"]
     out = triton_common.alloc((b, c_out, h, wd), x.dtype, x.device)
-    psum = triton_common.alloc((b, n_pt, c_out), torch.float32, x.device) if stats else out
-    psq = triton_common.alloc((b, n_pt, c_out), torch.float32, x.device) if stats else out
-    dummy = out
-    grid = (n_pt, triton.cdiv(c_out, block_co), b)
-    _shallow_map_fwd_kernel[grid](
-        x, w_t, bias.float().contiguous() if bias is not None else dummy,
-        scale if scale is not None else dummy, shift if shift is not None else dummy,
-        add.contiguous() if add is not None else dummy, out, psum, psq,
-        c_in, c_out, h, wd, n_pt,
-        IN_MODE=in_mode, ACT=ACTS[act], HAS_BIAS=bias is not None, HAS_ADD=add is not None,
-        STATS=stats, IEEE=x.dtype == torch.float32, BLOCK_P=_BLOCK_P, BLOCK_CO=block_co,
-        BLOCK_CI=block_ci, num_warps=_NUM_WARPS[x.element_size()])
-    return out, (psum if stats else None), (psq if stats else None)
+    psum = triton_common.alloc((b, n_pt, c_out), torch.float32, x.device) if stats else None
+    psq = triton_common.alloc((b, n_pt, c_out), torch.float32, x.device) if stats else None
+    has_bias = bias is not None
+    bias = bias.float().contiguous() if has_bias else out
+    add = add.contiguous() if add is not None else None
+    for lo, hi, grid in plan["launches"]:
+        def per(t):                  # this chunk's slice of a per-sample tensor, else out
+            return out if t is None else t[lo:hi]
+        triton_common.launch(
+            _shallow_map_fwd_kernel, grid, x.device,
+            x[lo:hi], w_t, bias, per(scale), per(shift), per(add), out[lo:hi], per(psum),
+            per(psq), c_in, c_out, h, wd, n_pt,
+            IN_MODE=in_mode, ACT=ACTS[act] if in_mode else 0, HAS_BIAS=has_bias,
+            HAS_ADD=add is not None, STATS=stats, IEEE=x.dtype == torch.float32,
+            OFF64=plan["off64"], **plan["tiles"])
+    return out, psum, psq
 
 
 def _norm_affine(psum, psq, gamma, beta, groups, hw, eps):
@@ -319,23 +408,24 @@ def _conv_bwd_layer(g, w, pqr, y_in, y_out, scale, shift, epi_act, act, stats):
     b, c_in, h, wd = g.shape                  # c_in: the forward layer's output channels
     c_out = w.shape[1]
     w_t = w.flip(2, 3).permute(2, 3, 0, 1).reshape(9, c_in, c_out).contiguous()
-    max_co, max_ci = _MAX_BLOCKS[g.element_size()]
-    block_co, block_ci = _pow2_block(c_out, max_co), _pow2_block(c_in, max_ci)
-    n_pt = triton.cdiv(h * wd, _BLOCK_P)
+    plan = conv_plan(b, c_in, c_out, h, wd, g.element_size(),
+                     norm_vjp=epi_act and scale is not None)
+    n_pt = plan["n_ptiles"]
     out = triton_common.alloc((b, c_out, h, wd), g.dtype, g.device)
-    psum = triton_common.alloc((b, n_pt, c_out), torch.float32, g.device) if stats else out
-    pdot = triton_common.alloc((b, n_pt, c_out), torch.float32, g.device) if stats else out
-    p, q, r = pqr if pqr is not None else (out, out, out)
-    grid = (n_pt, triton.cdiv(c_out, block_co), b)
-    _shallow_map_bwd_kernel[grid](
-        g, y_in if y_in is not None else out, w_t, p, q, r,
-        y_out if y_out is not None else out, scale if scale is not None else out,
-        shift if shift is not None else out, out, psum, pdot,
-        c_in, c_out, h, wd, n_pt,
-        IN_GN=pqr is not None, EPI_ACT=epi_act, EPI_NORM=scale is not None, ACT=ACTS[act],
-        STATS=stats, IEEE=g.dtype == torch.float32, BLOCK_P=_BLOCK_P, BLOCK_CO=block_co,
-        BLOCK_CI=block_ci, num_warps=_NUM_WARPS[g.element_size()])
-    return out, (psum if stats else None), (pdot if stats else None)
+    psum = triton_common.alloc((b, n_pt, c_out), torch.float32, g.device) if stats else None
+    pdot = triton_common.alloc((b, n_pt, c_out), torch.float32, g.device) if stats else None
+    p, q, r = pqr if pqr is not None else (None, None, None)
+    for lo, hi, grid in plan["launches"]:
+        def per(t):                  # this chunk's slice of a per-sample tensor, else out
+            return out if t is None else t[lo:hi]
+        triton_common.launch(
+            _shallow_map_bwd_kernel, grid, g.device,
+            g[lo:hi], per(y_in), w_t, per(p), per(q), per(r), per(y_out), per(scale),
+            per(shift), out[lo:hi], per(psum), per(pdot), c_in, c_out, h, wd, n_pt,
+            IN_GN=pqr is not None, EPI_ACT=epi_act, EPI_NORM=scale is not None,
+            ACT=ACTS[act] if epi_act else 0, STATS=stats, IEEE=g.dtype == torch.float32,
+            OFF64=plan["off64"], **plan["tiles"])
+    return out, psum, pdot
 
 
 def _gn_backward_coeffs(psum, pdot, mean, rstd, gamma, groups, hw):
@@ -473,28 +563,34 @@ def _check(z, injected, v, weights, biases, gammas, betas, groups, act):
                          f"got {tuple(z.shape)}, {tuple(v.shape)}, {tuple(injected.shape)}")
 
 
-def _unfused(t: torch.Tensor, kernel_size: int) -> str | None:
-    """Why the fused kernel cannot take this call (None: it can)."""
+def _unfused(t: torch.Tensor, weights) -> str | None:
+    """Why the fused kernel cannot take this call on t [B, C, H, W] with these conv weights
+    (None: it can)."""
     if t.dtype not in KERNEL_DTYPES:
         return f"the fused kernel takes {KERNEL_DTYPES}, got {t.dtype}"
-    if kernel_size != 3:
-        return f"only 3x3 convolutions are fused, got {kernel_size}x{kernel_size}"
+    k = weights[0].shape[-1]
+    if k != 3:
+        return f"only 3x3 convolutions are fused, got {k}x{k}"
+    for w in weights:
+        reason = size_reason(w.shape[1], w.shape[0], t.shape[-2], t.shape[-1])
+        if reason is not None:
+            return reason
     return None
 
 
 def _fusable(z: torch.Tensor, weights) -> bool:
     """The custom op's kernel can run the fused path for z (Triton present for z's device,
-    a kernel dtype, 3x3)."""
+    a kernel dtype, 3x3, sizes the kernels address)."""
     return (HAS_TRITON and z.device.type in triton_common.devices()
-            and _unfused(z, weights[0].shape[-1]) is None)
+            and _unfused(z, weights) is None)
 
 
-def _use_triton(op: str, t: torch.Tensor, kernel_size: int, backend: str | None) -> bool:
+def _use_triton(op: str, t: torch.Tensor, weights, backend: str | None) -> bool:
     """Whether ``op`` runs the Triton kernel for ``t`` (the backend chosen for t's device is
     triton and the kernel takes this call; a fallback is announced once)."""
     if backends.select(op, t.device.type, backend) != "triton":
         return False
-    reason = _unfused(t, kernel_size)
+    reason = _unfused(t, weights)
     if reason is not None:
         backends.fallback(op, reason)
     return reason is None
@@ -567,7 +663,7 @@ def shallow_inject(v: torch.Tensor, w_inject: torch.Tensor, *,
     Returns:
         [B, C, H, W] in v's dtype.
     """
-    if (_use_triton("shallow_inject", v, w_inject.shape[-1], backend)
+    if (_use_triton("shallow_inject", v, [w_inject], backend)
             and not (torch.is_grad_enabled() and (v.requires_grad or w_inject.requires_grad))):
         return shallow_inject_fwd(v, w_inject)
     return F.conv2d(v, w_inject, padding=w_inject.shape[-1] // 2)
@@ -604,7 +700,7 @@ def shallow_map(z, injected, v, weights, biases, gammas=(), betas=(), groups: in
     """
     weights, biases, gammas, betas = list(weights), list(biases), list(gammas), list(betas)
     _check(z, injected, v, weights, biases, gammas, betas, groups, act)
-    if not _use_triton("shallow_map", z, weights[0].shape[-1], backend):
+    if not _use_triton("shallow_map", z, weights, backend):
         return shallow_map_ref(z, injected, v, weights, biases, gammas, betas, int(groups),
                                act, float(eps))
     return torch.ops.luser_fast.shallow_map(z, injected, v, weights, biases, gammas, betas,
