@@ -21,6 +21,15 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 BUILD_EXT = os.environ.get("LUSER_FAST_BUILD_EXT", "1") != "0"
 
 
+def _supported_triton():
+    """The Triton range the kernels are compiled and tested for, read from its one place
+    (luser_fast/ops/triton_common.py, SUPPORTED_TRITON) without importing the package."""
+    with open(os.path.join(HERE, "luser_fast", "ops", "triton_common.py")) as fh:
+        import re
+
+        return re.search(r'^SUPPORTED_TRITON = "([^"]+)"', fh.read(), re.M).group(1)
+
+
 def _version():
     with open(os.path.join(HERE, "luser_fast", "_version.py")) as fh:
         for line in fh:
@@ -124,7 +133,7 @@ setup(
     ],
     extras_require={
         "test": ["pytest", "hypothesis", "pytest-benchmark", "scipy", "finufft"],
-        "triton": ["triton>=3.6,<3.8"],
+        "triton": ["triton" + _supported_triton()],
         "cuda": ["cupy-cuda12x"],
         # what `make gpu-check` installs when no CuPy works: the CuPy for a CUDA 12 driver
         # (on CUDA 11 / 13 the check installs cupy-cuda11x / cupy-cuda13x instead)
