@@ -11,6 +11,7 @@ the torch already installed (build isolation would pull a multi-GB CUDA torch).
 """
 import glob
 import os
+import re
 import shutil
 import subprocess
 
@@ -25,8 +26,6 @@ def _supported_triton():
     """The Triton range the kernels are compiled and tested for, read from its one place
     (luser_fast/ops/triton_common.py, SUPPORTED_TRITON) without importing the package."""
     with open(os.path.join(HERE, "luser_fast", "ops", "triton_common.py")) as fh:
-        import re
-
         return re.search(r'^SUPPORTED_TRITON = "([^"]+)"', fh.read(), re.M).group(1)
 
 
