@@ -328,23 +328,28 @@ def test_no_grad_and_z0():
 
 
 def test_anderson_runs_the_history_and_mixing_ops(monkeypatch):
-    """Every iteration calls ops.anderson_step (history, Gram row, ||f||^2) and every
-    iteration but the last ops.anderson_mix, with the solver's backend request; on CPU
-    their PyTorch twins serve (on CUDA the fused Triton kernels: tests/test_triton_kernels.py
-    runs this solver through them under the interpreter)."""
+    """The solver's history update and mixing are the ops' implementations chosen once per
+    solve (ops.anderson.implementations, as ops.anderson_step / anderson_mix choose per
+    call): on CPU the PyTorch twins, one update per iteration and one mix per iteration
+    but the last (on CUDA the fused Triton kernels: tests/test_triton_kernels.py runs
+    this solver through them under the interpreter)."""
     from luser_fast.ops import anderson as ops
+    assert ops.implementations("cpu") == (ops.anderson_step_ref, ops.anderson_mix_ref)
+    assert ops.implementations("cpu", "reference") == (ops.anderson_step_ref,
+                                                      ops.anderson_mix_ref)
     calls = []
-    for name in ("anderson_step", "anderson_mix"):
+    for name in ("anderson_step_ref", "anderson_mix_ref"):
         real = getattr(ops, name)
         monkeypatch.setattr(ops, name, lambda *a, _real=real, _name=name, **kw:
-                            (calls.append((_name, kw.get("backend"))), _real(*a, **kw))[1])
+                            (calls.append(_name), _real(*a, **kw))[1])
     W, b = _problems([0.3, 0.6, 0.9])
     z, info = fast.anderson(linear_map(W, b), torch.zeros_like(b), tol=1e-10, max_iter=200,
                             backend="reference")
     its = int(info.iterations.max())
-    assert calls.count(("anderson_step", "reference")) == its
-    assert calls.count(("anderson_mix", "reference")) == its - 1
-    assert len(calls) == 2 * its - 1
+    assert calls.count("anderson_step_ref") == its
+    assert calls.count("anderson_mix_ref") == its - 1
+    z_again, _ = fast.anderson(linear_map(W, b), torch.zeros_like(b), tol=1e-10, max_iter=200)
+    assert torch.equal(z, z_again)
 
 
 def test_anderson_backend_request_is_checked():
@@ -360,10 +365,11 @@ def test_anderson_backend_request_is_checked():
 
 
 def test_cpu_twins_make_no_masked_copies_while_every_sample_is_live(monkeypatch):
-    """The CPU path of the history update and the mixing writes f and g straight into
-    their slots and returns the mix itself while every sample is active (no torch.where
-    over the data, no extra copies: no slowdown against the former inline code); masked
-    writes only once a sample is frozen."""
+    """The CPU path of the history update writes f and g straight into their slots (the
+    solver gives the twin every sample as active: frozen samples' slots are never read
+    again) and the mix is the iterate itself while every sample is live: no torch.where
+    over the data, no extra copies (no slowdown against the former inline code); once a
+    sample is frozen, the mix takes its best by torch.where (as the former code did)."""
     from torch.utils._python_dispatch import TorchDispatchMode
 
     from luser_fast.ops import anderson as ops
@@ -382,9 +388,9 @@ def test_cpu_twins_make_no_masked_copies_while_every_sample_is_live(monkeypatch)
     for name in ("anderson_step_ref", "anderson_mix_ref"):
         real = getattr(ops, name)
 
-        def counted(*a, _real=real):
+        def counted(*a, _real=real, **kw):
             with Count():
-                return _real(*a)
+                return _real(*a, **kw)
         monkeypatch.setattr(ops, name, counted)
     W, b = _problems([0.5, 0.5])                 # equal rates: both finish together
     b[1] = b[0]

@@ -17,11 +17,14 @@ textbook version), reorganised so that an iteration touches as little memory as 
   indexing, hence no host sync), falling back to the newest image (a fixed-point step).
 * The history update with its Gram row and ||f(z)||^2 is one op,
   ``luser_fast.ops.anderson_step``, and the mixing with the frozen samples' best iterate
-  another, ``luser_fast.ops.anderson_mix`` (``backend=`` is passed to both): on CUDA with
+  another, ``luser_fast.ops.anderson_mix``, their implementations chosen once per solve
+  (``luser_fast.ops.anderson.implementations``, honouring ``backend=``): on CUDA with
   Triton the fused kernels of ``ops/anderson.py`` (one pass over the data each; frozen
   samples read and write nothing, and take their best iterate inside the mix), elsewhere
-  their PyTorch twins (``reference/anderson_ops.py``), which on CPU write f(z) and g
-  straight into their slots and return the mix itself while every sample is active.
+  their PyTorch twins (``reference/anderson_ops.py``), given every sample as active for
+  the update (frozen samples' slots are never read again; on CPU f(z) and g then go
+  straight into their slots, no masked copies) and returning the mix itself while
+  every sample is live.
 * Freezing is applied with masks on the device every iteration, so iteration counts and
   frozen iterates are exactly those of the reference; the host only checks "all samples
   finished?" every ``check_every`` iterations (frozen samples then cost an evaluation of f
@@ -228,6 +231,13 @@ def anderson(f: Callable[[torch.Tensor], torch.Tensor], z0: torch.Tensor, *, m: 
     """
     check_solver_args(f, z0, m=m, beta=beta, lam=lam, tol=tol, max_iter=max_iter, stop=stop)
     check_every = _check_every(check_every, z0.device)
+    # the history update and the mixing: chosen once (the arguments are built here, so
+    # the per-call checks of ops.anderson_step / anderson_mix are not repeated each step)
+    step, mix = ops.implementations(z0.device.type, backend)
+    # the fused kernel skips frozen samples (their history is never read again, so this
+    # only saves bandwidth); the PyTorch twin is cheapest writing every sample's slot
+    twin = step is ops.anderson_step_ref
+    beta = float(beta)
     with torch.no_grad():
         z = z0.detach()
         tracker = _Tracker(z, tol, stop, sync=check_every == 1)
@@ -240,29 +250,33 @@ def anderson(f: Callable[[torch.Tensor], torch.Tensor], z0: torch.Tensor, *, m: 
         hist_g = torch.empty_like(hist_f)
         gram = torch.zeros(b, m, m, dtype=work, device=z.device)
         borders = {}
+        every = torch.ones(b, dtype=torch.bool, device=z.device) if twin else None
         for k in range(max_iter):
             fz = evaluate(f, z)
             slot, n = k % m, min(k + 1, m)
-            # history slot, Gram row and ||f(z)||^2 in one op (frozen samples untouched)
-            row = ops.anderson_step(_flat_view(fz), _flat_view(z), hist_f, hist_g,
-                                    tracker.active, slot, n, backend=backend)
+            # history slot, Gram row and ||f(z)||^2 in one op
+            if twin:
+                row = step(_flat_view(fz), _flat_view(z), hist_f, hist_g, every, slot, n,
+                           everyone=True)
+            else:
+                row = step(_flat_view(fz), _flat_view(z), hist_f, hist_g, tracker.active,
+                           slot, n)
             gram[:, slot, :n] = row[:, :n]
             gram[:, :n, slot] = row[:, :n]
             abs_r = row[:, slot].clamp_min(0).sqrt()
-            tracker.record(z, abs_r, row[:, m].clamp_min(0).sqrt())
+            tracker.record(z, abs_r, row[:, m].sqrt())         # a sum of squares: >= 0
             if k + 1 == max_iter:
                 break
             if (k + 1) % check_every == 0 and tracker.finished():
                 break
             alpha = _mixing_weights(gram[:, :n, :n], lam, slot, tracker.sync, borders,
-                                    tracker.active)
-            # the next iterate, frozen samples taking their best in the same pass; with
-            # the host looking and every sample live, the mix is the iterate itself
+                                    None if twin else tracker.active)
+            # the next iterate (a fresh tensor: it may become z and best), frozen samples
+            # taking their best in the same pass; with the host looking and every sample
+            # live, the mix is the iterate itself
             everyone = tracker.sync and tracker.n_active == b
             best = None if everyone else _flat_view(tracker.best)
-            mixed = ops.anderson_mix(hist_f, hist_g, alpha, tracker.active, best, beta,
-                                     backend=backend)     # fresh: it may become z and best
-            z = _unflat_like(mixed, z)
+            z = _unflat_like(mix(hist_f, hist_g, alpha, tracker.active, best, beta), z)
         return tracker.result(z0), tracker.info()
 
 

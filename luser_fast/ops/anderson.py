@@ -51,8 +51,9 @@ from ..reference.anderson_ops import anderson_mix_ref, anderson_step_ref
 from . import triton_common
 from .triton_common import HAS_TRITON, tl, triton
 
-__all__ = ["anderson_step", "anderson_mix", "anderson_step_ref", "anderson_mix_ref",
-           "anderson_step_fwd", "anderson_mix_fwd", "KERNEL_DTYPES"]
+__all__ = ["anderson_step", "anderson_mix", "implementations", "anderson_step_ref",
+           "anderson_mix_ref", "anderson_step_fwd", "anderson_mix_fwd", "launch_grid",
+           "KERNEL_DTYPES"]
 
 #: dtypes the kernels take (history buffers are the solver's work dtype)
 KERNEL_DTYPES = (torch.float32, torch.float64)
@@ -367,3 +368,25 @@ def anderson_mix(hist_f: torch.Tensor, hist_g: torch.Tensor, alpha: torch.Tensor
     if backends.select("anderson_mix", hist_f.device.type, backend) != "triton":
         return anderson_mix_ref(hist_f, hist_g, alpha, active, best, float(beta))
     return torch.ops.luser_fast.anderson_mix(hist_f, hist_g, alpha, active, best, float(beta))
+
+
+def implementations(device_type: str, backend: str | None = None) -> tuple:
+    """(step, mix): what serves ``anderson_step`` and ``anderson_mix`` for tensors on
+    ``device_type``, chosen once by ``luser_fast.backends.select`` as the public functions
+    choose per call: the custom ops ``torch.ops.luser_fast.anderson_step`` /
+    ``anderson_mix`` (the fused Triton kernels) where Triton serves, else the PyTorch twins
+    ``anderson_step_ref`` / ``anderson_mix_ref``.
+
+    They take the public functions' positional arguments (``beta`` a float) without their
+    checks, for a caller that builds the arguments itself and calls them every iteration
+    (``luser_fast.deq.anderson``: the checks and the choice cost about 25 us per call,
+    as much as the whole update on a small CPU problem).
+
+    Raises:
+        ValueError / RuntimeError: as ``backends.select`` (an unknown backend, or a
+            requested one that cannot serve on this device).
+    """
+    fused = backends.select("anderson_step", device_type, backend) == "triton"
+    fused_mix = backends.select("anderson_mix", device_type, backend) == "triton"
+    return (torch.ops.luser_fast.anderson_step if fused else anderson_step_ref,
+            torch.ops.luser_fast.anderson_mix if fused_mix else anderson_mix_ref)

@@ -10,7 +10,8 @@ import torch
 __all__ = ["anderson_step_ref", "anderson_mix_ref"]
 
 
-def anderson_step_ref(fz, z, hist_f, hist_g, active, slot: int, n: int):
+def anderson_step_ref(fz, z, hist_f, hist_g, active, slot: int, n: int, *,
+                      everyone: bool = False):
     """History update and Gram row, plain PyTorch (the maths of ``anderson_step``).
 
     Args:
@@ -21,6 +22,7 @@ def anderson_step_ref(fz, z, hist_f, hist_g, active, slot: int, n: int):
         active: [B] bool; false rows are frozen (history untouched, zero Gram row).
         slot: history slot to write (0 <= slot < n).
         n: valid slots after this write (1 <= n <= m).
+        everyone: the caller knows every sample is active (``active`` is then not read).
 
     Returns:
         [B, m + 1] work dtype: columns j < n hold <G_j, g> (column ``slot`` is ||g||^2),
@@ -35,7 +37,7 @@ def anderson_step_ref(fz, z, hist_f, hist_g, active, slot: int, n: int):
     """
     b, m, _ = hist_f.shape
     f_slot, g_slot = hist_f[:, slot], hist_g[:, slot]
-    everyone = active.device.type == "cpu" and bool(active.all())
+    everyone = everyone or (active.device.type == "cpu" and bool(active.all()))
     if everyone:
         f = f_slot.copy_(fz)
         g = torch.sub(f_slot, z, out=g_slot)
@@ -45,9 +47,11 @@ def anderson_step_ref(fz, z, hist_f, hist_g, active, slot: int, n: int):
         g = f - z.to(hist_f.dtype)
         torch.where(mask, f, f_slot, out=f_slot)
         torch.where(mask, g, g_slot, out=g_slot)
-    out = hist_f.new_zeros(b, m + 1)
-    out[:, :n] = torch.bmm(g.unsqueeze(1), hist_g[:, :n].transpose(1, 2)).squeeze(1)
-    out[:, m] = torch.linalg.vector_norm(f, dim=1).square()
+    parts = [torch.bmm(g.unsqueeze(1), hist_g[:, :n].transpose(1, 2)).squeeze(1),
+             torch.linalg.vector_norm(f, dim=1).square().unsqueeze(1)]
+    if n < m:
+        parts.insert(1, hist_f.new_zeros(b, m - n))
+    out = torch.cat(parts, 1)
     if not everyone:
         out.masked_fill_(~mask, 0)
     return out
