@@ -241,8 +241,9 @@ def configurations(full: bool = True):
 
 #: the bounding subset compiled by ``make test``: per storage dtype the LUSER maps whose
 #: layers needed the most registers over ``GRID`` (Triton 3.7.1, ptxas 12.8: the float32
-#: hidden conv with GroupNorm statistics, 202 registers on sm_80; its VJP, 128; the 16-bit
-#: hidden conv and conv_out VJP, 128 = maxnreg), only those layers (``_heaviest``); the
+#: hidden conv with GroupNorm statistics, 202-206 registers; its VJP, up to 168 with no
+#: alignment known; the 16-bit hidden conv and conv_out VJP, 128 = maxnreg), only those
+#: layers (``_heaviest``); the
 #: first and third also with no pointer alignment known and with 64-bit lane offsets
 #: (OFF64, not reached by GRID's sizes); and every Anderson kernel
 _ALSO = ((False, False), (True, True))            # (aligned, off64) variants
@@ -344,10 +345,12 @@ def test_supported_triton_range():
     assert tc.TRITON_RANGE[0] < tc.TRITON_RANGE[1]
     assert tc.version_supported("3.7.1") and not tc.version_supported("3.9.0")
     setup = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "setup.py")
-    if os.path.exists(setup):
+    if os.path.exists(setup):                      # the extra reads the constant
         with open(setup) as fh:
-            assert f"triton{tc.SUPPORTED_TRITON}" in fh.read().replace(" ", ""), \
-                f"setup.py's triton extra must read triton{tc.SUPPORTED_TRITON}"
+            text = fh.read()
+        assert ("SUPPORTED_TRITON" in text
+                or f"triton{tc.SUPPORTED_TRITON}" in text.replace(" ", "")), \
+            f"setup.py's triton extra must be triton{tc.SUPPORTED_TRITON}"
     import triton.language as tl
     for api in ("dot", "sigmoid", "where", "cdiv", "full", "cast"):
         assert hasattr(tl, api), api

@@ -18,6 +18,9 @@ import sys
 
 import pytest
 
+# Triton imported before TRITON_INTERPRET was set (another test module collected first)
+# mixes interpreted kernels with compiled helpers: the subprocess then runs the kernels
+_LATE = "triton" in sys.modules and os.environ.get("TRITON_INTERPRET") != "1"
 os.environ.setdefault("TRITON_INTERPRET", "1")
 pytest.importorskip("triton", reason="the triton extra is not installed")
 
@@ -28,7 +31,7 @@ from luser_fast.ops import shallow as S  # noqa: E402
 from luser_fast.ops import triton_common  # noqa: E402
 from luser_fast.reference import ShallowEquilibrium  # noqa: E402
 
-INTERPRETED = triton_common.INTERPRETED
+INTERPRETED = triton_common.INTERPRETED and not _LATE
 _SUBPROCESS = os.environ.get("LUSER_FAST_TRITON_SUBPROCESS") == "1"
 
 if not INTERPRETED and not _SUBPROCESS:

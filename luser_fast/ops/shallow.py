@@ -67,10 +67,10 @@ KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 #: them (divisibility and constant-1 specialisation) over every activation, IN_MODE,
 #: epilogue, dtype, channel count class and image size class, sm_80 and sm_90a: 1751
 #: specialisations, 0 spill bytes. float32 uses the IEEE dot (FMAs, each thread holding
-#: whole K-slices of both operands): at most 202 registers (sm_80; the hidden conv with
+#: whole K-slices of both operands): at most 206 registers (the hidden conv with
 #: GroupNorm statistics, 64 x 32 x 16); its VJP layers with the GroupNorm-activation
 #: epilogue use 16-channel output blocks (with 32, one spilled 8 bytes at the 128
-#: registers ptxas chose on sm_80; they needed up to 220), at most 128. fp16/bf16 use
+#: registers ptxas chose on sm_80; they needed up to 220), at most 168. fp16/bf16 use
 #: tensor cores with 8 warps and ``maxnreg`` 128: without a cap ptxas aimed at 64-80
 #: registers (occupancy) and spilled 8-48 bytes on sm_80; with it at most 128, no spills.
 #: No float32 cap: with one ptxas fills it (255 would be used) and spills more.
@@ -341,7 +341,7 @@ def _conv_layer(x, w, bias, scale, shift, add, in_mode, act, stats):
     bias = bias.float().contiguous() if has_bias else out
     add = add.contiguous() if add is not None else None
     for lo, hi, grid in plan["launches"]:
-        def per(t):                  # this chunk's slice of a per-sample tensor, else out
+        def per(t, lo=lo, hi=hi):    # this chunk's slice of a per-sample tensor, else out
             return out if t is None else t[lo:hi]
         triton_common.launch(
             _shallow_map_fwd_kernel, grid, x.device,
@@ -416,7 +416,7 @@ def _conv_bwd_layer(g, w, pqr, y_in, y_out, scale, shift, epi_act, act, stats):
     pdot = triton_common.alloc((b, n_pt, c_out), torch.float32, g.device) if stats else None
     p, q, r = pqr if pqr is not None else (None, None, None)
     for lo, hi, grid in plan["launches"]:
-        def per(t):                  # this chunk's slice of a per-sample tensor, else out
+        def per(t, lo=lo, hi=hi):    # this chunk's slice of a per-sample tensor, else out
             return out if t is None else t[lo:hi]
         triton_common.launch(
             _shallow_map_bwd_kernel, grid, g.device,

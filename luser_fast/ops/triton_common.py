@@ -34,11 +34,12 @@ __all__ = ["HAS_TRITON", "triton", "tl", "INTERPRETED", "SUPPORTED_TRITON", "TRI
            "BATCH_CHUNK", "INT32_MAX", "check_grid", "batch_chunks", "needs_int64", "launch"]
 
 #: The Triton versions the kernels are written and tested for, as a pip specifier (the one
-#: place it is stated: setup.py's ``triton`` extra should read ``triton>=3.6,<3.8`` and
-#: tests/test_triton_compile.py checks the installed version against it). Exercised here:
-#: 3.7.1 (interpreter and cubin compiles for sm_80/sm_90), the Triton of torch 2.13. The
-#: kernels use masked loads/stores, ``tl.dot(input_precision=)``, ``tl.math.erf``,
-#: ``tl.sigmoid`` and typed scalar arguments; no ``tl.make_block_ptr`` (gone in 3.9).
+#: place it is stated: setup.py's ``triton`` extra reads this line, so it stays a plain
+#: string literal; tests/test_triton_compile.py checks the installed version against it).
+#: Exercised here: 3.7.1 (interpreter and cubin compiles for sm_80/sm_90), the Triton of
+#: torch 2.13. The kernels use masked loads/stores, ``tl.dot(input_precision=)``,
+#: ``tl.math.erf``, ``tl.sigmoid``, ``tl.range(flatten=)`` and typed scalar arguments; no
+#: ``tl.make_block_ptr`` (gone in 3.9).
 SUPPORTED_TRITON = ">=3.6,<3.8"
 #: the same range as ((low major, minor), (high major, minor)): low <= version < high
 TRITON_RANGE = tuple(tuple(int(x) for x in v.split("."))
