@@ -4,9 +4,9 @@
 output to the graph as ``backward`` says. ``luser_fast.reference.DEQ`` is the same class
 bound to the reference solvers and to the textbook backward
 (``luser_fast.reference.deq.attach``), which keeps the graph of one application of f at z*
-(every activation of f). Here the output comes from ``DEQFunction``, an ``autograd.Function`` that saves z* and v,
-nothing else, and refers to f's parameters (which f holds anyway). Its backward rebuilds
-f at z* under ``enable_grad`` and:
+(every activation of f). Here the output comes from ``DEQFunction``, an
+``autograd.Function`` that saves z* and v, nothing else, and refers to f's parameters
+(which f holds anyway). Its backward rebuilds f at z* under ``enable_grad`` and:
 
 * ``"ift"``: solves u = J_f(z*)^T u + g with the same batched solver, each step one
   vector-Jacobian product on that rebuilt graph, then returns (df/dv)^T u and
