@@ -96,6 +96,28 @@ if HAS_TRITON:
         return y
 
     @triton.jit
+    def _tile(C_out, H, W, OFF64: tl.constexpr, BLOCK_P: tl.constexpr,
+              BLOCK_CO: tl.constexpr, BLOCK_CI: tl.constexpr):
+        """The tile of this program, shared by the forward and VJP conv kernels: the sample b
+        (64-bit), H W, the tile's pixels (offs_p, p_ok, their row yy and column xx), its
+        output channels (co0 + co, co_ok), the input-channel lanes ci, and the lanes'
+        channel offsets ci * H W, co * H W (64-bit with OFF64)."""
+        b = tl.program_id(2).to(tl.int64)
+        hw = H * W
+        offs_p = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
+        co0 = tl.program_id(1) * BLOCK_CO
+        co = tl.arange(0, BLOCK_CO)
+        ci = tl.arange(0, BLOCK_CI)
+        if OFF64:
+            ci_lane = ci.to(tl.int64)[None, :] * hw
+            co_lane = co.to(tl.int64)[None, :] * hw
+        else:
+            ci_lane = ci[None, :] * hw
+            co_lane = co[None, :] * hw
+        return (b, hw, offs_p, offs_p < hw, offs_p // W, offs_p % W, co0, co, co0 + co < C_out,
+                ci, ci_lane, co_lane)
+
+    @triton.jit
     def _shallow_map_fwd_kernel(x_ptr, w_ptr, bias_ptr, scale_ptr, shift_ptr, add_ptr,
                                 out_ptr, psum_ptr, psq_ptr,
                                 C_in, C_out, H, W, n_ptiles,
@@ -117,24 +139,8 @@ if HAS_TRITON:
         2**31; within a tile, channel * H W + pixel is 32-bit unless OFF64 (the launcher
         sets it when BLOCK_C H W reaches 2**31). H W and 9 C_in C_out stay below 2**31.
         """
-        pid_p = tl.program_id(0)
-        pid_co = tl.program_id(1)
-        b = tl.program_id(2).to(tl.int64)
-        hw = H * W
-        offs_p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
-        p_ok = offs_p < hw
-        yy = offs_p // W
-        xx = offs_p % W
-        co0 = pid_co * BLOCK_CO
-        co = tl.arange(0, BLOCK_CO)
-        co_ok = co0 + co < C_out
-        ci = tl.arange(0, BLOCK_CI)
-        if OFF64:
-            ci_lane = ci.to(tl.int64)[None, :] * hw
-            co_lane = co.to(tl.int64)[None, :] * hw
-        else:
-            ci_lane = ci[None, :] * hw
-            co_lane = co[None, :] * hw
+        (b, hw, offs_p, p_ok, yy, xx, co0, co, co_ok, ci, ci_lane,
+         co_lane) = _tile(C_out, H, W, OFF64, BLOCK_P, BLOCK_CO, BLOCK_CI)
         acc = tl.zeros([BLOCK_P, BLOCK_CO], dtype=tl.float32)
         for ci0 in tl.range(0, C_in, BLOCK_CI, flatten=True):
             ci_ok = ci0 + ci < C_in
@@ -170,7 +176,7 @@ if HAS_TRITON:
         tl.store(out_ptr + o_base + o_lane, acc.to(out_ptr.dtype.element_ty), mask=m_out)
         if STATS:
             accm = tl.where(m_out, acc, 0.0)
-            s_base = (b * n_ptiles + pid_p) * C_out + co0
+            s_base = (b * n_ptiles + tl.program_id(0)) * C_out + co0
             tl.store(psum_ptr + s_base + co, tl.sum(accm, axis=0), mask=co_ok)
             tl.store(psq_ptr + s_base + co, tl.sum(accm * accm, axis=0), mask=co_ok)
 
@@ -212,24 +218,8 @@ if HAS_TRITON:
         da * y_out (STATS), the GroupNorm backward's reductions. Offsets as in the forward
         kernel (64-bit scalar bases, OFF64 for 64-bit lanes).
         """
-        pid_p = tl.program_id(0)
-        pid_co = tl.program_id(1)
-        b = tl.program_id(2).to(tl.int64)
-        hw = H * W
-        offs_p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
-        p_ok = offs_p < hw
-        yy = offs_p // W
-        xx = offs_p % W
-        co0 = pid_co * BLOCK_CO
-        co = tl.arange(0, BLOCK_CO)
-        co_ok = co0 + co < C_out
-        ci = tl.arange(0, BLOCK_CI)
-        if OFF64:
-            ci_lane = ci.to(tl.int64)[None, :] * hw
-            co_lane = co.to(tl.int64)[None, :] * hw
-        else:
-            ci_lane = ci[None, :] * hw
-            co_lane = co[None, :] * hw
+        (b, hw, offs_p, p_ok, yy, xx, co0, co, co_ok, ci, ci_lane,
+         co_lane) = _tile(C_out, H, W, OFF64, BLOCK_P, BLOCK_CO, BLOCK_CI)
         acc = tl.zeros([BLOCK_P, BLOCK_CO], dtype=tl.float32)
         for ci0 in tl.range(0, C_in, BLOCK_CI, flatten=True):
             ci_ok = ci0 + ci < C_in
@@ -268,7 +258,7 @@ if HAS_TRITON:
                 acc = acc * _act_grad(yo, ACT)
             if STATS:
                 accm = tl.where(m_out, acc, 0.0)
-                s_base = (b * n_ptiles + pid_p) * C_out + co0
+                s_base = (b * n_ptiles + tl.program_id(0)) * C_out + co0
                 tl.store(psum_ptr + s_base + co, tl.sum(accm, axis=0), mask=co_ok)
                 tl.store(pdot_ptr + s_base + co, tl.sum(accm * yo, axis=0), mask=co_ok)
         tl.store(out_ptr + o_base + o_lane, acc.to(out_ptr.dtype.element_ty), mask=m_out)
