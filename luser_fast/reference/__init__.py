@@ -1,7 +1,8 @@
 """Pure-PyTorch reference of every op, and every class bound to it.
 
 The modules here hold only oracle implementations, readable and float64-safe, importing
-nothing but ``luser_fast.core``: the Radon projector (``radon.py``), the gridding NUFFT
+nothing but ``luser_fast.core``: the Radon projector (``radon.py``), the cone-beam
+projector (``conebeam.py``), the gridding NUFFT
 and exact NUDFT (``nufft.py``), the textbook Anderson / fixed-point solvers and implicit
 backward (``deq.py``), and the plain-PyTorch twins of the fused Triton ops
 (``anderson.py``, ``shallow.py``). Every fast path is tested against them.
@@ -15,6 +16,7 @@ ops, which import this package's oracles).
 """
 from ..core.operator import LinearFunction, Operator
 from ..core.solver import SolverInfo
+from .conebeam import conebeam_adjoint_ref, conebeam_forward_ref
 from .deq import anderson, fixed_point
 from .nufft import nudft_type1, nudft_type2, nufft_type1_ref, nufft_type2_ref
 from .radon import radon_adjoint_ref, radon_fbp_ref, radon_forward_ref
@@ -22,6 +24,7 @@ from .radon import radon_adjoint_ref, radon_fbp_ref, radon_forward_ref
 __all__ = [
     "Operator", "LinearFunction", "Blur", "Radon", "MRI", "NUFFT", "pipe_density",
     "radon_forward_ref", "radon_adjoint_ref", "radon_fbp_ref",
+    "conebeam_forward_ref", "conebeam_adjoint_ref",
     "nufft_type1_ref", "nufft_type2_ref", "nudft_type1", "nudft_type2",
     "anderson", "fixed_point", "DEQ", "SolverInfo",
     "ShallowEquilibrium", "DeepRegularizer", "LUSER", "LU",
