@@ -56,7 +56,8 @@ the adjoint scatters the very same (voxel, weight) pairs, so it is the exact tra
 FDK (Feldkamp, Davis and Kress). Cone beam, in detector coordinates scaled to the
 isocentre (``u' = u R / (R + Dd)``, spacing ``tau = sc R / (R + Dd)``):
 
-1. cosine pre-weighting: each pixel times ``(R + Dd) / sqrt((R + Dd)^2 + u^2 + v^2)``;
+1. pre-weighting: each pixel times ``(R + Dd) / sqrt((R + Dd)^2 + u^2 + v^2)`` (cosine
+   weights) and the angular weight ``w_a`` of its ray (below);
 2. ramp-family filtering along each detector row: the 2-D FBP filter
    (``radon_geometry.fbp_filter``: band-limited ramp, zero padding, windows ramp,
    shepp-logan, cosine, hann) divided by ``tau``;
@@ -64,7 +65,7 @@ isocentre (``u' = u R / (R + Dd)``, spacing ``tau = sc R / (R + Dd)``):
    detector at ``u = (R + Dd) (p . n) / U``, ``v = (R + Dd) z / U`` with
    ``U = R + p . e`` (its distance from the source along the central ray); the filtered
    projection is sampled there bilinearly (zero outside the detector), weighted by
-   ``R^2 / U^2`` and summed over angles with angular weights ``w_a``.
+   ``R^2 / U^2`` and summed over angles.
 
 Full circle: the angles (mod 2 pi) leave no gap wider than ``SHORT_SCAN_GAP`` times the
 mean spacing ``2 pi / A``; ``w_a`` is half the sum of the gaps to the two neighbours (the
@@ -98,7 +99,7 @@ from . import radon_geometry, validate
 
 __all__ = ["FAN_RANGE", "FILTERS", "SHORT_SCAN_GAP", "volume_size", "detector_shape",
            "check_geometry", "forward_args", "adjoint_args", "uniform_angles", "rays",
-           "joseph_steps"]
+           "joseph_steps", "fdk_angle_weights", "parker_weights", "fdk"]
 
 FAN_RANGE = radon_geometry.FAN_RANGE
 FILTERS = radon_geometry.FILTERS
@@ -316,3 +317,171 @@ def joseph_steps(origin: torch.Tensor, direction: torch.Tensor, size: tuple[int,
     f0 = s_b * o_b + c_b - s_b * slope * (s_m * c_m + o_m)
     df = s_b * s_m * slope
     return major, minors, f0, df, 1.0 / d_m[:, 0].abs()
+
+
+# --- FDK --------------------------------------------------------------------------------
+
+def parker_weights(beta: torch.Tensor, g: torch.Tensor, delta: float) -> torch.Tensor:
+    """Parker's short-scan weights (module docstring, "FDK"), broadcast over ``beta``
+    (angle from the scan's start) and ``g`` (``-atan(u / (R + Dd))`` of the ray), for a
+    scan of span ``pi + 2 delta``; float64, in [0, 1], 0 outside the scan."""
+    tiny = torch.finfo(torch.float64).tiny
+    quarter = math.pi / 4
+    rise = torch.sin(quarter * beta / (delta - g).clamp(min=tiny)) ** 2
+    fall = torch.sin(quarter * (math.pi + 2 * delta - beta) / (delta + g).clamp(min=tiny)) ** 2
+    w = torch.where(beta < 2 * (delta - g), rise, torch.ones_like(rise))
+    w = torch.where(beta > math.pi - 2 * g, fall, w)
+    return torch.where((beta < 0) | (beta > math.pi + 2 * delta), torch.zeros_like(w), w)
+
+
+def _trapezoid(points: torch.Tensor) -> torch.Tensor:
+    """Trapezoidal-rule weights of sorted sample points on an interval."""
+    if points.numel() == 1:
+        return torch.ones_like(points)
+    gaps = points[1:] - points[:-1]
+    zero = gaps.new_zeros(1)
+    return (torch.cat((zero, gaps)) + torch.cat((gaps, zero))) / 2
+
+
+def fdk_angle_weights(angles: torch.Tensor, cols: int, sc: float, src: float, det: float,
+                      fn: str) -> torch.Tensor:
+    """Angular weights ``w_a`` of the cone-beam FDK sum, per angle and detector column
+    ([A, cols] float64): the trapezoidal rule over a full circle (times 1/2), or over a
+    short scan times Parker's weights (module docstring, "FDK"). ValueError naming
+    ``angles`` for a short scan shorter than ``pi + 2 gamma_m``."""
+    two_pi = 2 * math.pi
+    n_ang = angles.numel()
+    wrapped = torch.remainder(angles, two_pi)
+    ordered, order = torch.sort(wrapped)
+    gaps = torch.diff(torch.cat((ordered, ordered[:1] + two_pi)))   # gap after each angle
+    widest = int(torch.argmax(gaps))
+    if float(gaps[widest]) <= SHORT_SCAN_GAP * two_pi / n_ang:
+        w_sorted = 0.25 * (gaps + torch.roll(gaps, 1))   # trapezoid on the circle, x 1/2
+        w = torch.empty_like(w_sorted).scatter_(0, order, w_sorted)
+        return w[:, None].expand(n_ang, cols)
+    start = ordered[(widest + 1) % n_ang]
+    beta = torch.remainder(wrapped - start, two_pi)
+    span = float(beta.max())
+    u = (torch.arange(cols, dtype=torch.float64, device=angles.device) - (cols - 1) / 2) * sc
+    gamma = torch.atan(u / (src + det))
+    gamma_m = float(gamma.abs().max())
+    delta = (span - math.pi) / 2
+    if delta < gamma_m * (1 - 1e-9):
+        raise ValueError(f"{fn}: angles cover a short scan of {span:.6g} rad; FDK with "
+                         f"Parker weights needs at least pi + 2 * half fan angle = "
+                         f"{math.pi + 2 * gamma_m:.6g} rad (or a full circle)")
+    b_sorted, b_order = torch.sort(beta)
+    trap = torch.empty_like(beta).scatter_(0, b_order, _trapezoid(b_sorted))
+    return trap[:, None] * parker_weights(beta[:, None], -gamma[None, :], max(delta, gamma_m))
+
+
+def _slice_weights(d: int, rows: int, sr: float, dtype, device) -> torch.Tensor:
+    """[D, rows] linear interpolation from the detector rows' planes ``z = v_r`` to the
+    volume's slices (zero beyond the detector)."""
+    z = torch.arange(d, dtype=torch.float64) - (d - 1) / 2
+    r = z / sr + (rows - 1) / 2
+    r0 = torch.floor(r)
+    frac = r - r0
+    r0 = r0.to(torch.int64)
+    m = torch.zeros(d, rows, dtype=torch.float64)
+    k = torch.arange(d)
+    for idx, wt in ((r0, 1 - frac), (r0 + 1, frac)):
+        ok = (idx >= 0) & (idx < rows)
+        m.index_put_((k[ok], idx[ok]), wt[ok], accumulate=True)
+    return m.to(dtype=dtype, device=device)
+
+
+def _backproject_cone(q: torch.Tensor, angles: torch.Tensor, size, spacing, src: float,
+                      det: float) -> torch.Tensor:
+    """Voxel-driven, distance-weighted back-projection of weighted, filtered projections
+    ``q`` [N, A, rows, cols] -> [N, D, H, W]: sum over angles of ``R^2 / U^2`` times ``q``
+    sampled bilinearly where the voxel projects (zero beyond the detector). Runs over
+    chunks of angles (``_FDK_CHUNK_ELEMS``) so its memory stays bounded."""
+    n, n_ang, rows, cols = q.shape
+    d, h, w = size
+    sr, sc = spacing
+    dev, dtype = q.device, q.dtype
+    dsd = src + det
+    x = (torch.arange(w, dtype=torch.float64, device=dev) - (w - 1) / 2)[None, None, :]
+    y = ((h - 1) / 2 - torch.arange(h, dtype=torch.float64, device=dev))[None, :, None]
+    z = (torch.arange(d, dtype=torch.float64, device=dev) - (d - 1) / 2)[None, :, None]
+    # one zero pixel around the detector: bilinear samples fade to zero past its edge and a
+    # single row or column still has two samples per axis for grid_sample
+    qp = torch.nn.functional.pad(q, (1, 1, 1, 1))
+    n_vox = d * h * w
+    chunk = max(1, min(n_ang, _FDK_CHUNK_ELEMS // ((n + 2) * n_vox)))
+    out = q.new_zeros(n, d, h * w)
+    for a0 in range(0, n_ang, chunk):
+        a = angles[a0:a0 + chunk]
+        cos, sin = torch.cos(a)[:, None, None], torch.sin(a)[:, None, None]
+        s = (x * cos + y * sin).reshape(-1, 1, h * w)       # p . n   [Ac, 1, HW]
+        dist = src + (y * cos - x * sin).reshape(-1, 1, h * w)   # U = R + p . e
+        mag = dsd / dist
+        col = s * mag / sc + (cols - 1) / 2 + 1              # padded pixel indices
+        row = z * mag / sr + (rows - 1) / 2 + 1              # [Ac, D, HW]
+        grid = torch.stack((2 * col.expand_as(row) / (cols + 1) - 1,
+                            2 * row / (rows + 1) - 1), -1).to(dtype)
+        vals = torch.nn.functional.grid_sample(
+            qp[:, a0:a0 + chunk].transpose(0, 1), grid, mode="bilinear",
+            padding_mode="zeros", align_corners=True)        # [Ac, N, D, HW]
+        weight = ((src / dist) ** 2).to(dtype)[:, None]      # [Ac, 1, 1, HW]
+        out = out + (vals * weight).sum(0)
+    return out.reshape(n, d, h, w)
+
+
+def fdk(proj: torch.Tensor, angles: torch.Tensor, size, spacing, src: float | None,
+        det: float | None, filter: str, backproject, fn: str) -> torch.Tensor:
+    """FDK reconstruction (module docstring, "FDK"), scaled so ``fdk(forward(x)) ~ x``.
+
+    Args:
+        proj: [..., A, rows, cols] real projections, already checked against the geometry.
+        angles: [A] float64 radians on proj's device.
+        size: (D, H, W); spacing: (sr, sc); src, det: R, Dd or None (parallel beam),
+            validated (``check_geometry``).
+        filter: one of ``FILTERS`` (checked here).
+        backproject: parallel beam only: ``(sino [N, A, cols], angles, (H, W), cols, sc)
+            -> [N, H, W]``, the 2-D parallel Radon adjoint of the caller's backend (the
+            2-D FBP's, ``radon_geometry.fbp``).
+        fn: the public name reported in errors.
+
+    Returns:
+        [..., D, H, W] in proj's dtype (float16 / bfloat16 computed in float32);
+        differentiable in ``proj``; an empty batch gives an empty result.
+    """
+    if not isinstance(filter, str):
+        raise TypeError(f"{fn}: filter must be a str, got {type(filter).__name__}")
+    if filter not in FILTERS:
+        raise ValueError(f"{fn}: filter must be one of {FILTERS}, got {filter!r}")
+    n_ang, rows, cols = proj.shape[-3:]
+    d, h, w = size
+    sr, sc = spacing
+    if proj.numel() == 0:
+        return proj.new_zeros((*proj.shape[:-3], d, h, w))
+    if proj.dtype not in radon_geometry.FBP_DTYPES:
+        return fdk(proj.float(), angles, size, spacing, src, det, filter, backproject,
+                   fn).to(proj.dtype)
+    p = proj.reshape(-1, n_ang, rows, cols)
+    if src is None:
+        sino = p.transpose(1, 2)                              # [N, rows, A, cols]
+        planes = radon_geometry.fbp(sino, angles, (h, w), cols, sc, None, None, filter,
+                                    backproject, fn)          # [N, rows, H, W]
+        m = _slice_weights(d, rows, sr, proj.dtype, proj.device)
+        vol = torch.einsum("kr,nrhw->nkhw", m, planes)
+        return vol.reshape(*proj.shape[:-3], d, h, w)
+    det = 0.0 if det is None else det
+    dsd = src + det
+    dev = proj.device
+    u = (torch.arange(cols, dtype=torch.float64, device=dev) - (cols - 1) / 2) * sc
+    v = (torch.arange(rows, dtype=torch.float64, device=dev) - (rows - 1) / 2) * sr
+    cosine = dsd / torch.sqrt(dsd ** 2 + u[None, :] ** 2 + v[:, None] ** 2)
+    response, pad = radon_geometry.fbp_filter(cols, filter, proj.dtype, dev)
+    tau = sc * src / dsd                                      # column spacing at the axis
+    # the angular weights vary along a row for a short scan (Parker): applied before the
+    # filter, like the cosine weights
+    ang_w = fdk_angle_weights(angles, cols, sc, src, det, fn) / tau     # [A, cols]
+    weights = cosine[None] * ang_w[:, None, :]                          # [A, rows, cols]
+    weighted = p * weights.to(proj.dtype)
+    q = torch.fft.irfft(torch.fft.rfft(weighted, n=pad, dim=-1) * response, n=pad, dim=-1)
+    q = q[..., :cols]
+    vol = _backproject_cone(q, angles, size, spacing, src, det)
+    return vol.reshape(*proj.shape[:-3], d, h, w)

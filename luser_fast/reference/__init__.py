@@ -7,7 +7,7 @@ and exact NUDFT (``nufft.py``), the textbook Anderson / fixed-point solvers and 
 backward (``deq.py``), and the plain-PyTorch twins of the fused Triton ops
 (``anderson.py``, ``shallow.py``). Every fast path is tested against them.
 
-The classes (``Radon``, ``NUFFT``, ``DEQ``, ``ShallowEquilibrium``, ``LUSER``, ``LU``, ...)
+The classes (``Radon``, ``ConeBeam``, ``NUFFT``, ``DEQ``, ``ShallowEquilibrium``, ``LUSER``, ``LU``, ...)
 are the package's own, defined once, bound here to the reference ops
 (``luser_fast/core/binding.py``): same arguments, outputs and ``state_dict`` keys, so a
 model built from ``luser_fast.reference`` and one built from ``luser_fast`` load each
@@ -22,7 +22,7 @@ from .nufft import nudft_type1, nudft_type2, nufft_type1_ref, nufft_type2_ref
 from .radon import radon_adjoint_ref, radon_fbp_ref, radon_forward_ref
 
 __all__ = [
-    "Operator", "LinearFunction", "Blur", "Radon", "MRI", "NUFFT", "pipe_density",
+    "Operator", "LinearFunction", "Blur", "Radon", "ConeBeam", "MRI", "NUFFT", "pipe_density",
     "radon_forward_ref", "radon_adjoint_ref", "radon_fbp_ref",
     "conebeam_forward_ref", "conebeam_adjoint_ref",
     "nufft_type1_ref", "nufft_type2_ref", "nudft_type1", "nudft_type2",
@@ -34,6 +34,7 @@ __all__ = [
 _BOUND = {
     "Blur": "luser_fast.physics", "MRI": "luser_fast.physics",
     "Radon": "luser_fast.physics", "NUFFT": "luser_fast.physics",
+    "ConeBeam": "luser_fast.physics",
     "pipe_density": "luser_fast.physics",
     "DEQ": "luser_fast.deq",
     "ShallowEquilibrium": "luser_fast.models", "DeepRegularizer": "luser_fast.models",
