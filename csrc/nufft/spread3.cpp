@@ -1,0 +1,611 @@
+// CPU kernels of the 3-D NUFFT: the plan (stencils, kernel weights and bin sort of a
+// trajectory), spreading (points -> grid, type 1) and interpolation (grid -> points, type
+// 2), registered as torch.ops.luser_fast._nufft3_plan / _nufft3_spread_out /
+// _nufft3_interp. luser_fast/ops/nufft.py wraps them with the FFTs and deapodisation into
+// the public 3-D ops. The per-point math (stencil start, wrap, ES weights, bins) is
+// es_kernel.h's, shared with the 2-D kernels (spread.cpp) and the CUDA kernels; the
+// helpers of the CPU spreaders (SIMD level, task scheduling, vector types) are
+// spread_cpu.h's.
+//
+// Layout. A grid is [B, n0, n1, n2] complex, contiguous (the planes outermost, rows of n2
+// cells contiguous); axes 0, 1, 2 are the plan's, in the caller's order (ops/nufft.py
+// passes (D, H, W)). Values are [B, M] complex. B (batch x coils) is handled inside each
+// point: a point's stencil and weights are loaded once and applied to all B planes.
+//
+// Plan (once per trajectory): every point's wrapped stencil start per axis, its 3 x w
+// separable weights in float64, and a counting sort of the points by bin (bin id
+// (b0 nb1 + b1) nb2 + b2; stable, so a bin keeps its points in input order).
+//
+// Spreading: the values are first gathered into sorted order, planes innermost ([M][B]).
+// Each bin spreads its points into a private sub-grid covering the bin and its w - 1 cell
+// halo, laid out [s0][s1][s2][planes] (the planes of a cell contiguous), so one stencil
+// row of a point is a single contiguous run of 2 w Bc reals for the Bc planes of a task:
+// the run is updated as row += (kz[i0] ky[i1]) * kv with kv = kx (x) values built once per
+// point, in blocks of up to four 64-byte vectors held in registers while the w^2 rows
+// stream past (no lanes wasted on short kernels as long as w Bc is not tiny). The sub-grid
+// is then added to the grid, transposed to its planes-outer layout, with the periodic wrap.
+// Bins of one parity class (b0 mod 2, b1 mod 2, b2 mod 2) never touch the same cell
+// (es_kernel.h), so the eight classes run one after the other, each with its bins in
+// parallel: no atomics, and every cell receives its contributions in the same order
+// whatever the thread count (deterministic).
+//
+// Interpolation, a gather, parallel over chunks of sorted points: per point the w^2 row
+// offsets and products kz[i0] ky[i1] are formed once; per plane, each stencil row of w
+// complex cells is a run of 2 w reals, accumulated as acc += (kz ky) * row in 64-byte
+// vectors (the width a template parameter 2 .. 16, so the run's vectors stay in
+// registers), then a w-term dot with kx. Runs that cross the end of a grid row (the
+// periodic wrap, or vectors reading past it) are first copied to a zero-padded buffer.
+//
+// Sizes: offsets into grids and sub-grids are 64-bit (a 3-D grid passes 2^31 cells long
+// before its sides do); every argument is checked (TORCH_CHECK) before any memory is
+// touched, so malformed plans raise instead of reading or writing out of bounds.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <tuple>
+#include <vector>
+
+#include "common/constants.h"
+#include "common/simd.h"
+#include "nufft/es_kernel.h"
+#include "nufft/spread_cpu.h"
+
+namespace {
+
+namespace nu = luser_fast::nufft;
+using namespace luser_fast::nufft::cpu;  // NOLINT: the shared helpers of spread_cpu.h
+
+// Largest grid, in cells (2^40: 64-bit offsets of B planes stay far from overflow).
+constexpr int64_t kMaxGridCells = int64_t(1) << 40;
+// Largest number of bins (bin ids are int64 in the plan; bin_offsets is allocated).
+constexpr int64_t kMaxBins = int64_t(1) << 31;
+// Reals of one spreading run (one stencil row, w cells x Bc planes): bounds Bc.
+constexpr int kMaxRun = 1024;
+// Lanes of the widest vector (Vec<float>): the slack after a sub-grid row and after kv.
+constexpr int kMaxLanes = 16;
+// Bytes a bin's sub-grid may take for the planes of one task (it stays in L2).
+constexpr int64_t kSubGridBytes = int64_t(1) << 20;
+// Largest sub-grid of one plane a task may need (a raw call with huge bins is refused).
+constexpr int64_t kMaxSubGridReals = int64_t(1) << 30;
+// Sorted points per interpolation task.
+constexpr int64_t kInterpChunk = 64;
+
+// --- plan -------------------------------------------------------------------------------
+
+void check_grid3(int64_t n0, int64_t n1, int64_t n2, int64_t width, const char* fn) {
+  TORCH_CHECK(width >= 2 && width <= nu::kMaxWidth, fn, ": kernel width must be in [2, ",
+              nu::kMaxWidth, "], got ", width);
+  const int64_t n[3] = {n0, n1, n2};
+  for (int d = 0; d < 3; ++d) {
+    TORCH_CHECK(n[d] >= 2 * width && n[d] <= kMaxGridSide, fn, ": grid size (", n0, ", ", n1,
+                ", ", n2, ") must be >= 2 * width = ", 2 * width, " and <= ", kMaxGridSide,
+                " per side");
+  }
+  TORCH_CHECK(n0 * n1 <= kMaxGridCells / n2, fn, ": grid size (", n0, ", ", n1, ", ", n2,
+              ") has more than ", kMaxGridCells, " cells");
+}
+
+int64_t check_bins3(int64_t n0, int64_t n1, int64_t n2, int64_t nb0, int64_t nb1, int64_t nb2,
+                    int64_t width, const char* fn) {
+  check_bins(n0, nb0, width, "nb0", fn);
+  check_bins(n1, nb1, width, "nb1", fn);
+  check_bins(n2, nb2, width, "nb2", fn);
+  // each nb <= n / width, so the product is below the grid's cells (<= 2^40)
+  const int64_t n_bins = nb0 * nb1 * nb2;
+  TORCH_CHECK(n_bins < kMaxBins, fn, ": too many bins (", n_bins, ")");
+  return n_bins;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> nufft3_plan_cpu(
+    const at::Tensor& ktraj, int64_t n0, int64_t n1, int64_t n2, int64_t width, double beta,
+    int64_t nb0, int64_t nb1, int64_t nb2) {
+  const char* fn = "_nufft3_plan";
+  TORCH_CHECK(ktraj.device().is_cpu(), fn, ": ktraj must be a CPU tensor, got ", ktraj.device());
+  TORCH_CHECK(ktraj.scalar_type() == at::kDouble, fn, ": ktraj must be float64, got ",
+              ktraj.scalar_type());
+  TORCH_CHECK(ktraj.dim() == 2 && ktraj.size(1) == 3, fn, ": ktraj must have shape [M, 3], got ",
+              ktraj.sizes());
+  TORCH_CHECK(ktraj.size(0) < (int64_t(1) << 31), fn, ": too many points (", ktraj.size(0), ")");
+  check_grid3(n0, n1, n2, width, fn);
+  const int64_t n_bins = check_bins3(n0, n1, n2, nb0, nb1, nb2, width, fn);
+  TORCH_CHECK(std::isfinite(beta) && beta > 0.0, fn, ": beta must be positive and finite, got ",
+              beta);
+  const at::Tensor k = ktraj.contiguous();
+  const double* kp = k.data_ptr<double>();
+  const int64_t m = k.size(0);
+  for (int64_t i = 0; i < 3 * m; ++i) {
+    TORCH_CHECK(std::isfinite(kp[i]) && std::fabs(kp[i]) <= kMaxAbsK, fn,
+                ": ktraj must be finite radians in [-pi, pi], got ", kp[i]);
+  }
+  const int w = (int)width;
+  const int n[3] = {(int)n0, (int)n1, (int)n2};
+  const int nb[3] = {(int)nb0, (int)nb1, (int)nb2};
+
+  // wrapped stencil starts and bins, in the input order
+  std::vector<int32_t> s_in(3 * m);
+  std::vector<int64_t> bin(m);
+  at::parallel_for(0, m, 4096, [&](int64_t p0, int64_t p1) {
+    for (int64_t p = p0; p < p1; ++p) {
+      int64_t id = 0;
+      for (int d = 0; d < 3; ++d) {
+        const int s = nu::wrap_cell(nu::stencil_start(nu::grid_position(kp[3 * p + d], n[d]), w),
+                                    n[d]);
+        s_in[3 * p + d] = s;
+        id = id * nb[d] + nu::bin_of_cell(s, n[d], nb[d]);
+      }
+      bin[p] = id;
+    }
+  });
+  // counting sort by bin (stable: a bin keeps its points in input order)
+  at::Tensor offsets = at::zeros({n_bins + 1}, k.options().dtype(at::kLong));
+  int64_t* off = offsets.data_ptr<int64_t>();
+  for (int64_t p = 0; p < m; ++p) ++off[bin[p] + 1];
+  for (int64_t b = 0; b < n_bins; ++b) off[b + 1] += off[b];
+  at::Tensor order = at::empty({m}, k.options().dtype(at::kLong));
+  int64_t* ord = order.data_ptr<int64_t>();
+  {
+    std::vector<int64_t> fill(off, off + n_bins);
+    for (int64_t p = 0; p < m; ++p) ord[fill[bin[p]]++] = p;
+  }
+  at::Tensor start = at::empty({m, 3}, k.options().dtype(at::kInt));
+  at::Tensor weights = at::empty({m, 3, width}, k.options());
+  int32_t* st = start.data_ptr<int32_t>();
+  double* wt = weights.data_ptr<double>();
+  at::parallel_for(0, m, 1024, [&](int64_t p0, int64_t p1) {
+    for (int64_t p = p0; p < p1; ++p) {
+      const int64_t q = ord[p];
+      for (int d = 0; d < 3; ++d) {
+        st[3 * p + d] = s_in[3 * q + d];
+        const double t = nu::grid_position(kp[3 * q + d], n[d]);
+        const long long s = nu::stencil_start(t, w);
+        for (int a = 0; a < w; ++a) wt[(3 * p + d) * w + a] = nu::stencil_weight(t, s, a, w, beta);
+      }
+    }
+  });
+  return {order, start, weights, offsets};
+}
+
+// --- argument checks of spread / interp ---------------------------------------------------
+
+// Validates a plan against the data; every index the kernels use is checked here, so a
+// malformed plan raises instead of reading or writing out of bounds.
+void check_plan3(const at::Tensor& order, const at::Tensor& start, const at::Tensor& weights,
+                 int64_t m, int64_t n0, int64_t n1, int64_t n2, at::ScalarType real,
+                 const char* fn) {
+  TORCH_CHECK(order.device().is_cpu() && start.device().is_cpu() && weights.device().is_cpu(), fn,
+              ": the plan tensors must be on the CPU");
+  TORCH_CHECK(order.scalar_type() == at::kLong && order.dim() == 1 && order.size(0) == m, fn,
+              ": order must be int64 of shape [", m, "], got ", order.scalar_type(), " ",
+              order.sizes());
+  TORCH_CHECK(start.scalar_type() == at::kInt && start.dim() == 2 && start.size(0) == m &&
+                  start.size(1) == 3,
+              fn, ": start must be int32 of shape [", m, ", 3], got ", start.scalar_type(), " ",
+              start.sizes());
+  TORCH_CHECK(weights.scalar_type() == real && weights.dim() == 3 && weights.size(0) == m &&
+                  weights.size(1) == 3,
+              fn, ": weights must be ", real, " of shape [", m, ", 3, width], got ",
+              weights.scalar_type(), " ", weights.sizes());
+  check_grid3(n0, n1, n2, weights.size(2), fn);
+  TORCH_CHECK(order.is_contiguous() && start.is_contiguous() && weights.is_contiguous(), fn,
+              ": the plan tensors must be contiguous");
+  const int64_t* ord = order.data_ptr<int64_t>();
+  const int32_t* st = start.data_ptr<int32_t>();
+  bool ok = true;
+  for (int64_t p = 0; p < m; ++p) {
+    ok &= (ord[p] >= 0) & (ord[p] < m) & (st[3 * p] >= 0) & (st[3 * p] < n0) &
+          (st[3 * p + 1] >= 0) & (st[3 * p + 1] < n1) & (st[3 * p + 2] >= 0) &
+          (st[3 * p + 2] < n2);
+  }
+  TORCH_CHECK(ok, fn, ": plan indices out of range (order in [0, M), start in [0, n))");
+}
+
+template <typename R>
+struct Work3 {
+  R* grid;          // [B, n0, n1, n2] complex, as interleaved reals
+  R* values;        // interp: [B, M] out; spread: [M, B] in (sorted order); complex
+  const int64_t* order;
+  const int32_t* start;  // [M, 3]
+  const R* weights;      // [M, 3, width]
+  int64_t batch, n_points;
+  int width;
+  int n[3];
+};
+
+// One bin's spreading task: its points, first cell, sub-grid shape and planes.
+struct Bin3 {
+  int64_t p0, p1;  // sorted points
+  int lo[3];       // first cell per axis
+  int sub[3];      // sub-grid cells per axis (bin length + w - 1)
+  int64_t ld;      // reals per sub-grid row: 2 sub[2] nb + one vector of slack
+  int64_t b0, nb;  // planes b0 .. b0 + nb - 1
+};
+
+// --- hot loops (always inlined into one function per instruction set) -----------------
+
+// row_r += kzy[r] * kv for the n_rows rows at corner + roff[r], over K vectors of the run:
+// the K vectors of kv stay in registers while the rows stream past.
+template <typename R, int K>
+LF_ALWAYS_INLINE void axpy_rows(R* __restrict__ corner, const int64_t* __restrict__ roff,
+                                const R* __restrict__ kzy, int n_rows, const R* __restrict__ kv) {
+  using V = typename Vec<R>::type;
+  constexpr int L = Vec<R>::kLanes;
+  V k[K];
+  for (int q = 0; q < K; ++q) k[q] = vload(kv + q * L);
+  for (int r = 0; r < n_rows; ++r) {
+    R* row = corner + roff[r];
+    const R y = kzy[r];
+    for (int q = 0; q < K; ++q) vstore(row + q * L, vload(row + q * L) + y * k[q]);
+  }
+}
+
+// A bin's points spread into its sub-grid [sub0][sub1][ld] (ld >= 2 sub2 nb + kMaxLanes),
+// a row holding sub2 cells of nb planes each. A point's stencil row is the run of 2 w nb
+// reals at its corner; the run's last vector reaches up to kMaxLanes - 1 reals past it,
+// into the next cells of the row (or the row's slack), adding exact zeros (kv's padding).
+template <typename R>
+LF_ALWAYS_INLINE void spread3_body(const Work3<R>& a, const Bin3& bin, R* __restrict__ sub) {
+  constexpr int L = Vec<R>::kLanes;
+  const int w = a.width;
+  const int64_t nbp = bin.nb;
+  const int run = 2 * w * (int)nbp;
+  const int nv = (run + L - 1) / L;
+  alignas(64) R kv[kMaxRun + kMaxLanes];
+  std::fill(kv + run, kv + (int64_t)nv * L, R(0));
+  int64_t roff[nu::kMaxWidth * nu::kMaxWidth];
+  R kzy[nu::kMaxWidth * nu::kMaxWidth];
+  for (int i0 = 0; i0 < w; ++i0) {
+    for (int i1 = 0; i1 < w; ++i1) roff[i0 * w + i1] = ((int64_t)i0 * bin.sub[1] + i1) * bin.ld;
+  }
+  const int n_rows = w * w;
+  for (int64_t p = bin.p0; p < bin.p1; ++p) {
+    const R* __restrict__ kz = a.weights + p * 3 * w;
+    const R* __restrict__ ky = kz + w;
+    const R* __restrict__ kx = ky + w;
+    const int32_t* s = a.start + 3 * p;
+    R* corner = sub + ((int64_t)(s[0] - bin.lo[0]) * bin.sub[1] + (s[1] - bin.lo[1])) * bin.ld +
+                2 * (int64_t)(s[2] - bin.lo[2]) * nbp;
+    const R* __restrict__ v = a.values + 2 * (p * a.batch + bin.b0);
+    for (int j = 0; j < w; ++j) {
+      const R k = kx[j];
+      R* o = kv + 2 * j * nbp;
+      for (int64_t b = 0; b < 2 * nbp; ++b) o[b] = k * v[b];
+    }
+    for (int i0 = 0; i0 < w; ++i0) {
+      for (int i1 = 0; i1 < w; ++i1) kzy[i0 * w + i1] = kz[i0] * ky[i1];
+    }
+    int u = 0;
+    for (; u + 4 <= nv; u += 4) axpy_rows<R, 4>(corner + u * L, roff, kzy, n_rows, kv + u * L);
+    switch (nv - u) {
+      case 3: axpy_rows<R, 3>(corner + u * L, roff, kzy, n_rows, kv + u * L); break;
+      case 2: axpy_rows<R, 2>(corner + u * L, roff, kzy, n_rows, kv + u * L); break;
+      case 1: axpy_rows<R, 1>(corner + u * L, roff, kzy, n_rows, kv + u * L); break;
+      default: break;
+    }
+  }
+}
+
+// Adds a bin's sub-grid (planes innermost) into the grid (planes outermost), every axis
+// wrapped. Bins of one parity class never overlap, so this needs no atomics.
+template <typename R>
+LF_ALWAYS_INLINE void add_sub3_body(const Work3<R>& a, const Bin3& bin, const R* __restrict__ sub) {
+  const int64_t nbp = bin.nb;
+  const int64_t row_len = 2 * (int64_t)a.n[2];
+  const int64_t plane = row_len * a.n[1] * a.n[0];
+  // cells lo2 .. lo2 + sub2 - 1 of a row: a first run up to the grid's edge, then the wrap
+  const int first = std::min(bin.sub[2], a.n[2] - bin.lo[2]);
+  for (int i0 = 0; i0 < bin.sub[0]; ++i0) {
+    const int c0 = bin.lo[0] + i0 < a.n[0] ? bin.lo[0] + i0 : bin.lo[0] + i0 - a.n[0];
+    for (int i1 = 0; i1 < bin.sub[1]; ++i1) {
+      const int c1 = bin.lo[1] + i1 < a.n[1] ? bin.lo[1] + i1 : bin.lo[1] + i1 - a.n[1];
+      const R* __restrict__ s = sub + ((int64_t)i0 * bin.sub[1] + i1) * bin.ld;
+      R* g = a.grid + bin.b0 * plane + ((int64_t)c0 * a.n[1] + c1) * row_len;
+      for (int64_t b = 0; b < nbp; ++b) {
+        R* __restrict__ gb = g + b * plane;
+        R* __restrict__ g0 = gb + 2 * (int64_t)bin.lo[2];
+        const R* __restrict__ sb = s + 2 * b;
+        for (int c = 0; c < first; ++c) {
+          g0[2 * c] += sb[2 * c * nbp];
+          g0[2 * c + 1] += sb[2 * c * nbp + 1];
+        }
+        for (int c = first; c < bin.sub[2]; ++c) {
+          gb[2 * (c - first)] += sb[2 * c * nbp];
+          gb[2 * (c - first) + 1] += sb[2 * c * nbp + 1];
+        }
+      }
+    }
+  }
+}
+
+// Interpolation of sorted points p0 .. p1 - 1 from the grid, for all planes.
+template <typename R, int W>
+LF_ALWAYS_INLINE void interp3_body(const Work3<R>& a, int64_t p0, int64_t p1) {
+  const int w = a.width;
+  const int64_t row_len = 2 * (int64_t)a.n[2];
+  const int64_t plane = row_len * a.n[1] * a.n[0];
+  const int64_t stride = 2 * a.n_points;
+  const int n_rows = w * w;
+  int64_t roff[nu::kMaxWidth * nu::kMaxWidth];
+  R kzy[nu::kMaxWidth * nu::kMaxWidth];
+  int64_t cols[nu::kMaxWidth];
+  for (int64_t p = p0; p < p1; ++p) {
+    const R* __restrict__ kz = a.weights + p * 3 * w;
+    const R* __restrict__ ky = kz + w;
+    const R* __restrict__ kx = ky + w;
+    const int32_t* s = a.start + 3 * p;
+    int64_t off1[nu::kMaxWidth];
+    for (int i1 = 0; i1 < w; ++i1) {
+      const int c1 = s[1] + i1 < a.n[1] ? s[1] + i1 : s[1] + i1 - a.n[1];
+      off1[i1] = c1 * row_len;
+    }
+    for (int i0 = 0; i0 < w; ++i0) {
+      const int c0 = s[0] + i0 < a.n[0] ? s[0] + i0 : s[0] + i0 - a.n[0];
+      const int64_t off0 = (int64_t)c0 * a.n[1] * row_len;
+      for (int i1 = 0; i1 < w; ++i1) {
+        roff[i0 * w + i1] = off0 + off1[i1];
+        kzy[i0 * w + i1] = kz[i0] * ky[i1];
+      }
+    }
+    for (int j = 0; j < w; ++j) cols[j] = 2 * (int64_t)(s[2] + j < a.n[2] ? s[2] + j : s[2] + j - a.n[2]);
+    R* __restrict__ out = a.values + 2 * a.order[p];
+    if constexpr (kVectorWidth<W>) {
+      using V = typename Vec<R>::type;
+      constexpr int NV = Row<R, W>::kVectors, L = Vec<R>::kLanes;
+      // kx, zero-padded to the reals kx_pairs reads
+      alignas(64) R kxl[Row<R, W>::kReads + W] = {};
+      for (int j = 0; j < W; ++j) kxl[j] = kx[j];
+      V kxp[NV];
+      Row<R, W>::kx_pairs(kxl, kxp);
+      const int64_t s2 = 2 * (int64_t)s[2];
+      if (s2 + NV * L <= row_len) {
+        for (int64_t b = 0; b < a.batch; ++b) {
+          const R* __restrict__ g = a.grid + b * plane + s2;
+          V acc[NV] = {};
+          for (int r = 0; r < W * W; ++r) {
+            const R* row = g + roff[r];
+            const R y = kzy[r];
+            for (int u = 0; u < NV; ++u) acc[u] += y * vload(row + u * L);
+          }
+          V t = acc[0] * kxp[0];
+          for (int u = 1; u < NV; ++u) t += acc[u] * kxp[u];
+          Vec<R>::fold(t, out + b * stride, out + b * stride + 1);
+        }
+      } else {
+        // the run wraps, or its vectors would read past the row's end: copy each stencil
+        // row to a zero-padded buffer first
+        alignas(64) R tmp[NV * L] = {};
+        for (int64_t b = 0; b < a.batch; ++b) {
+          const R* __restrict__ g = a.grid + b * plane;
+          V acc[NV] = {};
+          for (int r = 0; r < W * W; ++r) {
+            const R* row = g + roff[r];
+            for (int j = 0; j < W; ++j) {
+              tmp[2 * j] = row[cols[j]];
+              tmp[2 * j + 1] = row[cols[j] + 1];
+            }
+            const R y = kzy[r];
+            for (int u = 0; u < NV; ++u) acc[u] += y * vload(tmp + u * L);
+          }
+          V t = acc[0] * kxp[0];
+          for (int u = 1; u < NV; ++u) t += acc[u] * kxp[u];
+          Vec<R>::fold(t, out + b * stride, out + b * stride + 1);
+        }
+      }
+    } else {
+      for (int64_t b = 0; b < a.batch; ++b) {
+        const R* __restrict__ g = a.grid + b * plane;
+        R re = R(0), im = R(0);
+        for (int r = 0; r < n_rows; ++r) {
+          const R* row = g + roff[r];
+          R ar = R(0), ai = R(0);
+          for (int j = 0; j < w; ++j) {
+            ar += kx[j] * row[cols[j]];
+            ai += kx[j] * row[cols[j] + 1];
+          }
+          re += kzy[r] * ar;
+          im += kzy[r] * ai;
+        }
+        out[b * stride] = re;
+        out[b * stride + 1] = im;
+      }
+    }
+  }
+}
+
+// The hot functions, one clone per instruction set (common/simd.h). A bin: zero its
+// sub-grid, spread its points, add the sub-grid to the grid.
+LF_SIMD_CLONES((template <typename R>), spread3_bin, (const Work3<R>& a, const Bin3& bin, R* sub), {
+  std::fill(sub, sub + (int64_t)bin.sub[0] * bin.sub[1] * bin.ld, R(0));
+  spread3_body<R>(a, bin, sub);
+  add_sub3_body<R>(a, bin, sub);
+})
+LF_SIMD_CLONES((template <typename R>), interp3_range,
+               (const Work3<R>& a, int64_t p0, int64_t p1),
+               { LF_NUFFT_WIDTH_SWITCH(interp3_body, a, p0, p1) })
+
+template <typename R>
+void spread3_bin(const Work3<R>& a, const Bin3& bin, R* sub, int level) {
+  luser_fast::simd::pick(level, &spread3_bin_base<R>, &spread3_bin_avx2<R>,
+                         &spread3_bin_avx512<R>)(a, bin, sub);
+}
+
+template <typename R>
+void interp3_range(const Work3<R>& a, int64_t p0, int64_t p1, int level) {
+  luser_fast::simd::pick(level, &interp3_range_base<R>, &interp3_range_avx2<R>,
+                         &interp3_range_avx512<R>)(a, p0, p1);
+}
+
+// --- ops ---------------------------------------------------------------------------------
+
+// Spreads values into grid [B, n0, n1, n2] (zeroed first; contiguous, values' dtype).
+void spread3_into(const at::Tensor& values, const at::Tensor& order, const at::Tensor& start,
+                  const at::Tensor& weights, const at::Tensor& bin_offsets, int64_t n0,
+                  int64_t n1, int64_t n2, int64_t nb0, int64_t nb1, int64_t nb2, int64_t simd,
+                  at::Tensor& grid, const char* fn) {
+  TORCH_CHECK(values.device().is_cpu(), fn, ": values must be a CPU tensor, got ", values.device());
+  TORCH_CHECK(values.scalar_type() == at::kComplexFloat || values.scalar_type() == at::kComplexDouble,
+              fn, ": values must be complex64 or complex128, got ", values.scalar_type());
+  TORCH_CHECK(values.dim() == 2, fn, ": values must have shape [B, M], got ", values.sizes());
+  const int64_t batch = values.size(0), m = values.size(1);
+  check_plan3(order, start, weights, m, n0, n1, n2, real_type(values.scalar_type()), fn);
+  const int64_t width = weights.size(2);
+  const int64_t n_bins = check_bins3(n0, n1, n2, nb0, nb1, nb2, width, fn);
+  TORCH_CHECK(bin_offsets.device().is_cpu() && bin_offsets.scalar_type() == at::kLong &&
+                  bin_offsets.dim() == 1 && bin_offsets.size(0) == n_bins + 1 &&
+                  bin_offsets.is_contiguous(),
+              fn, ": bin_offsets must be contiguous int64 of shape [", n_bins + 1, "], got ",
+              bin_offsets.scalar_type(), " ", bin_offsets.sizes());
+  const int64_t* off = bin_offsets.data_ptr<int64_t>();
+  TORCH_CHECK(off[0] == 0 && off[n_bins] == m, fn, ": bin_offsets must run from 0 to M = ", m);
+  const int32_t* st = start.data_ptr<int32_t>();
+  const int n[3] = {(int)n0, (int)n1, (int)n2};
+  const int nb[3] = {(int)nb0, (int)nb1, (int)nb2};
+  for (int64_t b = 0; b < n_bins; ++b) {
+    TORCH_CHECK(off[b] <= off[b + 1], fn, ": bin_offsets must be non-decreasing");
+  }
+  bool inside = true;
+  for (int64_t b = 0; b < n_bins; ++b) {
+    const int bi[3] = {(int)(b / (nb1 * nb2)), (int)((b / nb2) % nb1), (int)(b % nb2)};
+    for (int64_t p = off[b]; p < off[b + 1]; ++p) {
+      for (int d = 0; d < 3; ++d) inside &= nu::bin_of_cell(st[3 * p + d], n[d], nb[d]) == bi[d];
+    }
+  }
+  TORCH_CHECK(inside, fn, ": a point's stencil start lies outside its bin (stale plan?)");
+  const int level = resolve_simd(simd, fn);
+  TORCH_CHECK(grid.device().is_cpu() && grid.scalar_type() == values.scalar_type() &&
+                  grid.dim() == 4 && grid.size(0) == batch && grid.size(1) == n0 &&
+                  grid.size(2) == n1 && grid.size(3) == n2 && grid.is_contiguous(),
+              fn, ": out must be a contiguous ", values.scalar_type(), " CPU tensor of shape [",
+              batch, ", ", n0, ", ", n1, ", ", n2, "], got ", grid.scalar_type(), " ",
+              grid.sizes());
+  // the largest sub-grid (longest bin per axis plus the halo) for one plane
+  int64_t longest[3];
+  for (int d = 0; d < 3; ++d) longest[d] = (n[d] + nb[d] - 1) / nb[d] + width - 1;
+  const int64_t cells = longest[0] * longest[1] * longest[2];
+  TORCH_CHECK(longest[0] * longest[1] * (2 * longest[2] + kMaxLanes) <= kMaxSubGridReals, fn,
+              ": bins too large (", longest[0], " x ", longest[1], " x ", longest[2],
+              " cells with the halo); use more bins");
+  const at::Tensor v = values.contiguous();
+  grid.zero_();
+  if (m == 0 || batch == 0) return;
+
+  AT_DISPATCH_FLOATING_TYPES(real_type(v.scalar_type()), "_nufft3_spread", [&] {
+    using R = scalar_t;
+    // the values in sorted point order with the planes innermost, [M][B]
+    at::Tensor gathered = at::empty({m, batch}, v.options());
+    const R* src = reinterpret_cast<const R*>(v.data_ptr());
+    R* dst = reinterpret_cast<R*>(gathered.data_ptr());
+    const int64_t* ord = order.data_ptr<int64_t>();
+    at::parallel_for(0, m, 2048, [&](int64_t p0, int64_t p1) {
+      for (int64_t p = p0; p < p1; ++p) {
+        const int64_t q = ord[p];
+        for (int64_t b = 0; b < batch; ++b) {
+          dst[2 * (p * batch + b)] = src[2 * (b * m + q)];
+          dst[2 * (p * batch + b) + 1] = src[2 * (b * m + q) + 1];
+        }
+      }
+    });
+    Work3<R> a{reinterpret_cast<R*>(grid.data_ptr()), dst, ord, st, weights.data_ptr<R>(), batch,
+               m, (int)width, {n[0], n[1], n[2]}};
+    // planes per task: the sub-grid stays within kSubGridBytes and a run within kMaxRun
+    // (the planes split evenly between the chunks)
+    const int64_t fit = kSubGridBytes / (cells * 2 * (int64_t)sizeof(R));
+    const int64_t most = std::max<int64_t>(1, std::min<int64_t>(fit, kMaxRun / (2 * width)));
+    const int64_t n_chunks = (batch + most - 1) / most;
+    const int64_t chunk = (batch + n_chunks - 1) / n_chunks;
+    for (int parity = 0; parity < 8; ++parity) {
+      // this parity class's non-empty bins x plane chunks, heaviest bins first
+      std::vector<int64_t> bins;
+      for (int64_t b0 = (parity >> 2) & 1; b0 < nb0; b0 += 2) {
+        for (int64_t b1 = (parity >> 1) & 1; b1 < nb1; b1 += 2) {
+          for (int64_t b2 = parity & 1; b2 < nb2; b2 += 2) {
+            const int64_t id = (b0 * nb1 + b1) * nb2 + b2;
+            if (off[id + 1] > off[id]) bins.push_back(id);
+          }
+        }
+      }
+      std::stable_sort(bins.begin(), bins.end(), [&](int64_t x, int64_t y) {
+        return off[x + 1] - off[x] > off[y + 1] - off[y];
+      });
+      run_dynamic((int64_t)bins.size() * n_chunks, [&](int64_t task) {
+        const int64_t id = bins[task / n_chunks], c = task % n_chunks;
+        const int bi[3] = {(int)(id / (nb1 * nb2)), (int)((id / nb2) % nb1), (int)(id % nb2)};
+        Bin3 bin;
+        bin.p0 = off[id];
+        bin.p1 = off[id + 1];
+        for (int d = 0; d < 3; ++d) {
+          bin.lo[d] = nu::bin_start(bi[d], n[d], nb[d]);
+          bin.sub[d] = nu::bin_start(bi[d] + 1, n[d], nb[d]) - bin.lo[d] + (int)width - 1;
+        }
+        bin.b0 = c * chunk;
+        bin.nb = std::min(chunk, batch - bin.b0);
+        bin.ld = 2 * (int64_t)bin.sub[2] * bin.nb + kMaxLanes;
+        thread_local std::vector<R> sub;
+        sub.resize((int64_t)bin.sub[0] * bin.sub[1] * bin.ld);
+        spread3_bin<R>(a, bin, sub.data(), level);
+      });
+    }
+  });
+}
+
+void nufft3_spread_out_cpu(const at::Tensor& values, const at::Tensor& order,
+                           const at::Tensor& start, const at::Tensor& weights,
+                           const at::Tensor& bin_offsets, int64_t n0, int64_t n1, int64_t n2,
+                           int64_t nb0, int64_t nb1, int64_t nb2, int64_t simd, at::Tensor out) {
+  spread3_into(values, order, start, weights, bin_offsets, n0, n1, n2, nb0, nb1, nb2, simd, out,
+               "_nufft3_spread_out");
+}
+
+at::Tensor nufft3_interp_cpu(const at::Tensor& grid, const at::Tensor& order,
+                             const at::Tensor& start, const at::Tensor& weights, int64_t simd) {
+  const char* fn = "_nufft3_interp";
+  TORCH_CHECK(grid.device().is_cpu(), fn, ": grid must be a CPU tensor, got ", grid.device());
+  TORCH_CHECK(grid.scalar_type() == at::kComplexFloat || grid.scalar_type() == at::kComplexDouble,
+              fn, ": grid must be complex64 or complex128, got ", grid.scalar_type());
+  TORCH_CHECK(grid.dim() == 4, fn, ": grid must have shape [B, n0, n1, n2], got ", grid.sizes());
+  const int64_t batch = grid.size(0), n0 = grid.size(1), n1 = grid.size(2), n2 = grid.size(3);
+  TORCH_CHECK(order.dim() == 1, fn, ": order must be 1-D, got ", order.sizes());
+  const int64_t m = order.size(0);
+  check_plan3(order, start, weights, m, n0, n1, n2, real_type(grid.scalar_type()), fn);
+  const int level = resolve_simd(simd, fn);
+  const at::Tensor g = grid.contiguous();
+  at::Tensor out = at::empty({batch, m}, g.options());
+  if (m == 0 || batch == 0) return out;
+
+  AT_DISPATCH_FLOATING_TYPES(real_type(g.scalar_type()), "_nufft3_interp", [&] {
+    using R = scalar_t;
+    Work3<R> a{const_cast<R*>(reinterpret_cast<const R*>(g.data_ptr())),
+               reinterpret_cast<R*>(out.data_ptr()), order.data_ptr<int64_t>(),
+               start.data_ptr<int32_t>(), weights.data_ptr<R>(), batch, m,
+               (int)weights.size(2), {(int)n0, (int)n1, (int)n2}};
+    run_dynamic((m + kInterpChunk - 1) / kInterpChunk, [&](int64_t i) {
+      interp3_range<R>(a, i * kInterpChunk, std::min(m, (i + 1) * kInterpChunk), level);
+    });
+  });
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(luser_fast, m) {
+  m.def(
+      "_nufft3_plan(Tensor ktraj, int n0, int n1, int n2, int width, float beta, int nb0, "
+      "int nb1, int nb2) -> (Tensor, Tensor, Tensor, Tensor)");
+  m.def(
+      "_nufft3_spread_out(Tensor values, Tensor order, Tensor start, Tensor weights, "
+      "Tensor bin_offsets, int n0, int n1, int n2, int nb0, int nb1, int nb2, int simd, "
+      "Tensor(a!) out) -> ()");
+  m.def(
+      "_nufft3_interp(Tensor grid, Tensor order, Tensor start, Tensor weights, int simd=-1) "
+      "-> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(luser_fast, CPU, m) {
+  m.impl("_nufft3_plan", &nufft3_plan_cpu);
+  m.impl("_nufft3_spread_out", &nufft3_spread_out_cpu);
+  m.impl("_nufft3_interp", &nufft3_interp_cpu);
+}
