@@ -14,7 +14,8 @@
 //
 // Plan (once per trajectory): every point's wrapped stencil start per axis, its 3 x w
 // separable weights in float64, and a counting sort of the points by bin (bin id
-// (b0 nb1 + b1) nb2 + b2; stable, so a bin keeps its points in input order).
+// (b0 nb1 + b1) nb2 + b2), then within each bin by small tiles of cells, so consecutive
+// points share most of their stencils.
 //
 // Spreading: the values are first gathered into sorted order, planes innermost ([M][B]).
 // Each bin spreads its points into a private sub-grid covering the bin and its w - 1 cell
@@ -44,6 +45,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -72,8 +74,10 @@ constexpr int kMaxLanes = 16;
 constexpr int64_t kSubGridBytes = int64_t(1) << 20;
 // Largest sub-grid of one plane a task may need (a raw call with huge bins is refused).
 constexpr int64_t kMaxSubGridReals = int64_t(1) << 30;
+// Side of the cell tiles that order the points within a bin (the plan).
+constexpr int kSortTile = 2;
 // Sorted points per interpolation task.
-constexpr int64_t kInterpChunk = 64;
+constexpr int64_t kInterpChunk = 512;
 
 // --- plan -------------------------------------------------------------------------------
 
@@ -152,6 +156,27 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> nufft3_plan_cpu(
     std::vector<int64_t> fill(off, off + n_bins);
     for (int64_t p = 0; p < m; ++p) ord[fill[bin[p]]++] = p;
   }
+  // within each bin, the points in the lexicographic order of the kSortTile^3 cell tiles
+  // of their stencil starts (input order within a tile): consecutive points then share
+  // most of their stencils' cells, which stay in L1 between them
+  at::parallel_for(0, n_bins, 16, [&](int64_t b0, int64_t b1) {
+    std::vector<std::array<int32_t, 3>> keys;
+    std::vector<int64_t> idx, moved;
+    for (int64_t b = b0; b < b1; ++b) {
+      const int64_t len = off[b + 1] - off[b];
+      if (len < 2) continue;
+      keys.resize(len);
+      idx.resize(len);
+      moved.assign(ord + off[b], ord + off[b + 1]);
+      for (int64_t i = 0; i < len; ++i) {
+        for (int d = 0; d < 3; ++d) keys[i][d] = s_in[3 * moved[i] + d] / kSortTile;
+        idx[i] = i;
+      }
+      std::stable_sort(idx.begin(), idx.end(),
+                       [&](int64_t x, int64_t y) { return keys[x] < keys[y]; });
+      for (int64_t i = 0; i < len; ++i) ord[off[b] + i] = moved[idx[i]];
+    }
+  });
   at::Tensor start = at::empty({m, 3}, k.options().dtype(at::kInt));
   at::Tensor weights = at::empty({m, 3, width}, k.options());
   int32_t* st = start.data_ptr<int32_t>();
@@ -222,6 +247,17 @@ struct Bin3 {
   int lo[3];       // first cell per axis
   int sub[3];      // sub-grid cells per axis (bin length + w - 1)
   int64_t ld;      // reals per sub-grid row: 2 sub[2] nb + one vector of slack
+  int64_t b0, nb;  // planes b0 .. b0 + nb - 1
+};
+
+// One interpolation task: a run of sorted points, the box of grid cells their stencils
+// cover (gathered into a private sub-grid, planes innermost, as spreading lays it out)
+// and the planes.
+struct Box3 {
+  int64_t p0, p1;  // sorted points
+  int lo[3];       // first cell per axis (in [0, n); the box wraps past n)
+  int ext[3];      // cells per axis
+  int64_t ld;      // reals per sub-grid row: 2 ext[2] nb + one vector of slack
   int64_t b0, nb;  // planes b0 .. b0 + nb - 1
 };
 
@@ -321,7 +357,108 @@ LF_ALWAYS_INLINE void add_sub3_body(const Work3<R>& a, const Bin3& bin, const R*
   }
 }
 
-// Interpolation of sorted points p0 .. p1 - 1 from the grid, for all planes.
+// acc = sum_r kzy[r] * row_r over K vectors of the run (rows at corner + roff[r]), stored
+// to out: the K accumulators stay in registers while the rows stream past.
+template <typename R, int K>
+LF_ALWAYS_INLINE void dot_rows(const R* __restrict__ corner, const int64_t* __restrict__ roff,
+                               const R* __restrict__ kzy, int n_rows, R* __restrict__ out) {
+  using V = typename Vec<R>::type;
+  constexpr int L = Vec<R>::kLanes;
+  V acc[K] = {};
+  for (int r = 0; r < n_rows; ++r) {
+    const R* row = corner + roff[r];
+    const R y = kzy[r];
+    for (int q = 0; q < K; ++q) acc[q] += y * vload(row + q * L);
+  }
+  for (int q = 0; q < K; ++q) vstore(out + q * L, acc[q]);
+}
+
+// Copies a box of the grid (planes b0 .. b0 + nb - 1, every axis wrapped) into the
+// sub-grid [ext0][ext1][ld], planes innermost, and zeroes each row's slack.
+template <typename R>
+LF_ALWAYS_INLINE void gather_box_body(const Work3<R>& a, const Box3& box, R* __restrict__ sub) {
+  const int64_t nbp = box.nb;
+  const int64_t row_len = 2 * (int64_t)a.n[2];
+  const int64_t plane = row_len * a.n[1] * a.n[0];
+  const int first = std::min(box.ext[2], a.n[2] - box.lo[2]);
+  const int64_t used = 2 * (int64_t)box.ext[2] * nbp;
+  for (int i0 = 0; i0 < box.ext[0]; ++i0) {
+    const int c0 = box.lo[0] + i0 < a.n[0] ? box.lo[0] + i0 : box.lo[0] + i0 - a.n[0];
+    for (int i1 = 0; i1 < box.ext[1]; ++i1) {
+      const int c1 = box.lo[1] + i1 < a.n[1] ? box.lo[1] + i1 : box.lo[1] + i1 - a.n[1];
+      R* __restrict__ s = sub + ((int64_t)i0 * box.ext[1] + i1) * box.ld;
+      const R* g = a.grid + box.b0 * plane + ((int64_t)c0 * a.n[1] + c1) * row_len;
+      for (int64_t b = 0; b < nbp; ++b) {
+        const R* __restrict__ gb = g + b * plane;
+        const R* __restrict__ g0 = gb + 2 * (int64_t)box.lo[2];
+        R* __restrict__ sb = s + 2 * b;
+        for (int c = 0; c < first; ++c) {
+          sb[2 * c * nbp] = g0[2 * c];
+          sb[2 * c * nbp + 1] = g0[2 * c + 1];
+        }
+        for (int c = first; c < box.ext[2]; ++c) {
+          sb[2 * c * nbp] = gb[2 * (c - first)];
+          sb[2 * c * nbp + 1] = gb[2 * (c - first) + 1];
+        }
+      }
+      std::fill(s + used, s + box.ld, R(0));
+    }
+  }
+}
+
+// Interpolation of a box's points from its gathered sub-grid: per point, the sums over the
+// w^2 stencil rows of the whole run (w cells x nb planes), then per plane the w-term dot
+// with kx. The run's last vector reads up to kMaxLanes - 1 reals past it (other cells of
+// the row or its zeroed slack), into lanes that are never used.
+template <typename R>
+LF_ALWAYS_INLINE void interp3_box_body(const Work3<R>& a, const Box3& box,
+                                       const R* __restrict__ sub) {
+  constexpr int L = Vec<R>::kLanes;
+  const int w = a.width;
+  const int64_t nbp = box.nb;
+  const int run = 2 * w * (int)nbp;
+  const int nv = (run + L - 1) / L;
+  const int64_t stride = 2 * a.n_points;
+  alignas(64) R acc[kMaxRun + kMaxLanes];
+  int64_t roff[nu::kMaxWidth * nu::kMaxWidth];
+  R kzy[nu::kMaxWidth * nu::kMaxWidth];
+  for (int i0 = 0; i0 < w; ++i0) {
+    for (int i1 = 0; i1 < w; ++i1) roff[i0 * w + i1] = ((int64_t)i0 * box.ext[1] + i1) * box.ld;
+  }
+  const int n_rows = w * w;
+  for (int64_t p = box.p0; p < box.p1; ++p) {
+    const R* __restrict__ kz = a.weights + p * 3 * w;
+    const R* __restrict__ ky = kz + w;
+    const R* __restrict__ kx = ky + w;
+    const int32_t* s = a.start + 3 * p;
+    const R* corner = sub + ((int64_t)(s[0] - box.lo[0]) * box.ext[1] + (s[1] - box.lo[1])) * box.ld +
+                      2 * (int64_t)(s[2] - box.lo[2]) * nbp;
+    for (int i0 = 0; i0 < w; ++i0) {
+      for (int i1 = 0; i1 < w; ++i1) kzy[i0 * w + i1] = kz[i0] * ky[i1];
+    }
+    int u = 0;
+    for (; u + 4 <= nv; u += 4) dot_rows<R, 4>(corner + u * L, roff, kzy, n_rows, acc + u * L);
+    switch (nv - u) {
+      case 3: dot_rows<R, 3>(corner + u * L, roff, kzy, n_rows, acc + u * L); break;
+      case 2: dot_rows<R, 2>(corner + u * L, roff, kzy, n_rows, acc + u * L); break;
+      case 1: dot_rows<R, 1>(corner + u * L, roff, kzy, n_rows, acc + u * L); break;
+      default: break;
+    }
+    R* __restrict__ out = a.values + box.b0 * stride + 2 * a.order[p];
+    for (int64_t b = 0; b < nbp; ++b) {
+      R re = R(0), im = R(0);
+      for (int j = 0; j < w; ++j) {
+        re += kx[j] * acc[2 * (j * nbp + b)];
+        im += kx[j] * acc[2 * (j * nbp + b) + 1];
+      }
+      out[b * stride] = re;
+      out[b * stride + 1] = im;
+    }
+  }
+}
+
+// Interpolation of sorted points p0 .. p1 - 1 straight from the grid (planes outermost),
+// for all planes: the path of points too sparse for a gathered box.
 template <typename R, int W>
 LF_ALWAYS_INLINE void interp3_body(const Work3<R>& a, int64_t p0, int64_t p1) {
   const int w = a.width;
@@ -426,6 +563,10 @@ LF_SIMD_CLONES((template <typename R>), spread3_bin, (const Work3<R>& a, const B
 LF_SIMD_CLONES((template <typename R>), interp3_range,
                (const Work3<R>& a, int64_t p0, int64_t p1),
                { LF_NUFFT_WIDTH_SWITCH(interp3_body, a, p0, p1) })
+LF_SIMD_CLONES((template <typename R>), interp3_box, (const Work3<R>& a, const Box3& box, R* sub), {
+  gather_box_body<R>(a, box, sub);
+  interp3_box_body<R>(a, box, sub);
+})
 
 template <typename R>
 void spread3_bin(const Work3<R>& a, const Bin3& bin, R* sub, int level) {
@@ -437,6 +578,67 @@ template <typename R>
 void interp3_range(const Work3<R>& a, int64_t p0, int64_t p1, int level) {
   luser_fast::simd::pick(level, &interp3_range_base<R>, &interp3_range_avx2<R>,
                          &interp3_range_avx512<R>)(a, p0, p1);
+}
+
+template <typename R>
+void interp3_box(const Work3<R>& a, const Box3& box, R* sub, int level) {
+  luser_fast::simd::pick(level, &interp3_box_base<R>, &interp3_box_avx2<R>,
+                         &interp3_box_avx512<R>)(a, box, sub);
+}
+
+// A thread's scratch of at least n reals, 64-byte aligned (runs of 8 complex64 planes are
+// then whole cache lines).
+template <typename R>
+R* scratch(int64_t n) {
+  thread_local std::vector<R> buf;
+  buf.resize(n + 64 / sizeof(R));
+  return buf.data() + ((64 - (reinterpret_cast<uintptr_t>(buf.data()) & 63)) & 63) / sizeof(R);
+}
+
+// Interpolates sorted points p0 .. p1 - 1: through a gathered box of the grid when the box
+// is no larger than the points' stencils together (the points of a bin), else straight
+// from the grid.
+template <typename R>
+void interp3_points(const Work3<R>& a, int64_t p0, int64_t p1, int level) {
+  const int w = a.width;
+  int lo[3], hi[3];
+  for (int d = 0; d < 3; ++d) {
+    lo[d] = a.n[d];
+    hi[d] = -1;
+  }
+  for (int64_t p = p0; p < p1; ++p) {
+    for (int d = 0; d < 3; ++d) {
+      lo[d] = std::min(lo[d], a.start[3 * p + d]);
+      hi[d] = std::max(hi[d], a.start[3 * p + d]);
+    }
+  }
+  int64_t ext[3], cells = 1;
+  for (int d = 0; d < 3; ++d) {
+    ext[d] = hi[d] - lo[d] + w;
+    cells *= ext[d];
+  }
+  const int64_t plane_bytes = cells * 2 * (int64_t)sizeof(R);
+  if (cells > (p1 - p0) * w * w * w || plane_bytes > kSubGridBytes) {
+    interp3_range<R>(a, p0, p1, level);
+    return;
+  }
+  const int64_t most = std::max<int64_t>(1, std::min<int64_t>(kSubGridBytes / plane_bytes,
+                                                              kMaxRun / (2 * w)));
+  const int64_t n_chunks = (a.batch + most - 1) / most;
+  const int64_t chunk = (a.batch + n_chunks - 1) / n_chunks;
+  for (int64_t c = 0; c < n_chunks; ++c) {
+    Box3 box;
+    box.p0 = p0;
+    box.p1 = p1;
+    for (int d = 0; d < 3; ++d) {
+      box.lo[d] = lo[d];
+      box.ext[d] = (int)ext[d];
+    }
+    box.b0 = c * chunk;
+    box.nb = std::min(chunk, a.batch - box.b0);
+    box.ld = 2 * ext[2] * box.nb + kMaxLanes;
+    interp3_box<R>(a, box, scratch<R>(ext[0] * ext[1] * box.ld), level);
+  }
 }
 
 // --- ops ---------------------------------------------------------------------------------
@@ -515,7 +717,13 @@ void spread3_into(const at::Tensor& values, const at::Tensor& order, const at::T
     // (the planes split evenly between the chunks)
     const int64_t fit = kSubGridBytes / (cells * 2 * (int64_t)sizeof(R));
     const int64_t most = std::max<int64_t>(1, std::min<int64_t>(fit, kMaxRun / (2 * width)));
-    const int64_t n_chunks = (batch + most - 1) / most;
+    int64_t n_chunks = (batch + most - 1) / most;
+    // more chunks where a parity class has fewer bins than there are threads (small grids)
+    const int64_t class_bins = (nb0 / 2) * (nb1 / 2) * (nb2 / 2);
+    const int64_t threads = at::get_num_threads();
+    if (class_bins * n_chunks < threads) {
+      n_chunks = std::min<int64_t>(batch, (threads + class_bins - 1) / class_bins);
+    }
     const int64_t chunk = (batch + n_chunks - 1) / n_chunks;
     for (int parity = 0; parity < 8; ++parity) {
       // this parity class's non-empty bins x plane chunks, heaviest bins first
@@ -544,9 +752,7 @@ void spread3_into(const at::Tensor& values, const at::Tensor& order, const at::T
         bin.b0 = c * chunk;
         bin.nb = std::min(chunk, batch - bin.b0);
         bin.ld = 2 * (int64_t)bin.sub[2] * bin.nb + kMaxLanes;
-        thread_local std::vector<R> sub;
-        sub.resize((int64_t)bin.sub[0] * bin.sub[1] * bin.ld);
-        spread3_bin<R>(a, bin, sub.data(), level);
+        spread3_bin<R>(a, bin, scratch<R>((int64_t)bin.sub[0] * bin.sub[1] * bin.ld), level);
       });
     }
   });
@@ -583,7 +789,7 @@ at::Tensor nufft3_interp_cpu(const at::Tensor& grid, const at::Tensor& order,
                start.data_ptr<int32_t>(), weights.data_ptr<R>(), batch, m,
                (int)weights.size(2), {(int)n0, (int)n1, (int)n2}};
     run_dynamic((m + kInterpChunk - 1) / kInterpChunk, [&](int64_t i) {
-      interp3_range<R>(a, i * kInterpChunk, std::min(m, (i + 1) * kInterpChunk), level);
+      interp3_points<R>(a, i * kInterpChunk, std::min(m, (i + 1) * kInterpChunk), level);
     });
   });
   return out;
