@@ -45,6 +45,7 @@ FFT of the n1 rows, keep H of n0, transpose, inverse FFT, keep W of n1, deapodis
 """
 from __future__ import annotations
 
+import itertools
 import math
 import threading
 
@@ -81,6 +82,9 @@ MAX_WIDTH = NUFFT_MAX_WIDTH
 #: and CUDA (one shared-memory tile per bin)
 _CPU_BIN = 24
 _CUDA_BIN = 32
+#: the same in 3-D (CPU: a bin's sub-grid, (16 + w - 1)^3 cells x 8 complex64 coils, stays
+#: within the 1 MiB the C++ spreader allows a task, in L2)
+_CPU_BIN_3D = 16
 #: shared memory a CUDA spreading tile may use without opting in to more
 _CUDA_SMEM = 48 * 1024
 #: points per CUDA spreading block (a bin with more points is split)
@@ -107,18 +111,21 @@ def _bin_count(n: int, width: int, preferred: int) -> int:
 
 
 class CompiledPlan:
-    """A trajectory's gridding plan for one image size, kernel and device.
+    """A trajectory's gridding plan for one image size, kernel and device, in 2-D or 3-D.
 
     Holds the kernel (width, beta; ``choose_kernel(tol, oversamp, dtype)``), the resolved
-    ``oversamp``, the grid (n0, n1), the deapodisation factors and, for
-    the compiled kernels, the bin-sorted stencils of the trajectory with the axes swapped
-    (rows along W; see the module docstring): ``order`` [M] int64 (sorted -> input
-    index), ``start`` [M, 2] int32 (wrapped first stencil cell, row then column),
-    ``weights`` [M, 2, w] float64 (es_kernel.h, float64) and ``bin_offsets``.
+    ``oversamp``, the grid (n0, n1) or (n0, n1, n2), the deapodisation factors and, for the
+    compiled kernels, the bin-sorted stencils of the trajectory: ``order`` [M] int64
+    (sorted -> input index), ``start`` [M, d] int32 (wrapped first stencil cell per grid
+    axis), ``weights`` [M, d, w] float64 (es_kernel.h, float64) and ``bin_offsets``. In
+    2-D the kernels see the grid with its axes swapped (rows along W; see the module
+    docstring); in 3-D in the image's order, [B, n0, n1, n2] along (D, H, W) (the 3-D
+    pipeline's docstring says why).
 
     Args:
-        ktraj: [M, 2] radians in [-pi, pi] (validated by the caller).
-        image_size: (H, W).
+        ktraj: [M, 2] or [M, 3] radians in [-pi, pi] (validated by the caller; in 3-D the
+            values are checked here, once per plan).
+        image_size: (H, W) or (D, H, W), as ktraj has 2 or 3 columns.
         tol: target relative error in (0, 0.1].
         oversamp: grid oversampling sigma > 1, or None (chosen from tol and dtype).
         device: where the plan lives (and runs).
@@ -127,10 +134,11 @@ class CompiledPlan:
             plan runs either precision: ``weights`` and ``deapod`` convert).
     """
 
-    def __init__(self, ktraj: torch.Tensor, image_size: tuple[int, int], tol: float,
+    def __init__(self, ktraj: torch.Tensor, image_size: tuple[int, ...], tol: float,
                  oversamp: float | None, device: torch.device, kind: str,
                  dtype: torch.dtype = torch.complex128):
         self.image_size = tuple(int(s) for s in image_size)
+        self.dims = len(self.image_size)
         choice = nufft_kernel.choose_kernel(tol, oversamp, dtype)
         self.tol, self.oversamp, self.kind, self.device = float(tol), choice.oversamp, kind, device
         self.width, self.beta = choice.width, choice.beta
@@ -138,32 +146,40 @@ class CompiledPlan:
         self.n_points = int(ktraj.shape[0])
         self._weights = {}
         self._deapod = {}
-        self._scratch = (None, {})
+        self._scratch = (None, {}, set())
         self._scratch_lock = threading.Lock()
         k64 = ktraj.detach().to(device=device, dtype=torch.float64)
-        n0, n1 = self.grid_size
         w = self.width
-        # rows along W (grid n1), columns along H (grid n0)
-        krc = k64[:, [1, 0]].contiguous()
-        preferred = _CPU_BIN if kind == "cpu" else self._cuda_bin()
-        self.n_bins = (_bin_count(n1, w, preferred), _bin_count(n0, w, preferred))
-        if kind == "cpu":
-            self.order, self.start, self._weights[torch.float64], self.bin_offsets = \
-                torch.ops.luser_fast._nufft_plan(krc, n1, n0, w, self.beta, *self.n_bins)
+        if self.dims == 3:
+            _plan_3d(self, k64)
         else:
-            _cuda_plan(self, krc)
+            n0, n1 = self.grid_size
+            # rows along W (grid n1), columns along H (grid n0)
+            krc = k64[:, [1, 0]].contiguous()
+            preferred = _CPU_BIN if kind == "cpu" else self._cuda_bin()
+            self.n_bins = (_bin_count(n1, w, preferred), _bin_count(n0, w, preferred))
+            if kind == "cpu":
+                self.order, self.start, self._weights[torch.float64], self.bin_offsets = \
+                    torch.ops.luser_fast._nufft_plan(krc, n1, n0, w, self.beta, *self.n_bins)
+            else:
+                _cuda_plan(self, krc)
         inv = [1.0 / d for d in nufft_kernel.deapodisation(self.image_size, self.grid_size,
                                                             w, self.beta, device)]
         self.deapod_inv = inv
 
+    def kernel_grid(self) -> tuple[int, ...]:
+        """The grid's shape as the kernels see it: (n1, n0) in 2-D, (n0, n1, n2) in 3-D."""
+        return self.grid_size if self.dims == 3 else self.grid_size[::-1]
+
     def spread(self, values: torch.Tensor) -> torch.Tensor:
-        """Points -> grid (the gridding convolution P^T): [B, M] -> [B, n1, n0]."""
-        n0, n1 = self.grid_size
-        out = torch.empty(values.shape[0], n1, n0, dtype=values.dtype, device=values.device)
+        """Points -> grid (the gridding convolution P^T): [B, M] -> [B, n1, n0] (2-D) or
+        [B, n0, n1, n2] (3-D)."""
+        out = torch.empty(values.shape[0], *self.kernel_grid(), dtype=values.dtype,
+                          device=values.device)
         return _spread(self, values, out)
 
     def interp(self, grid: torch.Tensor) -> torch.Tensor:
-        """Grid -> points (P, the transpose of ``spread``): [B, n1, n0] -> [B, M]."""
+        """Grid -> points (P, the transpose of ``spread``): [B, *kernel_grid()] -> [B, M]."""
         return _interp(self, grid)
 
     def _cuda_bin(self) -> int:
@@ -179,17 +195,21 @@ class CompiledPlan:
         return _Workspace(self, (batch, dtype))
 
     def weights(self, dtype: torch.dtype) -> torch.Tensor:
-        """Kernel weights [M, 2, w] in the real dtype matching the complex ``dtype``."""
+        """Kernel weights [M, d, w] in the real dtype matching the complex ``dtype``."""
         real = torch.float64 if dtype == torch.complex128 else torch.float32
         if real not in self._weights:
             self._weights[real] = self._weights[torch.float64].to(real)
         return self._weights[real]
 
     def deapod(self, dtype: torch.dtype) -> torch.Tensor:
-        """[H, W] real factors 1 / (psi_hat(h0 j0) psi_hat(h1 j1)) in ``dtype``'s precision."""
+        """[H, W] (or [D, H, W]) real factors 1 / prod_a psi_hat(h_a j_a) in ``dtype``'s
+        precision."""
         real = torch.float64 if dtype == torch.complex128 else torch.float32
         if real not in self._deapod:
-            self._deapod[real] = (self.deapod_inv[0][:, None] * self.deapod_inv[1][None, :]).to(real)
+            out = self.deapod_inv[0]
+            for factors in self.deapod_inv[1:]:
+                out = out[..., None] * factors
+            self._deapod[real] = out.to(real)
         return self._deapod[real]
 
 
@@ -198,10 +218,14 @@ class _Workspace:
 
     A fresh multi-megabyte tensor costs a page fault per 4 KiB page on first touch, more
     than the FFT that fills it, so a plan keeps its padded FFT inputs and its spreading
-    grid between calls (buffers created zeroed keep their zero padding: the transforms
-    only ever write the data region). One (batch, dtype) is kept, up to _SCRATCH_BYTES;
-    a call that finds the buffers busy (another thread) or too large uses fresh ones.
-    CUDA has its caching allocator, so there every buffer is fresh.
+    grid between calls (buffers asked for zeroed keep their zero padding: the transforms
+    only ever write the data region). A buffer may be shared by name between a transform
+    that wants it zero-padded (``zero=True``) and one that overwrites it all
+    (``zero=False``, which marks it dirty): the next ``zero=True`` request of a dirty
+    buffer zeroes it first (the 3-D type 2 and type 1 share their grid so). One (batch,
+    dtype) is kept, up to _SCRATCH_BYTES; a call that finds the buffers busy (another
+    thread) or too large uses fresh ones. CUDA has its caching allocator, so there every
+    buffer is fresh.
 
     Usage: ``with plan.workspace(batch, dtype) as ws: a = ws(name, shape, zero)``.
     """
@@ -210,7 +234,7 @@ class _Workspace:
         self.plan, self.key, self.dtype = plan, key, key[1]
         self.cached = plan.device.type == "cpu" and plan._scratch_lock.acquire(blocking=False)
         if self.cached and plan._scratch[0] != key:
-            plan._scratch = (key, {})
+            plan._scratch = (key, {}, set())
 
     def __enter__(self):
         return self
@@ -221,14 +245,22 @@ class _Workspace:
         return False
 
     def __call__(self, name: str, shape: tuple, zero: bool) -> torch.Tensor:
-        buffers = self.plan._scratch[1]
+        _, buffers, dirty = self.plan._scratch
         if self.cached and name in buffers:
-            return buffers[name]
+            t = buffers[name]
+            if zero and name in dirty:
+                t.zero_()
+                dirty.discard(name)
+            elif not zero:
+                dirty.add(name)
+            return t
         make = torch.zeros if zero else torch.empty
         t = make(shape, dtype=self.dtype, device=self.plan.device)
         held = sum(b.numel() * b.element_size() for b in buffers.values())
         if self.cached and held + t.numel() * t.element_size() <= _SCRATCH_BYTES:
             buffers[name] = t
+            if not zero:
+                dirty.add(name)
         return t
 
 
@@ -279,7 +311,7 @@ def _unserved(device: torch.device, tol: float, oversamp: float | None,
     does)."""
     if _fast_kind(device, dims) is None:
         if dims == 3:
-            return _UNBUILT_3D
+            return _unbuilt_3d(device)
         return f"no compiled NUFFT kernels for {device.type} (extension or CuPy missing)"
     choice = nufft_kernel.choose_kernel(tol, oversamp, dtype)
     if choice.width > MAX_WIDTH:
@@ -374,7 +406,10 @@ def gridding_plan(ktraj: torch.Tensor, image_size, tol: float = 1e-6,
 # --- the transforms on a plan ------------------------------------------------------------------
 
 def _spread(plan: CompiledPlan, values: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-    """[B, M] -> ``out`` [B, n1, n0] (rows along W), overwritten."""
+    """[B, M] -> ``out`` [B, n1, n0] (2-D, rows along W) or [B, n0, n1, n2] (3-D),
+    overwritten."""
+    if plan.dims == 3:
+        return _spread_3d(plan, values, out)
     if plan.kind == "cuda":
         return _spread_cuda(plan, values, out)
     n0, n1 = plan.grid_size
@@ -385,7 +420,9 @@ def _spread(plan: CompiledPlan, values: torch.Tensor, out: torch.Tensor) -> torc
 
 
 def _interp(plan: CompiledPlan, grid: torch.Tensor) -> torch.Tensor:
-    """[B, n1, n0] -> [B, M]."""
+    """[B, n1, n0] (2-D) or [B, n0, n1, n2] (3-D) -> [B, M]."""
+    if plan.dims == 3:
+        return _interp_3d(plan, grid)
     if plan.kind == "cuda":
         return _interp_cuda(plan, grid)
     return torch.ops.luser_fast._nufft_interp(grid, plan.order, plan.start,
@@ -399,6 +436,8 @@ def _scale(src: torch.Tensor, factor: torch.Tensor, out: torch.Tensor) -> None:
 
 
 def _type2(plan: CompiledPlan, image: torch.Tensor) -> torch.Tensor:
+    if plan.dims == 3:
+        return _type2_3d(plan, image)
     lead = image.shape[:-2]
     batch = math.prod(lead)
     if batch == 0 or plan.n_points == 0:
@@ -424,6 +463,8 @@ def _type2(plan: CompiledPlan, image: torch.Tensor) -> torch.Tensor:
 
 
 def _type1(plan: CompiledPlan, values: torch.Tensor) -> torch.Tensor:
+    if plan.dims == 3:
+        return _type1_3d(plan, values)
     lead = values.shape[:-1]
     (h, w), (n0, n1) = plan.image_size, plan.grid_size
     batch = math.prod(lead)
@@ -526,46 +567,169 @@ torch.library.register_kernel("luser_fast::nufft_type1", "cuda", _type1_kernel)
 # --- 3-D kernels ---
 #
 # The 3-D op kernels on CPU and CUDA and what they need: which devices the compiled 3-D
-# spreader serves (``_fast_kind_3d``: none yet), the plan ``plan_for`` builds for a
-# 3-column ktraj (``_compiled_plan_3d``) and the kernels themselves, which run the
-# reference until the compiled path exists. The raw-call checks (``_check_raw``), the
-# trajectory's values (``validate.ktraj``) and the fallback notice come first, as in 2-D.
+# spreader serves (``_fast_kind_3d``), the plan ``plan_for`` builds for a 3-column ktraj
+# (a ``CompiledPlan`` in 3-D: ``_compiled_plan_3d``, ``_plan_3d``), spreading and
+# interpolation on it (C++: csrc/nufft/spread3.cpp; CUDA: csrc/nufft/spread3.cu), the
+# type-2 / type-1 pipelines (``_type2_3d``, ``_type1_3d``) and the kernels themselves,
+# which run the reference where no compiled kernel serves (``backends.fallback`` says
+# why). The raw-call checks (``_check_raw``) come first, as in 2-D; the trajectory's
+# values are checked once per plan (``_plan_3d``), or per call where the reference serves.
+#
+# Pipeline (grid n0 x n1 x n2 = oversampled D x H x W). The kernels see the grid in the
+# image's axis order, [B, n0, n1, n2], so the deapodised volume is written into (and the
+# result read out of) the grid's eight corner blocks without a transpose, and the FFT is
+# one 3-D ``torch.fft.fftn`` over the whole grid: MKL's 3-D transform of the contiguous
+# grid took 0.085 s for 8 x 128^3 complex64 on one core, against 0.26-0.29 s for the
+# pruned 1-D FFTs per axis (each on the non-zero part only, as in 2-D) in either layout,
+# the batch outermost or innermost. Type 2: deapodise into the zero-padded grid (a
+# workspace buffer whose padding stays zero), FFT, interpolate. Type 1: spread (into the
+# same buffer), inverse FFT, crop, deapodise.
 
-#: why the 3-D ops run their reference
-_UNBUILT_3D = "the compiled 3-D NUFFT kernels are not built"
-#: the compiled 3-D CPU kernels are registered
-HAS_CPU_KERNELS_3D = False
+#: the compiled 3-D CPU kernels are registered (the extension holds csrc/nufft/spread3.cpp)
+HAS_CPU_KERNELS_3D = library.extension_has("_nufft3_interp")
+
+
+def _unbuilt_3d(device: torch.device) -> str:
+    """Why no compiled 3-D kernel serves ``device``."""
+    if device.type == "cuda":
+        return "the CUDA 3-D NUFFT kernels need CuPy (and a built or NVRTC-compiled fatbin)"
+    return f"no compiled 3-D NUFFT kernels for {device.type} (extension not built)"
 
 
 def _fast_kind_3d(device: torch.device) -> str | None:
     """The compiled 3-D kernels that serve ``device`` ("cpu", "cuda"), or None."""
+    if device.type == "cpu" and HAS_CPU_KERNELS_3D:
+        return "cpu"
+    if device.type == "cuda" and _cuda3_available():
+        return "cuda"
     return None
 
 
 def _cuda3_available() -> bool:
-    """The CUDA 3-D kernels can run here."""
-    return False
+    """The CUDA 3-D kernels can run here (CuPy and a CUDA device: they are compiled with
+    the 2-D ones, from csrc/nufft/spread3.cu)."""
+    return False  # TODO(cuda3)
+
+
+def _cuda_bin_3d(grid_size, width):  # TODO(cuda3)
+    raise NotImplementedError
+
+
+def _cuda_plan_3d(plan, k):  # TODO(cuda3)
+    raise NotImplementedError
+
+
+def _spread_cuda_3d(plan, values, out):  # TODO(cuda3)
+    raise NotImplementedError
+
+
+def _interp_cuda_3d(plan, grid):  # TODO(cuda3)
+    raise NotImplementedError
 
 
 def _compiled_plan_3d(ktraj, image_size, tol, oversamp, device, kind, dtype):
-    """The compiled plan of a 3-column trajectory (``plan_for``; not built yet)."""
-    raise RuntimeError(f"plan_for: {_UNBUILT_3D}")
+    """The compiled plan of a 3-column trajectory (``plan_for``)."""
+    return CompiledPlan(ktraj, image_size, tol, oversamp, device, kind, dtype)
+
+
+def _plan_3d(plan: CompiledPlan, k64: torch.Tensor) -> None:
+    """Fill ``plan``'s sorted 3-D stencils (``CompiledPlan.__init__`` in 3-D): the values of
+    ktraj checked (ValueError naming ktraj), the bins, then the C++ plan
+    (``_nufft3_plan``) or the CUDA one (``_cuda_plan_3d``)."""
+    validate.ktraj(k64, "plan_for", dims=3)
+    w = plan.width
+    preferred = _CPU_BIN_3D if plan.kind == "cpu" else _cuda_bin_3d(plan.grid_size, w)
+    plan.n_bins = tuple(_bin_count(n, w, preferred) for n in plan.grid_size)
+    if plan.kind == "cpu":
+        plan.order, plan.start, plan._weights[torch.float64], plan.bin_offsets = \
+            torch.ops.luser_fast._nufft3_plan(k64.contiguous(), *plan.grid_size, w, plan.beta,
+                                              *plan.n_bins)
+    else:
+        _cuda_plan_3d(plan, k64.contiguous())
+
+
+def _spread_3d(plan: CompiledPlan, values: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """[B, M] -> ``out`` [B, n0, n1, n2], overwritten."""
+    if plan.kind == "cuda":
+        return _spread_cuda_3d(plan, values, out)
+    torch.ops.luser_fast._nufft3_spread_out(values.contiguous(), plan.order, plan.start,
+                                            plan.weights(values.dtype), plan.bin_offsets,
+                                            *plan.grid_size, *plan.n_bins, -1, out)
+    return out
+
+
+def _interp_3d(plan: CompiledPlan, grid: torch.Tensor) -> torch.Tensor:
+    """[B, n0, n1, n2] -> [B, M]."""
+    if plan.kind == "cuda":
+        return _interp_cuda_3d(plan, grid)
+    return torch.ops.luser_fast._nufft3_interp(grid, plan.order, plan.start,
+                                               plan.weights(grid.dtype))
+
+
+def _corners(image_size: tuple[int, ...], grid_size: tuple[int, ...]):
+    """The 2^d (image block, grid block) index pairs that place pixel j of each axis at grid
+    index (j - N // 2) mod n: j in [N // 2, N) at [0, N - N // 2), j in [0, N // 2) at
+    [n - N // 2, n). Empty blocks (N = 1) are left out."""
+    per_axis = [[(slice(s // 2, s), slice(0, s - s // 2)), (slice(0, s // 2), slice(n - s // 2, n))]
+                for s, n in zip(image_size, grid_size)]
+    for blocks in itertools.product(*per_axis):
+        if all(b[0].stop > b[0].start for b in blocks):
+            yield (..., *(b[0] for b in blocks)), (..., *(b[1] for b in blocks))
+
+
+def _type2_3d(plan: CompiledPlan, image: torch.Tensor) -> torch.Tensor:
+    lead = image.shape[:-3]
+    batch = math.prod(lead)
+    if batch == 0 or plan.n_points == 0:
+        return image.new_zeros((*lead, plan.n_points))
+    x = image.reshape(batch, *plan.image_size)
+    d = plan.deapod(image.dtype)
+    with plan.workspace(batch, image.dtype) as ws:
+        grid = ws("grid3", (batch, *plan.grid_size), zero=True)
+        for src, dst in _corners(plan.image_size, plan.grid_size):
+            _scale(x[src], d[src], grid[dst])
+        grid = torch.fft.fftn(grid, dim=(-3, -2, -1))
+    return _interp_3d(plan, grid).reshape(*lead, plan.n_points)
+
+
+def _type1_3d(plan: CompiledPlan, values: torch.Tensor) -> torch.Tensor:
+    lead = values.shape[:-1]
+    batch = math.prod(lead)
+    if batch == 0 or plan.n_points == 0:
+        return values.new_zeros((*lead, *plan.image_size))
+    with plan.workspace(batch, values.dtype) as ws:
+        grid = _spread_3d(plan, values.reshape(batch, plan.n_points),
+                          ws("grid3", (batch, *plan.grid_size), zero=False))
+        grid = torch.fft.ifftn(grid, dim=(-3, -2, -1), norm="forward")
+    d = plan.deapod(values.dtype)
+    x = torch.empty((batch, *plan.image_size), dtype=values.dtype, device=values.device)
+    for dst, src in _corners(plan.image_size, plan.grid_size):
+        _scale(grid[src], d[dst], x[dst])
+    return x.reshape(*lead, *plan.image_size)
 
 
 def _type2_kernel_3d(image, ktraj, tol=1e-6, oversamp=None):
     _check_raw("nufft3_type2", tol, oversamp, image_size=_raw_image_size(image, 3),
                image=image, ktraj=ktraj)
-    ktraj = validate.ktraj(ktraj, "nufft3_type2", dims=3)
-    backends.fallback("nufft3_type2", _UNBUILT_3D)
-    return nufft_type2_ref(image, ktraj, tol, oversamp)
+    reason = _unserved(image.device, tol, oversamp, image.dtype, 3)
+    if reason is not None:
+        ktraj = validate.ktraj(ktraj, "nufft3_type2", dims=3)
+        backends.fallback("nufft3_type2", reason)
+        return nufft_type2_ref(image, ktraj, tol, oversamp)
+    return _type2_3d(plan_for(ktraj, image.shape[-3:], tol, oversamp, device=image.device,
+                              dtype=image.dtype), image)
 
 
 def _type1_kernel_3d(values, ktraj, image_size, tol=1e-6, oversamp=None):
     _check_raw("nufft3_type1", tol, oversamp, image_size=image_size, values=values,
                ktraj=ktraj)
-    ktraj = validate.ktraj(ktraj, "nufft3_type1", dims=3)
-    backends.fallback("nufft3_type1", _UNBUILT_3D)
-    return nufft_type1_ref(values, ktraj, tuple(image_size), tol, oversamp)
+    reason = _unserved(values.device, tol, oversamp, values.dtype, 3)
+    if reason is not None:
+        ktraj = validate.ktraj(ktraj, "nufft3_type1", dims=3)
+        backends.fallback("nufft3_type1", reason)
+        return nufft_type1_ref(values, ktraj, tuple(image_size), tol, oversamp)
+    return _type1_3d(plan_for(ktraj, image_size, tol, oversamp, device=values.device,
+                              dtype=values.dtype), values)
 
 # --- end 3-D kernels ---
 
