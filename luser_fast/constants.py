@@ -20,7 +20,7 @@ from . import _ext
 
 __all__ = [
     "RADON_RAY_BYTES", "RADON_IMAGES_PER_THREAD",
-    "NUFFT_MAX_WIDTH", "NUFFT_RANGE_SLACK", "NUFFT_MAX_ABS_K",
+    "NUFFT_MAX_WIDTH", "NUFFT_RANGE_SLACK", "NUFFT_MAX_ABS_K", "NUFFT3_SORT_TILE",
     "SOURCE", "values", "parse_header", "header_paths", "python_name",
 ]
 
@@ -170,3 +170,6 @@ NUFFT_MAX_WIDTH: int = _VALUES["NUFFT_MAX_WIDTH"]
 NUFFT_RANGE_SLACK: float = _VALUES["NUFFT_RANGE_SLACK"]
 #: largest |k| (radians) a NUFFT trajectory may hold: pi (1 + NUFFT_RANGE_SLACK)
 NUFFT_MAX_ABS_K: float = _VALUES["NUFFT_MAX_ABS_K"]
+#: side of the cell tiles that order a 3-D NUFFT plan's points within a bin (the C++ plan
+#: and the CUDA plan's sort key)
+NUFFT3_SORT_TILE: int = _VALUES["NUFFT3_SORT_TILE"]

@@ -28,7 +28,10 @@
      (slightly above pi) passes. */                                                       \
   X(double, kNufftRangeSlack, 1e-5)                                                        \
   /* Largest |k| (radians) a NUFFT trajectory may hold. */                                \
-  X(double, kNufftMaxAbsK, 3.14159265358979323846 * (1.0 + kNufftRangeSlack))
+  X(double, kNufftMaxAbsK, 3.14159265358979323846 * (1.0 + kNufftRangeSlack))             \
+  /* Side of the cell tiles that order a 3-D NUFFT plan's points within a bin (the C++    \
+     plan and the CUDA plan's sort key). */                                               \
+  X(int, kNufft3SortTile, 2)
 // clang-format on
 
 namespace luser_fast {

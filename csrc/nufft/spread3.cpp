@@ -75,7 +75,7 @@ constexpr int64_t kSubGridBytes = int64_t(1) << 20;
 // Largest sub-grid of one plane a task may need (a raw call with huge bins is refused).
 constexpr int64_t kMaxSubGridReals = int64_t(1) << 30;
 // Side of the cell tiles that order the points within a bin (the plan).
-constexpr int kSortTile = 2;
+constexpr int kSortTile = luser_fast::kNufft3SortTile;
 // Sorted points per interpolation task.
 constexpr int64_t kInterpChunk = 512;
 
@@ -157,19 +157,23 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> nufft3_plan_cpu(
     for (int64_t p = 0; p < m; ++p) ord[fill[bin[p]]++] = p;
   }
   // within each bin, the points in the lexicographic order of the kSortTile^3 cell tiles
-  // of their stencil starts (input order within a tile): consecutive points then share
-  // most of their stencils' cells, which stay in L1 between them
+  // of their stencil starts, counted from the bin's first cell (input order within a
+  // tile): consecutive points then share most of their stencils' cells, which stay in L1
+  // between them. (The CUDA plan, ops/nufft.py, sorts by the same key.)
   at::parallel_for(0, n_bins, 16, [&](int64_t b0, int64_t b1) {
     std::vector<std::array<int32_t, 3>> keys;
     std::vector<int64_t> idx, moved;
     for (int64_t b = b0; b < b1; ++b) {
       const int64_t len = off[b + 1] - off[b];
       if (len < 2) continue;
+      const int64_t bi[3] = {b / (nb1 * nb2), (b / nb2) % nb1, b % nb2};
+      int lo[3];
+      for (int d = 0; d < 3; ++d) lo[d] = nu::bin_start((int)bi[d], n[d], nb[d]);
       keys.resize(len);
       idx.resize(len);
       moved.assign(ord + off[b], ord + off[b + 1]);
       for (int64_t i = 0; i < len; ++i) {
-        for (int d = 0; d < 3; ++d) keys[i][d] = s_in[3 * moved[i] + d] / kSortTile;
+        for (int d = 0; d < 3; ++d) keys[i][d] = (s_in[3 * moved[i] + d] - lo[d]) / kSortTile;
         idx[i] = i;
       }
       std::stable_sort(idx.begin(), idx.end(),
@@ -666,6 +670,13 @@ void spread3_into(const at::Tensor& values, const at::Tensor& order, const at::T
   const int32_t* st = start.data_ptr<int32_t>();
   const int n[3] = {(int)n0, (int)n1, (int)n2};
   const int nb[3] = {(int)nb0, (int)nb1, (int)nb2};
+  // the largest sub-grid (longest bin per axis plus the halo) for one plane
+  int64_t longest[3];
+  for (int d = 0; d < 3; ++d) longest[d] = (n[d] + nb[d] - 1) / nb[d] + width - 1;
+  const int64_t cells = longest[0] * longest[1] * longest[2];
+  TORCH_CHECK(longest[0] * longest[1] * (2 * longest[2] + kMaxLanes) <= kMaxSubGridReals, fn,
+              ": bins too large (", longest[0], " x ", longest[1], " x ", longest[2],
+              " cells with the halo); use more bins");
   for (int64_t b = 0; b < n_bins; ++b) {
     TORCH_CHECK(off[b] <= off[b + 1], fn, ": bin_offsets must be non-decreasing");
   }
@@ -684,13 +695,6 @@ void spread3_into(const at::Tensor& values, const at::Tensor& order, const at::T
               fn, ": out must be a contiguous ", values.scalar_type(), " CPU tensor of shape [",
               batch, ", ", n0, ", ", n1, ", ", n2, "], got ", grid.scalar_type(), " ",
               grid.sizes());
-  // the largest sub-grid (longest bin per axis plus the halo) for one plane
-  int64_t longest[3];
-  for (int d = 0; d < 3; ++d) longest[d] = (n[d] + nb[d] - 1) / nb[d] + width - 1;
-  const int64_t cells = longest[0] * longest[1] * longest[2];
-  TORCH_CHECK(longest[0] * longest[1] * (2 * longest[2] + kMaxLanes) <= kMaxSubGridReals, fn,
-              ": bins too large (", longest[0], " x ", longest[1], " x ", longest[2],
-              " cells with the halo); use more bins");
   const at::Tensor v = values.contiguous();
   grid.zero_();
   if (m == 0 || batch == 0) return;

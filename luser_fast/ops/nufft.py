@@ -53,7 +53,7 @@ import torch
 from torch.utils.weak import WeakIdKeyDictionary
 
 from .. import backends
-from ..constants import NUFFT_MAX_ABS_K, NUFFT_MAX_WIDTH
+from ..constants import NUFFT3_SORT_TILE, NUFFT_MAX_ABS_K, NUFFT_MAX_WIDTH
 from ..core import nufft_kernel, validate
 from ..reference.nufft import NufftPlan, nufft_type1_ref, nufft_type2_ref
 from . import cuda_common, library
@@ -608,23 +608,7 @@ def _fast_kind_3d(device: torch.device) -> str | None:
 def _cuda3_available() -> bool:
     """The CUDA 3-D kernels can run here (CuPy and a CUDA device: they are compiled with
     the 2-D ones, from csrc/nufft/spread3.cu)."""
-    return False  # TODO(cuda3)
-
-
-def _cuda_bin_3d(grid_size, width):  # TODO(cuda3)
-    raise NotImplementedError
-
-
-def _cuda_plan_3d(plan, k):  # TODO(cuda3)
-    raise NotImplementedError
-
-
-def _spread_cuda_3d(plan, values, out):  # TODO(cuda3)
-    raise NotImplementedError
-
-
-def _interp_cuda_3d(plan, grid):  # TODO(cuda3)
-    raise NotImplementedError
+    return cuda_available()
 
 
 def _compiled_plan_3d(ktraj, image_size, tol, oversamp, device, kind, dtype):
@@ -730,6 +714,135 @@ def _type1_kernel_3d(values, ktraj, image_size, tol=1e-6, oversamp=None):
         return nufft_type1_ref(values, ktraj, tuple(image_size), tol, oversamp)
     return _type1_3d(plan_for(ktraj, image_size, tol, oversamp, device=values.device,
                               dtype=values.dtype), values)
+
+# CUDA (csrc/nufft/spread3.cu). As in 2-D, the kernels' limits are checked and their
+# launch grids computed by pure functions before anything is allocated or launched
+# (unit-tested with sizes no machine holds, tests/test_nufft3d_ext.py).
+
+#: preferred CUDA bin sides in 3-D, largest first: a spreading tile holds
+#: (longest bin + w - 1)^3 complex cells in shared memory
+_CUDA_BINS_3D = (16, 12, 8)
+
+
+def _cuda_bin_3d(grid_size: tuple[int, ...], width: int) -> int:
+    """The largest of _CUDA_BINS_3D whose complex64 tile fits in _CUDA_SMEM, else the width
+    (the smallest bins; where even their tile does not fit, or for complex128 data whose
+    tile does not, ``_spread_launch`` spreads with global atomics)."""
+    for preferred in _CUDA_BINS_3D:
+        longest = [-(-n // _bin_count(n, width, preferred)) for n in grid_size]
+        if math.prod(n + width - 1 for n in longest) * 8 <= _CUDA_SMEM:
+            return preferred
+    return width
+
+
+def _cuda_check_sizes_3d(m: int, grid_size: tuple[int, ...], n_bins: tuple[int, ...]) -> None:
+    """ValueError unless the CUDA 3-D kernels can index the plan: fewer than 2^31 points and
+    bins (int indices; products with them and cell offsets are 64-bit), grid sides of at
+    most 2^28."""
+    cuda_common.check_sizes("nufft3", points=m, bins=math.prod(n_bins))
+    cuda_common.check_sizes("nufft3", limit=MAX_GRID_SIDE, **{"the grid side": max(grid_size)})
+
+
+def _tile_3d(grid_size: tuple[int, ...], n_bins: tuple[int, ...], width: int) -> tuple[int, ...]:
+    """The spreading tile: the longest bin plus the w - 1 cell halo, per axis."""
+    return tuple(-(-n // nb) + width - 1 for n, nb in zip(grid_size, n_bins))
+
+
+def _sort_key_3d(bins: torch.Tensor, start: torch.Tensor, grid_size, n_bins) -> torch.Tensor:
+    """The C++ plan's order as one int64 key per point: the bin, then the NUFFT3_SORT_TILE^3
+    cell tile of the stencil start counted from the bin's first cell (row-major), so that a
+    stable sort by it gives _nufft3_plan's order exactly."""
+    b = bins.long()
+    nb0, nb1, nb2 = n_bins
+    index = (b // (nb1 * nb2), (b // nb2) % nb1, b % nb2)
+    key = b
+    for d, (n, nb) in enumerate(zip(grid_size, n_bins)):
+        lo = index[d] * n // nb                          # the bin's first cell
+        longest = -(-n // nb)
+        tiles = -(-longest // NUFFT3_SORT_TILE)          # tiles along the longest bin
+        key = key * tiles + (start[:, d].long() - lo) // NUFFT3_SORT_TILE
+    return key
+
+
+def _cuda_plan_3d(plan: CompiledPlan, k: torch.Tensor) -> None:
+    """Fill ``plan``'s sorted 3-D stencils on the GPU: per-point starts and bins
+    (es_kernel.h, in nufft3_plan_points_kernel), a stable sort by the C++ plan's key
+    (bin, then small tiles of cells), float64 weights in sorted order, and the spreading
+    subproblems (bin, first point, end point), at most _CUDA_SUBPROBLEM each. ktraj's
+    values were checked by ``_plan_3d``."""
+    m, dev = plan.n_points, k.device
+    n0, n1, n2 = plan.grid_size
+    nb = plan.n_bins
+    n_bins = math.prod(nb)
+    _cuda_check_sizes_3d(m, plan.grid_size, nb)
+    start = torch.empty(m, 3, dtype=torch.int32, device=dev)
+    bins = torch.empty(m, dtype=torch.int32, device=dev)
+    if m:
+        cuda_common.launch("nufft3_plan_points_kernel", dev, cuda_common.grid(m),
+                           (ptr(k), i32(m), i32(n0), i32(n1), i32(n2), i32(nb[0]), i32(nb[1]),
+                            i32(nb[2]), i32(plan.width), ptr(start), ptr(bins)))
+    order = torch.sort(_sort_key_3d(bins, start, plan.grid_size, nb), stable=True).indices
+    plan.order = order
+    plan.start = start[order].contiguous()
+    counts = torch.bincount(bins.long(), minlength=n_bins)
+    plan.bin_offsets = torch.cat((counts.new_zeros(1), torch.cumsum(counts, 0)))
+    weights = torch.empty(m, 3, plan.width, dtype=torch.float64, device=dev)
+    if m:
+        cuda_common.launch("nufft3_plan_weights_kernel", dev, cuda_common.grid(m),
+                           (ptr(k), ptr(order), i32(m), i32(n0), i32(n1), i32(n2),
+                            i32(plan.width), f64(plan.beta), ptr(weights)))
+    plan._weights[torch.float64] = weights
+    n_sub = (counts + _CUDA_SUBPROBLEM - 1) // _CUDA_SUBPROBLEM
+    sub_bin = torch.repeat_interleave(torch.arange(n_bins, device=dev), n_sub)
+    first_sub = torch.repeat_interleave(torch.cumsum(n_sub, 0) - n_sub, n_sub)
+    p0 = plan.bin_offsets[sub_bin] + (torch.arange(sub_bin.numel(), device=dev) - first_sub) \
+        * _CUDA_SUBPROBLEM
+    p1 = torch.minimum(p0 + _CUDA_SUBPROBLEM, plan.bin_offsets[sub_bin + 1])
+    plan.subproblems = torch.stack((sub_bin, p0, p1), dim=-1).to(torch.int32).contiguous()
+    plan.tile = _tile_3d(plan.grid_size, nb, plan.width)
+
+
+def _spread_cuda_3d(plan: CompiledPlan, values: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
+    n0, n1, n2 = plan.grid_size
+    batch, m = values.shape
+    v = values.contiguous()
+    grid.zero_()
+    if batch == 0 or m == 0:
+        return grid
+    suffix = "f32" if v.dtype == torch.complex64 else "f64"
+    weights = plan.weights(v.dtype)
+    nb = plan.n_bins
+    tile = plan.tile
+    kind, launch_grid, smem = _spread_launch(plan.subproblems.shape[0], m, batch,
+                                             (tile[0] * tile[1], tile[2]), v.element_size())
+    if kind == "tile":
+        cuda_common.launch("nufft3_spread_tile_kernel_" + suffix, v.device, launch_grid,
+                           (ptr(v), ptr(plan.order), ptr(plan.start), ptr(weights),
+                            ptr(plan.subproblems), i64(batch), i32(m), i32(plan.width),
+                            i32(n0), i32(n1), i32(n2), i32(nb[0]), i32(nb[1]), i32(nb[2]),
+                            i32(tile[0]), i32(tile[1]), i32(tile[2]), ptr(grid)),
+                           shared_mem=smem)
+    else:
+        cuda_common.launch("nufft3_spread_global_kernel_" + suffix, v.device, launch_grid,
+                           (ptr(v), ptr(plan.order), ptr(plan.start), ptr(weights),
+                            i64(batch), i32(m), i32(plan.width), i32(n0), i32(n1), i32(n2),
+                            ptr(grid)))
+    return grid
+
+
+def _interp_cuda_3d(plan: CompiledPlan, grid: torch.Tensor) -> torch.Tensor:
+    batch, n0, n1, n2 = grid.shape
+    m = plan.n_points
+    g = grid.contiguous()
+    out = g.new_empty(batch, m)
+    if batch == 0 or m == 0:
+        return out
+    suffix = "f32" if g.dtype == torch.complex64 else "f64"
+    cuda_common.launch("nufft3_interp_kernel_" + suffix, g.device, _interp_launch(m, batch),
+                       (ptr(g), ptr(plan.order), ptr(plan.start), ptr(plan.weights(g.dtype)),
+                        i64(batch), i32(m), i32(plan.width), i32(n0), i32(n1), i32(n2),
+                        ptr(out)))
+    return out
 
 # --- end 3-D kernels ---
 
