@@ -530,6 +530,9 @@ torch.library.register_kernel("luser_fast::nufft_type1", "cuda", _type1_kernel)
 # 3-column ktraj (``_compiled_plan_3d``) and the kernels themselves, which run the
 # reference until the compiled path exists. The raw-call checks (``_check_raw``), the
 # trajectory's values (``validate.ktraj``) and the fallback notice come first, as in 2-D.
+# ``_op_kernels_3d`` tells ``luser_fast.backends`` where the public functions call the
+# ops: everywhere for now, so that 3-D calls take the ops' autograd (ktraj gradients
+# included) and the notice says that the reference runs inside.
 
 #: why the 3-D ops run their reference
 _UNBUILT_3D = "the compiled 3-D NUFFT kernels are not built"
@@ -542,9 +545,9 @@ def _fast_kind_3d(device: torch.device) -> str | None:
     return None
 
 
-def _cuda3_available() -> bool:
-    """The CUDA 3-D kernels can run here."""
-    return False
+def _op_kernels_3d(device_type: str) -> bool:
+    """The 3-D ops' kernels serve ``device_type`` ("cpu", "cuda") for ``backends``."""
+    return True
 
 
 def _compiled_plan_3d(ktraj, image_size, tol, oversamp, device, kind, dtype):
@@ -805,7 +808,7 @@ library.register_family({"nufft_type2": (_type2_backward, _type2_setup),
                         cpu=lambda: HAS_CPU_KERNELS, cuda=cuda_available)
 library.register_family({"nufft3_type2": (_type2_backward, _type2_setup),
                          "nufft3_type1": (_type1_backward, _type1_setup)},
-                        cpu=lambda: HAS_CPU_KERNELS_3D, cuda=lambda: _cuda3_available())
+                        cpu=lambda: _op_kernels_3d("cpu"), cuda=lambda: _op_kernels_3d("cuda"))
 
 
 # --- public functionals ---------------------------------------------------------------------------
