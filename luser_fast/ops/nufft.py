@@ -263,9 +263,7 @@ def _trajectory(ktraj: torch.Tensor) -> _Trajectory:
     return entry
 
 
-def _fast_kind(device: torch.device, dims: int = 2) -> str | None:
-    if dims == 3:
-        return _fast_kind_3d(device)
+def _fast_kind(device: torch.device) -> str | None:
     if device.type == "cpu" and HAS_CPU_KERNELS:
         return "cpu"
     if device.type == "cuda" and cuda_available():
@@ -273,11 +271,16 @@ def _fast_kind(device: torch.device, dims: int = 2) -> str | None:
     return None
 
 
+def _kind(device: torch.device, dims: int) -> str | None:
+    """The compiled kernels ("cpu", "cuda") that serve ``dims``-D transforms on ``device``."""
+    return _fast_kind(device) if dims == 2 else _fast_kind_3d(device)
+
+
 def _unserved(device: torch.device, tol: float, oversamp: float | None,
               dtype: torch.dtype, dims: int = 2) -> str | None:
     """Why no compiled kernel serves this transform in ``dims`` dimensions (None: one
     does)."""
-    if _fast_kind(device, dims) is None:
+    if _kind(device, dims) is None:
         if dims == 3:
             return _UNBUILT_3D
         return f"no compiled NUFFT kernels for {device.type} (extension or CuPy missing)"
@@ -326,7 +329,7 @@ def plan_for(ktraj: torch.Tensor, image_size, tol: float = 1e-6, oversamp: float
             plans.pop(next(iter(plans)))
         build = CompiledPlan if dims == 2 else _compiled_plan_3d
         plans[key] = build(entry.values, key[1], tol, oversamp, device,
-                           _fast_kind(device, dims), dtype)
+                           _kind(device, dims), dtype)
     return plans[key]
 
 
