@@ -80,7 +80,7 @@ def fake_cuda(monkeypatch):
     monkeypatch.setattr(cuda_common, "launch", rec)
     monkeypatch.setattr(radon_ops, "cuda_available", lambda: True)
     monkeypatch.setattr(nufft_ops, "cuda_available", lambda: True)
-    monkeypatch.setattr(nufft_ops, "_fast_kind", lambda device, dims=2: "cuda")
+    monkeypatch.setattr(nufft_ops, "_fast_kind", lambda device: "cuda")
     return rec
 
 

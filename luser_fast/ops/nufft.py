@@ -295,9 +295,7 @@ def _trajectory(ktraj: torch.Tensor) -> _Trajectory:
     return entry
 
 
-def _fast_kind(device: torch.device, dims: int = 2) -> str | None:
-    if dims == 3:
-        return _fast_kind_3d(device)
+def _fast_kind(device: torch.device) -> str | None:
     if device.type == "cpu" and HAS_CPU_KERNELS:
         return "cpu"
     if device.type == "cuda" and cuda_available():
@@ -305,11 +303,16 @@ def _fast_kind(device: torch.device, dims: int = 2) -> str | None:
     return None
 
 
+def _kind(device: torch.device, dims: int) -> str | None:
+    """The compiled kernels ("cpu", "cuda") that serve ``dims``-D transforms on ``device``."""
+    return _fast_kind(device) if dims == 2 else _fast_kind_3d(device)
+
+
 def _unserved(device: torch.device, tol: float, oversamp: float | None,
               dtype: torch.dtype, dims: int = 2) -> str | None:
     """Why no compiled kernel serves this transform in ``dims`` dimensions (None: one
     does)."""
-    if _fast_kind(device, dims) is None:
+    if _kind(device, dims) is None:
         if dims == 3:
             return _unbuilt_3d(device)
         return f"no compiled NUFFT kernels for {device.type} (extension or CuPy missing)"
@@ -358,7 +361,7 @@ def plan_for(ktraj: torch.Tensor, image_size, tol: float = 1e-6, oversamp: float
             plans.pop(next(iter(plans)))
         build = CompiledPlan if dims == 2 else _compiled_plan_3d
         plans[key] = build(entry.values, key[1], tol, oversamp, device,
-                           _fast_kind(device, dims), dtype)
+                           _kind(device, dims), dtype)
     return plans[key]
 
 
@@ -584,6 +587,10 @@ torch.library.register_kernel("luser_fast::nufft_type1", "cuda", _type1_kernel)
 # the batch outermost or innermost. Type 2: deapodise into the zero-padded grid (a
 # workspace buffer whose padding stays zero), FFT, interpolate. Type 1: spread (into the
 # same buffer), inverse FFT, crop, deapodise.
+#
+# ``_op_kernels_3d`` tells ``luser_fast.backends`` where the public functions call the
+# ops: everywhere, since the ops' kernels fall back to the reference themselves, so that
+# 3-D calls always take the ops' autograd (ktraj gradients included).
 
 #: the compiled 3-D CPU kernels are registered (the extension holds csrc/nufft/spread3.cpp)
 HAS_CPU_KERNELS_3D = library.extension_has("_nufft3_interp")
@@ -609,6 +616,11 @@ def _cuda3_available() -> bool:
     """The CUDA 3-D kernels can run here (CuPy and a CUDA device: they are compiled with
     the 2-D ones, from csrc/nufft/spread3.cu)."""
     return cuda_available()
+
+
+def _op_kernels_3d(device_type: str) -> bool:
+    """The 3-D ops' kernels serve ``device_type`` ("cpu", "cuda") for ``backends``."""
+    return True
 
 
 def _compiled_plan_3d(ktraj, image_size, tol, oversamp, device, kind, dtype):
@@ -1082,7 +1094,7 @@ library.register_family({"nufft_type2": (_type2_backward, _type2_setup),
                         cpu=lambda: HAS_CPU_KERNELS, cuda=cuda_available)
 library.register_family({"nufft3_type2": (_type2_backward, _type2_setup),
                          "nufft3_type1": (_type1_backward, _type1_setup)},
-                        cpu=lambda: HAS_CPU_KERNELS_3D, cuda=lambda: _cuda3_available())
+                        cpu=lambda: _op_kernels_3d("cpu"), cuda=lambda: _op_kernels_3d("cuda"))
 
 
 # --- public functionals ---------------------------------------------------------------------------
