@@ -76,8 +76,8 @@ constexpr int64_t kSubGridBytes = int64_t(1) << 20;
 constexpr int64_t kMaxSubGridReals = int64_t(1) << 30;
 // Side of the cell tiles that order the points within a bin (the plan).
 constexpr int kSortTile = luser_fast::kNufft3SortTile;
-// Sorted points per interpolation task.
-constexpr int64_t kInterpChunk = 512;
+// Most sorted points per interpolation task.
+constexpr int64_t kInterpChunk = 4096;
 
 // --- plan -------------------------------------------------------------------------------
 
@@ -329,6 +329,27 @@ LF_ALWAYS_INLINE void spread3_body(const Work3<R>& a, const Bin3& bin, R* __rest
   }
 }
 
+// Prefetches the cells lo .. lo + len - 1 (wrapped at n) of one grid row of each of nbp
+// planes: the short row segments a sub-grid exchanges with the grid are too many and too
+// short for the hardware prefetcher, so the next row's are requested one row ahead.
+template <typename R>
+LF_ALWAYS_INLINE void prefetch_rows(const R* row, int64_t plane, int64_t nbp, int lo, int len,
+                                    int n, bool write) {
+  const int first = std::min(len, n - lo);
+  constexpr int kPerLine = 64 / (2 * (int)sizeof(R));  // complex cells per cache line
+  for (int64_t b = 0; b < nbp; ++b) {
+    const R* r = row + b * plane;
+    for (int c = 0; c < first; c += kPerLine) {
+      if (write) __builtin_prefetch(r + 2 * (int64_t)(lo + c), 1, 3);
+      else __builtin_prefetch(r + 2 * (int64_t)(lo + c), 0, 3);
+    }
+    for (int c = 0; c < len - first; c += kPerLine) {
+      if (write) __builtin_prefetch(r + 2 * (int64_t)c, 1, 3);
+      else __builtin_prefetch(r + 2 * (int64_t)c, 0, 3);
+    }
+  }
+}
+
 // Adds a bin's sub-grid (planes innermost) into the grid (planes outermost), every axis
 // wrapped. Bins of one parity class never overlap, so this needs no atomics.
 template <typename R>
@@ -344,17 +365,26 @@ LF_ALWAYS_INLINE void add_sub3_body(const Work3<R>& a, const Bin3& bin, const R*
       const int c1 = bin.lo[1] + i1 < a.n[1] ? bin.lo[1] + i1 : bin.lo[1] + i1 - a.n[1];
       const R* __restrict__ s = sub + ((int64_t)i0 * bin.sub[1] + i1) * bin.ld;
       R* g = a.grid + bin.b0 * plane + ((int64_t)c0 * a.n[1] + c1) * row_len;
-      for (int64_t b = 0; b < nbp; ++b) {
-        R* __restrict__ gb = g + b * plane;
-        R* __restrict__ g0 = gb + 2 * (int64_t)bin.lo[2];
-        const R* __restrict__ sb = s + 2 * b;
-        for (int c = 0; c < first; ++c) {
-          g0[2 * c] += sb[2 * c * nbp];
-          g0[2 * c + 1] += sb[2 * c * nbp + 1];
+      {
+        // the next row of the sub-grid, in the grid
+        const int j1 = i1 + 1 < bin.sub[1] ? i1 + 1 : 0;
+        const int j0 = i1 + 1 < bin.sub[1] ? i0 : i0 + 1;
+        if (j0 < bin.sub[0]) {
+          const int d0 = bin.lo[0] + j0 < a.n[0] ? bin.lo[0] + j0 : bin.lo[0] + j0 - a.n[0];
+          const int d1 = bin.lo[1] + j1 < a.n[1] ? bin.lo[1] + j1 : bin.lo[1] + j1 - a.n[1];
+          prefetch_rows(a.grid + bin.b0 * plane + ((int64_t)d0 * a.n[1] + d1) * row_len, plane,
+                        nbp, bin.lo[2], bin.sub[2], a.n[2], true);
         }
-        for (int c = first; c < bin.sub[2]; ++c) {
-          gb[2 * (c - first)] += sb[2 * c * nbp];
-          gb[2 * (c - first) + 1] += sb[2 * c * nbp + 1];
+      }
+      // cell by cell, the nb planes side by side (nb independent streams in flight)
+      R* dst[kMaxRun / 4];
+      for (int64_t b = 0; b < nbp; ++b) dst[b] = g + b * plane;
+      for (int c = 0; c < bin.sub[2]; ++c) {
+        const int64_t at = 2 * (int64_t)(c < first ? bin.lo[2] + c : c - first);
+        const R* __restrict__ v = s + 2 * c * nbp;
+        for (int64_t b = 0; b < nbp; ++b) {
+          dst[b][at] += v[2 * b];
+          dst[b][at + 1] += v[2 * b + 1];
         }
       }
     }
@@ -392,17 +422,26 @@ LF_ALWAYS_INLINE void gather_box_body(const Work3<R>& a, const Box3& box, R* __r
       const int c1 = box.lo[1] + i1 < a.n[1] ? box.lo[1] + i1 : box.lo[1] + i1 - a.n[1];
       R* __restrict__ s = sub + ((int64_t)i0 * box.ext[1] + i1) * box.ld;
       const R* g = a.grid + box.b0 * plane + ((int64_t)c0 * a.n[1] + c1) * row_len;
-      for (int64_t b = 0; b < nbp; ++b) {
-        const R* __restrict__ gb = g + b * plane;
-        const R* __restrict__ g0 = gb + 2 * (int64_t)box.lo[2];
-        R* __restrict__ sb = s + 2 * b;
-        for (int c = 0; c < first; ++c) {
-          sb[2 * c * nbp] = g0[2 * c];
-          sb[2 * c * nbp + 1] = g0[2 * c + 1];
+      {
+        // the next row of the box, in the grid
+        const int j1 = i1 + 1 < box.ext[1] ? i1 + 1 : 0;
+        const int j0 = i1 + 1 < box.ext[1] ? i0 : i0 + 1;
+        if (j0 < box.ext[0]) {
+          const int d0 = box.lo[0] + j0 < a.n[0] ? box.lo[0] + j0 : box.lo[0] + j0 - a.n[0];
+          const int d1 = box.lo[1] + j1 < a.n[1] ? box.lo[1] + j1 : box.lo[1] + j1 - a.n[1];
+          prefetch_rows(a.grid + box.b0 * plane + ((int64_t)d0 * a.n[1] + d1) * row_len, plane,
+                        nbp, box.lo[2], box.ext[2], a.n[2], false);
         }
-        for (int c = first; c < box.ext[2]; ++c) {
-          sb[2 * c * nbp] = gb[2 * (c - first)];
-          sb[2 * c * nbp + 1] = gb[2 * (c - first) + 1];
+      }
+      // cell by cell, the nb planes' values side by side: nb independent loads in flight
+      const R* src[kMaxRun / 4];
+      for (int64_t b = 0; b < nbp; ++b) src[b] = g + b * plane;
+      for (int c = 0; c < box.ext[2]; ++c) {
+        const int64_t at = 2 * (int64_t)(c < first ? box.lo[2] + c : c - first);
+        R* __restrict__ d = s + 2 * c * nbp;
+        for (int64_t b = 0; b < nbp; ++b) {
+          d[2 * b] = src[b][at];
+          d[2 * b + 1] = src[b][at + 1];
         }
       }
       std::fill(s + used, s + box.ld, R(0));
@@ -645,6 +684,37 @@ void interp3_points(const Work3<R>& a, int64_t p0, int64_t p1, int level) {
   }
 }
 
+// Cuts the sorted points into interpolation tasks: runs of at most kInterpChunk points
+// whose box (the cells their stencils cover) stays within the cells a task's sub-grid may
+// hold for min(B, 8) planes, so a task is (part of) one or two neighbouring bins, never a
+// run that jumps across the grid. Returns the task boundaries (first point of each, then M).
+std::vector<int64_t> interp_tasks(const int32_t* start, int64_t m, int width, int64_t max_cells) {
+  std::vector<int64_t> cuts{0};
+  int64_t p = 0;
+  while (p < m) {
+    int lo[3], hi[3];
+    for (int d = 0; d < 3; ++d) lo[d] = hi[d] = start[3 * p + d];
+    int64_t q = p + 1;
+    for (; q < m && q - p < kInterpChunk; ++q) {
+      int nlo[3], nhi[3];
+      int64_t cells = 1;
+      for (int d = 0; d < 3; ++d) {
+        nlo[d] = std::min(lo[d], start[3 * q + d]);
+        nhi[d] = std::max(hi[d], start[3 * q + d]);
+        cells *= (int64_t)(nhi[d] - nlo[d] + width);
+      }
+      if (cells > max_cells) break;
+      for (int d = 0; d < 3; ++d) {
+        lo[d] = nlo[d];
+        hi[d] = nhi[d];
+      }
+    }
+    cuts.push_back(q);
+    p = q;
+  }
+  return cuts;
+}
+
 // --- ops ---------------------------------------------------------------------------------
 
 // Spreads values into grid [B, n0, n1, n2] (zeroed first; contiguous, values' dtype).
@@ -792,8 +862,11 @@ at::Tensor nufft3_interp_cpu(const at::Tensor& grid, const at::Tensor& order,
                reinterpret_cast<R*>(out.data_ptr()), order.data_ptr<int64_t>(),
                start.data_ptr<int32_t>(), weights.data_ptr<R>(), batch, m,
                (int)weights.size(2), {(int)n0, (int)n1, (int)n2}};
-    run_dynamic((m + kInterpChunk - 1) / kInterpChunk, [&](int64_t i) {
-      interp3_points<R>(a, i * kInterpChunk, std::min(m, (i + 1) * kInterpChunk), level);
+    const int64_t max_cells =
+        kSubGridBytes / (2 * (int64_t)sizeof(R) * std::max<int64_t>(1, std::min<int64_t>(batch, 8)));
+    const std::vector<int64_t> cuts = interp_tasks(a.start, m, a.width, max_cells);
+    run_dynamic((int64_t)cuts.size() - 1, [&](int64_t i) {
+      interp3_points<R>(a, cuts[i], cuts[i + 1], level);
     });
   });
   return out;
