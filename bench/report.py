@@ -45,8 +45,8 @@ def latest(results: str, suite: str, tiny: bool = False) -> dict | None:
     return max(runs, key=lambda r: r["date"]) if runs else None
 
 
-SUITES = ("radon_cpu", "nufft_cpu", "solver_cpu", "deq_memory_cpu", "memprofile_cpu",
-          "memprofile3d_cpu", "demo_cpu", "bench_runs")
+SUITES = ("radon_cpu", "nufft_cpu", "nufft3d_cpu", "solver_cpu", "deq_memory_cpu",
+          "memprofile_cpu", "memprofile3d_cpu", "demo_cpu", "bench_runs")
 
 
 def latest_gpu(results: str, tiny: bool = False) -> list[dict]:
@@ -254,6 +254,60 @@ def nufft_section(run, goals) -> list[str]:
         r = judged["ratios"].get(f"torchkbnufft / luser_fast, {kind}, tol {tol}")
         goals.at_least(6, f"torchkbnufft / luser_fast time, {kind}, equal or better accuracy "
                        f"(ours at tol {tol})", r and r["median"], 10, note=which)
+    return out
+
+
+def nufft3d_section(run, goals) -> list[str]:
+    """The 3-D NUFFT against FINUFFT 3-D (full problem, 1 thread and all threads) and
+    torchkbnufft 3-D (on the subset trajectory, with ours on the same subset); #15 goals."""
+    out = ["## 3-D NUFFT (CPU)", ""]
+    kinds = [(k, t) for k in ("type2", "type1") for t in ("0.001", "1e-06")]
+    if run is None:
+        for kind, tol in kinds:
+            goals.at_most(15, f"3-D luser_fast / finufft time, {kind}, tol {tol}", None, 1.0)
+        for kind in ("type2", "type1"):
+            goals.at_least(15, f"3-D torchkbnufft / luser_fast time, {kind}", None, 10)
+        return out + no_run("luser-fast bench --suite ops")
+    p = run["problem"]
+    out += [provenance(run), "",
+            f"{' x '.join(map(str, p['volume']))} volume, {p['trajectory']} {p['spokes']:,} spokes "
+            f"x {p['samples']} samples ({p['points']:,} points), {p['coils']} coils, "
+            f"{p['dtype']}, on {' and '.join(str(t) for t in p['threads'])} thread(s); "
+            f"luser_fast's grid oversampling per tol {p.get('luser_fast_oversamp', 'n/a')} "
+            "(FINUFFT chooses its own, the coils as n_trans of one plan). torchkbnufft 3-D is "
+            f"timed on a subset of {p['subset_spokes']:,} spokes ({p['subset_points']:,} points), "
+            "with luser_fast on the same subset (cases `*_subset`), on all threads: one of its "
+            "calls on the full problem takes minutes. Each result is checked against the "
+            "exact NUDFT on a subset first; the relative l2 error is shown next to the time.", ""]
+    sections = [("separate rounds (pytest-benchmark)", run)]
+    if run.get("paired"):
+        sections.append(("paired rounds (interleaved calls: load from other processes hits "
+                         "every implementation alike)", run["paired"]))
+    for title, sec in sections:
+        out += [f"Milliseconds, {title} (min / **median** / max):", ""]
+        out += table(("case", "ms", "relative l2 error"),
+                     [(k, timing(t), fmt(sec["relative_l2_error"].get(k)))
+                      for k, t in sec["ms"].items()])
+        out += table(("ratio", "**median** [band]"), [(k, band(r)) for k, r in sec["ratios"].items()])
+    judged = run.get("paired") or run
+    which = "paired rounds" if run.get("paired") else "separate rounds"
+    for kind, tol in kinds:
+        for t in p["threads"]:
+            r = judged["ratios"].get(f"luser_fast / finufft, {kind}, tol {tol}, {t} thread(s)")
+            goals.at_most(15, f"3-D luser_fast / finufft time, {kind}, tol {tol}, {t} thread(s)",
+                          r and r["median"], 1.0, note=which)
+    errors = judged["relative_l2_error"]
+    for kind in ("type2", "type1"):
+        # >= 10x at equal or better accuracy: ours at the loosest tol whose error on the
+        # subset is at most torchkbnufft's
+        kb = errors.get(f"torchkbnufft_{kind}_subset")
+        tols = [t for _, t in kinds if kb is not None
+                and errors.get(f"luser_fast_{kind}_{t}_subset", math.inf) <= kb]
+        tol = max(tols, key=float) if tols else None
+        r = judged["ratios"].get(f"torchkbnufft / luser_fast, {kind}, tol {tol}, subset")
+        goals.at_least(15, f"3-D torchkbnufft / luser_fast time, {kind}, equal or better "
+                       f"accuracy (ours at tol {tol}; {p['subset_points']:,} points)",
+                       r and r["median"], 10, note=which)
     return out
 
 
@@ -1050,6 +1104,7 @@ def render(results: str, plots: Plots | None, tiny: bool = False,
     body = []
     body += radon_section(runs["radon_cpu"], goals, plots)
     body += nufft_section(runs["nufft_cpu"], goals)
+    body += nufft3d_section(runs["nufft3d_cpu"], goals)
     body += solver_section(runs["solver_cpu"], goals)
     body += memory_section(runs["deq_memory_cpu"], runs["memprofile_cpu"], goals, plots)
     body += memory3d_section(runs["memprofile3d_cpu"], goals, plots)
