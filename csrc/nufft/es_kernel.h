@@ -16,7 +16,9 @@
 // bin of its stencil start s, so its cells lie in [lo(b), lo(b + 1) + w - 1): bins two
 // apart (b and b + 2, also across the periodic wrap, nb being even) never touch the same
 // cell. The CPU spreader relies on this to spread bins of one parity in parallel with no
-// atomics; the CUDA spreader sizes its shared-memory tiles from it.
+// atomics; the CUDA spreader sizes its shared-memory tiles from it. In 3-D (spread3.cpp,
+// spread3.cu) every axis is cut so, the bin id is (b0 nb1 + b1) nb2 + b2, and the eight
+// parity classes (b0, b1, b2 mod 2) play the role of the 2-D four.
 //
 // Compiles as plain C++ (g++), as CUDA (nvcc) and under NVRTC, which has no standard
 // headers: only builtins (ceil, floor, sqrt, exp) are used (common/device.h: the

@@ -4,8 +4,9 @@
 Everything that makes the NUFFT fast, in one place:
 
 - the op schemas and their kernels: on the CPU the C++ spreader/interpolator
-  (``csrc/nufft/spread.cpp``), on CUDA the kernels of ``csrc/nufft/spread.cu`` launched
-  through CuPy on torch's current stream; FFTs and deapodisation through ``torch.fft``;
+  (``csrc/nufft/spread.cpp``; 3-D: ``spread3.cpp``), on CUDA the kernels of
+  ``csrc/nufft/spread.cu`` (3-D: ``spread3.cu``) launched through CuPy on torch's current
+  stream; FFTs and deapodisation through ``torch.fft``;
   the pure-PyTorch reference (``luser_fast/reference/nufft.py``) wherever neither serves;
 - the plan cache: a trajectory's stencils, kernel weights and bin sort are computed once
   and kept with the ``ktraj`` tensor itself (a weak-keyed cache, so a plan lives exactly as
@@ -31,12 +32,12 @@ along W; type 2 is y_m = sum_n x_n exp(-i k_m . (n - N // 2)), type 1 its adjoin
 ``ktraj`` is [M, 3] with columns (kz, ky, kx) along (D, H, W), images [..., D, H, W], the index
 n centred by N // 2 per axis (``core/nufft_kernel.py``). The public ``nufft_type2`` /
 ``nufft_type1`` take either: ktraj's number of columns picks the 2-D or the 3-D op (and
-``image_size`` must have as many entries). The 3-D op kernels run the reference until the
-compiled 3-D spreader is built (the block "3-D kernels" below; a ``RuntimeWarning`` says so
-once); their autograd, fake kernels and raw-call checks are the 2-D ones, written once for
-both dimensions.
+``image_size`` must have as many entries). The 3-D op kernels run the compiled 3-D
+spreader where it serves and the reference elsewhere (the block "3-D kernels" below, which
+also describes the 3-D pipeline; ``backends.fallback`` says why, once); their autograd,
+fake kernels and raw-call checks are the 2-D ones, written once for both dimensions.
 
-Pipeline (grid n0 x n1 = oversampled H x W). The C++/CUDA kernels see the grid transposed,
+Pipeline in 2-D (grid n0 x n1 = oversampled H x W). The C++/CUDA kernels see the grid transposed,
 [B, n1, n0] (rows along W), because that is what the cheapest FFT order produces: type 2
 deapodises, zero-pads W -> n1 and FFTs the H rows (half the grid), then transposes and
 zero-pads H -> n0 and FFTs the n1 rows, so every FFT runs along contiguous memory and no
