@@ -440,6 +440,15 @@ def memory3d_section(run, goals, plots) -> list[str]:
     out += [f"Solver iterations: LUSER at {c['side']}^3 with {c['iterations'][1]} instead of "
             f"{c['iterations'][0]} Anderson iterations: saved bytes x{c['saved_ratio']:.4f}, "
             f"peak x{c['peak_ratio']:.4f}.", ""]
+    bc = run.get("batch_check") or {}
+    if bc.get("rows"):
+        out += [f"Batch (LUSER's chunk 1: the solves and the implicit backward one sample at a "
+                f"time) at {bc['side']}^3:", ""]
+        out += table(("model", *(f"batch {b}: peak MiB" for b in bc["batches"]),
+                      "peak added per sample MiB"),
+                     [(name, *(_mib(r["peak_bytes"]) for r in bc["rows"] if r["model"] == name),
+                       _mib(bc[name]["peak_bytes_per_sample"]))
+                      for name in ("LU (depth 5)", "LUSER (defaults)") if name in bc])
     if plots:
         out += [f"![3-D memory study]({_plot_memory3d(plots, run)})", ""]
     r64 = run["ratios"].get("64")
