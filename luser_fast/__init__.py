@@ -9,12 +9,12 @@ Importing never touches CUDA and never fails for a missing extension.
 from ._version import __version__
 from .deq import DEQ, SolverInfo, anderson, fixed_point
 from .models import LU, LUSER, ShallowEquilibrium
-from .physics import MRI, NUFFT, Blur, Operator, Radon
+from .physics import MRI, NUFFT, Blur, ConeBeam, Operator, Radon
 from .profile import training_memory
 
 __all__ = [
     "__version__",
-    "Blur", "Radon", "MRI", "NUFFT", "Operator",
+    "Blur", "Radon", "ConeBeam", "MRI", "NUFFT", "Operator",
     "anderson", "fixed_point", "DEQ", "SolverInfo",
     "ShallowEquilibrium", "LUSER", "LU",
     "training_memory",

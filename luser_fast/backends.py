@@ -37,7 +37,8 @@ BACKENDS = ("auto", "reference", "cpu", "cuda", "triton")
 _PREFERENCE = {"cpu": ("cpu", "reference"), "cuda": ("triton", "cuda", "reference")}
 #: the ops of the public API; each is served by the reference at least
 OPS = ("radon_forward", "radon_adjoint", "nufft_type1", "nufft_type2", "anderson_step",
-       "anderson_mix", "shallow_map", "shallow_inject")
+       "anderson_mix", "shallow_map", "shallow_inject", "conebeam_forward", "conebeam_adjoint",
+       "nufft3_type2", "nufft3_type1")
 
 _registry: dict[str, dict[str, tuple]] = {op: {"reference": (("cpu", "cuda"), lambda: True)}
                                           for op in OPS}

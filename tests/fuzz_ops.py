@@ -211,7 +211,7 @@ def nufft_case(draw):
 
 
 NUFFT_BAD = {
-    "ktraj": NOT_A_TENSOR + [torch.zeros(3, 3), torch.zeros(3), torch.full((2, 2), math.nan),
+    "ktraj": NOT_A_TENSOR + [torch.zeros(3, 4), torch.zeros(3), torch.full((2, 2), math.nan),
                              torch.full((2, 2), 4.0), torch.zeros(2, 2, dtype=torch.int64)],
     "tol": [0.0, 0.5, -1e-3, True, "x", math.nan],
     "oversamp": [1.0, 0.5, math.nan, math.inf, "2"],

@@ -218,7 +218,7 @@ def test_empty_trajectory_gives_empty_results():
 
 
 @pytest.mark.parametrize("ktraj, problem", [
-    (torch.zeros(5, 3), "shape"),
+    (torch.zeros(5, 4), "shape"),   # [M, 3] is a 3-D trajectory (test_nufft3d.py)
     (torch.zeros(5), "shape"),
     (torch.tensor([[0.0, float("nan")]]), "non-finite"),
     (torch.tensor([[0.0, float("inf")]]), "non-finite"),

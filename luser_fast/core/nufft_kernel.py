@@ -1,4 +1,4 @@
-"""2-D NUFFT conventions and the gridding kernel shared by every implementation.
+"""NUFFT conventions (2-D and 3-D) and the gridding kernel shared by every implementation.
 
 The reference (``luser_fast/reference/nufft.py``), the C++/CUDA gridding kernels and the
 ``NUFFT`` operator all follow the conventions below and take their kernel (width, shape,
@@ -12,6 +12,12 @@ the frequency along H and ``ktraj[:, 1]`` along W. Type 2 (uniform grid -> point
 with the pixel index centred per dimension by N // 2 = (H // 2, W // 2). Type 1 (points ->
 grid) is its adjoint, exp(+i ...), unnormalised. Both are batched over leading dims.
 
+In 3-D ``ktraj`` is [M, 3] with columns (kz, ky, kx) along the volume's axes (D, H, W),
+images are [..., D, H, W] and n runs over [0, D) x [0, H) x [0, W), centred by
+N // 2 = (D // 2, H // 2, W // 2); everything below holds per axis, with w x w x w
+stencils and the product of three deapodisation factors. The number of columns of
+``ktraj`` decides the dimension; ``image_size`` must have as many entries.
+
 Gridding (Barnett, Magland & af Klinteberg 2019, "A parallel non-uniform fast Fourier
 transform library based on an exponential of semicircle kernel"; FINUFFT). On an
 oversampled grid of n cells per dimension (spacing h = 2 pi / n) the kernel, in grid cells,
@@ -19,9 +25,10 @@ is psi(u) = phi(2 u / w) with phi(z) = exp(beta (sqrt(1 - z^2) - 1)) on |z| <= 1
 Poisson summation, sum_l psi(t - l) exp(-i h l j) = exp(-i k j) psi_hat(h j) + aliasing,
 where t = k / h and psi_hat(xi) = int psi(u) exp(-i xi u) du. So type 2 is:
 
-    1. deapodise: x_j / (psi_hat(h0 j0) psi_hat(h1 j1)), j = n - N // 2;
+    1. deapodise: x_j / (psi_hat(h0 j0) psi_hat(h1 j1)), j = n - N // 2 (3-D: times
+       psi_hat(h2 j2) in the denominator);
     2. place x_j at grid index j mod n (zero-pad, shift) and take the unnormalised FFT;
-    3. interpolate each point from the w x w grid cells l with |t - l| <= w / 2.
+    3. interpolate each point from the w x w (x w) grid cells l with |t - l| <= w / 2.
 
 Type 1 runs the transposes in reverse: spread with the same weights, unnormalised inverse
 FFT, crop, deapodise. psi_hat has no closed form; it is computed once per plan by
@@ -285,9 +292,9 @@ def next_smooth_even(n: int) -> int:
         n += 2
 
 
-def grid_size(image_size: tuple[int, int], oversamp: float, width: int) -> tuple[int, int]:
-    """Oversampled grid (n0, n1): per dimension the next 2-3-5-smooth even integer
-    >= max(sigma N, 2 w)."""
+def grid_size(image_size: tuple[int, ...], oversamp: float, width: int) -> tuple[int, ...]:
+    """Oversampled grid (n0, n1) or (n0, n1, n2), one side per entry of image_size: per
+    dimension the next 2-3-5-smooth even integer >= max(sigma N, 2 w)."""
     return tuple(next_smooth_even(max(math.ceil(oversamp * s), 2 * width)) for s in image_size)
 
 
@@ -342,11 +349,11 @@ def es_kernel_ft(xi: torch.Tensor, width: int, beta: float) -> torch.Tensor:
 
 
 
-def deapodisation(image_size: tuple[int, int], grid: tuple[int, int], width: int, beta: float,
+def deapodisation(image_size: tuple[int, ...], grid: tuple[int, ...], width: int, beta: float,
                   device=None) -> list[torch.Tensor]:
     """Per dimension, psi_hat(2 pi j / n) for the pixel frequencies j = -N // 2 .. N - N // 2 - 1:
-    a list of two float64 tensors [H] and [W] (step 1 of type 2 divides by their outer
-    product, type 1 after its last step)."""
+    a list of float64 tensors, one per axis ([H], [W]; in 3-D [D], [H], [W]); step 1 of
+    type 2 divides by their outer product, type 1 after its last step."""
     out = []
     for n, s in zip(grid, image_size):
         j = torch.arange(s, dtype=torch.float64) - s // 2
@@ -354,12 +361,13 @@ def deapodisation(image_size: tuple[int, int], grid: tuple[int, int], width: int
     return out
 
 
-def pipe_scale(width: int, beta: float, grid: tuple[int, int]) -> float:
-    """The factor that turns the Pipe-Menon fixed point into density weights.
+def pipe_scale(width: int, beta: float, grid: tuple[int, ...]) -> float:
+    """The factor that turns the Pipe-Menon fixed point into density weights, on a grid of
+    d = len(grid) dimensions.
 
     The iteration w <- w / (P P^T w) converges to sum_m' w_m' K(t_m - t_m') = 1 with
-    int K = psi_hat(0)^4 (cells^2), i.e. w = 1 / (points per cell^2 * psi_hat(0)^4); the
-    target, F^H diag(w) F ~ I, is 1 / (points per cell^2 * n0 n1).
+    int K = psi_hat(0)^(2 d) (cells^d), i.e. w = 1 / (points per cell^d * psi_hat(0)^(2 d));
+    the target, F^H diag(w) F ~ I, is 1 / (points per cell^d * n0 n1 (n2)).
     """
     psi0 = es_kernel_ft(torch.zeros(1, dtype=torch.float64), width, beta).item()
-    return psi0 ** 4 / (grid[0] * grid[1])
+    return psi0 ** (2 * len(grid)) / math.prod(grid)

@@ -66,19 +66,27 @@ def int_arg(name: str, value, low: int, fn: str | None = None) -> int:
     return int(value)
 
 
-def image_size(value, fn: str) -> tuple[int, int]:
-    """(H, W) from an int or a pair of ints, both positive."""
+#: the image axes per number of dims (image_size and coil_maps messages)
+_AXES = {2: "H, W", 3: "D, H, W"}
+_COUNT = {2: "a pair", 3: "a triple"}
+
+
+def image_size(value, fn: str, dims: int = 2, why: str = "") -> tuple[int, ...]:
+    """``dims`` positive ints (``dims`` 2: (H, W); 3: (D, H, W)) from an int (the same size
+    along every axis) or a sequence of ``dims`` ints; a sequence of another length is a
+    TypeError (``why`` says what asks for ``dims``, e.g. " for a 3-column ktraj")."""
     if is_int(value):
-        h = w = int(value)
-    elif (isinstance(value, (tuple, list, torch.Size)) and len(value) == 2
+        size = (int(value),) * dims
+    elif (isinstance(value, (tuple, list, torch.Size)) and len(value) == dims
           and all(is_int(v) for v in value)):
-        h, w = (int(v) for v in value)
+        size = tuple(int(v) for v in value)
     else:
-        raise TypeError(f"{fn}: image_size must be an int or a pair of ints (H, W), "
-                        f"got {value!r}")
-    if h < 1 or w < 1:
+        what = (f"{_COUNT[dims]} of ints ({_AXES[dims]})" if dims in _AXES
+                else f"a sequence of {dims} ints")
+        raise TypeError(f"{fn}: image_size must be an int or {what}{why}, got {value!r}")
+    if min(size) < 1:
         raise ValueError(f"{fn}: image_size must be positive, got {value!r}")
-    return h, w
+    return size
 
 
 def as_tensor(value, name: str, fn: str) -> torch.Tensor:
@@ -95,15 +103,17 @@ def as_tensor(value, name: str, fn: str) -> torch.Tensor:
                         f"{type(value).__name__} ({exc})") from None
 
 
-def coil_maps(maps, image_size: tuple[int, int], fn: str) -> torch.Tensor | None:
-    """None, or coil sensitivities [Coils, H, W] / [B, Coils, H, W] for ``image_size`` as a
-    complex tensor (real floating maps are promoted)."""
+def coil_maps(maps, image_size: tuple[int, ...], fn: str) -> torch.Tensor | None:
+    """None, or coil sensitivities [Coils, *image_size] / [B, Coils, *image_size] (image_size
+    (H, W) or (D, H, W)) as a complex tensor (real floating maps are promoted)."""
     if maps is None:
         return None
     maps = as_tensor(maps, "coil_maps", fn)
-    if maps.dim() not in (3, 4) or tuple(maps.shape[-2:]) != tuple(image_size):
-        raise ValueError(f"{fn}: coil_maps must have shape [Coils, H, W] or [B, Coils, H, W] "
-                         f"with (H, W) = {tuple(image_size)}, got {tuple(maps.shape)}")
+    d = len(image_size)
+    if maps.dim() not in (d + 1, d + 2) or tuple(maps.shape[-d:]) != tuple(image_size):
+        axes = _AXES.get(d, "...")
+        raise ValueError(f"{fn}: coil_maps must have shape [Coils, {axes}] or [B, Coils, "
+                         f"{axes}] with ({axes}) = {tuple(image_size)}, got {tuple(maps.shape)}")
     if not maps.is_complex():
         if not maps.is_floating_point():
             raise ValueError(f"{fn}: coil_maps must be complex, got {maps.dtype}")
@@ -157,14 +167,16 @@ def angles(value, fn: str, device=None) -> torch.Tensor:
     return value
 
 
-def ktraj(value, fn: str, device=None) -> torch.Tensor:
-    """A real floating [M, 2] trajectory (M >= 0) of finite radians in [-pi, pi]; moved to
-    ``device`` when given."""
+def ktraj(value, fn: str, device=None, dims=(2, 3)) -> torch.Tensor:
+    """A real floating [M, d] trajectory (M >= 0; d in ``dims``: 2 for (ky, kx), 3 for
+    (kz, ky, kx)) of finite radians in [-pi, pi]; moved to ``device`` when given."""
+    dims = (dims,) if is_int(dims) else tuple(dims)
+    shapes = " or ".join(f"[M, {d}]" for d in dims)
     if not isinstance(value, torch.Tensor):
-        raise TypeError(f"{fn}: ktraj must be a torch.Tensor of shape [M, 2], got "
+        raise TypeError(f"{fn}: ktraj must be a torch.Tensor of shape {shapes}, got "
                         f"{type(value).__name__}")
-    if value.dim() != 2 or value.shape[1] != 2:
-        raise ValueError(f"{fn}: ktraj must have shape [M, 2], got {tuple(value.shape)}")
+    if value.dim() != 2 or value.shape[1] not in dims:
+        raise ValueError(f"{fn}: ktraj must have shape {shapes}, got {tuple(value.shape)}")
     if value.is_complex() or not value.is_floating_point():
         raise ValueError(f"{fn}: ktraj must be real floating point (radians), got {value.dtype}")
     if device is not None:

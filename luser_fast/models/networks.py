@@ -15,6 +15,14 @@ image space (``in_channels`` channels): z* is x_{k+1}, which keeps the state sma
 Complex images (MRI, NUFFT) are fed to the networks as 2 real channels (real, imag); use
 ``in_channels=2`` for them.
 
+Volumes: ``spatial_dims=3`` builds the same networks from ``Conv3d`` (GroupNorm as in 2-D)
+for images [B, C, D, H, W] (cone-beam CT, 3-D MRI); the parameters keep their names (a 3-D
+checkpoint has the 2-D keys, with [C_out, C_in, k, k, k] kernels). The DEQ core does not
+look at shapes. Memory in 3-D: LU keeps every activation of its K regularizers for
+backward; LUSER keeps K (|z*| + |v|) image-sized tensors, and with ``chunk=1`` (the
+default) its training peak is one sample's graph of f, rebuilt in the implicit backward,
+whatever the batch (``luser-fast memprofile --dims 3`` measures both).
+
 The operator is physics, supplied at construction: it moves with ``.to()`` but is not
 part of ``state_dict`` (a checkpoint holds learned parameters only, so it loads into a
 model built with any backend's operator).
@@ -41,6 +49,29 @@ def _norm(kind, groups, channels):
     if kind == "none":
         return nn.Identity()
     return nn.GroupNorm(groups, channels)
+
+
+#: the convolution of each number of spatial dimensions
+_CONVS = {2: nn.Conv2d, 3: nn.Conv3d}
+
+
+def _check_spatial_dims(spatial_dims, fn):
+    """``spatial_dims`` as 2 or 3 (TypeError for a non-int, ValueError for another int)."""
+    validate.int_arg("spatial_dims", spatial_dims, 1, fn)
+    if spatial_dims not in _CONVS:
+        raise ValueError(f"{fn}: spatial_dims must be 2 (images) or 3 (volumes), "
+                         f"got {spatial_dims}")
+    return int(spatial_dims)
+
+
+def _check_image(x, spatial_dims, fn, name="the image"):
+    """x must be [B, C, *spatial] with ``spatial_dims`` spatial axes."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{fn}: {name} must be a torch.Tensor, got {type(x).__name__}")
+    if x.dim() != 2 + spatial_dims:
+        layout = "[B, C, H, W]" if spatial_dims == 2 else "[B, C, D, H, W]"
+        raise ValueError(f"{fn}: {name} must be {layout} for spatial_dims={spatial_dims}, "
+                         f"got shape {tuple(x.shape)}")
 
 
 def _check_arch(in_channels, channels, depth, kernel_size, norm, groups, act, min_depth):
@@ -80,28 +111,33 @@ class ShallowEquilibrium(nn.Module):
         norm: "group" (GroupNorm with ``groups`` groups) or "none".
         groups: GroupNorm groups.
         act: "gelu", "relu", "elu" or "silu".
+        spatial_dims: 2 (images, ``Conv2d``) or 3 (volumes, ``Conv3d``).
 
     f is evaluated by ``luser_fast.ops.shallow_map`` (the fused Triton kernel where it
-    serves, the PyTorch reference elsewhere) with U v from ``shallow_inject``.
+    serves, the PyTorch reference elsewhere; the fused kernel is 2-D, so volumes run the
+    reference) with U v from ``shallow_inject``.
 
-    Shapes: z, v [B, C_in, H, W] -> [B, C_in, H, W].
+    Shapes: z, v [B, C_in, H, W] -> [B, C_in, H, W] (spatial_dims=2);
+    [B, C_in, D, H, W] -> [B, C_in, D, H, W] (spatial_dims=3).
     """
 
     #: backend requested for every op (None: ``luser_fast.backends`` chooses)
     backend: str | None = None
 
     def __init__(self, in_channels=1, channels=64, depth=2, kernel_size=3, norm="group",
-                 groups=4, act="gelu"):
+                 groups=4, act="gelu", spatial_dims=2):
         super().__init__()
+        self.spatial_dims = _check_spatial_dims(spatial_dims, type(self).__name__)
         _check_arch(in_channels, channels, depth, kernel_size, norm, groups, act, 2)
         self.act_name = act
         pad = kernel_size // 2
-        self.conv_in = nn.Conv2d(in_channels, channels, kernel_size, padding=pad)
-        self.inject = nn.Conv2d(in_channels, channels, kernel_size, padding=pad, bias=False)
+        conv = _CONVS[self.spatial_dims]
+        self.conv_in = conv(in_channels, channels, kernel_size, padding=pad)
+        self.inject = conv(in_channels, channels, kernel_size, padding=pad, bias=False)
         self.norms = nn.ModuleList([_norm(norm, groups, channels) for _ in range(depth - 1)])
         self.hidden = nn.ModuleList(
-            [nn.Conv2d(channels, channels, kernel_size, padding=pad) for _ in range(depth - 2)])
-        self.conv_out = nn.Conv2d(channels, in_channels, kernel_size, padding=pad)
+            [conv(channels, channels, kernel_size, padding=pad) for _ in range(depth - 2)])
+        self.conv_out = conv(channels, in_channels, kernel_size, padding=pad)
         self.act = _ACTS[act]()
         with torch.no_grad():
             self.conv_out.weight.mul_(0.01)
@@ -112,11 +148,13 @@ class ShallowEquilibrium(nn.Module):
         return v
 
     def bind(self, v):
-        """z -> f(z, v) with the injection U v [B, channels, H, W] computed once, here."""
+        """z -> f(z, v) with the injection U v [B, channels, *spatial] computed once, here."""
+        _check_image(v, self.spatial_dims, type(self).__name__, "v")
         injected = shallow_inject(v, self.inject.weight, backend=self.backend)
         return lambda z: self._map(z, v, injected)
 
     def forward(self, z, v):
+        _check_image(v, self.spatial_dims, type(self).__name__, "v")
         return self._map(z, v, shallow_inject(v, self.inject.weight, backend=self.backend))
 
     def _map(self, z, v, injected):
@@ -136,42 +174,52 @@ class DeepRegularizer(nn.Module):
 
         h = act(conv_in(v)); h = act(norm_i(hidden_i(h))) (depth-2 times); R = v + conv_out(h)
 
-    Shapes: v [B, C_in, H, W] -> [B, C_in, H, W].
+    ``spatial_dims``: 2 (``Conv2d``) or 3 (``Conv3d``, volumes).
+
+    Shapes: v [B, C_in, H, W] -> [B, C_in, H, W] (spatial_dims=2);
+    [B, C_in, D, H, W] -> [B, C_in, D, H, W] (spatial_dims=3).
     """
 
     def __init__(self, in_channels=1, channels=64, depth=5, kernel_size=3, norm="group",
-                 groups=4, act="gelu"):
+                 groups=4, act="gelu", spatial_dims=2):
         super().__init__()
+        self.spatial_dims = _check_spatial_dims(spatial_dims, type(self).__name__)
         _check_arch(in_channels, channels, depth, kernel_size, norm, groups, act, 2)
         pad = kernel_size // 2
-        self.conv_in = nn.Conv2d(in_channels, channels, kernel_size, padding=pad)
+        conv = _CONVS[self.spatial_dims]
+        self.conv_in = conv(in_channels, channels, kernel_size, padding=pad)
         self.hidden = nn.ModuleList(
-            [nn.Conv2d(channels, channels, kernel_size, padding=pad) for _ in range(depth - 2)])
+            [conv(channels, channels, kernel_size, padding=pad) for _ in range(depth - 2)])
         self.norms = nn.ModuleList([_norm(norm, groups, channels) for _ in range(depth - 2)])
-        self.conv_out = nn.Conv2d(channels, in_channels, kernel_size, padding=pad)
+        self.conv_out = conv(channels, in_channels, kernel_size, padding=pad)
         self.act = _ACTS[act]()
         with torch.no_grad():
             self.conv_out.weight.mul_(0.01)
             self.conv_out.bias.zero_()
 
     def forward(self, v):
+        # (Conv3d would take a 4-D tensor as one unbatched volume: refuse it by name)
+        _check_image(v, self.spatial_dims, type(self).__name__, "v")
         h = self.act(self.conv_in(v))
         for conv, norm in zip(self.hidden, self.norms):
             h = self.act(norm(conv(h)))
         return v + self.conv_out(h)
 
 
-def _to_channels(x):
-    """Complex (B,1,H,W) -> real (B,2,H,W); real passes through."""
+def _to_channels(x, spatial_dims=2):
+    """Complex [B, 1, *spatial] -> real [B, 2, *spatial] (real, imag) for ``spatial_dims``
+    spatial axes; real passes through."""
     if x.is_complex():
-        return torch.view_as_real(x.squeeze(-3)).movedim(-1, -3)
+        axis = -1 - spatial_dims                  # the channel axis
+        return torch.view_as_real(x.squeeze(axis)).movedim(-1, axis)
     return x
 
 
-def _from_channels(x, like):
+def _from_channels(x, like, spatial_dims=2):
     """Inverse of ``_to_channels`` for a tensor shaped like ``like``."""
     if like.is_complex():
-        return torch.view_as_complex(x.movedim(-3, -1).contiguous()).unsqueeze(-3)
+        axis = -1 - spatial_dims
+        return torch.view_as_complex(x.movedim(axis, -1).contiguous()).unsqueeze(axis)
     return x
 
 
@@ -183,15 +231,17 @@ def _drop_operator_keys(module, state_dict, prefix, local_metadata):
 class _Unrolled(nn.Module):
     """Shared machinery of LU and LUSER: operator, step sizes, x0, the K-step loop.
 
-    Subclasses define ``_regularize(k, v)``: the regularizer of step k on v [B, C_in, H, W].
+    Subclasses define ``_regularize(k, v)``: the regularizer of step k on v [B, C_in, *spatial].
     """
 
     #: backend requested for every op (None: ``luser_fast.backends`` chooses); the
     #: regularizers and DEQs a model builds are bound the same way
     backend: str | None = None
 
-    def __init__(self, operator, iterations, in_channels, share_weights, step_init):
+    def __init__(self, operator, iterations, in_channels, share_weights, step_init,
+                 spatial_dims=2):
         super().__init__()
+        self.spatial_dims = _check_spatial_dims(spatial_dims, type(self).__name__)
         if not isinstance(operator, nn.Module) or not hasattr(operator, "adjoint"):
             raise TypeError("operator must be an nn.Module with forward and adjoint "
                             "(a luser_fast.physics operator or an Operator subclass)")
@@ -260,29 +310,33 @@ class _Unrolled(nn.Module):
         Args:
             y: measurements [B, ...], the shape ``operator(x)`` returns, in the model's
                 dtype (complex measurements: its complex counterpart) and on its device.
-            x0: starting image [B, C, H, W] (complex for MRI/NUFFT) of the operator's
-                domain for y; default ``initial(y)``.
+            x0: starting image [B, C, H, W] ([B, C, D, H, W] with ``spatial_dims=3``;
+                complex for MRI/NUFFT) of the operator's domain for y; default
+                ``initial(y)``.
 
         Returns:
             x_K, shaped like x0 (an empty batch gives x0 as it is).
 
         Raises:
             TypeError: y or x0 not a tensor or of another dtype than the model's.
-            ValueError: x0 of another shape or device than the operator's domain for y.
+            ValueError: x0 of another shape or device than the operator's domain for y,
+                or an image with another number of spatial axes than ``spatial_dims``.
         """
         self._check_inputs(y, x0)
         x = self.initial(y) if x0 is None else x0
         if y.shape[0] == 0:       # an empty batch: nothing to solve (the DEQ takes B >= 1)
             return x
         step = torch.exp(self.eta) / self.lipschitz
+        sd = self.spatial_dims
         for k in range(self.iterations):
             v = x - step[k] * self.operator.data_grad(x, y)
-            vc = _to_channels(v)
-            if vc.shape[-3] != self.in_channels:
+            _check_image(v, sd, type(self).__name__)
+            vc = _to_channels(v, sd)
+            if vc.shape[1] != self.in_channels:
                 raise ValueError(
-                    f"the image has {vc.shape[-3]} channels as network input but in_channels="
+                    f"the image has {vc.shape[1]} channels as network input but in_channels="
                     f"{self.in_channels} (complex images enter as 2 real channels)")
-            x = _from_channels(self._regularize(k, vc), v)
+            x = _from_channels(self._regularize(k, vc), v, sd)
         return x
 
 
@@ -310,6 +364,11 @@ class LUSER(_Unrolled):
             batches, a larger chunk trades memory for speed.
         warm_start: start the solve of step k >= 1 from the equilibrium of step k - 1
             (x_k) instead of ``init_state(v_k) = v_k``.
+        spatial_dims: 2 (images [B, C, H, W]) or 3 (volumes [B, C, D, H, W]: ``Conv3d``
+            maps, evaluated by the reference map, as the fused kernel is 2-D). In 3-D,
+            ``chunk=1`` matters most: the training peak is then one sample's graph of f
+            (rebuilt in the implicit backward) plus the saved K (|z*| + |v|), whatever
+            the batch; LU's grows with the batch and keeps every activation.
 
     Attributes:
         last_solver_info: list of ``SolverInfo``, one per unrolled step of the last call.
@@ -321,13 +380,16 @@ class LUSER(_Unrolled):
 
     def __init__(self, operator, iterations=5, in_channels=1, channels=64, depth=4,
                  share_weights=False, step_init=-1.0, solver="anderson", solver_kwargs=None,
-                 backward="ift", backward_kwargs=None, chunk=1, warm_start=False):
-        super().__init__(operator, iterations, in_channels, share_weights, step_init)
+                 backward="ift", backward_kwargs=None, chunk=1, warm_start=False,
+                 spatial_dims=2):
+        super().__init__(operator, iterations, in_channels, share_weights, step_init,
+                         spatial_dims)
         if not isinstance(warm_start, bool):
             raise TypeError("warm_start must be a bool")
         n = 1 if share_weights else iterations
         self.regularizers = nn.ModuleList(
-            [bound(ShallowEquilibrium, self.backend)(in_channels, channels, depth)
+            [bound(ShallowEquilibrium, self.backend)(in_channels, channels, depth,
+                                                     spatial_dims=spatial_dims)
              for _ in range(n)])
         self.deqs = [bound(DEQ, self.backend)(f, solver=solver, backward=backward, solver_kwargs=solver_kwargs,
                          backward_kwargs=backward_kwargs, chunk=chunk)
@@ -389,16 +451,19 @@ class LU(_Unrolled):
     """Loop unrolling with a deep residual CNN regularizer (the memory-hungry baseline).
 
     Args:
-        operator, iterations, in_channels, share_weights, step_init: as in ``LUSER``.
+        operator, iterations, in_channels, share_weights, step_init, spatial_dims: as in
+            ``LUSER``.
         channels, depth: width and number of convolutions of each ``DeepRegularizer``.
     """
 
     def __init__(self, operator, iterations=5, in_channels=1, channels=64, depth=5,
-                 share_weights=True, step_init=-1.0):
-        super().__init__(operator, iterations, in_channels, share_weights, step_init)
+                 share_weights=True, step_init=-1.0, spatial_dims=2):
+        super().__init__(operator, iterations, in_channels, share_weights, step_init,
+                         spatial_dims)
         n = 1 if share_weights else iterations
         self.regularizers = nn.ModuleList(
-            [DeepRegularizer(in_channels, channels, depth) for _ in range(n)])
+            [DeepRegularizer(in_channels, channels, depth, spatial_dims=spatial_dims)
+             for _ in range(n)])
 
     def _regularize(self, k, v):
         return self.regularizers[0 if self.share_weights else k](v)

@@ -5,9 +5,11 @@ serves it (its ``backend=`` argument, the environment, or auto) and runs the ref
 (``luser_fast.reference``) or the custom op whose kernels are registered per dispatch key.
 """
 from .anderson import anderson_mix, anderson_step
+from .conebeam import conebeam_adjoint, conebeam_forward
 from .nufft import nufft_type1, nufft_type2
 from .radon import radon_adjoint, radon_forward
 from .shallow import shallow_inject, shallow_map
 
 __all__ = ["radon_forward", "radon_adjoint", "nufft_type2", "nufft_type1", "anderson_step",
-           "anderson_mix", "shallow_map", "shallow_inject"]
+           "anderson_mix", "shallow_map", "shallow_inject", "conebeam_forward",
+           "conebeam_adjoint"]

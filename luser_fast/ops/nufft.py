@@ -1,4 +1,5 @@
-"""2-D NUFFT ops: ``torch.ops.luser_fast.nufft_type2`` (grid -> points) and ``nufft_type1``.
+"""NUFFT ops: ``torch.ops.luser_fast.nufft_type2`` (grid -> points) and ``nufft_type1`` in 2-D,
+``nufft3_type2`` and ``nufft3_type1`` in 3-D.
 
 Everything that makes the NUFFT fast, in one place:
 
@@ -26,7 +27,14 @@ Everything that makes the NUFFT fast, in one place:
   dispatch through ``luser_fast.backends``.
 
 Conventions (docs/API.md): ``ktraj`` [M, 2] radians in [-pi, pi], column 0 along H and column 1
-along W; type 2 is y_m = sum_n x_n exp(-i k_m . (n - N // 2)), type 1 its adjoint.
+along W; type 2 is y_m = sum_n x_n exp(-i k_m . (n - N // 2)), type 1 its adjoint. In 3-D
+``ktraj`` is [M, 3] with columns (kz, ky, kx) along (D, H, W), images [..., D, H, W], the index
+n centred by N // 2 per axis (``core/nufft_kernel.py``). The public ``nufft_type2`` /
+``nufft_type1`` take either: ktraj's number of columns picks the 2-D or the 3-D op (and
+``image_size`` must have as many entries). The 3-D op kernels run the reference until the
+compiled 3-D spreader is built (the block "3-D kernels" below; a ``RuntimeWarning`` says so
+once); their autograd, fake kernels and raw-call checks are the 2-D ones, written once for
+both dimensions.
 
 Pipeline (grid n0 x n1 = oversampled H x W). The C++/CUDA kernels see the grid transposed,
 [B, n1, n0] (rows along W), because that is what the cheapest FFT order produces: type 2
@@ -57,7 +65,14 @@ SCHEMAS = {
     "nufft_type2": "(Tensor image, Tensor ktraj, float tol=1e-06, float? oversamp=None) -> Tensor",
     "nufft_type1": "(Tensor values, Tensor ktraj, SymInt[2] image_size, float tol=1e-06, "
                    "float? oversamp=None) -> Tensor",
+    "nufft3_type2": "(Tensor image, Tensor ktraj, float tol=1e-06, float? oversamp=None) -> Tensor",
+    "nufft3_type1": "(Tensor values, Tensor ktraj, SymInt[3] image_size, float tol=1e-06, "
+                    "float? oversamp=None) -> Tensor",
 }
+#: (type-2 op, type-1 op) per dimension (ktraj's columns)
+OPS_BY_DIMS = {2: ("nufft_type2", "nufft_type1"), 3: ("nufft3_type2", "nufft3_type1")}
+#: the image axes per dimension, for messages
+_AXES = {2: "H, W", 3: "D, H, W"}
 #: widest kernel the compiled kernels take (``kNufftMaxWidth``, csrc/common/constants.h);
 #: wider ones are served by the reference (``choose_kernel`` stops at the accuracy floor,
 #: at most 18 cells at any oversampling, so only a lowered limit reaches this)
@@ -256,10 +271,18 @@ def _fast_kind(device: torch.device) -> str | None:
     return None
 
 
+def _kind(device: torch.device, dims: int) -> str | None:
+    """The compiled kernels ("cpu", "cuda") that serve ``dims``-D transforms on ``device``."""
+    return _fast_kind(device) if dims == 2 else _fast_kind_3d(device)
+
+
 def _unserved(device: torch.device, tol: float, oversamp: float | None,
-              dtype: torch.dtype) -> str | None:
-    """Why no compiled kernel serves this transform (None: one does)."""
-    if _fast_kind(device) is None:
+              dtype: torch.dtype, dims: int = 2) -> str | None:
+    """Why no compiled kernel serves this transform in ``dims`` dimensions (None: one
+    does)."""
+    if _kind(device, dims) is None:
+        if dims == 3:
+            return _UNBUILT_3D
         return f"no compiled NUFFT kernels for {device.type} (extension or CuPy missing)"
     choice = nufft_kernel.choose_kernel(tol, oversamp, dtype)
     if choice.width > MAX_WIDTH:
@@ -275,8 +298,8 @@ def plan_for(ktraj: torch.Tensor, image_size, tol: float = 1e-6, oversamp: float
     values change, however they are written).
 
     Args:
-        ktraj: [M, 2] radians in [-pi, pi].
-        image_size: (H, W).
+        ktraj: [M, 2] or [M, 3] radians in [-pi, pi].
+        image_size: (H, W) for [M, 2], (D, H, W) for [M, 3].
         tol, oversamp: kernel accuracy and grid oversampling (None: chosen from tol and
             dtype).
         device: the plan's device (default: ktraj's); a compiled kernel must serve it.
@@ -289,22 +312,41 @@ def plan_for(ktraj: torch.Tensor, image_size, tol: float = 1e-6, oversamp: float
     Raises:
         RuntimeError: no compiled kernel serves ``device`` at this tol/oversamp.
     """
-    image_size = validate.image_size(image_size, "plan_for")
+    dims = _ktraj_dims(ktraj, "plan_for")
+    image_size = _image_size_for(image_size, dims, "plan_for")
     device = torch.device(device) if device is not None else ktraj.device
-    reason = _unserved(device, tol, oversamp, dtype)
+    reason = _unserved(device, tol, oversamp, dtype, dims)
     if reason is not None:
         raise RuntimeError(f"plan_for: {reason}")
     choice = nufft_kernel.choose_kernel(tol, oversamp, dtype)
-    key = (tuple(int(s) for s in image_size), choice.oversamp, choice.width, choice.beta,
-           str(device))
+    # dims leads the key: a 2-D and a 3-D plan never share an entry
+    key = (dims, tuple(int(s) for s in image_size), choice.oversamp, choice.width,
+           choice.beta, str(device))
     entry = _trajectory(ktraj)
     plans = entry.plans
     if key not in plans:
         if len(plans) >= _PLANS_PER_TRAJ:
             plans.pop(next(iter(plans)))
-        plans[key] = CompiledPlan(entry.values, key[0], tol, oversamp, device,
-                                  _fast_kind(device), dtype)
+        build = CompiledPlan if dims == 2 else _compiled_plan_3d
+        plans[key] = build(entry.values, key[1], tol, oversamp, device,
+                           _kind(device, dims), dtype)
     return plans[key]
+
+
+def _ktraj_dims(ktraj, fn: str) -> int:
+    """ktraj's number of columns, 2 or 3 (ValueError naming ktraj for another shape)."""
+    if not isinstance(ktraj, torch.Tensor):
+        raise TypeError(f"{fn}: ktraj must be a torch.Tensor of shape [M, 2] or [M, 3], got "
+                        f"{type(ktraj).__name__}")
+    if ktraj.dim() != 2 or ktraj.shape[1] not in OPS_BY_DIMS:
+        raise ValueError(f"{fn}: ktraj must have shape [M, 2] or [M, 3], got "
+                         f"{tuple(ktraj.shape)}")
+    return int(ktraj.shape[1])
+
+
+def _image_size_for(image_size, dims: int, fn: str) -> tuple[int, ...]:
+    """image_size validated for a ``dims``-column ktraj ((H, W) or (D, H, W))."""
+    return validate.image_size(image_size, fn, dims, f" for a {dims}-column ktraj")
 
 
 def gridding_plan(ktraj: torch.Tensor, image_size, tol: float = 1e-6,
@@ -315,18 +357,20 @@ def gridding_plan(ktraj: torch.Tensor, image_size, tol: float = 1e-6,
     the reference ``NufftPlan``.
 
     Args:
-        ktraj: [M, 2] validated trajectory.
-        image_size: (H, W).
+        ktraj: [M, 2] or [M, 3] validated trajectory.
+        image_size: (H, W) or (D, H, W), as ktraj has 2 or 3 columns.
         tol, oversamp: validated accuracy (oversamp None: chosen from tol and dtype).
         dtype: the complex dtype the plan will run in.
         backend: as in ``nufft_type1``.
     """
-    image_size = validate.image_size(image_size, "gridding_plan")
-    if backends.select("nufft_type1", ktraj.device.type, backend) != "reference":
-        reason = _unserved(ktraj.device, tol, oversamp, dtype)
+    dims = _ktraj_dims(ktraj, "gridding_plan")
+    image_size = _image_size_for(image_size, dims, "gridding_plan")
+    op = OPS_BY_DIMS[dims][1]
+    if backends.select(op, ktraj.device.type, backend) != "reference":
+        reason = _unserved(ktraj.device, tol, oversamp, dtype, dims)
         if reason is None:
             return plan_for(ktraj, image_size, tol, oversamp, dtype=dtype)
-        backends.fallback("nufft_type1", reason)
+        backends.fallback(op, reason)
     return NufftPlan(ktraj, image_size, tol, oversamp, dtype=dtype)
 
 
@@ -410,28 +454,31 @@ def _type1(plan: CompiledPlan, values: torch.Tensor) -> torch.Tensor:
 def _check_raw(fn, tol, oversamp, image_size=None, **tensors):
     """What the kernels check when called directly (``torch.ops.luser_fast``, bypassing
     the public functions): the one validation of a raw call, run by the op's kernel on
-    every device (CPU and CUDA share ``_type2_kernel`` / ``_type1_kernel``) before any
-    plan is built or kernel launched, with the structural checks of ``nufft_type2`` /
-    ``nufft_type1`` (TypeError/ValueError naming the argument): complex data of the right
-    rank (real values would be read as half as many complex ones), one device (a ``meta``
-    argument beside real data would give uninitialised memory), a [M, 2] trajectory and
-    values with M points, a non-empty image (type 2: H, W >= 1; type 1: ``image_size``
-    positive), tol and oversamp in range. The trajectory's values are checked once per
-    plan, by the C++ plan on the CPU and by ``_cuda_plan`` on CUDA (finite, within
-    [-pi, pi])."""
+    every device (CPU and CUDA share ``_type2_kernel`` / ``_type1_kernel``; the 3-D ops
+    the same checks in 3-D) before any plan is built or kernel launched, with the
+    structural checks of ``nufft_type2`` / ``nufft_type1`` (TypeError/ValueError naming the
+    argument): complex data of the right rank (real values would be read as half as many
+    complex ones), one device (a ``meta`` argument beside real data would give
+    uninitialised memory), a [M, 2] trajectory for the 2-D ops and [M, 3] for the 3-D
+    ones ("nufft3_*"), values with M points, a non-empty image (type 2: every image side
+    >= 1; type 1: ``image_size`` positive), tol and oversamp in range. The trajectory's
+    values are checked once per plan, by the C++ plan on the CPU and by ``_cuda_plan`` on
+    CUDA (finite, within [-pi, pi]); by ``validate.ktraj`` where the reference serves."""
+    d = 3 if fn.startswith("nufft3") else 2
     validate.same_device(fn, **tensors)
     k = tensors["ktraj"]
-    if k.dim() != 2 or k.shape[1] != 2:
-        raise ValueError(f"{fn}: ktraj must have shape [M, 2], got {tuple(k.shape)}")
+    if k.dim() != 2 or k.shape[1] != d:
+        raise ValueError(f"{fn}: ktraj must have shape [M, {d}], got {tuple(k.shape)}")
     if k.is_complex() or not k.is_floating_point():
         raise ValueError(f"{fn}: ktraj must be real floating point (radians), got {k.dtype}")
     if image_size is not None and "image" not in tensors:
-        validate.image_size(tuple(image_size), fn)
+        validate.image_size(tuple(image_size), fn, d)
     if "image" in tensors:
         image = tensors["image"]
-        validate.complex_tensor(image, "image", fn, 2)
-        if image_size is not None and min(image.shape[-2:]) < 1:
-            raise ValueError(f"{fn}: image must have H, W >= 1, got shape {tuple(image.shape)}")
+        validate.complex_tensor(image, "image", fn, d)
+        if image_size is not None and min(image.shape[-d:]) < 1:
+            raise ValueError(f"{fn}: image must have {_AXES[d]} >= 1, got shape "
+                             f"{tuple(image.shape)}")
     else:
         values = tensors["values"]
         validate.complex_tensor(values, "values", fn, 1)
@@ -441,12 +488,19 @@ def _check_raw(fn, tol, oversamp, image_size=None, **tensors):
     validate.nufft_accuracy(tol, 2.0 if oversamp is None else oversamp, fn)
 
 
+def _raw_image_size(image, d: int):
+    """image's trailing d sizes when it is a tensor with that many dims (else None: the
+    checks then reject it with their own message)."""
+    if isinstance(image, torch.Tensor) and image.dim() >= d:
+        return tuple(image.shape[-d:])
+    return None
+
+
 # The dispatcher drops trailing arguments equal to their schema defaults, so every Python
 # kernel below repeats the defaults.
 def _type2_kernel(image, ktraj, tol=1e-6, oversamp=None):
-    _check_raw("nufft_type2", tol, oversamp,
-               image_size=tuple(image.shape[-2:]) if isinstance(image, torch.Tensor)
-               and image.dim() >= 2 else None, image=image, ktraj=ktraj)
+    _check_raw("nufft_type2", tol, oversamp, image_size=_raw_image_size(image, 2),
+               image=image, ktraj=ktraj)
     reason = _unserved(image.device, tol, oversamp, image.dtype)
     if reason is not None:
         backends.fallback("nufft_type2", reason)
@@ -470,6 +524,62 @@ library.LIB.impl("nufft_type2", _type2_kernel, "CPU")
 library.LIB.impl("nufft_type1", _type1_kernel, "CPU")
 torch.library.register_kernel("luser_fast::nufft_type2", "cuda", _type2_kernel)
 torch.library.register_kernel("luser_fast::nufft_type1", "cuda", _type1_kernel)
+
+
+# --- 3-D kernels ---
+#
+# The 3-D op kernels on CPU and CUDA and what they need: which devices the compiled 3-D
+# spreader serves (``_fast_kind_3d``: none yet), the plan ``plan_for`` builds for a
+# 3-column ktraj (``_compiled_plan_3d``) and the kernels themselves, which run the
+# reference until the compiled path exists. The raw-call checks (``_check_raw``), the
+# trajectory's values (``validate.ktraj``) and the fallback notice come first, as in 2-D.
+# ``_op_kernels_3d`` tells ``luser_fast.backends`` where the public functions call the
+# ops: everywhere for now, so that 3-D calls take the ops' autograd (ktraj gradients
+# included) and the notice says that the reference runs inside.
+
+#: why the 3-D ops run their reference
+_UNBUILT_3D = "the compiled 3-D NUFFT kernels are not built"
+#: the compiled 3-D CPU kernels are registered
+HAS_CPU_KERNELS_3D = False
+
+
+def _fast_kind_3d(device: torch.device) -> str | None:
+    """The compiled 3-D kernels that serve ``device`` ("cpu", "cuda"), or None."""
+    return None
+
+
+def _op_kernels_3d(device_type: str) -> bool:
+    """The 3-D ops' kernels serve ``device_type`` ("cpu", "cuda") for ``backends``."""
+    return True
+
+
+def _compiled_plan_3d(ktraj, image_size, tol, oversamp, device, kind, dtype):
+    """The compiled plan of a 3-column trajectory (``plan_for``; not built yet)."""
+    raise RuntimeError(f"plan_for: {_UNBUILT_3D}")
+
+
+def _type2_kernel_3d(image, ktraj, tol=1e-6, oversamp=None):
+    _check_raw("nufft3_type2", tol, oversamp, image_size=_raw_image_size(image, 3),
+               image=image, ktraj=ktraj)
+    ktraj = validate.ktraj(ktraj, "nufft3_type2", dims=3)
+    backends.fallback("nufft3_type2", _UNBUILT_3D)
+    return nufft_type2_ref(image, ktraj, tol, oversamp)
+
+
+def _type1_kernel_3d(values, ktraj, image_size, tol=1e-6, oversamp=None):
+    _check_raw("nufft3_type1", tol, oversamp, image_size=image_size, values=values,
+               ktraj=ktraj)
+    ktraj = validate.ktraj(ktraj, "nufft3_type1", dims=3)
+    backends.fallback("nufft3_type1", _UNBUILT_3D)
+    return nufft_type1_ref(values, ktraj, tuple(image_size), tol, oversamp)
+
+# --- end 3-D kernels ---
+
+
+library.LIB.impl("nufft3_type2", _type2_kernel_3d, "CPU")
+library.LIB.impl("nufft3_type1", _type1_kernel_3d, "CPU")
+torch.library.register_kernel("luser_fast::nufft3_type2", "cuda", _type2_kernel_3d)
+torch.library.register_kernel("luser_fast::nufft3_type1", "cuda", _type1_kernel_3d)
 
 
 # --- CUDA ------------------------------------------------------------------------------------
@@ -592,43 +702,63 @@ def _interp_cuda(plan: CompiledPlan, grid: torch.Tensor) -> torch.Tensor:
 
 
 # --- shapes and gradients ------------------------------------------------------------------------
+#
+# One fake kernel and one autograd formula per transform type, for both dimensions: d is
+# ktraj's number of columns (2 for the nufft_* ops, 3 for the nufft3_* ops, which check it).
 
-@torch.library.register_fake("luser_fast::nufft_type2")
-def _type2_fake(image, ktraj, tol=1e-6, oversamp=None):
-    _check_raw("nufft_type2", tol, oversamp, image=image, ktraj=ktraj)
-    torch._check(image.dim() >= 2, lambda: "nufft_type2: image must have at least 2 dims")
-    torch._check(ktraj.dim() == 2 and ktraj.shape[1] == 2, lambda: "nufft_type2: ktraj must be [M, 2]")
-    return image.new_empty((*image.shape[:-2], ktraj.shape[0]))
+def _register_fakes(d: int) -> None:
+    type2, type1 = OPS_BY_DIMS[d]
+
+    def type2_fake(image, ktraj, tol=1e-6, oversamp=None):
+        _check_raw(type2, tol, oversamp, image=image, ktraj=ktraj)
+        torch._check(image.dim() >= d, lambda: f"{type2}: image must have at least {d} dims")
+        torch._check(ktraj.dim() == 2 and ktraj.shape[1] == d,
+                     lambda: f"{type2}: ktraj must be [M, {d}]")
+        return image.new_empty((*image.shape[:-d], ktraj.shape[0]))
+
+    def type1_fake(values, ktraj, image_size, tol=1e-6, oversamp=None):
+        _check_raw(type1, tol, oversamp, values=values, ktraj=ktraj)
+        torch._check(values.dim() >= 1, lambda: f"{type1}: values must have at least 1 dim")
+        torch._check(ktraj.dim() == 2 and ktraj.shape[1] == d,
+                     lambda: f"{type1}: ktraj must be [M, {d}]")
+        return values.new_empty((*values.shape[:-1], *image_size))
+
+    torch.library.register_fake("luser_fast::" + type2, type2_fake)
+    torch.library.register_fake("luser_fast::" + type1, type1_fake)
 
 
-@torch.library.register_fake("luser_fast::nufft_type1")
-def _type1_fake(values, ktraj, image_size, tol=1e-6, oversamp=None):
-    _check_raw("nufft_type1", tol, oversamp, values=values, ktraj=ktraj)
-    torch._check(values.dim() >= 1, lambda: "nufft_type1: values must have at least 1 dim")
-    torch._check(ktraj.dim() == 2 and ktraj.shape[1] == 2, lambda: "nufft_type1: ktraj must be [M, 2]")
-    return values.new_empty((*values.shape[:-1], *image_size))
+for _d in OPS_BY_DIMS:
+    _register_fakes(_d)
 
 
-def _centred_index(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(n0 - H // 2)[:, None] and (n1 - W // 2)[None, :] in x's real dtype."""
-    h, w = x.shape[-2:]
+def _op(kind: int, ktraj: torch.Tensor):
+    """The type-``kind`` (2 or 1) op for ktraj's dimension."""
+    return getattr(torch.ops.luser_fast, OPS_BY_DIMS[ktraj.shape[1]][2 - kind])
+
+
+def _centred_index(x: torch.Tensor, d: int) -> list[torch.Tensor]:
+    """Per axis a of the last d dims, (n_a - N_a // 2) in x's real dtype, shaped to
+    broadcast over those dims ([H, 1] and [1, W] in 2-D)."""
     real = x.real.dtype
-    i0 = torch.arange(h, dtype=real, device=x.device) - h // 2
-    i1 = torch.arange(w, dtype=real, device=x.device) - w // 2
-    return i0[:, None], i1[None, :]
+    out = []
+    for axis, n in enumerate(x.shape[-d:]):
+        i = torch.arange(n, dtype=real, device=x.device) - n // 2
+        out.append(i.reshape(n, *(1,) * (d - 1 - axis)))
+    return out
 
 
 def _index_weighted_type2(x: torch.Tensor, ktraj, tol, oversamp) -> torch.Tensor:
-    """[..., M, 2]: type 2 of x (n_d - N_d // 2) for d = 0, 1, stacked on the last dim."""
-    i0, i1 = _centred_index(x)
-    both = torch.stack((x * i0, x * i1), dim=0)
-    y = torch.ops.luser_fast.nufft_type2(both, ktraj, tol, oversamp)
-    return torch.stack((y[0], y[1]), dim=-1)
+    """[..., M, d]: type 2 of x (n_a - N_a // 2) for each axis a, stacked on the last dim."""
+    d = ktraj.shape[1]
+    weighted = torch.stack([x * i for i in _centred_index(x, d)], dim=0)
+    y = _op(2, ktraj)(weighted, ktraj, tol, oversamp)
+    return torch.stack(y.unbind(0), dim=-1)
 
 
 def _ktraj_grad(a: torch.Tensor, b: torch.Tensor, ktraj: torch.Tensor) -> torch.Tensor:
-    """Re(sum over batch of a[..., m, None] * b[..., m, d]) -> [M, 2] in ktraj's dtype."""
-    g = (a[..., None] * b).real.reshape(-1, ktraj.shape[0], 2).sum(0)
+    """Re(sum over batch of a[..., m, None] * b[..., m, a]) -> [M, d] in ktraj's dtype."""
+    d = ktraj.shape[1]
+    g = (a[..., None] * b).real.reshape(-1, ktraj.shape[0], d).sum(0)
     return g.to(ktraj.dtype)
 
 
@@ -640,7 +770,7 @@ def _defaults(inputs: tuple, n_required: int) -> tuple:
 def _type2_setup(ctx, inputs, output):
     image, ktraj, tol, oversamp = (*inputs[:2], *_defaults(inputs, 2))
     ctx.save_for_backward(image if ctx.needs_input_grad[1] else None, ktraj)
-    ctx.config = (tuple(image.shape[-2:]), tol, oversamp)
+    ctx.config = (tuple(image.shape[-ktraj.shape[1]:]), tol, oversamp)
 
 
 def _type2_backward(ctx, grad):
@@ -648,9 +778,9 @@ def _type2_backward(ctx, grad):
     size, tol, oversamp = ctx.config
     grad_image = grad_ktraj = None
     if ctx.needs_input_grad[0]:
-        grad_image = torch.ops.luser_fast.nufft_type1(grad, ktraj, size, tol, oversamp)
+        grad_image = _op(1, ktraj)(grad, ktraj, size, tol, oversamp)
     if ctx.needs_input_grad[1]:
-        # dy_m / dk_m,d = -i type2((n_d - N_d // 2) x)_m; grad = Re(conj(g) dy/dk)
+        # dy_m / dk_m,a = -i type2((n_a - N_a // 2) x)_m; grad = Re(conj(g) dy/dk)
         deriv = _index_weighted_type2(image, ktraj, tol, oversamp)
         grad_ktraj = _ktraj_grad(grad.conj(), -1j * deriv, ktraj)
     return grad_image, grad_ktraj, None, None
@@ -667,10 +797,10 @@ def _type1_backward(ctx, grad):
     tol, oversamp = ctx.config
     grad_values = grad_ktraj = None
     if ctx.needs_input_grad[0]:
-        grad_values = torch.ops.luser_fast.nufft_type2(grad, ktraj, tol, oversamp)
+        grad_values = _op(2, ktraj)(grad, ktraj, tol, oversamp)
     if ctx.needs_input_grad[1]:
-        # dx_n / dk_m,d = i (n_d - N_d // 2) y_m exp(+i k_m . n');
-        # grad = Re(y_m i conj(type2((n_d - N_d // 2) G)_m))
+        # dx_n / dk_m,a = i (n_a - N_a // 2) y_m exp(+i k_m . n');
+        # grad = Re(y_m i conj(type2((n_a - N_a // 2) G)_m))
         deriv = _index_weighted_type2(grad, ktraj, tol, oversamp)
         grad_ktraj = _ktraj_grad(values, 1j * deriv.conj(), ktraj)
     return grad_values, grad_ktraj, None, None, None
@@ -679,6 +809,9 @@ def _type1_backward(ctx, grad):
 library.register_family({"nufft_type2": (_type2_backward, _type2_setup),
                          "nufft_type1": (_type1_backward, _type1_setup)},
                         cpu=lambda: HAS_CPU_KERNELS, cuda=cuda_available)
+library.register_family({"nufft3_type2": (_type2_backward, _type2_setup),
+                         "nufft3_type1": (_type1_backward, _type1_setup)},
+                        cpu=lambda: _op_kernels_3d("cpu"), cuda=lambda: _op_kernels_3d("cuda"))
 
 
 # --- public functionals ---------------------------------------------------------------------------
@@ -687,7 +820,8 @@ def nufft_type2(image: torch.Tensor, ktraj: torch.Tensor, tol: float = 1e-6,
                 oversamp: float | None = None, *, backend: str | None = None) -> torch.Tensor:
     """Type-2 NUFFT (uniform grid -> points), y_m = sum_n x_n exp(-i k_m . (n - N // 2)).
 
-    Served by the backend ``luser_fast.backends.select("nufft_type2", device)`` picks (the
+    2-D or 3-D as ktraj has 2 or 3 columns: the op ``nufft_type2`` or ``nufft3_type2``,
+    served by the backend ``luser_fast.backends.select(op, device)`` picks (the
     C++ CPU kernels, the CUDA kernels or the reference); the trajectory's plan is cached
     with the ``ktraj`` tensor and its values, so repeated calls with the same tensor skip
     the planning, and a call after its values changed (however they were written) plans
@@ -699,9 +833,11 @@ def nufft_type2(image: torch.Tensor, ktraj: torch.Tensor, tol: float = 1e-6,
     and ~1e-14); a tol below it gets the floor's kernel and a ``RuntimeWarning``, once.
 
     Args:
-        image: [..., H, W] complex64 or complex128 (any strides).
-        ktraj: [M, 2] radians in [-pi, pi]; column 0 along H, column 1 along W. Moved to
-            image's device if it lives elsewhere (the plan is then cached per call only).
+        image: [..., H, W] (2-D) or [..., D, H, W] (3-D) complex64 or complex128 (any
+            strides).
+        ktraj: [M, 2] radians in [-pi, pi], column 0 along H, column 1 along W; or [M, 3],
+            columns (kz, ky, kx) along (D, H, W). Moved to image's device if it lives
+            elsewhere (the plan is then cached per call only).
         tol: target relative l2 error against the exact sum, in (0, 0.1].
         oversamp: grid oversampling sigma > 1 (1.25: a smaller grid and a wider kernel;
             2.0: the reverse, and a lower floor), or None: 1.25 for tol >= 1e-4 in
@@ -721,14 +857,20 @@ def nufft_type2(image: torch.Tensor, ktraj: torch.Tensor, tol: float = 1e-6,
         >>> y = nufft_type2(torch.randn(8, 256, 256, dtype=torch.complex64), ktraj, tol=1e-3)
     """
     fn = "nufft_type2"
-    validate.complex_tensor(image, "image", fn, 2)
-    if min(image.shape[-2:]) < 1:
-        raise ValueError(f"{fn}: image must have H, W >= 1, got shape {tuple(image.shape)}")
+    validate.complex_tensor(image, "image", fn)
     ktraj = validate.ktraj(ktraj, fn, image.device)
+    d = ktraj.shape[1]
+    if image.dim() < d:
+        raise ValueError(f"{fn}: image must have at least {d} dims [..., {_AXES[d]}] for a "
+                         f"{d}-column ktraj, got shape {tuple(image.shape)}")
+    if min(image.shape[-d:]) < 1:
+        raise ValueError(f"{fn}: image must have {_AXES[d]} >= 1, got shape "
+                         f"{tuple(image.shape)}")
     tol, oversamp = validate.nufft_accuracy(tol, oversamp, fn)
-    if backends.select(fn, image.device.type, backend) == "reference":
+    op = OPS_BY_DIMS[d][0]
+    if backends.select(op, image.device.type, backend) == "reference":
         return nufft_type2_ref(image, ktraj, tol, oversamp)
-    return torch.ops.luser_fast.nufft_type2(image, ktraj, tol, oversamp)
+    return getattr(torch.ops.luser_fast, op)(image, ktraj, tol, oversamp)
 
 
 def nufft_type1(values: torch.Tensor, ktraj: torch.Tensor, image_size, tol: float = 1e-6,
@@ -738,15 +880,16 @@ def nufft_type1(values: torch.Tensor, ktraj: torch.Tensor, image_size, tol: floa
 
     Args:
         values: [..., M] complex64 or complex128 (any strides).
-        ktraj: [M, 2] radians in [-pi, pi] (as in ``nufft_type2``).
-        image_size: (H, W) or an int for a square image.
+        ktraj: [M, 2] or [M, 3] radians in [-pi, pi] (as in ``nufft_type2``).
+        image_size: (H, W) for [M, 2], (D, H, W) for [M, 3]; an int for a square image /
+            cubic volume (a sequence of the other length is a TypeError).
         tol: target relative l2 error in (0, 0.1] (the floors of ``nufft_type2`` apply).
         oversamp: grid oversampling sigma > 1, or None (chosen from tol and values'
             precision, as in ``nufft_type2``).
         backend: as in ``nufft_type2``.
 
     Returns:
-        [..., H, W] in values' dtype; differentiable in values and ktraj.
+        [..., H, W] or [..., D, H, W] in values' dtype; differentiable in values and ktraj.
 
     Raises:
         TypeError: values is not a complex tensor, or ktraj not a tensor.
@@ -755,11 +898,13 @@ def nufft_type1(values: torch.Tensor, ktraj: torch.Tensor, image_size, tol: floa
     fn = "nufft_type1"
     validate.complex_tensor(values, "values", fn, 1)
     ktraj = validate.ktraj(ktraj, fn, values.device)
-    size = validate.image_size(image_size, fn)
+    d = ktraj.shape[1]
+    size = _image_size_for(image_size, d, fn)
     if values.shape[-1] != ktraj.shape[0]:
         raise ValueError(f"{fn}: values must have shape [..., M] with M = {ktraj.shape[0]} "
                          f"(ktraj's points), got {tuple(values.shape)}")
     tol, oversamp = validate.nufft_accuracy(tol, oversamp, fn)
-    if backends.select(fn, values.device.type, backend) == "reference":
+    op = OPS_BY_DIMS[d][1]
+    if backends.select(op, values.device.type, backend) == "reference":
         return nufft_type1_ref(values, ktraj, size, tol, oversamp)
-    return torch.ops.luser_fast.nufft_type1(values, ktraj, size, tol, oversamp)
+    return getattr(torch.ops.luser_fast, op)(values, ktraj, size, tol, oversamp)

@@ -48,10 +48,9 @@ twice and written, activation read and written, per layer).
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from .. import backends
-from ..reference.shallow import ACTIVATIONS, shallow_map_ref
+from ..reference.shallow import ACTIVATIONS, conv_nd, shallow_map_ref
 from . import triton_common
 from .triton_common import HAS_TRITON, tl, triton
 
@@ -540,22 +539,37 @@ def _check(z, injected, v, weights, biases, gammas, betas, groups, act):
         raise ValueError(f"{fn}: need >= 2 weights and as many biases, got {n}, {len(biases)}")
     if len(gammas) not in (0, n - 1) or len(betas) != len(gammas):
         raise ValueError(f"{fn}: gammas/betas must hold {n - 1} tensors each or none")
+    if z.dim() not in (4, 5):
+        raise ValueError(f"{fn}: z must be [B, C_in, H, W] (2-D) or [B, C_in, D, H, W] (3-D), "
+                         f"got shape {tuple(z.shape)}")
+    sd = z.dim() - 2                                   # spatial dims of the call
     k = weights[0].shape[-1]
-    if k % 2 == 0 or any(w.shape[-2:] != (k, k) for w in weights):
-        raise ValueError(f"{fn}: weights must be square convolutions of one odd size")
+    if (k % 2 == 0 or any(w.dim() != 2 + sd or tuple(w.shape[2:]) != (k,) * sd
+                          for w in weights)):
+        kind = "k x k" if sd == 2 else "k x k x k"
+        raise ValueError(f"{fn}: weights must be {kind} convolutions of one odd size k for "
+                         f"{sd}-D images z {tuple(z.shape)}, got "
+                         f"{[tuple(w.shape) for w in weights]}")
     if act not in ACTS:
         raise ValueError(f"{fn}: act must be one of {tuple(ACTS)}, got {act!r}")
     c = weights[0].shape[0]
     if gammas and (groups < 1 or c % groups):
         raise ValueError(f"{fn}: groups={groups} must divide channels={c}")
-    if z.shape != v.shape or z.dim() != 4 or injected.shape != (z.shape[0], c) + z.shape[2:]:
-        raise ValueError(f"{fn}: z, v must be [B, C_in, H, W] and injected [B, {c}, H, W], "
+    if z.shape != v.shape or injected.shape != (z.shape[0], c) + z.shape[2:]:
+        sp = "H, W" if sd == 2 else "D, H, W"
+        raise ValueError(f"{fn}: z, v must be [B, C_in, {sp}] and injected [B, {c}, {sp}], "
                          f"got {tuple(z.shape)}, {tuple(v.shape)}, {tuple(injected.shape)}")
+
+
+#: why 3-D calls run the reference map
+NOT_2D = "the fused kernel is 2-D"
 
 
 def _unfused(t: torch.Tensor, weights) -> str | None:
     """Why the fused kernel cannot take this call on t [B, C, H, W] with these conv weights
-    (None: it can)."""
+    (None: it can). Volumes [B, C, D, H, W] never: the kernel is 2-D (``NOT_2D``)."""
+    if t.dim() != 4 or any(w.dim() != 4 for w in weights):
+        return NOT_2D
     if t.dtype not in KERNEL_DTYPES:
         return f"the fused kernel takes {KERNEL_DTYPES}, got {t.dtype}"
     k = weights[0].shape[-1]
@@ -646,17 +660,19 @@ def shallow_inject(v: torch.Tensor, w_inject: torch.Tensor, *,
     """The injection U v (odd k x k, zero padding, no bias), computed once per solve.
 
     Args:
-        v: [B, C_in, H, W]; w_inject: [C, C_in, k, k].
+        v: [B, C_in, H, W]; w_inject: [C, C_in, k, k]. Volumes: v [B, C_in, D, H, W],
+            w_inject [C, C_in, k, k, k] (conv3d; the fused kernel is 2-D, so the reference
+            serves them).
         backend: request a backend for this call (``luser_fast.backends``); None: the
             environment's preference.
 
     Returns:
-        [B, C, H, W] in v's dtype.
+        [B, C, H, W] ([B, C, D, H, W]) in v's dtype.
     """
     if (_use_triton("shallow_inject", v, [w_inject], backend)
             and not (torch.is_grad_enabled() and (v.requires_grad or w_inject.requires_grad))):
         return shallow_inject_fwd(v, w_inject)
-    return F.conv2d(v, w_inject, padding=w_inject.shape[-1] // 2)
+    return conv_nd(w_inject)(v, w_inject, padding=w_inject.shape[-1] // 2)
 
 
 def shallow_map(z, injected, v, weights, biases, gammas=(), betas=(), groups: int = 1,
@@ -667,18 +683,22 @@ def shallow_map(z, injected, v, weights, biases, gammas=(), betas=(), groups: in
     Runs the fused Triton kernel (``torch.ops.luser_fast.shallow_map``, with its fused VJP)
     where ``luser_fast.backends`` selects Triton and the call suits it (3x3, a kernel
     dtype); else the PyTorch reference ``shallow_map_ref``, differentiated by autograd.
+    Volumes (5-D z, k x k x k weights) take the same arguments and run the reference
+    (conv3d): the fused kernel is 2-D, and a request for Triton says so once
+    (``backends.fallback``: "the fused kernel is 2-D").
 
     Args:
-        z, v: [B, C_in, H, W].
-        injected: U v [B, C, H, W].
-        weights: [C, C_in, k, k], (L - 2) x [C, C, k, k], [C_in, C, k, k] (k odd).
+        z, v: [B, C_in, H, W] (or [B, C_in, D, H, W]).
+        injected: U v [B, C, H, W] (or [B, C, D, H, W]).
+        weights: [C, C_in, k, k], (L - 2) x [C, C, k, k], [C_in, C, k, k] (k odd; one more
+            k for volumes).
         biases: [C], ..., [C_in].
         gammas, betas: L - 1 GroupNorm weights and biases [C], or empty for no norm.
         groups: GroupNorm groups; act: "gelu", "relu", "silu" or "elu"; eps: GN epsilon.
         backend: as in ``shallow_inject``.
 
     Returns:
-        [B, C_in, H, W].
+        f(z, v), shaped like z.
 
     Example:
         >>> m = luser_fast.ShallowEquilibrium(1, 8, groups=2)

@@ -6,16 +6,26 @@ The map of ``ShallowEquilibrium`` in plain PyTorch, as a function of its paramet
     f(z, v) = v + conv_out(h_{L-1})
 
 The one definition of this maths: the module calls it wherever the fused Triton kernel
-does not serve, and the kernel is tested against it.
+does not serve, and the kernel is tested against it. Images [B, C, H, W] with k x k
+weights use conv2d; volumes [B, C, D, H, W] with k x k x k weights the same code with
+conv3d (``conv_nd`` picks by the weights' dimensions).
 """
 from __future__ import annotations
 
 import torch.nn.functional as F
 
-__all__ = ["ACTIVATIONS", "shallow_map_ref"]
+__all__ = ["ACTIVATIONS", "conv_nd", "shallow_map_ref"]
 
 #: the activations of the shallow map, by name
 ACTIVATIONS = {"gelu": F.gelu, "relu": F.relu, "silu": F.silu, "elu": F.elu}
+#: the convolution for weights of each number of dimensions: [C_out, C_in, *kernel]
+_CONV = {3: F.conv1d, 4: F.conv2d, 5: F.conv3d}
+
+
+def conv_nd(weight):
+    """F.conv2d for [C_out, C_in, k, k] weights, F.conv3d for [C_out, C_in, k, k, k] (and
+    F.conv1d for [C_out, C_in, k])."""
+    return _CONV[weight.dim()]
 
 
 def shallow_map_ref(z, injected, v, weights, biases, gammas, betas, groups: int,
@@ -23,9 +33,10 @@ def shallow_map_ref(z, injected, v, weights, biases, gammas, betas, groups: int,
     """The shallow map in plain PyTorch (the maths of ``shallow_map``).
 
     Args:
-        z, v: [B, C_in, H, W].
-        injected: U v [B, C, H, W].
-        weights: L conv weights (one odd size k; 3x3 for the fused kernel): [C, C_in, k, k], (L - 2) x [C, C, k, k], [C_in, C, k, k].
+        z, v: [B, C_in, H, W], or volumes [B, C_in, D, H, W].
+        injected: U v [B, C, H, W] (volumes: [B, C, D, H, W]).
+        weights: L conv weights (one odd size k; 3x3 for the fused kernel): [C, C_in, k, k],
+            (L - 2) x [C, C, k, k], [C_in, C, k, k]; for volumes one more k each (conv3d).
         biases: L biases [C], ..., [C_in].
         gammas, betas: L - 1 GroupNorm affine parameters [C] each, or empty (no norm).
         groups: GroupNorm groups (ignored without norm).
@@ -33,16 +44,17 @@ def shallow_map_ref(z, injected, v, weights, biases, gammas, betas, groups: int,
         eps: GroupNorm epsilon.
 
     Returns:
-        f(z, v) [B, C_in, H, W].
+        f(z, v), shaped like z.
     """
     fn = ACTIVATIONS[act]
+    conv = conv_nd(weights[0])
     pad = weights[0].shape[-1] // 2
-    # conv2d saves its input and weight, not its output, so adding U v in place is safe
-    # and saves one [B, C, H, W] allocation
-    h = F.conv2d(z, weights[0], biases[0], padding=pad).add_(injected)
+    # a convolution saves its input and weight, not its output, so adding U v in place is
+    # safe and saves one [B, C, *spatial] allocation
+    h = conv(z, weights[0], biases[0], padding=pad).add_(injected)
     for i in range(1, len(weights)):
         if gammas:
             h = F.group_norm(h, groups, gammas[i - 1], betas[i - 1], eps)
         h = fn(h)
-        h = F.conv2d(h, weights[i], biases[i], padding=pad)
+        h = conv(h, weights[i], biases[i], padding=pad)
     return v + h
