@@ -232,30 +232,22 @@ ConeRay ray_of(const Geometry& g, const double* trig, int64_t r) {
 
 // --- fast path ----------------------------------------------------------------------------
 
-// Element strides of the padded lane-interleaved volume (lanes included) and offset of
-// voxel (0, 0, 0) from the start of a buffer holding `planes` slices from slice z_first.
-struct Layout {
-  int64_t along[3];  // k, i, j
-  int n[3];          // D, H, W
-  int64_t plane;     // elements of one padded slice
-};
-
+// Element strides of the padded lane-interleaved volume (lanes included; sizes D, H, W).
 template <int V>
-Layout layout(const Geometry& g) {
-  Layout l;
-  l.along[2] = V;
-  l.along[1] = (g.width + 2 * kPad) * V;
-  l.along[0] = (g.height + 2 * kPad) * l.along[1];
-  l.plane = l.along[0];
-  l.n[0] = (int)g.depth;
-  l.n[1] = (int)g.height;
-  l.n[2] = (int)g.width;
+cb::ConeStrides layout(const Geometry& g) {
+  cb::ConeStrides l;
+  l.j = V;
+  l.i = (g.width + 2 * kPad) * V;
+  l.k = (g.height + 2 * kPad) * l.i;
+  l.depth = (int)g.depth;
+  l.height = (int)g.height;
+  l.width = (int)g.width;
   return l;
 }
 
 // Offset of voxel (0, 0, 0) in a buffer whose first slice is slice z_first - kPad.
-int64_t origin_offset(const Layout& l, int64_t z_first) {
-  return (kPad - z_first) * l.along[0] + kPad * (l.along[1] + l.along[2]);
+int64_t origin_offset(const cb::ConeStrides& l, int64_t z_first) {
+  return (kPad - z_first) * l.k + kPad * (l.i + l.j);
 }
 
 // V lanes of T as one vector of the GCC/Clang vector extension (V == 1: a plain scalar),
@@ -290,14 +282,14 @@ LF_ALWAYS_INLINE void store_lanes(T* p, const Vec& v) {
 // sums[(r - r0) * V + v] = line integral of ray r through lane v, for rays r0 .. r1 - 1.
 // vol: the padded volume's buffer, origin: offset of voxel (0, 0, 0) in it.
 template <typename T, int V>
-LF_ALWAYS_INLINE void forward_rays_body(const T* vol, int64_t origin, const Layout& l,
+LF_ALWAYS_INLINE void forward_rays_body(const T* vol, int64_t origin, const cb::ConeStrides& l,
                                         const Geometry& g, const double* trig, int64_t r0,
                                         int64_t r1, T* sums) {
   using Vec = lanes_t<T, V>;
   for (int64_t r = r0; r < r1; ++r) {
     const ConeRay ray = ray_of(g, trig, r);
-    const int64_t sm = l.along[ray.major], sa = l.along[cb::cone_minor_a(ray.major)],
-                  sb = l.along[cb::cone_minor_b(ray.major)];
+    const cb::ConeAxes ax = cb::cone_axes(l, ray.major);
+    const int64_t sm = ax.sm, sa = ax.sa, sb = ax.sb;
     Vec acc[kBlock] = {};
     cb::cone_ray_samples<kBlock, T>(ray, ray.s_begin, ray.s_end,
                                     [&](int s, int u, int ia, int ib, T wa, T wb) {
@@ -323,7 +315,7 @@ struct ChunkRay {
 template <typename T, int V>
 LF_ALWAYS_INLINE void adjoint_slab_body(const ChunkRay* rays, const int* row_k, const T* vals,
                                         int64_t n_rows, int64_t cols, int z0, int z1,
-                                        const Layout& l, T* slab, int64_t origin) {
+                                        const cb::ConeStrides& l, T* slab, int64_t origin) {
   using Vec = lanes_t<T, V>;
   for (int64_t q = 0; q < n_rows; ++q) {
     if (row_k[2 * q + 1] < z0 || row_k[2 * q] >= z1) continue;
@@ -336,11 +328,12 @@ LF_ALWAYS_INLINE void adjoint_slab_body(const ChunkRay* rays, const int* row_k, 
         lo = std::max(lo, z0);
         hi = std::min(hi, z1);
       } else {  // minor axis a is k
-        cb::cone_clip_steps(ray.fa0, ray.dfa, z0 - 1, z1 - 1, l.n[ray.major], &lo, &hi);
+        cb::cone_clip_steps(ray.fa0, ray.dfa, z0 - 1, z1 - 1, cb::cone_major_size(l, ray.major),
+                            &lo, &hi);
       }
       if (lo >= hi) continue;
-      const int64_t sm = l.along[ray.major], sa = l.along[cb::cone_minor_a(ray.major)],
-                    sb = l.along[cb::cone_minor_b(ray.major)];
+      const cb::ConeAxes ax = cb::cone_axes(l, ray.major);
+      const int64_t sm = ax.sm, sa = ax.sa, sb = ax.sb;
       const Vec val = load_lanes<Vec>(vals + r * V);
       cb::cone_ray_samples<kBlock, T>(ray, lo, hi, [&](int s, int, int ia, int ib, T wa, T wb) {
         T* p = slab + (origin + s * sm + ia * sa + ib * sb);
@@ -356,13 +349,13 @@ LF_ALWAYS_INLINE void adjoint_slab_body(const ChunkRay* rays, const int* row_k, 
 }
 
 LF_SIMD_CLONES((template <typename T, int V>), forward_rays,
-               (const T* vol, int64_t origin, const Layout& l, const Geometry& g,
+               (const T* vol, int64_t origin, const cb::ConeStrides& l, const Geometry& g,
                 const double* trig, int64_t r0, int64_t r1, T* sums),
                { forward_rays_body<T, V>(vol, origin, l, g, trig, r0, r1, sums); })
 
 LF_SIMD_CLONES((template <typename T, int V>), adjoint_slab,
                (const ChunkRay* rays, const int* row_k, const T* vals, int64_t n_rows,
-                int64_t cols, int z0, int z1, const Layout& l, T* slab, int64_t origin),
+                int64_t cols, int z0, int z1, const cb::ConeStrides& l, T* slab, int64_t origin),
                { adjoint_slab_body<T, V>(rays, row_k, vals, n_rows, cols, z0, z1, l, slab,
                                          origin); })
 
@@ -387,8 +380,8 @@ at::Tensor zeros_of(int64_t n) {
 template <typename T, int V>
 void forward_group(const T* x, int64_t n0, int nb, const Geometry& g, const double* trig,
                    T* out) {
-  const Layout l = layout<V>(g);
-  const at::Tensor buffer = zeros_of<T>((g.depth + 2 * kPad) * l.plane);
+  const cb::ConeStrides l = layout<V>(g);
+  const at::Tensor buffer = zeros_of<T>((g.depth + 2 * kPad) * l.k);
   T* vol = buffer.data_ptr<T>();
   const int64_t origin = origin_offset(l, 0);
   const int64_t hw = g.height * g.width, dhw = g.voxels();
@@ -397,7 +390,7 @@ void forward_group(const T* x, int64_t n0, int nb, const Geometry& g, const doub
       for (int v = 0; v < nb; ++v) {
         const T* src = x + (n0 + v) * dhw + k * hw;
         for (int64_t i = 0; i < g.height; ++i) {
-          T* dst = vol + origin + k * l.along[0] + i * l.along[1] + v;
+          T* dst = vol + origin + k * l.k + i * l.i + v;
           for (int64_t j = 0; j < g.width; ++j) dst[j * V] = src[i * g.width + j];
         }
       }
@@ -433,12 +426,12 @@ std::vector<int64_t> slab_bounds(const Geometry& g, int64_t lanes) {
 template <typename T, int V>
 void adjoint_group(const T* proj, int64_t n0, int nb, const Geometry& g, const double* trig,
                    T* out) {
-  const Layout l = layout<V>(g);
+  const cb::ConeStrides l = layout<V>(g);
   const std::vector<int64_t> ks = slab_bounds(g, V);
   const int64_t n_slabs = (int64_t)ks.size() - 1;
   std::vector<int64_t> slab_start(n_slabs + 1, 0);  // element offsets of the slab buffers
   for (int64_t s = 0; s < n_slabs; ++s) {
-    slab_start[s + 1] = slab_start[s] + (ks[s + 1] - ks[s] + 2 * kPad) * l.plane;
+    slab_start[s + 1] = slab_start[s] + (ks[s + 1] - ks[s] + 2 * kPad) * l.k;
   }
   const at::Tensor buffer = zeros_of<T>(slab_start[n_slabs]);
   T* slabs = buffer.data_ptr<T>();
@@ -497,11 +490,11 @@ void adjoint_group(const T* proj, int64_t n0, int nb, const Geometry& g, const d
   at::parallel_for(0, g.depth, grain(hw * V), [&](int64_t k0, int64_t k1) {
     for (int64_t k = k0; k < k1; ++k) {
       const int64_t s = std::upper_bound(ks.begin(), ks.end(), k) - ks.begin() - 1;
-      const T* slab = slabs + slab_start[s] + origin_offset(l, ks[s]) + k * l.along[0];
+      const T* slab = slabs + slab_start[s] + origin_offset(l, ks[s]) + k * l.k;
       for (int v = 0; v < nb; ++v) {
         T* dst = out + (n0 + v) * dhw + k * hw;
         for (int64_t i = 0; i < g.height; ++i) {
-          const T* src = slab + i * l.along[1] + v;
+          const T* src = slab + i * l.i + v;
           for (int64_t j = 0; j < g.width; ++j) dst[i * g.width + j] = src[j * V];
         }
       }

@@ -52,10 +52,6 @@ struct ConeRay {
   int unused;
 };
 
-// The minor axes of a ray with major axis m (memory order: a before b).
-LF_HD int cone_minor_a(int major) { return major == 0 ? 1 : 0; }
-LF_HD int cone_minor_b(int major) { return major == 2 ? 1 : 2; }
-
 // Fractional minor index at step s: f0 + s * df, unfused (see above).
 LF_HD double cone_f(double f0, double df, double s) { return add_rn(f0, mul_rn(s, df)); }
 
@@ -255,21 +251,45 @@ LF_HD void cone_bilerp_adjoint(const V& val, W wa, W wb, V* d00, V* d01, V* d10,
   *d11 = wb * v1;
 }
 
-// Element strides of a contiguous D x H x W volume, by axis (memory order).
+// Element strides of a volume along k, i and j, and its sizes D, H, W.
 struct ConeStrides {
-  long long along[3];  // k, i, j
-  int n[3];            // D, H, W
+  long long k, i, j;
+  int depth, height, width;
 };
 
+// A contiguous D x H x W volume's.
 LF_HD ConeStrides cone_strides(int depth, int height, int width) {
   ConeStrides st;
-  st.along[0] = (long long)height * width;
-  st.along[1] = width;
-  st.along[2] = 1;
-  st.n[0] = depth;
-  st.n[1] = height;
-  st.n[2] = width;
+  st.k = (long long)height * width;
+  st.i = width;
+  st.j = 1;
+  st.depth = depth;
+  st.height = height;
+  st.width = width;
   return st;
+}
+
+// A ray's axes in a volume: strides along its major axis (sm) and minor axes (sa, sb),
+// and the sizes of the minor axes (na, nb). Selected, not indexed, so that the device
+// keeps them in registers.
+struct ConeAxes {
+  long long sm, sa, sb;
+  int na, nb;
+};
+
+LF_HD ConeAxes cone_axes(const ConeStrides& st, int major) {
+  ConeAxes x;
+  x.sm = major == 0 ? st.k : (major == 1 ? st.i : st.j);
+  x.sa = major == 0 ? st.i : st.k;
+  x.sb = major == 2 ? st.i : st.j;
+  x.na = major == 0 ? st.height : st.depth;
+  x.nb = major == 2 ? st.height : st.width;
+  return x;
+}
+
+// Size of the volume along a ray's major axis.
+LF_HD int cone_major_size(const ConeStrides& st, int major) {
+  return major == 0 ? st.depth : (major == 1 ? st.height : st.width);
 }
 
 // Forward projection of ray r through nb <= NB volumes (gather, the CUDA kernel's
@@ -281,9 +301,9 @@ LF_HD void cone_forward_ray(const T* vol, long long vol_stride, int nb, const Co
                             const ConeRay& r, T* acc) {
 LF_UNROLL
   for (int b = 0; b < NB; ++b) acc[b] = T(0);
-  const int a = cone_minor_a(r.major), bx = cone_minor_b(r.major);
-  const long long sm = st.along[r.major], sa = st.along[a], sb = st.along[bx];
-  const int na = st.n[a], nbb = st.n[bx];
+  const ConeAxes ax = cone_axes(st, r.major);
+  const long long sm = ax.sm, sa = ax.sa, sb = ax.sb;
+  const int na = ax.na, nbb = ax.nb;
   cone_ray_samples<1, T>(r, r.s_begin, r.s_end, [&](int s, int, int ia, int ib, T wa, T wb) {
     const bool a0 = ia >= 0 && ia < na, a1 = ia >= -1 && ia < na - 1;
     const bool b0 = ib >= 0 && ib < nbb, b1 = ib >= -1 && ib < nbb - 1;
@@ -315,9 +335,9 @@ LF_UNROLL
 template <typename T, int NB, typename Add>
 LF_HD void cone_adjoint_ray(const T* val, long long vol_stride, int nb, const ConeStrides& st,
                             const ConeRay& r, Add&& add) {
-  const int a = cone_minor_a(r.major), bx = cone_minor_b(r.major);
-  const long long sm = st.along[r.major], sa = st.along[a], sb = st.along[bx];
-  const int na = st.n[a], nbb = st.n[bx];
+  const ConeAxes ax = cone_axes(st, r.major);
+  const long long sm = ax.sm, sa = ax.sa, sb = ax.sb;
+  const int na = ax.na, nbb = ax.nb;
   cone_ray_samples<1, T>(r, r.s_begin, r.s_end, [&](int s, int, int ia, int ib, T wa, T wb) {
     const bool a0 = ia >= 0 && ia < na, a1 = ia >= -1 && ia < na - 1;
     const bool b0 = ib >= 0 && ib < nbb, b1 = ib >= -1 && ib < nbb - 1;
