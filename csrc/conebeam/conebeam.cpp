@@ -222,12 +222,17 @@ OpCall adjoint_call(const at::Tensor& proj, const at::Tensor& angles, int64_t de
   return c;
 }
 
+// The ray of angle a, detector pixel (row, col).
+LF_ALWAYS_INLINE ConeRay ray_at(const Geometry& g, const double* trig, int64_t a, int row,
+                                int col) {
+  return cb::cone_ray(trig[2 * a], trig[2 * a + 1], row, col, (int)g.rows, (int)g.cols, g.sr,
+                      g.sc, g.src, g.det, (int)g.depth, (int)g.height, (int)g.width);
+}
+
 // The ray of index r (a * rows * cols + row * cols + col).
-ConeRay ray_of(const Geometry& g, const double* trig, int64_t r) {
+LF_ALWAYS_INLINE ConeRay ray_of(const Geometry& g, const double* trig, int64_t r) {
   const int64_t a = r / g.per_angle(), q = r % g.per_angle();
-  return cb::cone_ray(trig[2 * a], trig[2 * a + 1], (int)(q / g.cols), (int)(q % g.cols),
-                      (int)g.rows, (int)g.cols, g.sr, g.sc, g.src, g.det, (int)g.depth,
-                      (int)g.height, (int)g.width);
+  return ray_at(g, trig, a, (int)(q / g.cols), (int)(q % g.cols));
 }
 
 // --- fast path ----------------------------------------------------------------------------
@@ -286,8 +291,18 @@ LF_ALWAYS_INLINE void forward_rays_body(const T* vol, int64_t origin, const cb::
                                         const Geometry& g, const double* trig, int64_t r0,
                                         int64_t r1, T* sums) {
   using Vec = lanes_t<T, V>;
+  // (angle, row, col) of ray r, stepped along with r
+  int64_t a = r0 / g.per_angle();
+  int row = (int)((r0 % g.per_angle()) / g.cols), col = (int)(r0 % g.cols);
   for (int64_t r = r0; r < r1; ++r) {
-    const ConeRay ray = ray_of(g, trig, r);
+    const ConeRay ray = ray_at(g, trig, a, row, col);
+    if (++col == g.cols) {
+      col = 0;
+      if (++row == g.rows) {
+        row = 0;
+        ++a;
+      }
+    }
     const cb::ConeAxes ax = cb::cone_axes(l, ray.major);
     const int64_t sm = ax.sm, sa = ax.sa, sb = ax.sb;
     Vec acc[kBlock] = {};
@@ -348,6 +363,56 @@ LF_ALWAYS_INLINE void adjoint_slab_body(const ChunkRay* rays, const int* row_k, 
   }
 }
 
+// The adjoint's chunk table for detector rows q0 .. q1 - 1 of the chunk starting at angle
+// a0 (row q is angle a0 + q / rows, detector row q % rows): each ray's parameters and the
+// slices it touches, each row's union of those (row_k), and the rays' values in the nb
+// lanes of proj (times the step; lanes past nb hold 0).
+template <typename T, int V>
+LF_ALWAYS_INLINE void chunk_table_body(const Geometry& g, const double* trig, const T* proj,
+                                       int64_t n_rays, int64_t a0, int64_t q0, int64_t q1,
+                                       int nb, ChunkRay* rays, int* row_k, T* vals) {
+  const int64_t r_first = a0 * g.per_angle();
+  for (int64_t q = q0; q < q1; ++q) {
+    int lo = INT_MAX, hi = INT_MIN;
+    const int64_t a = a0 + q / g.rows;
+    const int row = (int)(q % g.rows);
+    for (int col = 0; col < g.cols; ++col) {
+      const int64_t r = q * g.cols + col;
+      ChunkRay& cr = rays[r];
+      cr.ray = ray_at(g, trig, a, row, col);
+      const ConeRay& ray = cr.ray;
+      cr.k_lo = INT_MAX;
+      cr.k_hi = INT_MIN;
+      if (ray.s_end > ray.s_begin) {
+        if (ray.major == 0) {
+          cr.k_lo = ray.s_begin;
+          cr.k_hi = ray.s_end - 1;
+        } else {  // minor axis a is k
+          const int f1 = (int)std::floor(cb::cone_f(ray.fa0, ray.dfa, ray.s_begin));
+          const int f2 = (int)std::floor(cb::cone_f(ray.fa0, ray.dfa, ray.s_end - 1));
+          cr.k_lo = std::min(f1, f2);
+          cr.k_hi = std::max(f1, f2) + 1;
+        }
+      }
+      lo = std::min(lo, cr.k_lo);
+      hi = std::max(hi, cr.k_hi);
+      const T step = (T)ray.step;
+      for (int v = 0; v < V; ++v) {
+        vals[r * V + v] = v < nb ? proj[v * n_rays + r_first + r] * step : T(0);
+      }
+    }
+    row_k[2 * q] = lo;
+    row_k[2 * q + 1] = hi;
+  }
+}
+
+LF_SIMD_CLONES((template <typename T, int V>), chunk_table,
+               (const Geometry& g, const double* trig, const T* proj, int64_t n_rays,
+                int64_t a0, int64_t q0, int64_t q1, int nb, ChunkRay* rays, int* row_k,
+                T* vals),
+               { chunk_table_body<T, V>(g, trig, proj, n_rays, a0, q0, q1, nb, rays, row_k,
+                                        vals); })
+
 LF_SIMD_CLONES((template <typename T, int V>), forward_rays,
                (const T* vol, int64_t origin, const cb::ConeStrides& l, const Geometry& g,
                 const double* trig, int64_t r0, int64_t r1, T* sums),
@@ -363,6 +428,12 @@ template <typename T, int V>
 auto forward_rays() {
   return luser_fast::simd::pick(luser_fast::simd::best_level(), &forward_rays_base<T, V>,
                                 &forward_rays_avx2<T, V>);
+}
+
+template <typename T, int V>
+auto chunk_table() {
+  return luser_fast::simd::pick(luser_fast::simd::best_level(), &chunk_table_base<T, V>,
+                                &chunk_table_avx2<T, V>);
 }
 
 template <typename T, int V>
@@ -442,41 +513,15 @@ void adjoint_group(const T* proj, int64_t n0, int nb, const Geometry& g, const d
   std::vector<T> vals(chunk_angles * per_angle * V);
   std::vector<int> row_k(2 * chunk_angles * g.rows);
   const auto slab_fn = adjoint_slab<T, V>();
+  const auto table_fn = chunk_table<T, V>();
   for (int64_t a0 = 0; a0 < g.n_angles; a0 += chunk_angles) {
     const int64_t a1 = std::min(g.n_angles, a0 + chunk_angles);
-    const int64_t n_rows = (a1 - a0) * g.rows, r_first = a0 * per_angle;
+    const int64_t n_rows = (a1 - a0) * g.rows;
     // the chunk's ray table, the slices each ray and each detector row touch, and the
     // values (times the step)
     at::parallel_for(0, n_rows, grain(16 * g.cols * V), [&](int64_t q0, int64_t q1) {
-      for (int64_t q = q0; q < q1; ++q) {
-        int lo = INT_MAX, hi = INT_MIN;
-        for (int64_t r = q * g.cols; r < (q + 1) * g.cols; ++r) {
-          ChunkRay& cr = rays[r];
-          cr.ray = ray_of(g, trig, r_first + r);
-          const ConeRay& ray = cr.ray;
-          cr.k_lo = INT_MAX;
-          cr.k_hi = INT_MIN;
-          if (ray.s_end > ray.s_begin) {
-            if (ray.major == 0) {
-              cr.k_lo = ray.s_begin;
-              cr.k_hi = ray.s_end - 1;
-            } else {
-              const int f1 = (int)std::floor(cb::cone_f(ray.fa0, ray.dfa, ray.s_begin));
-              const int f2 = (int)std::floor(cb::cone_f(ray.fa0, ray.dfa, ray.s_end - 1));
-              cr.k_lo = std::min(f1, f2);
-              cr.k_hi = std::max(f1, f2) + 1;
-            }
-          }
-          lo = std::min(lo, cr.k_lo);
-          hi = std::max(hi, cr.k_hi);
-          const T step = (T)ray.step;
-          for (int v = 0; v < V; ++v) {
-            vals[r * V + v] = v < nb ? proj[(n0 + v) * n_rays + r_first + r] * step : T(0);
-          }
-        }
-        row_k[2 * q] = lo;
-        row_k[2 * q + 1] = hi;
-      }
+      table_fn(g, trig, proj + n0 * n_rays, n_rays, a0, q0, q1, nb, rays.data(), row_k.data(),
+               vals.data());
     });
     at::parallel_for(0, n_slabs, 1, [&](int64_t s0, int64_t s1) {
       for (int64_t s = s0; s < s1; ++s) {

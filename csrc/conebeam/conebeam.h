@@ -60,8 +60,9 @@ LF_HD double cone_f(double f0, double df, double s) { return add_rn(f0, mul_rn(s
 // monotone in s (a correctly rounded product and sum are monotone in s), so the answer is
 // a threshold: found from the real-number estimate and corrected by the computed f itself
 // (a step or two; more only for |df| so small that f barely moves, never more than n).
-LF_HD int cone_first_step(double f0, double df, double t, int n) {
-  double e = (t - f0) / df;
+// inv_df: 1 / df (the estimate only).
+LF_HD int cone_first_step(double f0, double df, double inv_df, double t, int n) {
+  double e = (t - f0) * inv_df;
   e = e > 0.0 ? e : 0.0;  // also NaN -> 0
   e = e < (double)n ? e : (double)n;
   int s = (int)ceil(e);
@@ -82,11 +83,13 @@ LF_HD void cone_clip_steps(double f0, double df, int lo_idx, int hi_idx, int n, 
   const double tl = (double)lo_idx, tu = (double)hi_idx + 1.0;
   int b = 0, e = 0;
   if (df > 0.0) {
-    b = cone_first_step(f0, df, tl, n);
-    e = cone_first_step(f0, df, tu, n);
+    const double inv = 1.0 / df;
+    b = cone_first_step(f0, df, inv, tl, n);
+    e = cone_first_step(f0, df, inv, tu, n);
   } else if (df < 0.0) {
-    b = cone_first_step(f0, df, tu, n);
-    e = cone_first_step(f0, df, tl, n);
+    const double inv = 1.0 / df;
+    b = cone_first_step(f0, df, inv, tu, n);
+    e = cone_first_step(f0, df, inv, tl, n);
   } else if (f0 >= tl && f0 < tu) {
     e = n;
   }
