@@ -154,6 +154,30 @@ def test_thread_counts_and_batches_give_identical_bits():
 
 
 @needs_ext
+def test_cuda_algorithms_agree_with_the_fast_cpu_kernels():
+    """The CUDA kernels' algorithms, run on the CPU by the twins: the adjoint scatter adds
+    the same contributions in the same order (rays, then steps) as the CPU's slab adjoint,
+    so they agree bit for bit (on the device, atomics add them in any order: conebeam.cu
+    states the bound); the forward gather sums each ray sequentially, the CPU in 4 partial
+    sums: equal to rounding (docs/DESIGN.md, 1e-6 / 1e-13 relative)."""
+    size, shape = (13, 14, 12), (15, 17)
+    angles = torch.arange(16, dtype=torch.float64) * (2 * math.pi / 16)
+    torch.set_num_threads(2)
+    try:
+        for dtype in (torch.float32, torch.float64):
+            x, y = data(size, shape, (3,), dtype, seed=6, n_angles=16)
+            for geometry in [(1.0, 1.0, None, None), (1.2, 0.9, 25.0, 8.0),
+                             (3.0, 1.0, 15.0, 5.0)]:
+                a = LF._conebeam_adjoint(y, angles, *size, *geometry)
+                assert torch.equal(a, LF._conebeam_adjoint_scatter(y, angles, *size, *geometry))
+                f = LF._conebeam_forward(x, angles, *shape, *geometry)
+                g = LF._conebeam_forward_gather(x, angles, *shape, *geometry)
+                assert rel_err(g, f) <= (1e-6 if dtype == torch.float32 else 1e-13)
+    finally:
+        torch.set_num_threads(1)
+
+
+@needs_ext
 def test_central_row_is_the_fan_beam_and_parallel_rows_are_radon():
     """Odd D and odd rows: the cone beam's central detector row is the 2-D fan beam of the
     central slice; with sr = 1 and rows = D the parallel beam is the 2-D parallel Radon

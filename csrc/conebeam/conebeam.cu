@@ -21,12 +21,13 @@
 // the forward computes exactly what its CPU twin computes (docs/DESIGN.md, "Numerical
 // contracts"); build with IEEE float32 (no --use_fast_math, -ftz=false). The adjoint adds
 // with atomics: each contribution is the twin's to the bit, but the order in which a
-// voxel's m contributions c_1 .. c_m arrive changes from run to run, so the result differs
-// from the twin's sequential sum by at most gamma_(m-1) * sum |c_i| (each of the m - 1
-// additions rounds once: gamma_n = n u / (1 - n u), u the unit roundoff, 2^-24 float32,
-// 2^-53 float64), and from run to run by at most twice that. m is the number of (ray,
-// step) samples touching the voxel: at most 4 x A x the detector pixels whose rays pass
-// within one voxel of it on their plane (a few per angle at matched sampling).
+// voxel's m contributions c_1 .. c_m arrive changes from run to run. Any order of the m - 1
+// additions (each rounding once) is within gamma_(m-1) * sum |c_i| of the exact sum
+// (gamma_n = n u / (1 - n u), u the unit roundoff: 2^-24 float32, 2^-53 float64), as is the
+// twin's (and the CPU's) sequential sum, so the two differ by at most twice that, and two
+// runs likewise. m is at most the number of rays: a ray samples each voxel at most once
+// (the voxel lies in one plane across the ray's major axis); the weights are >= 0, so
+// sum |c_i| is the adjoint of |proj| at the voxel.
 #include "common/constants.h"
 #include "conebeam/conebeam.h"
 
