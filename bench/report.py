@@ -46,7 +46,7 @@ def latest(results: str, suite: str, tiny: bool = False) -> dict | None:
 
 
 SUITES = ("radon_cpu", "nufft_cpu", "conebeam_cpu", "solver_cpu", "deq_memory_cpu",
-          "memprofile_cpu", "demo_cpu", "bench_runs")
+          "memprofile_cpu", "memprofile3d_cpu", "demo_cpu", "bench_runs")
 
 
 def latest_gpu(results: str, tiny: bool = False) -> list[dict]:
@@ -421,6 +421,134 @@ def _plot_memory(plots, sweep) -> str:
     fig.suptitle(f"training memory, {sweep['setup']['task']} (git {sweep['git_sha']})",
                  fontsize=10)
     return plots.save(fig, "memory_vs_iterations.png")
+
+
+def _mib(v) -> str:
+    return "n/a" if v is None else fmt(v / MIB)
+
+
+def memory3d_section(run, goals, plots) -> list[str]:
+    """The 3-D memory study (``luser-fast memprofile --dims 3 --results
+    bench/results/memprofile3d_cpu.json``): LU deep-5 vs LUSER on cone-beam CT volumes."""
+    out = ["## 3-D memory study (cone-beam CT volumes, CPU)", ""]
+    command = ("luser-fast memprofile --dims 3 --size 32 64 96 128 --budget 16GiB "
+               "--results bench/results/memprofile3d_cpu.json")
+    if run is None:
+        goals.at_least(15, "LU deep-5 / LUSER peak training memory at 64^3", None, 8)
+        goals.at_least(15, "largest trainable side within 16 GiB, LUSER / LU", None, 2)
+        return out + no_run(command)
+    s = run["setup"]
+    budget = s["budget_bytes"] / 2 ** 30
+    out += [provenance(run), "", f"Command: `{run.get('command') or command}`.", "",
+            f"One training step (forward + MSE + backward, `training_memory`) per model and "
+            f"side N on N^3 volumes, batch {s['batch']}, K = {s['K']}, {s['channels']} "
+            f"channels, float32: {s['models']['LU (depth 5)']}; "
+            f"{s['models']['LUSER (defaults)']} (bytes do not depend on that count: see the "
+            f"check below). Geometry: {s['geometry']}; cone-beam projector: "
+            f"{s.get('conebeam_backend', 'n/a')}. Saved: bytes of the tensors autograd saves; "
+            "peak: live tensor bytes during the step; RSS: the process's peak resident growth; "
+            "train: peak + the batch + parameters + Adam's moments (what a training process "
+            f"needs). Sides predicted to need more than {_mib(s['max_measure_bytes'])} MiB or "
+            f"{fmt(s['max_step_seconds'])} s were not run on this machine: their figures are "
+            "predicted from the fits (marked).", ""]
+    out += table(("model", "N", "status", "saved MiB", "peak MiB", "RSS MiB", "train MiB",
+                  "step s"),
+                 [(r["model"], r["side"], r["status"], _mib(r["saved_bytes"]),
+                   _mib(r["peak_bytes"]), _mib(r.get("resident_peak_bytes")),
+                   _mib(r["train_bytes"]), fmt(r["seconds"])) for r in run["rows"]], left=3)
+    fit_rows = []
+    for name, fits in run["fits"].items():
+        for key in ("saved_bytes", "peak_bytes", "train_bytes"):
+            f = fits.get(key)
+            if f:
+                fit_rows.append((name, key.replace("_bytes", ""), fmt(f["a"] / MIB),
+                                 fmt(f["b"]), f["points"],
+                                 f"{100 * f['max_rel_residual']:.2f}%"))
+    out += ["Growth: least-squares fits bytes = a + b N^3 over the measured sides, with the "
+            "largest relative residual on them:", ""]
+    out += table(("model", "figure", "a (MiB)", "b (bytes per voxel)", "sides",
+                  "max residual"), fit_rows, left=2)
+    budget_rows = []
+    for name, b in run["budget"].items():
+        if "confirm_side" not in b:
+            budget_rows.append((name, b["predicted_side"], "not measured", "", "", ""))
+            continue
+        verdict = ("confirmed (measured at the predicted side)" if b["confirmed"]
+                   else "within budget, measured below the predicted side"
+                   if b["within_budget"] else "**over budget**")
+        budget_rows.append((name, b["predicted_side"], b["confirm_side"],
+                            _mib(b["measured_train_bytes"]),
+                            f"{100 * b['prediction_error']:+.1f}%", verdict))
+    out += [f"Largest trainable side within {fmt(budget)} GiB (train bytes a + b N^3 = budget), "
+            "and a step measured at it or, where this machine's limits stop it, at the largest "
+            "side within them:", ""]
+    out += table(("model", "predicted side", "measured at", "train MiB there",
+                  "prediction error there", "status"), budget_rows, left=1)
+    ratio_rows = [(f"{side}^3", fmt(r["peak_ratio"]), fmt(r["saved_ratio"]),
+                   fmt(r["train_ratio"]), "measured" if r["measured"] else "predicted")
+                  for side, r in run["ratios"].items()]
+    out += ["LU deep-5 / LUSER:", ""]
+    out += table(("side", "peak", "saved", "train", "status"), ratio_rows)
+    c = run["iteration_check"]
+    out += [f"Solver iterations: LUSER at {c['side']}^3 with {c['iterations'][1]} instead of "
+            f"{c['iterations'][0]} Anderson iterations: saved bytes x{c['saved_ratio']:.4f}, "
+            f"peak x{c['peak_ratio']:.4f}.", ""]
+    if plots:
+        out += [f"![3-D memory study]({_plot_memory3d(plots, run)})", ""]
+    r64 = run["ratios"].get("64")
+    goals.at_least(15, "LU deep-5 / LUSER peak training memory at 64^3",
+                   r64 and r64["peak_ratio"], 8,
+                   note="" if not r64 or r64["measured"] else "predicted",
+                   why="64 not among the sides")
+    lu, us = (run["budget"].get(n, {}).get("predicted_side")
+              for n in ("LU (depth 5)", "LUSER (defaults)"))
+    confirmed = all(run["budget"].get(n, {}).get("confirmed")
+                    for n in ("LU (depth 5)", "LUSER (defaults)"))
+    goals.at_least(15, f"largest trainable side within {fmt(budget)} GiB, LUSER / LU",
+                   us / lu if lu and us else None, 2,
+                   note=f"LUSER {us}, LU {lu}; "
+                        + ("both measured at the side" if confirmed else
+                           "predicted from the fits, not all measured at the side"))
+    return out
+
+
+def _plot_memory3d(plots, run) -> str:
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    budget = run["setup"]["budget_bytes"] / 2 ** 30
+    sides = [r["side"] for r in run["rows"]] + [b["predicted_side"] or 0
+                                                for b in run["budget"].values()]
+    top = max(sides) * 1.1
+    grid = [min(sides) + (top - min(sides)) * i / 199 for i in range(200)]
+    for (name, fits), color in zip(run["fits"].items(), ("C3", "C0")):
+        for ax, key in ((axes[0], "train_bytes"), (axes[1], "saved_bytes")):
+            rows = [r for r in run["rows"] if r["model"] == name]
+            for predicted, marker in ((False, "o"), (True, "x")):
+                pts = [(r["side"], r[key] / 2 ** 30) for r in rows
+                       if r["status"].startswith("predicted") == predicted]
+                if pts:
+                    ax.plot(*zip(*pts), marker, color=color,
+                            label=f"{name}, {'predicted' if predicted else 'measured'}")
+            f = fits.get(key)
+            if f:
+                ax.plot(grid, [(f["a"] + f["b"] * n ** 3) / 2 ** 30 for n in grid], "-",
+                        color=color, alpha=0.5, lw=1)
+        side = run["budget"][name]["predicted_side"]
+        if side:
+            axes[0].axvline(side, color=color, ls=":", lw=1)
+    axes[0].axhline(budget, color="k", ls="--", lw=1, label=f"budget {fmt(budget)} GiB")
+    for ax, title in zip(axes, ("training bytes per step (peak + batch + parameters + Adam)",
+                                "saved for backward")):
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("volume side N (N^3 voxels)")
+        ax.set_ylabel("GiB")
+        ax.set_title(title, fontsize=9)
+        ax.grid(alpha=0.3, which="both")
+    axes[0].legend(fontsize=7)
+    fig.suptitle(f"3-D cone-beam CT, batch {run['setup']['batch']} (git {run['git_sha']})",
+                 fontsize=10)
+    return plots.save(fig, "memprofile3d.png")
 
 
 def schedule_note(schedules) -> str:
@@ -978,6 +1106,7 @@ def render(results: str, plots: Plots | None, tiny: bool = False,
     body += conebeam_section(runs["conebeam_cpu"], goals)
     body += solver_section(runs["solver_cpu"], goals)
     body += memory_section(runs["deq_memory_cpu"], runs["memprofile_cpu"], goals, plots)
+    body += memory3d_section(runs["memprofile3d_cpu"], goals, plots)
     body += demo_section(runs["demo_cpu"], goals, plots)
     body += study_section(results, plots, goals)
     body += gpu_section(runs["gpu"], goals)

@@ -2,16 +2,19 @@
 
     luser-fast info                 versions, extension build info, which backend serves each op
     luser-fast demo [--out DIR]     LU (depth 5) vs LUSER (its defaults) on deblur, CT and MRI
+                                    (--tasks ct3d: cone-beam CT volumes)
     luser-fast train --task {deblur,ct,mri,nufft-mri} [--data PATH] [--model luser|lu] ...
     luser-fast eval CHECKPOINT [--split test] [--n 16] [--data PATH]
     luser-fast reconstruct CHECKPOINT --measurements y.npy --out x.npy [--png x.png]
     luser-fast memprofile [--vary iterations|depth|batch|K|chunk] [--plot out.png]
+    luser-fast memprofile --dims 3 [--size 32 64 96 128] [--budget 16GiB] [--plot out.png]
     luser-fast bench [--suite ops solver train gpu] [--json out.json]
     luser-fast study [--tasks ...] [--configs ...] [--seeds ...] [--results study.json]
 
 This module parses arguments and calls the library: ``luser_fast.demo.run_demo``,
 ``luser_fast.train`` (``train``, ``evaluate``, ``reconstruct``),
-``luser_fast.profile.memprofile.run_memprofile``, ``luser_fast.profile.bench.run_bench``,
+``luser_fast.profile.memprofile.run_memprofile`` (``run_memprofile3d`` with ``--dims 3``),
+``luser_fast.profile.bench.run_bench``,
 ``luser_fast.study.run_study`` and ``luser_fast.profile.provenance.environment``.
 
 Multi-process training: ``torchrun --nproc_per_node=N -m luser_fast.cli train ...``.
@@ -55,7 +58,8 @@ def _cmd_demo(args):
              channels=args.channels, batch=args.batch, n_train=args.n_train, n_test=args.n_test,
              K=args.K, lr=args.lr, seed=args.seed, noise=args.noise, angles=args.angles,
              sigma=args.sigma, acceleration=args.acceleration, wide_channels=args.wide_channels,
-             results=args.results, command=args.command_line)
+             results=args.results, command=args.command_line, volume_size=args.volume_size,
+             volume_angles=args.volume_angles)
     return 0
 
 
@@ -103,12 +107,34 @@ def _cmd_reconstruct(args):
 
 
 def _cmd_memprofile(args):
-    from .profile.memprofile import run_memprofile
+    from .profile.memprofile import (MEMPROFILE3D_BUDGET, MEMPROFILE3D_SIZES, run_memprofile,
+                                     run_memprofile3d)
 
-    run_memprofile(vary=args.vary, values=args.values, task=args.task, size=args.size,
-                   channels=args.channels, batch=args.batch, K=args.K,
-                   solver_iterations=args.solver_iterations, seed=args.seed, plot=args.plot,
-                   json_path=args.json)
+    if args.dims == 3:
+        for flag, value in (("--vary", args.vary), ("--values", args.values),
+                            ("--task", args.task)):
+            if value is not None:
+                raise ValueError(f"{flag} is for --dims 2 (the 3-D study varies the volume "
+                                 f"side, on cone-beam CT)")
+        run_memprofile3d(sizes=args.size or MEMPROFILE3D_SIZES,
+                         budget=args.budget or MEMPROFILE3D_BUDGET,
+                         channels=args.channels or 64, K=args.K, batch=args.batch or 1,
+                         solver_iterations=args.solver_iterations or 3, seed=args.seed,
+                         max_measure_bytes=args.max_measure,
+                         max_step_seconds=args.max_step_seconds, plot=args.plot,
+                         json_path=args.json, results=args.results, command=args.command_line)
+        return 0
+    for flag, value in (("--budget", args.budget), ("--results", args.results),
+                        ("--max-measure", args.max_measure)):
+        if value is not None:
+            raise ValueError(f"{flag} is for --dims 3")
+    if args.size and len(args.size) > 1:
+        raise ValueError("--size takes one value with --dims 2 (several with --dims 3)")
+    run_memprofile(vary=args.vary or "iterations", values=args.values, task=args.task or "ct",
+                   size=args.size[0] if args.size else 32, channels=args.channels or 32,
+                   batch=args.batch or 2, K=args.K,
+                   solver_iterations=args.solver_iterations or 20, seed=args.seed,
+                   plot=args.plot, json_path=args.json)
     return 0
 
 
@@ -190,18 +216,29 @@ def _add_info_parser(sub):
 
 def _add_demo_parser(sub):
     from .data import TASKS
+    from .data.volumes import VOLUME_TASKS
     from .demo import DEMO_TASKS
 
     pd = sub.add_parser("demo", help="LU (depth 5) vs LUSER (defaults) on deblur, CT and MRI, "
                                       "trained as `train` trains (minutes on a CPU)")
     pd.add_argument("--out", default="out/demo", help="output folder for the PNGs and demo.json")
-    pd.add_argument("--tasks", nargs="+", default=list(DEMO_TASKS), choices=TASKS,
-                    help="tasks to run (default: %(default)s)")
+    pd.add_argument("--tasks", nargs="+", default=list(DEMO_TASKS),
+                    choices=TASKS + VOLUME_TASKS,
+                    help="tasks to run (default: %(default)s; ct3d: cone-beam CT volumes)")
     _task_options(pd)
     _training_options(pd, steps=250, n_train=128)
-    pd.add_argument("--n-test", type=_positive_int, default=16, help="held-out test samples")
-    pd.add_argument("--wide-channels", type=int, default=64,
-                    help="also measure training memory at this width (0: skip)")
+    pd.add_argument("--n-test", type=_positive_int, default=None,
+                    help="held-out test samples (default 16; ct3d 4)")
+    pd.add_argument("--wide-channels", type=int, default=None,
+                    help="also measure training memory at this width (0: skip; default 64, "
+                         "ct3d 32)")
+    pd.add_argument("--volume-size", type=_positive_int, default=32,
+                    help="ct3d: volume side N (N^3 voxels)")
+    pd.add_argument("--volume-angles", type=_positive_int, default=None,
+                    help="ct3d: cone-beam angles over the full circle (default N)")
+    # unless given: per-task defaults (luser_fast.demo.DEFAULTS, VOLUME_DEFAULTS for ct3d:
+    # steps 250 / 80, batch 4 / 2, channels 32 / 16, n-train 128 / 24)
+    pd.set_defaults(steps=None, batch=None, channels=None, n_train=None)
     pd.add_argument("--results", default=None,
                     help="JSON of runs keyed by machine | torch | git SHA to store this run in "
                          "(e.g. bench/results/demo_cpu.json)")
@@ -282,19 +319,40 @@ def _add_memprofile_parser(sub):
     from .data import TASKS
     from .profile.memprofile import MEMPROFILE_VALUES
 
-    pm = sub.add_parser("memprofile", help="training memory: LUSER vs reference LUSER vs LU")
-    pm.add_argument("--vary", default="iterations", choices=tuple(MEMPROFILE_VALUES))
+    pm = sub.add_parser("memprofile", help="training memory: LUSER vs reference LUSER vs LU "
+                                            "(--dims 3: LU vs LUSER on cone-beam CT volumes)")
+    pm.add_argument("--dims", type=int, default=2, choices=(2, 3),
+                    help="2: images, one setting varied; 3: volumes of each --size, cone-beam "
+                         "CT, and the largest trainable side within --budget")
+    pm.add_argument("--vary", default=None, choices=tuple(MEMPROFILE_VALUES),
+                    help="--dims 2: the varied setting (default iterations)")
     pm.add_argument("--values", type=_positive_int, nargs="+", default=None,
                     help="swept values (default per --vary)")
-    pm.add_argument("--task", default="ct", choices=TASKS)
-    pm.add_argument("--size", type=_positive_int, default=32)
-    pm.add_argument("--channels", type=_positive_int, default=32)
-    pm.add_argument("--batch", type=_positive_int, default=2)
-    pm.add_argument("--K", type=_positive_int, default=5, help="unrolled steps")
-    pm.add_argument("--solver-iterations", type=_positive_int, default=20)
+    pm.add_argument("--task", default=None, choices=TASKS, help="--dims 2: task (default ct)")
+    pm.add_argument("--size", type=_positive_int, nargs="+", default=None,
+                    help="image side (--dims 2, default 32) or volume sides (--dims 3, "
+                         "default 32 64 96 128)")
+    pm.add_argument("--channels", type=_positive_int, default=None,
+                    help="network width (default 32; --dims 3: 64, the models' default)")
+    pm.add_argument("--batch", type=_positive_int, default=None,
+                    help="batch (default 2; --dims 3: 1)")
+    pm.add_argument("--K", "--iterations", dest="K", type=_positive_int, default=5,
+                    help="unrolled steps (the models' iterations)")
+    pm.add_argument("--solver-iterations", type=_positive_int, default=None,
+                    help="LUSER's Anderson iterations per solve (default 20; --dims 3: 3)")
+    pm.add_argument("--budget", default=None,
+                    help="--dims 3: memory budget, e.g. 16GiB (default 16GiB)")
+    pm.add_argument("--max-measure", default=None,
+                    help="--dims 3: steps predicted to need more are not run (default half "
+                         "of the available memory)")
+    pm.add_argument("--max-step-seconds", type=float, default=900.0,
+                    help="--dims 3: steps predicted to take longer are not run")
     pm.add_argument("--seed", type=int, default=0)
     pm.add_argument("--plot", default=None, help="PNG path")
     pm.add_argument("--json", default=None, help="JSON path for the rows")
+    pm.add_argument("--results", default=None,
+                    help="--dims 3: JSON of runs keyed by machine | torch | git SHA to store "
+                         "this run in (e.g. bench/results/memprofile3d_cpu.json)")
     _threads_option(pm)
     pm.set_defaults(func=_cmd_memprofile)
 

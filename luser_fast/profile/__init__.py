@@ -6,6 +6,8 @@ modules built on it, imported by name:
 * ``bench``: ``luser-fast bench``, the runner of the checkout's ``bench/`` suites;
 * ``provenance``: CPU model and git SHA.
 """
-from .memory import LiveTensorBytes, MemoryReport, SavedTensorBytes, mse, training_memory
+from .memory import (LiveTensorBytes, MemoryReport, ResidentPeak, SavedTensorBytes, mse,
+                     training_memory)
 
-__all__ = ["training_memory", "MemoryReport", "SavedTensorBytes", "LiveTensorBytes", "mse"]
+__all__ = ["training_memory", "MemoryReport", "SavedTensorBytes", "LiveTensorBytes",
+           "ResidentPeak", "mse"]

@@ -22,8 +22,15 @@ _BLOCK_ELEMS = 1 << 22
 
 
 class _Rays:
-    """The per-ray Joseph parameters of one geometry (``geo.joseph_steps``) and the
-    volume's strides, computed once per call and shared by every block."""
+    """The per-ray Joseph parameters of one geometry (``geo.joseph_steps``), computed once
+    per call and shared by every block of steps.
+
+    The pairs index a zero-padded copy of the volume (one voxel before and two after each
+    axis, ``pad`` / ``crop``): a neighbour outside the volume, or a step past a ray's
+    major-axis extent, then lands on a zero voxel of the margin instead of needing a mask,
+    so the weights of the voxels inside are exactly the Joseph weights and the others
+    multiply zeros (forward) or are cropped away (adjoint).
+    """
 
     def __init__(self, origin, direction, size):
         d, h, w = size
@@ -34,42 +41,56 @@ class _Rays:
             origin, direction, size)
         dev = origin.device
         extent = torch.tensor([w, h, d], device=dev)    # voxels along x, y, z
-        stride = torch.tensor([1, w, h * w], device=dev)
-        self.n_min = extent[minors]                     # [R, 2]
+        stride = torch.tensor([1, w + 3, (h + 3) * (w + 3)], device=dev)   # padded volume
+        self.f_max = extent[minors].to(torch.float64)   # [R, 2]: clamp f to [-1, n]
         self.stride_min = stride[minors]                # [R, 2]
         self.n_maj = extent[self.major]                 # [R]
         self.stride_maj = stride[self.major]            # [R]
+        s0, s1 = self.stride_min[:, 0], self.stride_min[:, 1]
+        # the four neighbours (floor / floor + 1 on each minor axis) relative to the first
+        self.corners = torch.stack((torch.zeros_like(s0), s1, s0, s0 + s1), -1)[:, None, :]
         self.ragged = len(set(size)) > 1                # some rays have fewer steps
+
+    def pad(self, x2: torch.Tensor) -> torch.Tensor:
+        """[N, D * H * W] -> [N, (D + 3) * (H + 3) * (W + 3)] with zero margins."""
+        d, h, w = self.size
+        xp = torch.nn.functional.pad(x2.reshape(-1, d, h, w), (1, 2, 1, 2, 1, 2))
+        return xp.reshape(x2.shape[0], -1)
+
+    def crop(self, xp: torch.Tensor) -> torch.Tensor:
+        """The transpose of ``pad``."""
+        d, h, w = self.size
+        xp = xp.reshape(-1, d + 3, h + 3, w + 3)[:, 1:d + 1, 1:h + 1, 1:w + 1]
+        return xp.reshape(xp.shape[0], d * h * w)
 
     def pairs(self, k0: int, k1: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(voxel, weight) pairs of steps ``k0 <= k < k1`` of every ray.
 
         Returns:
-            voxel: [R, k1 - k0, 4] int64 flat index into the D * H * W volume.
-            weight: [R, k1 - k0, 4] float64; zero for neighbours outside the volume and
-            for steps past the ray's major-axis extent.
+            voxel: [R, k1 - k0, 4] int64 flat index into the padded volume (``pad``).
+            weight: [R, k1 - k0, 4] float64: the bilinear weights times the path length
+            per step; voxels in the zero margins stand for those outside the volume.
         """
         k = torch.arange(k0, k1, device=self.f0.device)
         f = torch.addcmul(self.f0[:, None, :], k.to(torch.float64)[None, :, None],
                           self.df[:, None, :])                       # [R, S, 2]
+        # beyond [-1, n] both neighbours are outside: clamped, they are margin voxels
+        f = torch.minimum(f.clamp_(min=-1.0), self.f_max[:, None, :])
         fl = torch.floor(f)
         frac = f - fl
-        i0 = fl.to(torch.int64)
-        n_min = self.n_min[:, None, :]
-        ok0 = (i0 >= 0) & (i0 < n_min)
-        ok1 = (i0 >= -1) & (i0 < n_min - 1)
-        if self.ragged:
-            in_ray = (k[None, :] < self.n_maj[:, None])[..., None]
-            ok0, ok1 = ok0 & in_ray, ok1 & in_ray
-            k = torch.minimum(k[None, :], self.n_maj[:, None] - 1)
-        # per minor axis: weights and voxel offsets of the two neighbours [R, S, 2, 2]
-        wt = torch.stack(((1.0 - frac) * ok0, frac * ok1), -1)
-        idx = torch.minimum(torch.stack((i0, i0 + 1), -1).clamp_(min=0), n_min[..., None] - 1)
-        off = idx * self.stride_min[:, None, :, None]
-        weight = (wt[:, :, 0, :, None] * wt[:, :, 1, None, :]) * self.step[:, None, None, None]
-        base = k * self.stride_maj[:, None]                          # [R, S]
-        voxel = off[:, :, 0, :, None] + off[:, :, 1, None, :] + base[:, :, None, None]
-        return voxel.reshape(self.n_rays, -1, 4), weight.reshape(self.n_rays, -1, 4)
+        first = (fl.to(torch.int64) + 1) * self.stride_min[:, None, :]
+        plane = k[None, :] + 1
+        if self.ragged:     # steps past the ray's extent go to the zero margin plane
+            plane = torch.minimum(plane, self.n_maj[:, None] + 1)
+        base = first[..., 0] + first[..., 1] + plane * self.stride_maj[:, None]   # [R, S]
+        voxel = base[..., None] + self.corners
+        a1, b1 = frac[..., 0], frac[..., 1]
+        step = self.step[:, None]
+        sa1 = a1 * step
+        sa0 = step - sa1
+        b0 = 1.0 - b1
+        weight = torch.stack((sa0 * b0, sa0 * b1, sa1 * b0, sa1 * b1), -1)
+        return voxel, weight
 
     def block(self, n_batch: int) -> int:
         return max(1, min(self.n_steps,
@@ -82,10 +103,11 @@ def _project(x2: torch.Tensor, rays: _Rays) -> torch.Tensor:
     out = x2.new_zeros(n_batch, n_rays)
     if n_batch == 0 or n_rays == 0:
         return out
+    xp = rays.pad(x2)
     block = rays.block(n_batch)
     for k0 in range(0, rays.n_steps, block):
         voxel, weight = rays.pairs(k0, min(rays.n_steps, k0 + block))
-        vals = x2.index_select(1, voxel.reshape(-1)).view(n_batch, n_rays, -1)
+        vals = xp.index_select(1, voxel.reshape(-1)).view(n_batch, n_rays, -1)
         out = out + (vals * weight.to(x2.dtype).view(n_rays, -1)).sum(-1)
     return out
 
@@ -94,15 +116,15 @@ def _backproject(p2: torch.Tensor, rays: _Rays) -> torch.Tensor:
     """[N, R] ray values -> [N, D * H * W], the exact transpose of ``_project``."""
     n_batch, n_rays = p2.shape[0], rays.n_rays
     d, h, w = rays.size
-    out = p2.new_zeros(n_batch, d * h * w)
     if n_batch == 0 or n_rays == 0:
-        return out
+        return p2.new_zeros(n_batch, d * h * w)
+    out = p2.new_zeros(n_batch, (d + 3) * (h + 3) * (w + 3))
     block = rays.block(n_batch)
     for k0 in range(0, rays.n_steps, block):
         voxel, weight = rays.pairs(k0, min(rays.n_steps, k0 + block))
         contrib = p2[:, :, None] * weight.to(p2.dtype).view(n_rays, -1)
         out = out.index_add(1, voxel.reshape(-1), contrib.reshape(n_batch, -1))
-    return out
+    return rays.crop(out)
 
 
 class _Project(torch.autograd.Function):
