@@ -26,14 +26,14 @@ from helpers import ADJOINT_TOL, CSRC, ptxas_report, rel_err
 from luser_fast import backends
 from luser_fast.constants import CONE_IMAGES_PER_THREAD
 from luser_fast.ops import conebeam as cone_ops
-from luser_fast.ops import cuda_common
+from luser_fast.ops import cuda_common, library
 from luser_fast.reference.conebeam import conebeam_adjoint_ref, conebeam_forward_ref
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 LF = torch.ops.luser_fast
 CONE_CU = os.path.join(CSRC, "conebeam", "conebeam.cu")
-HAS_EXT = cone_ops.HAS_CPU_KERNELS and hasattr(LF, "_conebeam_forward_gather")
+HAS_EXT = cone_ops.HAS_CPU_KERNELS and library.extension_has("_conebeam_forward_gather")
 needs_ext = pytest.mark.skipif(not HAS_EXT,
                                reason="the C++ extension lacks the cone-beam kernels")
 needs_nvcc = pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc is not installed")
