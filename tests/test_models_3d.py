@@ -309,3 +309,61 @@ def test_chunked_training_peak_does_not_grow_with_the_batch_3d():
     torch.testing.assert_close(outs[0][0], outs[1][0], rtol=1e-9, atol=1e-11)
     for a, b in zip(outs[0][1], outs[1][1]):
         torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-11)
+
+
+def _map_args(f):
+    gn = isinstance(f.norms[0], torch.nn.GroupNorm)
+    return ([f.conv_in.weight, *(c.weight for c in f.hidden), f.conv_out.weight],
+            [f.conv_in.bias, *(c.bias for c in f.hidden), f.conv_out.bias],
+            [n.weight for n in f.norms] if gn else [], [n.bias for n in f.norms] if gn else [],
+            f.norms[0].num_groups if gn else 1, f.act_name, 1e-5)
+
+
+@pytest.mark.parametrize("act", ["gelu", "relu", "silu", "elu"])
+@pytest.mark.parametrize("norm", ["group", "none"])
+def test_lean_map_equals_the_reference(act, norm):
+    """Where autograd records a volume's map, it keeps only the pre-norm outputs and
+    recomputes GroupNorm + activation: the same values, the same gradients (float64)."""
+    torch.manual_seed(1)
+    f = ShallowEquilibrium(2, 8, depth=4, groups=4, act=act, norm=norm,
+                           spatial_dims=3).double()
+    with torch.no_grad():
+        f.conv_out.weight.mul_(30)
+    z = torch.randn(2, 2, 5, 6, 7, dtype=torch.float64, requires_grad=True)
+    v = torch.randn(2, 2, 5, 6, 7, dtype=torch.float64, requires_grad=True)
+    u = torch.randn(2, 2, 5, 6, 7, dtype=torch.float64)
+    inj = S.shallow_inject(v, f.inject.weight)
+    args = _map_args(f)
+    params = list(f.parameters())[1:]                       # all but inject (not in the map)
+    ref = S.shallow_map_ref(z, inj, v, *args)
+    lean = S.shallow_map(z, inj, v, *args[:4], groups=args[4], act=act)
+    assert torch.equal(lean, ref)
+    g_ref = torch.autograd.grad(ref, [z, v, *params], u, retain_graph=True)
+    g_lean = torch.autograd.grad(lean, [z, v, *params], u, retain_graph=True)
+    for a, b in zip(g_lean, g_ref):
+        torch.testing.assert_close(a, b, rtol=1e-11, atol=1e-13)
+    # a second VJP on the same graph (the adjoint solve's use) recomputes the same
+    g_again = torch.autograd.grad(lean, [z], 2 * u)[0]
+    torch.testing.assert_close(g_again, 2 * g_ref[0], rtol=1e-11, atol=1e-13)
+
+
+def test_lean_map_keeps_the_pre_norm_outputs_only():
+    """The graph of a volume's map holds the L - 1 pre-norm outputs (and its small
+    inputs), not 3 (L - 1) C-channel volumes; the reference backend keeps the plain graph."""
+    from luser_fast.profile import SavedTensorBytes
+
+    torch.manual_seed(0)
+    f = ShallowEquilibrium(1, 16, depth=4, spatial_dims=3)
+    z = torch.randn(1, 1, 12, 12, 12, requires_grad=True)
+    volume = 16 * 12 ** 3 * 4                                   # one C-channel volume
+    saved = {}
+    for backend in (None, "reference"):
+        f.backend = backend
+        with SavedTensorBytes() as s:
+            out = f(z, z)
+        saved[backend] = s.bytes
+        out.sum().backward()
+    f.backend = None
+    small = sum(p.numel() * 4 for p in f.parameters()) + 3 * z.numel() * 4
+    assert 3 * volume <= saved[None] <= 3 * volume + small, saved
+    assert saved["reference"] >= 9 * volume, saved

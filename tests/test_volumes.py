@@ -70,29 +70,29 @@ def test_memprofile3d_tiny(tmp_path):
     the JSON and a harness entry."""
     results = tmp_path / "memprofile3d_cpu.json"
     lines = []
-    out = run_memprofile3d(sizes=(8, 12, 40), budget="48MiB", channels=4, K=2,
-                           calibration=(6, 10), max_measure_bytes="24MiB",
+    out = run_memprofile3d(sizes=(6, 8, 20), budget="12MiB", channels=4, K=2,
+                           calibration=(5,), max_measure_bytes="8MiB",
                            plot=str(tmp_path / "m.png"), json_path=str(tmp_path / "m.json"),
                            results=str(results), log=lines.append)
     rows = {(r["model"], r["side"]): r for r in out["rows"]}
     for name in (LU_3D, LUSER_3D):
-        assert rows[name, 8]["status"] == "measured" and rows[name, 6]["status"] == "calibration"
-        assert rows[name, 40]["status"].startswith("predicted")
+        assert rows[name, 8]["status"] == "measured" and rows[name, 5]["status"] == "calibration"
+        assert rows[name, 20]["status"].startswith("predicted")
         fit = out["fits"][name]["train_bytes"]
-        assert fit["points"] == 4 and fit["b"] > 0
+        assert fit["points"] == 3 and fit["b"] > 0
         b = out["budget"][name]
-        assert b["predicted_side"] > 12 and b["confirm_side"] <= b["predicted_side"]
+        assert b["predicted_side"] > 8 and b["confirm_side"] <= b["predicted_side"]
         confirm = rows[name, b["confirm_side"]]
         assert confirm["train_bytes"] == b["measured_train_bytes"] > 0
-        assert b["within_budget"] == (confirm["train_bytes"] <= 48 * 2 ** 20)
+        assert b["within_budget"] == (confirm["train_bytes"] <= 12 * 2 ** 20)
     # LUSER keeps far less for backward than LU
-    assert out["ratios"]["12"]["saved_ratio"] > 5 and out["ratios"]["12"]["measured"]
-    assert not out["ratios"]["40"]["measured"]
+    assert out["ratios"]["8"]["saved_ratio"] > 5 and out["ratios"]["8"]["measured"]
+    assert not out["ratios"]["20"]["measured"]
     assert out["iteration_check"]["saved_ratio"] == pytest.approx(1, abs=0.02)
     assert any(line.startswith("fit LU (depth 5)") for line in lines)
     assert (tmp_path / "m.png").stat().st_size > 5_000
     with open(tmp_path / "m.json") as fh:
-        assert json.load(fh)["setup"]["budget_bytes"] == 48 * 2 ** 20
+        assert json.load(fh)["setup"]["budget_bytes"] == 12 * 2 ** 20
     with open(results) as fh:
         (key, run), = json.load(fh).items()
     assert {"date", "machine", "git_sha", "setup", "rows", "fits", "budget"} <= set(run)

@@ -21,7 +21,10 @@ checkpoint has the 2-D keys, with [C_out, C_in, k, k, k] kernels). The DEQ core 
 look at shapes. Memory in 3-D: LU keeps every activation of its K regularizers for
 backward; LUSER keeps K (|z*| + |v|) image-sized tensors, and with ``chunk=1`` (the
 default) its training peak is one sample's graph of f, rebuilt in the implicit backward,
-whatever the batch (``luser-fast memprofile --dims 3`` measures both).
+whatever the batch; in 3-D that graph holds only the depth - 1 pre-norm outputs of f
+(``luser_fast.ops.shallow``, "Volumes"), so the peak is about 6 ``channels``-channel
+volumes of one sample against LU's 11 per unrolled step and sample (``luser-fast
+memprofile --dims 3`` measures both).
 
 The operator is physics, supplied at construction: it moves with ``.to()`` but is not
 part of ``state_dict`` (a checkpoint holds learned parameters only, so it loads into a
@@ -365,10 +368,11 @@ class LUSER(_Unrolled):
         warm_start: start the solve of step k >= 1 from the equilibrium of step k - 1
             (x_k) instead of ``init_state(v_k) = v_k``.
         spatial_dims: 2 (images [B, C, H, W]) or 3 (volumes [B, C, D, H, W]: ``Conv3d``
-            maps, evaluated by the reference map, as the fused kernel is 2-D). In 3-D,
-            ``chunk=1`` matters most: the training peak is then one sample's graph of f
-            (rebuilt in the implicit backward) plus the saved K (|z*| + |v|), whatever
-            the batch; LU's grows with the batch and keeps every activation.
+            maps, evaluated by the reference map, as the fused kernel is 2-D, keeping only
+            its pre-norm outputs for backward). In 3-D, ``chunk=1`` matters most: the
+            training peak is then one sample's graph of f (rebuilt in the implicit
+            backward) plus the saved K (|z*| + |v|), whatever the batch; LU's grows with
+            the batch and keeps every activation.
 
     Attributes:
         last_solver_info: list of ``SolverInfo``, one per unrolled step of the last call.

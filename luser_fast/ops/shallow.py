@@ -44,10 +44,26 @@ is re-read once per C_out block, counted once, as it is served from L2):
 
 against the unfused PyTorch map's (8 + 7 (L - 2)) C P + 4 C_in P (conv, add, GN read
 twice and written, activation read and written, per layer).
+
+Volumes ([B, C, D, H, W], k x k x k weights): the fused kernel is 2-D, so the map runs
+``shallow_map_ref`` (conv3d). Where autograd records it (the graph LUSER's implicit
+backward rebuilds at z*), it runs in the kernel's spirit (``shallow_map_lean``): each
+layer's GroupNorm + activation is ``_NormAct``, which keeps only its pre-norm input y
+and recomputes act(GN(y)) in its backward (the GroupNorm VJP in closed form, the
+activation's through torch's own backward kernels, in place), and the next convolution's
+saved input, act(GN(y)), is not stored either: a saved-tensor hook replaces it by a
+recipe that recomputes it from y when the convolution's backward unpacks it. A graph of
+f then holds the L - 1 pre-norm outputs instead of 3 (L - 1) activations of C channels
+(plus the input), and a vector-Jacobian product adds about three more at its peak, so
+LUSER's training peak in 3-D is about 6 C-channel volumes of one sample instead of about
+11. Same maths, same values (the recomputation repeats the forward's operations); the
+reference binding (``backend="reference"``) and ``LUSER_FAST_BACKEND=reference`` keep the
+plain autograd graph.
 """
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from .. import backends
 from ..reference.shallow import ACTIVATIONS, conv_nd, shallow_map_ref
@@ -55,7 +71,7 @@ from . import triton_common
 from .triton_common import HAS_TRITON, tl, triton
 
 __all__ = ["shallow_map", "shallow_inject", "shallow_map_ref", "shallow_map_fwd",
-           "shallow_inject_fwd", "ACTS", "KERNEL_DTYPES", "bytes_per_map"]
+           "shallow_inject_fwd", "shallow_map_lean", "ACTS", "KERNEL_DTYPES", "bytes_per_map"]
 
 #: activation codes of the kernel
 ACTS = {"gelu": 0, "relu": 1, "silu": 2, "elu": 3}
@@ -655,6 +671,146 @@ backends.register(("shallow_map", "shallow_inject"), "triton", triton_common.dev
                   lambda: HAS_TRITON)
 
 
+# --- volumes: the reference map keeping only the pre-norm outputs for backward ----------------
+
+_ATEN = torch.ops.aten
+
+
+def _norm_act_inplace(y, gamma, beta, groups, act, eps):
+    """``norm_act_ref``'s values with one allocation: GroupNorm (or a copy of y without
+    norm), then the activation written over it (its out= kernel). No autograd."""
+    g = F.group_norm(y, groups, gamma, beta, eps) if gamma is not None else y.clone()
+    if act == "gelu":
+        return _ATEN.gelu.out(g, approximate="none", out=g)
+    if act == "silu":
+        return _ATEN.silu.out(g, out=g)
+    if act == "elu":
+        return _ATEN.elu.out(g, 1.0, 1.0, 1.0, out=g)
+    return g.relu_()
+
+
+def _act_backward_(grad, a, act):
+    """grad * act'(a), written over a (torch's activation backward kernels, out=)."""
+    if act == "gelu":
+        return _ATEN.gelu_backward.grad_input(grad, a, approximate="none", grad_input=a)
+    if act == "silu":
+        return _ATEN.silu_backward.grad_input(grad, a, grad_input=a)
+    if act == "elu":
+        return _ATEN.elu_backward.grad_input(grad, 1.0, 1.0, 1.0, False, a, grad_input=a)
+    return _ATEN.threshold_backward.grad_input(grad, a, 0, grad_input=a)
+
+
+def _rowdot(a, b):
+    """sum of a * b over the last axis ([..., S] -> [...]) without an [..., S] temporary."""
+    return torch.bmm(a.reshape(-1, 1, a.shape[-1]), b.reshape(-1, b.shape[-1], 1)).reshape(
+        a.shape[:-1])
+
+
+class _NormAct(torch.autograd.Function):
+    """h = act(GN(y)) (``norm_act_ref``) keeping only y, gamma, beta for backward.
+
+    Backward: a = GN(y) recomputed, da = g * act'(a) over it, then the GroupNorm VJP in
+    closed form from per-(sample, channel) sums (sum da, sum da y), without a normalised
+    copy of y: with xhat = (y - mean) rstd per group of n elements,
+
+        dgamma_c = sum da xhat       dbeta_c = sum da
+        dy = rstd (dxhat - mean(dxhat) - xhat mean(dxhat xhat))    dxhat = gamma da
+
+    computed in da's storage. Peak: y (kept) + the incoming gradient + one volume.
+    """
+
+    @staticmethod
+    def forward(ctx, y, gamma, beta, groups, act, eps):
+        ctx.save_for_backward(y, gamma, beta)
+        ctx.config = (groups, act, eps)
+        return _norm_act_inplace(y, gamma, beta, groups, act, eps)
+
+    @staticmethod
+    def backward(ctx, grad):
+        y, gamma, beta = ctx.saved_tensors
+        groups, act, eps = ctx.config
+        grad = grad.contiguous()
+        if gamma is None:
+            return _act_backward_(grad, y.clone(), act), None, None, None, None, None
+        b, c = y.shape[:2]
+        cpg = c // groups
+        n = cpg * y[0, 0].numel()
+        da = _act_backward_(grad, F.group_norm(y, groups, gamma, beta, eps), act)
+        var, mean = torch.var_mean(y.reshape(b, groups, -1), dim=-1, unbiased=False)
+        rstd = (var + eps).rsqrt()                                   # [B, G]
+        dac = da.view(b, c, -1)
+        s_da = dac.sum(-1)                                           # [B, C]
+        mean_c, rstd_c = mean.repeat_interleave(cpg, 1), rstd.repeat_interleave(cpg, 1)
+        s_daxhat = rstd_c * (_rowdot(dac, y.reshape(b, c, -1)) - mean_c * s_da)
+        m1 = (gamma * s_da).view(b, groups, cpg).sum(-1) / n         # mean dxhat
+        m2 = (gamma * s_daxhat).view(b, groups, cpg).sum(-1) / n     # mean dxhat xhat
+        k = rstd * rstd * m2
+        dv = dac.mul_(gamma[:, None]).view(b, groups, -1)            # dxhat, in place
+        dv.mul_(rstd[..., None])
+        torch.addcmul(dv, y.reshape(b, groups, -1), -k[..., None], out=dv)
+        dv.add_((k * mean - rstd * m1)[..., None])
+        need = ctx.needs_input_grad
+        return (da, s_daxhat.sum(0) if need[1] else None, s_da.sum(0) if need[2] else None,
+                None, None, None)
+
+
+def _norm_act_lean(y, gamma, beta, groups, act, eps):
+    return _NormAct.apply(y, gamma, beta, groups, act, eps)
+
+
+class _Recompute:
+    """A saved tensor that is an output of ``_NormAct``: recomputed, not stored."""
+
+    __slots__ = ("node",)
+
+    def __init__(self, node):
+        self.node = node
+
+    def __call__(self):
+        y, gamma, beta = self.node.saved_tensors
+        with torch.no_grad():
+            return _norm_act_inplace(y, gamma, beta, *self.node.config)
+
+
+def _recompute_hooks():
+    """Saved-tensor hooks storing ``_NormAct`` outputs as ``_Recompute`` recipes; other
+    tensors go to the hooks active outside (e.g. ``profile.SavedTensorBytes``, which then
+    counts exactly what is stored) or are stored as they are."""
+    top = getattr(torch._C._autograd, "_top_saved_tensors_default_hooks", None)
+    try:
+        outer = top(False) if top is not None else None
+    except (RuntimeError, TypeError):
+        outer = None
+    outer_pack, outer_unpack = outer if outer else (None, None)
+
+    def pack(t):
+        if isinstance(t.grad_fn, _NormAct._backward_cls):
+            return _Recompute(t.grad_fn)
+        return (outer_pack(t),) if outer_pack else t
+
+    def unpack(p):
+        if isinstance(p, _Recompute):
+            return p()
+        return outer_unpack(p[0]) if outer_pack else p
+
+    return torch.autograd.graph.saved_tensors_hooks(pack, unpack)
+
+
+def shallow_map_lean(z, injected, v, weights, biases, gammas, betas, groups: int, act: str,
+                     eps: float):
+    """``shallow_map_ref`` keeping for backward only each layer's pre-norm output (the
+    module docstring, "Volumes"): the same values and gradients, about half the memory of
+    its graph. For a map autograd records; arguments as ``shallow_map_ref``."""
+    with _recompute_hooks():
+        return shallow_map_ref(z, injected, v, weights, biases, gammas, betas, groups, act,
+                               eps, norm_act=_norm_act_lean)
+
+
+def _records(*tensors) -> bool:
+    return torch.is_grad_enabled() and any(
+        t.requires_grad for t in tensors if isinstance(t, torch.Tensor))
+
+
 def shallow_inject(v: torch.Tensor, w_inject: torch.Tensor, *,
                    backend: str | None = None) -> torch.Tensor:
     """The injection U v (odd k x k, zero padding, no bias), computed once per solve.
@@ -685,7 +841,9 @@ def shallow_map(z, injected, v, weights, biases, gammas=(), betas=(), groups: in
     dtype); else the PyTorch reference ``shallow_map_ref``, differentiated by autograd.
     Volumes (5-D z, k x k x k weights) take the same arguments and run the reference
     (conv3d): the fused kernel is 2-D, and a request for Triton says so once
-    (``backends.fallback``: "the fused kernel is 2-D").
+    (``backends.fallback``: "the fused kernel is 2-D"); where autograd records, through
+    ``shallow_map_lean`` (same values, half the graph: the module docstring), except on
+    the reference backend.
 
     Args:
         z, v: [B, C_in, H, W] (or [B, C_in, D, H, W]).
@@ -711,6 +869,10 @@ def shallow_map(z, injected, v, weights, biases, gammas=(), betas=(), groups: in
     weights, biases, gammas, betas = list(weights), list(biases), list(gammas), list(betas)
     _check(z, injected, v, weights, biases, gammas, betas, groups, act)
     if not _use_triton("shallow_map", z, weights, backend):
+        if (z.dim() == 5 and (backend or backends.requested("shallow_map")) != "reference"
+                and _records(z, injected, v, *weights, *biases, *gammas, *betas)):
+            return shallow_map_lean(z, injected, v, weights, biases, gammas, betas,
+                                    int(groups), act, float(eps))
         return shallow_map_ref(z, injected, v, weights, biases, gammas, betas, int(groups),
                                act, float(eps))
     return torch.ops.luser_fast.shallow_map(z, injected, v, weights, biases, gammas, betas,

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch.nn.functional as F
 
-__all__ = ["ACTIVATIONS", "conv_nd", "shallow_map_ref"]
+__all__ = ["ACTIVATIONS", "conv_nd", "norm_act_ref", "shallow_map_ref"]
 
 #: the activations of the shallow map, by name
 ACTIVATIONS = {"gelu": F.gelu, "relu": F.relu, "silu": F.silu, "elu": F.elu}
@@ -28,8 +28,16 @@ def conv_nd(weight):
     return _CONV[weight.dim()]
 
 
+def norm_act_ref(y, gamma, beta, groups: int, act: str, eps: float):
+    """One layer's GroupNorm and activation: act(GN(y)) with affine (gamma, beta) [C], or
+    act(y) when gamma is None (no norm)."""
+    if gamma is not None:
+        y = F.group_norm(y, groups, gamma, beta, eps)
+    return ACTIVATIONS[act](y)
+
+
 def shallow_map_ref(z, injected, v, weights, biases, gammas, betas, groups: int,
-                    act: str, eps: float):
+                    act: str, eps: float, *, norm_act=None):
     """The shallow map in plain PyTorch (the maths of ``shallow_map``).
 
     Args:
@@ -42,19 +50,21 @@ def shallow_map_ref(z, injected, v, weights, biases, gammas, betas, groups: int,
         groups: GroupNorm groups (ignored without norm).
         act: "gelu", "relu", "silu" or "elu".
         eps: GroupNorm epsilon.
+        norm_act: the GroupNorm + activation step, called as ``norm_act_ref`` is (the
+            default); ``luser_fast.ops.shallow`` passes an autograd form of the same maths
+            that keeps less for backward.
 
     Returns:
         f(z, v), shaped like z.
     """
-    fn = ACTIVATIONS[act]
+    norm_act = norm_act_ref if norm_act is None else norm_act
     conv = conv_nd(weights[0])
     pad = weights[0].shape[-1] // 2
     # a convolution saves its input and weight, not its output, so adding U v in place is
     # safe and saves one [B, C, *spatial] allocation
     h = conv(z, weights[0], biases[0], padding=pad).add_(injected)
     for i in range(1, len(weights)):
-        if gammas:
-            h = F.group_norm(h, groups, gammas[i - 1], betas[i - 1], eps)
-        h = fn(h)
+        h = norm_act(h, gammas[i - 1] if gammas else None, betas[i - 1] if gammas else None,
+                     groups, act, eps)
         h = conv(h, weights[i], biases[i], padding=pad)
     return v + h
