@@ -19,7 +19,7 @@ import re
 from . import _ext
 
 __all__ = [
-    "RADON_RAY_BYTES", "RADON_IMAGES_PER_THREAD",
+    "RADON_RAY_BYTES", "RADON_IMAGES_PER_THREAD", "CONE_IMAGES_PER_THREAD",
     "NUFFT_MAX_WIDTH", "NUFFT_RANGE_SLACK", "NUFFT_MAX_ABS_K", "NUFFT3_SORT_TILE",
     "SOURCE", "values", "parse_header", "header_paths", "python_name",
 ]
@@ -164,6 +164,9 @@ def values() -> dict:
 RADON_RAY_BYTES: int = _VALUES["RADON_RAY_BYTES"]
 #: images per thread of the Radon CUDA kernels (the launch grid's y extent is sized from it)
 RADON_IMAGES_PER_THREAD: int = _VALUES["RADON_IMAGES_PER_THREAD"]
+#: volumes per thread of the cone-beam CUDA kernels (the launch grid's y extent is sized
+#: from it)
+CONE_IMAGES_PER_THREAD: int = _VALUES["CONE_IMAGES_PER_THREAD"]
 #: widest NUFFT kernel (cells per dimension) the compiled kernels take
 NUFFT_MAX_WIDTH: int = _VALUES["NUFFT_MAX_WIDTH"]
 #: relative slack on the NUFFT's [-pi, pi] range (float32 pi is slightly above pi)

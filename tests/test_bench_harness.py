@@ -14,7 +14,7 @@ from luser_fast.profile.bench import BENCH_SUITES, run_bench
 
 CPU_SUITES = ("ops", "solver", "train")
 #: result files each suite writes (the peers' cases skip when a peer is not installed)
-FILES = {"ops": ("radon_cpu", "nufft_cpu", "nufft3d_cpu"), "solver": ("solver_cpu",),
+FILES = {"ops": ("radon_cpu", "nufft_cpu", "nufft3d_cpu", "conebeam_cpu"), "solver": ("solver_cpu",),
          "train": ("deq_memory_cpu", "memprofile_cpu")}
 
 
@@ -79,7 +79,7 @@ def test_report_renders_from_the_recorded_json(tiny_results, tmp_path):
     # a run compared with itself: every ratio within its own band
     assert "## Repeatability" in text and "**no**" not in text.split("## Repeatability")[1]
     for heading in ("## Goal figures", "## Radon transform (CPU)", "## NUFFT (CPU)",
-                    "## 3-D NUFFT (CPU)",
+                    "## 3-D NUFFT (CPU)", "## Cone-beam CT (CPU)",
                     "## Anderson solver (CPU)", "## Training memory of one step (CPU)", "## GPU"):
         assert heading in text
     assert "not measured" in text                     # no GPU figure without a GPU run

@@ -24,8 +24,9 @@ needs_ext = pytest.mark.skipif(EXT is None or not hasattr(EXT, "constants"),
 
 def test_header_lists_the_shared_constants():
     parsed = K.parse_header(HEADER)
-    assert set(parsed) == {"kRadonRayBytes", "kRadonImagesPerThread", "kNufftMaxWidth",
-                           "kNufftRangeSlack", "kNufftMaxAbsK", "kNufft3SortTile"}
+    assert set(parsed) == {"kRadonRayBytes", "kRadonImagesPerThread", "kConeImagesPerThread",
+                           "kNufftMaxWidth", "kNufftRangeSlack", "kNufftMaxAbsK",
+                           "kNufft3SortTile"}
     assert type(parsed["kRadonRayBytes"]) is int and type(parsed["kNufftMaxAbsK"]) is float
     # the reference's range check, math.pi * (1 + slack), to the bit
     assert parsed["kNufftMaxAbsK"] == math.pi * (1 + parsed["kNufftRangeSlack"])

@@ -23,6 +23,7 @@
 from __future__ import annotations
 
 import ctypes
+import glob
 import hashlib
 import importlib.abc
 import importlib.machinery
@@ -650,10 +651,14 @@ def test_nvrtc_compiles_the_full_unit_ieee():
     ptx = nvrtc_compile(code, [*_ext.NVRTC_OPTIONS, "--gpu-architecture=compute_90"],
                         b"luser_fast_all.cu").decode()
     entries = _entries(ptx)
-    assert len(entries) == 15 and ".ftz" not in ptx
+    want = set().union(*(_preprocessed_signatures(path) for path in glob.glob(
+        os.path.join(CSRC, "**", "*.cu"), recursive=True)))
+    assert set(entries) == want and len(want) >= 19 and ".ftz" not in ptx
     for name, body in entries.items():
         if name.startswith("radon_"):
             assert "fma.rn" not in body, name
+        if name.startswith("conebeam_"):      # only the ray direction's norm (conebeam.h)
+            assert body.count("fma.rn") == 2, name
     flushed = nvrtc_compile(code, ["-std=c++17", "-ftz=true", "--gpu-architecture=compute_90"],
                             b"luser_fast_all.cu")
     assert b".ftz" in flushed

@@ -89,6 +89,9 @@ def test_memprofile3d_tiny(tmp_path):
     assert out["ratios"]["8"]["saved_ratio"] > 5 and out["ratios"]["8"]["measured"]
     assert not out["ratios"]["20"]["measured"]
     assert out["iteration_check"]["saved_ratio"] == pytest.approx(1, abs=0.02)
+    bc = out["batch_check"]
+    assert bc["side"] == 6 and bc["batches"] == [1, 2, 4] and len(bc["rows"]) == 6
+    assert bc[LU_3D]["peak_bytes_per_sample"] > bc[LUSER_3D]["peak_bytes_per_sample"]
     assert any(line.startswith("fit LU (depth 5)") for line in lines)
     assert (tmp_path / "m.png").stat().st_size > 5_000
     with open(tmp_path / "m.json") as fh:

@@ -21,6 +21,9 @@
   /* Images per thread of the Radon gather kernels (CUDA, and their CPU twins): a ray or  \
      a pixel's candidate rays are set up once and applied to this many images. */         \
   X(int, kRadonImagesPerThread, 4)                                                         \
+  /* Volumes per thread of the cone-beam CUDA kernels (and their CPU twins): a ray is set \
+     up once and applied to this many volumes. */                                         \
+  X(int, kConeImagesPerThread, 4)                                                          \
   /* Widest NUFFT kernel (stencil cells per dimension) the compiled kernels take; wider   \
      plans are served by the reference. */                                                \
   X(int, kNufftMaxWidth, 32)                                                               \

@@ -22,6 +22,7 @@
 
 #include "common/constants.h"
 #include "common/device.h"
+#include "common/rounding.h"
 
 namespace luser_fast {
 namespace radon {
@@ -44,42 +45,11 @@ static_assert(sizeof(JosephRay) == kRadonRayBytes,
 // Products and sums that must round like PyTorch's separate elementwise ops (the
 // reference builds ray directions with them) and like the CPU's gather kernels
 // (_radon_forward_gather / _radon_adjoint_gather, compiled for the baseline ISA, which has
-// no FMA): no FMA contraction on the device, where nvcc and NVRTC would otherwise fuse
-// a * b + c. Every product-then-sum of the per-sample math below goes through these on the
-// device, so a CUDA kernel computes what its CPU gather twin computes, operation for
-// operation (docs/DESIGN.md, "Numerical contracts"); on the host they are the plain
-// expressions.
-LF_HD double mul_rn(double a, double b) {
-#if defined(__CUDA_ARCH__)
-  return __dmul_rn(a, b);
-#else
-  return a * b;
-#endif
-}
-
-LF_HD double add_rn(double a, double b) {
-#if defined(__CUDA_ARCH__)
-  return __dadd_rn(a, b);
-#else
-  return a + b;
-#endif
-}
-
-LF_HD float mul_rn(float a, float b) {
-#if defined(__CUDA_ARCH__)
-  return __fmul_rn(a, b);
-#else
-  return a * b;
-#endif
-}
-
-LF_HD float add_rn(float a, float b) {
-#if defined(__CUDA_ARCH__)
-  return __fadd_rn(a, b);
-#else
-  return a + b;
-#endif
-}
+// no FMA): no FMA contraction on the device (common/rounding.h). Every product-then-sum
+// of the per-sample math below goes through mul_rn / add_rn on the device, so a CUDA
+// kernel computes what its CPU gather twin computes, operation for operation.
+using luser_fast::add_rn;
+using luser_fast::mul_rn;
 
 // Joseph parameters of the ray through origin o with unit direction v, and the range of
 // major steps whose samples can touch an H x W image. A sample touches the image while

@@ -155,16 +155,82 @@ library.LIB.impl("conebeam_adjoint", _adjoint_cpu, "CPU")
 
 # --- CUDA ---
 # The CUDA launchers: ``_forward_cuda`` / ``_adjoint_cuda`` take the op's arguments,
-# validate them (``_check_raw`` with the geometry) and return the result on the data's
-# device. Until the CUDA cone-beam kernels exist they run the reference (on the GPU, in
-# torch), saying so once. Registered for the "cuda" dispatch key after this block.
+# validate them (``_check_raw`` with the geometry: what the C++ CPU kernel checks), size
+# the launch with the pure functions below (so nothing is allocated or launched for a call
+# the CPU kernel would refuse or the kernels cannot index) and launch the kernels of
+# ``csrc/conebeam/conebeam.cu`` through ``cuda_common.launch`` on the data's device and
+# torch's current stream. One thread per ray (computed on the fly from its angle's cos /
+# sin and its detector pixel: no ray table), groups of CONE_IMAGES_PER_THREAD volumes on
+# the grid's y axis (capped; the kernels stride over them). The adjoint scatters with
+# atomics into a zeroed volume: each contribution is the CPU twin's
+# (``_conebeam_adjoint_scatter``) to the bit, their order is not (the bound is stated in
+# conebeam.cu). float16 / bfloat16 data, or no usable CUDA (no CuPy, no device, no code),
+# run the reference on the data's device instead, saying so once (``backends.fallback``).
+# Registered for the "cuda" dispatch key after this block.
+
+import math  # noqa: E402
+
+from ..constants import CONE_IMAGES_PER_THREAD  # noqa: E402
+from . import cuda_common  # noqa: E402
+from .cuda_common import f64, i32, i64, ptr  # noqa: E402
+
+
+def _launch_grid(fn: str, n_rays: int, n_images: int) -> tuple[int, int]:
+    """Launch grid of either kernel: one thread per ray on x, volume groups of
+    CONE_IMAGES_PER_THREAD on y (capped at 65535; the kernels stride over them). Rays are
+    int indices in the kernels: ValueError from 2^31 rays (A * rows * cols)."""
+    cuda_common.check_sizes(fn, rays=n_rays)
+    return cuda_common.grid(n_rays, math.ceil(n_images / CONE_IMAGES_PER_THREAD))
+
+
+def _cuda_unserved(t: torch.Tensor) -> str:
+    if t.dtype not in KERNEL_DTYPES:
+        return f"the CUDA kernels take {KERNEL_DTYPES}, got {t.dtype}"
+    return cuda_common.cuda_unavailable_reason() or "the CUDA kernels are unavailable"
+
+
+def _kernel_args(data, angles, n_images, rows, cols, size, spacing_r, spacing_c,
+                 source_distance, detector_distance, out) -> tuple:
+    """(trig, args): the kernels' common argument list (conebeam.cu, LF_CONE_KERNEL) as
+    ``args``: data, trig [A, 2] (torch's cos / sin of the float64 angles on the data's
+    device, as the reference takes them), the volume count, A, rows, cols, D, H, W, the
+    spacings, the source and detector distances (0 for parallel beam), then the output;
+    and the trig tensor itself, which the caller keeps until the launch is queued."""
+    angles = angles.to(device=data.device, dtype=torch.float64).contiguous()
+    trig = torch.stack((torch.cos(angles), torch.sin(angles)), -1).contiguous()
+    cone = source_distance is not None
+    src = float(source_distance) if cone else 0.0
+    det = float(detector_distance) if cone and detector_distance is not None else 0.0
+    d, h, w = size
+    return trig, (ptr(data), ptr(trig), i64(n_images), i32(angles.numel()), i32(rows),
+                  i32(cols), i32(d), i32(h), i32(w), f64(spacing_r), f64(spacing_c),
+                  f64(src), f64(det), ptr(out))
+
+
+def _suffix(t: torch.Tensor) -> str:
+    return "f32" if t.dtype == torch.float32 else "f64"
+
 
 def _forward_cuda(x, angles, rows, cols, spacing_r, spacing_c, source_distance,
                   detector_distance):
     args = (rows, cols, spacing_r, spacing_c, source_distance, detector_distance)
     _check_raw("conebeam_forward", "x", x, angles, geometry=_forward_geometry(x, *args))
-    backends.fallback("conebeam_forward", "the CUDA cone-beam kernels are not built")
-    return _reference_forward(x, angles, *args)
+    if x.dtype not in KERNEL_DTYPES or not cuda_available():
+        backends.fallback("conebeam_forward", _cuda_unserved(x))
+        return _reference_forward(x, angles, *args)
+    size = tuple(int(s) for s in x.shape[-3:])
+    n_ang = angles.numel()
+    n_images = x.numel() // math.prod(size)
+    grid = _launch_grid("conebeam_forward", n_ang * rows * cols, n_images)
+    out = x.new_empty((*x.shape[:-3], n_ang, rows, cols))
+    if n_images == 0:
+        return out
+    vol = x.contiguous()
+    trig, kargs = _kernel_args(vol, angles, n_images, rows, cols, size, spacing_r,
+                               spacing_c, source_distance, detector_distance, out)
+    cuda_common.launch("conebeam_fwd_kernel_" + _suffix(x), x.device, grid, kargs)
+    del trig  # held until the launch is queued
+    return out
 
 
 def _adjoint_cuda(proj, angles, depth, height, width, spacing_r, spacing_c,
@@ -172,8 +238,21 @@ def _adjoint_cuda(proj, angles, depth, height, width, spacing_r, spacing_c,
     args = (depth, height, width, spacing_r, spacing_c, source_distance, detector_distance)
     _check_raw("conebeam_adjoint", "proj", proj, angles,
                geometry=_adjoint_geometry(proj, *args))
-    backends.fallback("conebeam_adjoint", "the CUDA cone-beam kernels are not built")
-    return _reference_adjoint(proj, angles, *args)
+    if proj.dtype not in KERNEL_DTYPES or not cuda_available():
+        backends.fallback("conebeam_adjoint", _cuda_unserved(proj))
+        return _reference_adjoint(proj, angles, *args)
+    n_ang, rows, cols = (int(s) for s in proj.shape[-3:])
+    n_images = proj.numel() // (n_ang * rows * cols)
+    grid = _launch_grid("conebeam_adjoint", n_ang * rows * cols, n_images)
+    out = proj.new_zeros((*proj.shape[:-3], depth, height, width))  # atomics add into it
+    if n_images == 0:
+        return out
+    p = proj.contiguous()
+    trig, kargs = _kernel_args(p, angles, n_images, rows, cols, (depth, height, width),
+                               spacing_r, spacing_c, source_distance, detector_distance, out)
+    cuda_common.launch("conebeam_adj_kernel_" + _suffix(proj), proj.device, grid, kargs)
+    del trig  # held until the launch is queued
+    return out
 
 # --- end CUDA ---
 

@@ -35,7 +35,8 @@ __all__ = ["BENCH_SUITES", "GPU_TESTS_K", "GPU_BUDGET_S", "bench_dir", "run_benc
 #: ``luser-fast bench --suite``: pytest files of bench/ (and a -k filter) per suite; the
 #: gpu suite's files run in this order (the goal figures first), one process each
 BENCH_SUITES = {
-    "ops": (("test_bench_radon.py", "test_bench_nufft.py", "test_bench_nufft3d.py"), "not cuda"),
+    "ops": (("test_bench_radon.py", "test_bench_nufft.py", "test_bench_nufft3d.py",
+             "test_bench_conebeam.py"), "not cuda"),
     "solver": (("test_bench_solver.py",), "not cuda"),
     "train": (("test_bench_deq_memory.py",), "not cuda"),
     "gpu": (("test_bench_radon.py", "test_bench_nufft.py", "test_bench_deq_memory.py",

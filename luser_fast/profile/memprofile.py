@@ -338,22 +338,25 @@ def run_memprofile3d(sizes=MEMPROFILE3D_SIZES, budget=MEMPROFILE3D_BUDGET, chann
         return LUSER(op, iterations=K, channels=channels, spatial_dims=3,
                      solver_kwargs={"tol": 1e-30, "max_iter": solver_iterations})
 
-    data = {}
+    data, ops = {}, {}
 
-    def task(side):
-        if side not in data:
+    def task(side, n):
+        if (side, n) not in data:
             data.clear()
-            gc.collect()
-            op = conebeam_operator(side)
-            # ||A|| once per side: every model's constructor would compute the same value
-            # (30 power iterations of A^T A, one and a half minutes of projections at 128^3)
-            norm = op.norm(iters=30, x=op.example_input())
-            op.norm = lambda iters=30, x=None, seed=0: norm
-            data[side] = make_ct3d(side, "train", batch, seed=seed, operator=op)
-        return data[side]
+            if side not in ops:
+                ops.clear()
+                gc.collect()
+                op = conebeam_operator(side)
+                # ||A|| once per side: every model's constructor would compute the same
+                # value (30 power iterations of A^T A: minutes of projections at 128^3)
+                norm = op.norm(iters=30, x=op.example_input())
+                op.norm = lambda iters=30, x=None, seed=0: norm
+                ops[side] = op
+            data[side, n] = make_ct3d(side, "train", n, seed=seed, operator=ops[side])
+        return data[side, n]
 
-    def measure(name, side, status, iterations=None):
-        d = task(side)
+    def measure(name, side, status, iterations=None, n=batch):
+        d = task(side, n)
         model = build(name, d.operator)
         if iterations is not None:
             for deq in model.deqs:
@@ -361,7 +364,7 @@ def run_memprofile3d(sizes=MEMPROFILE3D_SIZES, budget=MEMPROFILE3D_BUDGET, chann
         r = training_memory(model, d.y, d.x)
         params = r.param_bytes
         extra = 3 * params + d.x.numel() * d.x.element_size() + d.y.numel() * d.y.element_size()
-        row = {"model": name, "side": side, "voxels": side ** 3, "status": status,
+        row = {"model": name, "side": side, "voxels": side ** 3, "status": status, "batch": n,
                "saved_bytes": r.saved_bytes, "peak_bytes": r.peak_bytes,
                "resident_peak_bytes": r.resident_peak_bytes,
                "train_bytes": r.peak_bytes + extra, "param_bytes": params,
@@ -413,6 +416,21 @@ def run_memprofile3d(sizes=MEMPROFILE3D_SIZES, budget=MEMPROFILE3D_BUDGET, chann
     iteration_check = {"side": smallest, "iterations": [solver_iterations, 3 * solver_iterations],
                        "saved_ratio": check["saved_bytes"] / base["saved_bytes"],
                        "peak_ratio": check["peak_bytes"] / base["peak_bytes"]}
+    # what a larger batch adds: LUSER (chunk 1) one sample's |z*| + |v| + data per step,
+    # LU a whole sample's activations
+    side = min(sizes)
+    batch_check = {"side": side, "batches": [batch, 2 * batch, 4 * batch], "rows": []}
+    for name in (LU_3D, LUSER_3D):
+        if any(r["model"] == name and r["side"] == side and r["status"] == "measured"
+               for r in rows):
+            batch_check["rows"] += [measure(name, side, "batch check", n=n)
+                                    for n in batch_check["batches"]]
+    for name in (LU_3D, LUSER_3D):
+        pts = [r for r in batch_check["rows"] if r["model"] == name]
+        if len(pts) > 1:
+            per = (pts[-1]["peak_bytes"] - pts[0]["peak_bytes"]) / (pts[-1]["batch"] - pts[0]["batch"])
+            batch_check[name] = {"peak_bytes_per_sample": per,
+                                 "peak_growth_of_one_sample": per / pts[0]["peak_bytes"] * batch}
     budget_rows = {}
     for name in (LU_3D, LUSER_3D):
         f = fits[name]
@@ -459,7 +477,7 @@ def run_memprofile3d(sizes=MEMPROFILE3D_SIZES, budget=MEMPROFILE3D_BUDGET, chann
     out = {"setup": setup, "rows": sorted(rows, key=lambda r: (r["model"] != LU_3D, r["side"])),
            "fits": fits, "budget": budget_rows, "ratios": ratios,
            "side_ratio": us_side / lu_side if lu_side and us_side else None,
-           "iteration_check": iteration_check}
+           "iteration_check": iteration_check, "batch_check": batch_check}
     for line in format_table3d(out):
         log(line)
     if json_path:
@@ -516,6 +534,12 @@ def format_table3d(result):
     c = result["iteration_check"]
     lines.append(f"LUSER at {c['side']}^3 with {c['iterations'][1]} vs {c['iterations'][0]} "
                  f"solver iterations: saved x{c['saved_ratio']:.4f}, peak x{c['peak_ratio']:.4f}")
+    bc = result.get("batch_check", {})
+    for name in (LU_3D, LUSER_3D):
+        if name in bc:
+            peaks = ", ".join(f"{_mib(r['peak_bytes'])}" for r in bc["rows"] if r["model"] == name)
+            lines.append(f"{name} at {bc['side']}^3, batch {bc['batches']}: peak {peaks} MiB; "
+                         f"+{_mib(bc[name]['peak_bytes_per_sample'])} MiB per sample")
     return lines
 
 
