@@ -337,6 +337,25 @@ def test_strided_inputs_and_workspace_reuse():
 
 
 @needs_ext
+def test_type2_and_type1_sharing_one_grid_buffer(monkeypatch):
+    """Where two grids do not fit the scratch budget, type 2 takes type 1's grid buffer,
+    re-zeroed after type 1 overwrote it: alternating calls give fresh calls' results."""
+    g = torch.Generator().manual_seed(37)
+    k = random_traj(150, 38)
+    size = (5, 6, 7)
+    x = randn_like_dtype((2, *size), torch.complex128, g)
+    y = randn_like_dtype((2, 150), torch.complex128, g)
+    want2, want1 = NufftPlan(k, size).type2(x), NufftPlan(k, size).type1(y)
+    plan = nufft_ops.plan_for(k, size, 1e-6, dtype=torch.complex128)
+    grid_bytes = 2 * math.prod(plan.grid_size) * 16
+    monkeypatch.setattr(nufft_ops, "_SCRATCH_BYTES", int(1.5 * grid_bytes))
+    for _ in range(2):
+        assert rel_err(nufft_type1(y, k, size), want1) < 1e-12
+        assert rel_err(nufft_type2(x, k), want2) < 1e-12
+    assert set(plan._scratch[1]) == {"grid3"}
+
+
+@needs_ext
 def test_plan_is_cached_and_shared_by_the_gradients(monkeypatch):
     built = count_plans(monkeypatch, nufft_ops.CompiledPlan)
     g = torch.Generator().manual_seed(20)

@@ -586,8 +586,9 @@ torch.library.register_kernel("luser_fast::nufft_type1", "cuda", _type1_kernel)
 # grid took 0.085 s for 8 x 128^3 complex64 on one core, against 0.26-0.29 s for the
 # pruned 1-D FFTs per axis (each on the non-zero part only, as in 2-D) in either layout,
 # the batch outermost or innermost. Type 2: deapodise into the zero-padded grid (a
-# workspace buffer whose padding stays zero), FFT, interpolate. Type 1: spread (into the
-# same buffer), inverse FFT, crop, deapodise.
+# workspace buffer whose padding stays zero), FFT, interpolate. Type 1: spread (into a
+# workspace grid; the same buffer as type 2's where two would not fit _SCRATCH_BYTES),
+# inverse FFT, crop, deapodise.
 #
 # ``_op_kernels_3d`` tells ``luser_fast.backends`` where the public functions call the
 # ops: everywhere, since the ops' kernels fall back to the reference themselves, so that
@@ -681,8 +682,12 @@ def _type2_3d(plan: CompiledPlan, image: torch.Tensor) -> torch.Tensor:
         return image.new_zeros((*lead, plan.n_points))
     x = image.reshape(batch, *plan.image_size)
     d = plan.deapod(image.dtype)
+    shape = (batch, *plan.grid_size)
+    # its own zero-padded buffer where two grids fit the scratch budget; else type 1's
+    # grid, which the workspace re-zeroes after type 1 used it
+    own = 2 * math.prod(shape) * image.element_size() <= _SCRATCH_BYTES
     with plan.workspace(batch, image.dtype) as ws:
-        grid = ws("grid3", (batch, *plan.grid_size), zero=True)
+        grid = ws("pad3" if own else "grid3", shape, zero=True)
         for src, dst in _corners(plan.image_size, plan.grid_size):
             _scale(x[src], d[src], grid[dst])
         grid = torch.fft.fftn(grid, dim=(-3, -2, -1))
