@@ -308,6 +308,7 @@ def nufft3d_section(run, goals) -> list[str]:
         goals.at_least(15, f"3-D torchkbnufft / luser_fast time, {kind}, equal or better "
                        f"accuracy (ours at tol {tol}; {p['subset_points']:,} points)",
                        r and r["median"], 10, note=which)
+    return out
 
 
 #: issue 15 names no number for the cone-beam CPU projector against its reference; this
