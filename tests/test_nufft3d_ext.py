@@ -689,6 +689,40 @@ def test_cuda3_transforms_agree_with_the_cpu_kernels(fake_cuda, dtype):
     assert rel_err(cuda1, nufft_ops._type1(cpu, y)) <= tol
 
 
+needs_gpu = pytest.mark.skipif(
+    not (torch.cuda.is_available() and nufft_ops.cuda_available()),
+    reason="no CUDA device with CuPy here: the 3-D CUDA kernels are compiled and checked for "
+           "spills by nvcc, and their launches run on NumPy stand-ins above, but only a GPU "
+           "can run them")
+
+
+@needs_gpu
+@pytest.mark.parametrize("dtype", [torch.complex64, torch.complex128])
+@pytest.mark.parametrize("tol, oversamp", [(1e-3, 2.0), (1e-6, 2.0), (1e-9, 1.25)])
+def test_cuda3_matches_cpu_and_exact(dtype, tol, oversamp):
+    """On a GPU: the CUDA 3-D path (tile spreading where the tile fits, global atomics
+    where it does not) against the CPU kernels and the exact sums, and the adjoint pair."""
+    g = torch.Generator().manual_seed(39)
+    k = torch.cat((random_traj(2000, 40), stack_of_stars(7, 24, 5), EDGES))
+    size = (12, 15, 10)
+    x = randn_like_dtype((3, 2, *size), dtype, g)
+    y = randn_like_dtype((3, 2, k.shape[0]), dtype, g)
+    kc = k.cuda()
+    assert nufft_ops.plan_for(kc, size, tol, oversamp, dtype=dtype).kind == "cuda"
+    got2 = nufft_type2(x.cuda(), kc, tol, oversamp).cpu()
+    got1 = nufft_type1(y.cuda(), kc, size, tol, oversamp).cpu()
+    plan = NufftPlan(k, size, tol, oversamp, dtype)
+    assert rel_err(got2, plan.type2(x)) <= SAME_AS_REF[dtype] * 10
+    assert rel_err(got1, plan.type1(y)) <= SAME_AS_REF[dtype] * 10
+    if dtype == torch.complex128:
+        assert rel_err(got2, nudft_type2(x, k)) <= tol
+        assert rel_err(got1, nudft_type1(y, k, size)) <= tol
+    lhs = torch.vdot(got2.flatten(), y.flatten())
+    rhs = torch.vdot(x.flatten(), got1.flatten())
+    assert abs(lhs - rhs) / (got2.norm() * y.norm()) <= ADJOINT_TOL[REAL[dtype]] * 10
+    torch.library.opcheck(LF.nufft3_type2.default, (x.cuda().requires_grad_(), kc, tol, oversamp))
+
+
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc is not installed")
 @pytest.mark.parametrize("arch", [80, 90])
 def test_cuda3_kernels_compile_without_spills(arch):
