@@ -6,6 +6,7 @@ import os
 import pytest
 import torch
 
+from helpers import bench_report
 from luser_fast.cli import main
 from luser_fast.data.phantoms import random_ellipsoids
 from luser_fast.data.volumes import conebeam_geometry, make_ct3d
@@ -101,6 +102,13 @@ def test_memprofile3d_tiny(tmp_path):
     with open(results) as fh:
         (key, run), = json.load(fh).items()
     assert {"date", "machine", "git_sha", "setup", "rows", "fits", "budget"} <= set(run)
+    # the report's 3-D section renders it, goals judged against the measured figures
+    report = bench_report()
+    goals = report.Goals()
+    text = "\n".join(report.memory3d_section(run, goals, None))
+    assert "## 3-D memory study" in text and "predicted (" in text and "{" not in text
+    (side_goal,) = [g for g in goals.rows if "largest trainable side" in g[1]]
+    assert side_goal[0] == "#15" and side_goal[3] == f"{out['side_ratio']:.3g}x"
 
 
 def test_memprofile_dims_arguments(capsys):
