@@ -501,8 +501,10 @@ def memory3d_section(run, goals, plots) -> list[str]:
             f"check below). Geometry: {s['geometry']}; cone-beam projector: "
             f"{s.get('conebeam_backend', 'n/a')}. Saved: bytes of the tensors autograd saves; "
             "peak: live tensor bytes during the step; RSS: the process's peak resident growth; "
-            "train: peak + the batch + parameters + Adam's moments (what a training process "
-            f"needs). Sides predicted to need more than {_mib(s['max_measure_bytes'])} MiB or "
+            "train: peak + the batch (x, y, x0) + parameters + Adam's moments (what a "
+            "training process needs). x0 = FDK(y) is computed once per volume before the step "
+            "(as data; its own transient peak is in the JSON, fdk_peak_bytes). Sides "
+            f"predicted to need more than {_mib(s['max_measure_bytes'])} MiB or "
             f"{fmt(s['max_step_seconds'])} s were not run on this machine: their figures are "
             "predicted from the fits (marked).", ""]
     out += table(("model", "N", "status", "saved MiB", "peak MiB", "RSS MiB", "train MiB",

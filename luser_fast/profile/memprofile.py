@@ -216,6 +216,23 @@ def _largest_side(fit, limit):
     return side
 
 
+class _FromX0:
+    """``model(y, x0)`` with x0 fixed, as ``training_memory`` calls ``model(y)``; the
+    parameters are the model's."""
+
+    def __init__(self, model, x0):
+        self.model, self.x0 = model, x0
+
+    def __call__(self, y):
+        return self.model(y, x0=self.x0)
+
+    def zero_grad(self, set_to_none=True):
+        self.model.zero_grad(set_to_none=set_to_none)
+
+    def parameters(self):
+        return self.model.parameters()
+
+
 def _available_memory():
     """MemAvailable of this machine in bytes (None where unknown)."""
     try:
@@ -245,10 +262,13 @@ def run_memprofile3d(sizes=MEMPROFILE3D_SIZES, budget=MEMPROFILE3D_BUDGET, chann
     depend on that count (checked here at the smallest side with 3x the iterations),
     seconds do.
 
-    Each step records saved bytes (saved-tensor hooks, exact), peak bytes (CPU: live tensor
+    The step starts from x0 = FDK(y), computed once per volume beforehand (as data: both
+    models start there and its transient buffers are the projector's, not the model's; its
+    own peak is recorded as ``fdk_peak_bytes``). Each step records saved bytes
+    (saved-tensor hooks, exact), peak bytes (CPU: live tensor
     bytes; CUDA: allocator peak), the peak resident growth of the process (Linux CPU) and
     the bytes a training process needs for it ("train bytes": the step's peak plus the
-    batch (x, y), the parameters and Adam's two moments, 3 x the parameters). Sides are
+    batch (x, y, x0), the parameters and Adam's two moments, 3 x the parameters). Sides are
     measured in increasing order; a side whose step is predicted (from the sides measured
     so far) to need more than ``max_measure_bytes`` or ``max_step_seconds`` is not run:
     its figures are predicted and marked so.
@@ -294,7 +314,7 @@ def run_memprofile3d(sizes=MEMPROFILE3D_SIZES, budget=MEMPROFILE3D_BUDGET, chann
     from ..data.volumes import conebeam_operator, make_ct3d
     from ..models import LU, LUSER
     from . import harness
-    from .memory import training_memory
+    from .memory import LiveTensorBytes, training_memory
 
     budget = parse_bytes(budget)
     sizes = tuple(sizes)
@@ -352,23 +372,26 @@ def run_memprofile3d(sizes=MEMPROFILE3D_SIZES, budget=MEMPROFILE3D_BUDGET, chann
                 norm = op.norm(iters=30, x=op.example_input())
                 op.norm = lambda iters=30, x=None, seed=0: norm
                 ops[side] = op
-            data[side, n] = make_ct3d(side, "train", n, seed=seed, operator=ops[side])
+            d = make_ct3d(side, "train", n, seed=seed, operator=ops[side])
+            with torch.no_grad(), LiveTensorBytes() as live:
+                x0 = d.operator.fdk(d.y)
+            data[side, n] = (d, x0, live.peak)
         return data[side, n]
 
     def measure(name, side, status, iterations=None, n=batch):
-        d = task(side, n)
+        d, x0, fdk_peak = task(side, n)
         model = build(name, d.operator)
         if iterations is not None:
             for deq in model.deqs:
                 deq.solver_kwargs = {**deq.solver_kwargs, "max_iter": iterations}
-        r = training_memory(model, d.y, d.x)
+        r = training_memory(_FromX0(model, x0), d.y, d.x)
         params = r.param_bytes
-        extra = 3 * params + d.x.numel() * d.x.element_size() + d.y.numel() * d.y.element_size()
+        extra = 3 * params + sum(t.numel() * t.element_size() for t in (d.x, d.y, x0))
         row = {"model": name, "side": side, "voxels": side ** 3, "status": status, "batch": n,
                "saved_bytes": r.saved_bytes, "peak_bytes": r.peak_bytes,
                "resident_peak_bytes": r.resident_peak_bytes,
                "train_bytes": r.peak_bytes + extra, "param_bytes": params,
-               "seconds": r.seconds}
+               "fdk_peak_bytes": fdk_peak, "seconds": r.seconds}
         infos = getattr(model, "last_solver_info", None)
         if infos:
             row["solver_iterations"] = max(int(i.iterations.max()) for i in infos)
