@@ -39,6 +39,7 @@ from luser_fast import backends
 from luser_fast.ops import nufft as nufft_ops
 from luser_fast.ops import nufft_type1, nufft_type2
 from luser_fast.profile import harness
+from nufft_common import finufft_plans, record, report_fixture, save_and_print, section
 
 H = W = harness.pick(256, 32)
 SPOKES, SAMPLES, COILS, THREADS = harness.pick((402, 256, 8, 2), (20, 32, 2, 2))
@@ -50,21 +51,6 @@ OVERSAMP = {1e-3: 1.25, 1e-6: 2.0}
 GPU_TOL = 1e-5
 CUFINUFFT_POINTS_PER_S = 6e8
 CHECK_POINTS, CHECK_PIXELS = harness.pick((2048, 1024), (64, 64))
-
-
-def finufft_plans(ktraj: torch.Tensor, size, coils: int, tol: float, threads: int):
-    """FINUFFT's complex64 type-2 and type-1 plans (the same sign conventions as ours) for
-    ``coils`` transforms of ``size`` on ``ktraj``, points set: (type 2, type 1)."""
-    import finufft
-
-    kx, ky = ktraj[:, 0].numpy().copy(), ktraj[:, 1].numpy().copy()
-    plans = []
-    for kind, sign in ((2, -1), (1, 1)):
-        plan = finufft.Plan(kind, tuple(size), n_trans=coils, eps=tol, isign=sign,
-                            nthreads=threads, dtype="complex64")
-        plan.setpts(kx, ky)
-        plans.append(plan)
-    return tuple(plans)
 
 
 def golden_angle_radial(spokes: int, samples: int) -> torch.Tensor:
@@ -120,28 +106,6 @@ def problem():
     return Problem()
 
 
-@pytest.fixture(scope="module")
-def report():
-    """Collects seconds (min, median, max) and errors; writes the JSON and prints the table
-    (when anything was timed)."""
-    with harness.collect(THREADS, _write_report, when=_timed) as results:
-        yield results
-
-
-def _timed(results: dict) -> bool:
-    return any("seconds" in r for r in results.values()) or "paired" in results
-
-
-def _record(benchmark, name: str, error: float | None, results: dict) -> None:
-    entry = results.setdefault(name, {})
-    if error is not None:
-        entry["error"] = error
-        benchmark.extra_info["relative_l2_error"] = error
-    t = harness.timing(benchmark)
-    if t is not None:
-        entry["seconds"] = t
-
-
 def _ratios(seconds: dict) -> dict:
     """ours / finufft (below 1: we are faster) and torchkbnufft / ours, per type and tol."""
     out = {}
@@ -161,31 +125,17 @@ def _ratios(seconds: dict) -> dict:
     return out
 
 
-def _section(results: dict) -> dict:
-    seconds = {k: v["seconds"] for k, v in results.items() if "seconds" in v}
-    return {"ms": {k: harness.ms(v) for k, v in sorted(seconds.items())},
-            "relative_l2_error": {k: float(f"{v['error']:.3g}") for k, v in sorted(results.items())
-                                  if "error" in v},
-            "ratios": _ratios(seconds)}
-
-
 def _write_report(results: dict) -> None:
     run = harness.new_run(THREADS, "finufft", "torchkbnufft")
     run["problem"] = {"image": [H, W], "spokes": SPOKES, "samples": SAMPLES,
                       "points": SPOKES * SAMPLES, "coils": COILS, "dtype": "complex64",
                       "trajectory": "golden-angle radial", "tols": list(TOLS),
                       "luser_fast_oversamp": {f"{t:g}": o for t, o in OVERSAMP.items()}}
-    harness.add_sections(run, results, _section)
-    key = harness.save_run("nufft_cpu", run)
-    print(f"\nNUFFT CPU benchmark ({key}), ms (min / median / max), relative l2 error:")
+    harness.add_sections(run, results, lambda r: section(r, _ratios))
+    save_and_print(run, "nufft_cpu", "NUFFT CPU benchmark", 28)
 
-    def rows(section):
-        errors = section["relative_l2_error"]
-        return [f"  {k:28s} " + " ".join(f"{v:9.3f}" for v in t.values())
-                + (f"   err {errors[k]:.2e}" if k in errors else "")
-                for k, t in section["ms"].items()]
 
-    print("\n".join(harness.section_lines(run, rows)))
+report = report_fixture(THREADS, _write_report)
 
 
 # --- CPU --------------------------------------------------------------------------------------
@@ -203,7 +153,7 @@ def test_luser_fast(benchmark, problem, report, kind, tol):
     err = problem.error(kind, run())
     assert err <= tol, err
     benchmark.pedantic(run, rounds=harness.pick(20, 2), warmup_rounds=2)
-    _record(benchmark, f"luser_fast_{kind}_{tol:g}", err, report)
+    record(benchmark, f"luser_fast_{kind}_{tol:g}", err, report)
 
 
 @pytest.mark.skipif(not nufft_ops.HAS_CPU_KERNELS, reason="the C++ extension is not built")
@@ -214,7 +164,7 @@ def test_luser_fast_plan(benchmark, problem, report):
                            dtype=torch.complex64)
 
     benchmark.pedantic(run, rounds=harness.pick(5, 2), warmup_rounds=1)
-    _record(benchmark, "luser_fast_plan_1e-06", None, report)
+    record(benchmark, "luser_fast_plan_1e-06", None, report)
 
 
 @pytest.mark.parametrize("tol", TOLS)
@@ -232,7 +182,7 @@ def test_finufft(benchmark, problem, report, kind, tol):
     # FINUFFT's complex64 transforms spread and FFT in float32: their floor is ~1e-5
     assert err <= max(10 * tol, 1e-4), err
     benchmark.pedantic(run, rounds=harness.pick(20, 2), warmup_rounds=2)
-    _record(benchmark, f"finufft_{kind}_{tol:g}", err, report)
+    record(benchmark, f"finufft_{kind}_{tol:g}", err, report)
 
 
 @pytest.mark.parametrize("kind", ["type2", "type1"])
@@ -255,7 +205,7 @@ def test_torchkbnufft(benchmark, problem, report, kind):
     err = problem.error(kind, run())
     assert err <= 1e-2, err
     benchmark.pedantic(run, rounds=harness.pick(5, 2), warmup_rounds=1)
-    _record(benchmark, f"torchkbnufft_{kind}", err, report)
+    record(benchmark, f"torchkbnufft_{kind}", err, report)
 
 
 @pytest.mark.skipif(not nufft_ops.HAS_CPU_KERNELS, reason="the C++ extension is not built")

@@ -39,6 +39,7 @@ import torch
 from luser_fast.ops import nufft as nufft_ops
 from luser_fast.ops import nufft_type1, nufft_type2
 from luser_fast.profile import harness
+from nufft_common import finufft_plans, record, report_fixture, save_and_print, section
 
 N = harness.pick(64, 8)
 SPOKES, SAMPLES, COILS = harness.pick((8192, 128, 8), (64, 16, 2))
@@ -129,28 +130,6 @@ def problem():
     return Problem()
 
 
-@pytest.fixture(scope="module")
-def report():
-    """Collects seconds (min, median, max) and errors; writes the JSON and prints the table
-    (when anything was timed)."""
-    with harness.collect(ALL_THREADS, _write_report, when=_timed) as results:
-        yield results
-
-
-def _timed(results: dict) -> bool:
-    return any("seconds" in r for r in results.values()) or "paired" in results
-
-
-def _record(benchmark, name: str, error: float | None, results: dict) -> None:
-    entry = results.setdefault(name, {})
-    if error is not None:
-        entry["error"] = error
-        benchmark.extra_info["relative_l2_error"] = error
-    t = harness.timing(benchmark)
-    if t is not None:
-        entry["seconds"] = t
-
-
 def _ratios(seconds: dict) -> dict:
     """ours / finufft (below 1: we are faster) per type, tol and thread count, and
     torchkbnufft / ours on the subset per type and tol."""
@@ -171,14 +150,6 @@ def _ratios(seconds: dict) -> dict:
     return out
 
 
-def _section(results: dict) -> dict:
-    seconds = {k: v["seconds"] for k, v in results.items() if "seconds" in v}
-    return {"ms": {k: harness.ms(v) for k, v in sorted(seconds.items())},
-            "relative_l2_error": {k: float(f"{v['error']:.3g}") for k, v in sorted(results.items())
-                                  if "error" in v},
-            "ratios": _ratios(seconds)}
-
-
 def _write_report(results: dict) -> None:
     run = harness.new_run(ALL_THREADS, "finufft", "torchkbnufft")
     run["problem"] = {"volume": [N, N, N], "spokes": SPOKES, "samples": SAMPLES,
@@ -187,17 +158,11 @@ def _write_report(results: dict) -> None:
                       "threads": list(THREAD_COUNTS),
                       "subset_spokes": KB_SPOKES, "subset_points": KB_SPOKES * SAMPLES,
                       "luser_fast_oversamp": {f"{t:g}": o for t, o in OVERSAMP.items()}}
-    harness.add_sections(run, results, _section)
-    key = harness.save_run("nufft3d_cpu", run)
-    print(f"\n3-D NUFFT CPU benchmark ({key}), ms (min / median / max), relative l2 error:")
+    harness.add_sections(run, results, lambda r: section(r, _ratios))
+    save_and_print(run, "nufft3d_cpu", "3-D NUFFT CPU benchmark", 32)
 
-    def rows(section):
-        errors = section["relative_l2_error"]
-        return [f"  {k:32s} " + " ".join(f"{v:9.3f}" for v in t.values())
-                + (f"   err {errors[k]:.2e}" if k in errors else "")
-                for k, t in section["ms"].items()]
 
-    print("\n".join(harness.section_lines(run, rows)))
+report = report_fixture(ALL_THREADS, _write_report)
 
 
 class _Threads:
@@ -212,21 +177,6 @@ class _Threads:
 
     def __exit__(self, *exc):
         torch.set_num_threads(self.before)
-
-
-def finufft_plans(ktraj: torch.Tensor, coils: int, tol: float, threads: int):
-    """FINUFFT's complex64 type-2 and type-1 plans (our sign conventions; its first
-    coordinate runs along the array's first axis, so (kz, ky, kx) in that order)."""
-    import finufft
-
-    k = [ktraj[:, d].numpy().copy() for d in range(3)]
-    plans = []
-    for kind, sign in ((2, -1), (1, 1)):
-        plan = finufft.Plan(kind, (N, N, N), n_trans=coils, eps=tol, isign=sign,
-                            nthreads=threads, dtype="complex64")
-        plan.setpts(*k)
-        plans.append(plan)
-    return tuple(plans)
 
 
 def _ours(problem, kind: str, tol: float, subset: bool = False):
@@ -253,7 +203,7 @@ def test_luser_fast(benchmark, problem, report, kind, tol, threads):
         err = problem.error(kind, run())
         assert err <= tol, err
         benchmark.pedantic(run, rounds=ROUNDS, warmup_rounds=1)
-    _record(benchmark, f"luser_fast_{kind}_{tol:g}_t{threads}", err, report)
+    record(benchmark, f"luser_fast_{kind}_{tol:g}_t{threads}", err, report)
 
 
 @needs_ext
@@ -265,7 +215,7 @@ def test_luser_fast_plan(benchmark, problem, report):
                            dtype=torch.complex64)
 
     benchmark.pedantic(run, rounds=harness.pick(3, 1), warmup_rounds=1)
-    _record(benchmark, "luser_fast_plan_1e-06", None, report)
+    record(benchmark, "luser_fast_plan_1e-06", None, report)
 
 
 @pytest.mark.parametrize("threads", THREAD_COUNTS)
@@ -273,7 +223,7 @@ def test_luser_fast_plan(benchmark, problem, report):
 @pytest.mark.parametrize("kind", ["type2", "type1"])
 def test_finufft(benchmark, problem, report, kind, tol, threads):
     pytest.importorskip("finufft")
-    type2, type1 = finufft_plans(problem.ktraj, COILS, tol, threads)
+    type2, type1 = finufft_plans(problem.ktraj, (N, N, N), COILS, tol, threads)
     plan, data = ((type2, problem.image.numpy()) if kind == "type2"
                   else (type1, problem.values.numpy()))
 
@@ -284,7 +234,7 @@ def test_finufft(benchmark, problem, report, kind, tol, threads):
     # FINUFFT's complex64 transforms spread and FFT in float32: their floor is ~1e-5
     assert err <= max(10 * tol, 1e-4), err
     benchmark.pedantic(run, rounds=ROUNDS, warmup_rounds=1)
-    _record(benchmark, f"finufft_{kind}_{tol:g}_t{threads}", err, report)
+    record(benchmark, f"finufft_{kind}_{tol:g}_t{threads}", err, report)
 
 
 def _kb_call(tkbn, problem, kind):
@@ -306,7 +256,7 @@ def test_torchkbnufft_subset(benchmark, problem, report, kind):
     err = problem.error(kind, run(), "kb")
     assert err <= 1e-2, err
     benchmark.pedantic(run, rounds=KB_ROUNDS, warmup_rounds=0)
-    _record(benchmark, f"torchkbnufft_{kind}_subset", err, report)
+    record(benchmark, f"torchkbnufft_{kind}_subset", err, report)
 
 
 @needs_ext
@@ -317,7 +267,7 @@ def test_luser_fast_subset(benchmark, problem, report, kind, tol):
     err = problem.error(kind, run(), "kb")
     assert err <= tol, err
     benchmark.pedantic(run, rounds=ROUNDS, warmup_rounds=1)
-    _record(benchmark, f"luser_fast_{kind}_{tol:g}_subset", err, report)
+    record(benchmark, f"luser_fast_{kind}_{tol:g}_subset", err, report)
 
 
 @needs_ext
@@ -330,7 +280,7 @@ def test_paired_rounds(benchmark, problem, report):
     calls = {}
     for t in THREAD_COUNTS:
         for tol in TOLS:
-            p2, p1 = finufft_plans(problem.ktraj, COILS, tol, t)
+            p2, p1 = finufft_plans(problem.ktraj, (N, N, N), COILS, tol, t)
             for kind in ("type2", "type1"):
                 calls[f"luser_fast_{kind}_{tol:g}_t{t}"] = (t, _ours(problem, kind, tol), "full")
             calls[f"finufft_type2_{tol:g}_t{t}"] = (t, lambda p=p2: p.execute(problem.image.numpy()),

@@ -281,3 +281,87 @@ def bench_report():
         return importlib.import_module("report")
     finally:
         sys.path.remove(bench)
+
+
+def excite(model, scale: float) -> None:
+    """conv_out of each of ``model``'s regularizers starts at 1% of its init (f nearly
+    constant in z); scale it up so the equilibrium takes real solver work."""
+    with torch.no_grad():
+        for f in model.regularizers:
+            f.conv_out.weight.mul_(scale)
+            f.conv_out.bias.normal_(0, 0.01)
+
+
+def outputs_and_gradients(models, y: torch.Tensor, x: torch.Tensor):
+    """Each model's output on ``y`` and its parameters' gradients of mse(out, x) (one
+    backward each), checking that every solve converged: (outputs, [{name: grad}])."""
+    from luser_fast.profile import mse
+
+    outs, grads = [], []
+    for model in models:
+        out = model(y)
+        mse(out, x).backward()
+        outs.append(out.detach())
+        grads.append({n: p.grad for n, p in model.named_parameters()})
+        assert all(i.converged.all() for i in model.last_solver_info)
+    return outs, grads
+
+
+def assert_plan_equals(plan, cpu_plan, n_points: int, subproblem: int) -> None:
+    """A CUDA plan (2-D or 3-D) is the C++ plan ``cpu_plan`` = (order, start, weights,
+    offsets) for the same bins, exactly, and its subproblems cut each bin into runs of at
+    most ``subproblem`` sorted points that cover the ``n_points`` points once."""
+    order, start, weights, offsets = cpu_plan
+    assert torch.equal(plan.order, order) and torch.equal(plan.start, start)
+    assert torch.equal(plan.bin_offsets, offsets)
+    assert torch.allclose(plan.weights(torch.complex128), weights, rtol=1e-14, atol=1e-300)
+    subs = plan.subproblems.long()
+    assert torch.all(subs[:, 2] - subs[:, 1] <= subproblem) and torch.all(subs[:, 2] > subs[:, 1])
+    covered = torch.zeros(n_points, dtype=torch.long)
+    for b, p0, p1 in subs.tolist():
+        assert offsets[b] <= p0 < p1 <= offsets[b + 1]
+        covered[p0:p1] += 1
+    assert torch.all(covered == 1)
+
+
+def assert_launcher_refuses(fake_cuda, launchers, case) -> None:
+    """``case`` = (forward, args, words): the forward (else the adjoint) CUDA launcher of
+    ``launchers`` = (forward, adjoint) raises TypeError / ValueError matching ``words``
+    and launches nothing."""
+    import re
+
+    import pytest
+
+    forward, args, words = case
+    launcher = launchers[0] if forward else launchers[1]
+    with pytest.raises((TypeError, ValueError), match=re.escape(words)):
+        launcher(*args)
+    assert fake_cuda.calls == []
+
+
+def assert_compiles_without_spills(source: str, arch: int, kernels: set,
+                                   max_registers: int = 64) -> None:
+    """nvcc compiles ``source`` for sm_<arch> into exactly ``kernels``, none spilling or
+    using more than ``max_registers`` registers."""
+    report = ptxas_report(source, arch, include_dirs=[CSRC])
+    assert set(report) == kernels
+    for name, r in report.items():
+        assert r["spill_stores"] == 0 and r["spill_loads"] == 0, (name, r)
+        assert r["registers"] <= max_registers, (name, r)
+
+
+def assert_compiles_with_nvrtc(header: str, name: bytes, entry: str) -> None:
+    """What CuPy compiles on a device the fatbin lacks: NVRTC, no standard headers; the
+    file ``header`` (under csrc/) compiles for compute_80 and compute_90 with ``entry``."""
+    for arch in ("compute_80", "compute_90"):
+        ptx = nvrtc_ptx(f'#include "{header}"\n'.encode(), CSRC, arch, name)
+        assert b".entry " + entry.encode() in ptx
+
+
+def nufft_cuda_kernels(prefix: str) -> set:
+    """The kernels of csrc/nufft/spread.cu (``prefix`` "nufft") or spread3.cu ("nufft3")."""
+    return {f"{prefix}_{k}" for k in (
+        "plan_points_kernel", "plan_weights_kernel",
+        "spread_tile_kernel_f32", "spread_tile_kernel_f64",
+        "spread_global_kernel_f32", "spread_global_kernel_f64",
+        "interp_kernel_f32", "interp_kernel_f64")}

@@ -21,7 +21,7 @@ import subprocess
 import numpy as np
 import pytest
 import torch
-from helpers import ADJOINT_TOL, CSRC, ptxas_report, rel_err
+from helpers import ADJOINT_TOL, CSRC, assert_launcher_refuses, ptxas_report, rel_err
 
 from luser_fast import backends
 from luser_fast.constants import CONE_IMAGES_PER_THREAD
@@ -468,11 +468,8 @@ BAD = {  # label: (forward?, args, words the message holds)
 
 @pytest.mark.parametrize("label", list(BAD))
 def test_cuda_launchers_validate_before_launching(fake_cuda, label):
-    forward, args, words = BAD[label]
-    launcher = cone_ops._forward_cuda if forward else cone_ops._adjoint_cuda
-    with pytest.raises((TypeError, ValueError), match=re.escape(words)):
-        launcher(*args)
-    assert fake_cuda.calls == []
+    assert_launcher_refuses(fake_cuda, (cone_ops._forward_cuda, cone_ops._adjoint_cuda),
+                            BAD[label])
 
 
 def test_half_precision_falls_back_to_the_reference(fake_cuda, monkeypatch):

@@ -39,7 +39,8 @@ import types
 import numpy as np
 import pytest
 import torch
-from helpers import CSRC, ROOT, nvrtc, nvrtc_compile, rel_err
+from helpers import (CSRC, ROOT, assert_launcher_refuses, assert_plan_equals, nvrtc,
+                     nvrtc_compile, rel_err)
 
 from luser_fast import _ext
 from luser_fast.ops import cuda_common
@@ -237,11 +238,9 @@ RADON_BAD = {  # label: (forward?, args, words the message holds)
 
 @pytest.mark.parametrize("label", list(RADON_BAD))
 def test_radon_cuda_launchers_validate_before_launching(fake_cuda, label):
-    forward, args, words = RADON_BAD[label]
-    launcher = radon_ops._forward_cuda if forward else radon_ops._adjoint_cuda
-    with pytest.raises((TypeError, ValueError), match=re.escape(words)):
-        launcher(*args)
-    assert fake_cuda.calls == []
+    forward, args, _ = RADON_BAD[label]
+    assert_launcher_refuses(fake_cuda, (radon_ops._forward_cuda, radon_ops._adjoint_cuda),
+                            RADON_BAD[label])
     # the CPU op (C++ kernel, or the reference behind the same checks) refuses it too
     op = LF.radon_forward if forward else LF.radon_adjoint
     with pytest.raises((TypeError, ValueError, RuntimeError)):
@@ -512,19 +511,9 @@ def test_cuda_plan_equals_the_cpu_plan(fake_cuda, monkeypatch):
     assert plan.kind == "cuda"
     n0, n1 = plan.grid_size
     krc = k[:, [1, 0]].contiguous()
-    order, start, weights, offsets = LF._nufft_plan(krc, n1, n0, plan.width, plan.beta,
-                                                    *plan.n_bins)
-    assert torch.equal(plan.order, order) and torch.equal(plan.start, start)
-    assert torch.equal(plan.bin_offsets, offsets)
-    assert torch.allclose(plan.weights(torch.complex128), weights, rtol=1e-14, atol=1e-300)
+    cpu_plan = LF._nufft_plan(krc, n1, n0, plan.width, plan.beta, *plan.n_bins)
     # the subproblems cut each bin into runs of at most _CUDA_SUBPROBLEM sorted points
-    subs = plan.subproblems.long()
-    assert torch.all(subs[:, 2] - subs[:, 1] <= 7) and torch.all(subs[:, 2] > subs[:, 1])
-    covered = torch.zeros(k.shape[0], dtype=torch.long)
-    for b, p0, p1 in subs.tolist():
-        assert offsets[b] <= p0 < p1 <= offsets[b + 1]
-        covered[p0:p1] += 1
-    assert torch.all(covered == 1)
+    assert_plan_equals(plan, cpu_plan, k.shape[0], 7)
 
 
 UNIT_ROUNDOFF = {torch.complex64: 2.0 ** -24, torch.complex128: 2.0 ** -53}

@@ -6,6 +6,7 @@ import warnings
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import excite, outputs_and_gradients
 
 from luser_fast import backends, reference
 from luser_fast.core.operator import Operator
@@ -81,14 +82,6 @@ def _volumes(b, n, dtype=torch.float32, seed=0):
     return F.avg_pool3d(x, 3, 1, 1).to(dtype)          # smooth enough to reconstruct
 
 
-def _excite(model, scale=5.0):
-    """conv_out starts at 1% of its init; scale it up so the equilibrium takes work."""
-    with torch.no_grad():
-        for f in model.regularizers:
-            f.conv_out.weight.mul_(scale)
-            f.conv_out.bias.normal_(0, 0.01)
-
-
 @pytest.mark.parametrize("cls", [LU, LUSER])
 def test_forward_backward_on_a_volume_operator(cls):
     n = 10
@@ -117,20 +110,27 @@ def test_reference_binding_same_output_and_gradients_3d():
               "solver_kwargs": TIGHT, "backward_kwargs": TIGHT}
     torch.manual_seed(0)
     ref = reference.LUSER(op, **kwargs).double()
-    _excite(ref)
+    excite(ref, 5.0)
     fast = LUSER(op, **kwargs).double()
     fast.load_state_dict(ref.state_dict())
-    outs, grads = [], []
-    for model in (ref, fast):
-        out = model(y)
-        mse(out, x).backward()
-        outs.append(out.detach())
-        grads.append({k: p.grad for k, p in model.named_parameters()})
-        assert all(i.converged.all() for i in model.last_solver_info)
+    outs, grads = outputs_and_gradients((ref, fast), y, x)
     assert max(int(i.iterations.max()) for i in fast.last_solver_info) > 5
     torch.testing.assert_close(outs[1], outs[0], rtol=1e-9, atol=1e-11)
     for k, g in grads[0].items():
         torch.testing.assert_close(grads[1][k], g, rtol=1e-7, atol=1e-10, msg=k)
+
+
+def _strong_map_and_inputs(shape, **kwargs):
+    """A float64 3-D ShallowEquilibrium(**kwargs) with conv_out scaled 30x (so that z
+    matters), and z, v (requiring grad) and a cotangent u of ``shape``, drawn in that
+    order."""
+    f = ShallowEquilibrium(spatial_dims=3, **kwargs).double()
+    with torch.no_grad():
+        f.conv_out.weight.mul_(30)
+    z = torch.randn(shape, dtype=torch.float64, requires_grad=True)
+    v = torch.randn(shape, dtype=torch.float64, requires_grad=True)
+    u = torch.randn(shape, dtype=torch.float64)
+    return f, z, v, u
 
 
 def _plain_map(f, z, v):
@@ -146,13 +146,8 @@ def _plain_map(f, z, v):
 @pytest.mark.parametrize("depth", [2, 3])
 def test_shallow_map_3d_gradients_match_plain_conv3d(depth):
     torch.manual_seed(depth)
-    f = ShallowEquilibrium(in_channels=2, channels=4, depth=depth, groups=2,
-                           spatial_dims=3).double()
-    with torch.no_grad():
-        f.conv_out.weight.mul_(30)
-    z = torch.randn(2, 2, 6, 5, 7, dtype=torch.float64, requires_grad=True)
-    v = torch.randn(2, 2, 6, 5, 7, dtype=torch.float64, requires_grad=True)
-    u = torch.randn(2, 2, 6, 5, 7, dtype=torch.float64)
+    f, z, v, u = _strong_map_and_inputs((2, 2, 6, 5, 7), in_channels=2, channels=4,
+                                        depth=depth, groups=2)
     params = list(f.parameters())
     results = []
     for fn in (lambda: f(z, v), lambda: f.bind(v)(z), lambda: _plain_map(f, z, v)):
@@ -302,7 +297,7 @@ def test_chunked_training_peak_does_not_grow_with_the_batch_3d():
         torch.manual_seed(0)
         model = LUSER(op, iterations=2, channels=4, chunk=chunk, spatial_dims=3,
                       solver_kwargs=TIGHT, backward_kwargs=TIGHT).double()
-        _excite(model)
+        excite(model, 5.0)
         out = model(y.double())
         mse(out, x.double()).backward()
         outs.append((out.detach(), [p.grad.clone() for p in model.parameters()]))
@@ -325,13 +320,8 @@ def test_lean_map_equals_the_reference(act, norm):
     """Where autograd records a volume's map, it keeps only the pre-norm outputs and
     recomputes GroupNorm + activation: the same values, the same gradients (float64)."""
     torch.manual_seed(1)
-    f = ShallowEquilibrium(2, 8, depth=4, groups=4, act=act, norm=norm,
-                           spatial_dims=3).double()
-    with torch.no_grad():
-        f.conv_out.weight.mul_(30)
-    z = torch.randn(2, 2, 5, 6, 7, dtype=torch.float64, requires_grad=True)
-    v = torch.randn(2, 2, 5, 6, 7, dtype=torch.float64, requires_grad=True)
-    u = torch.randn(2, 2, 5, 6, 7, dtype=torch.float64)
+    f, z, v, u = _strong_map_and_inputs((2, 2, 5, 6, 7), in_channels=2, channels=8, depth=4,
+                                        groups=4, act=act, norm=norm)
     inj = S.shallow_inject(v, f.inject.weight)
     args = _map_args(f)
     params = list(f.parameters())[1:]                       # all but inject (not in the map)

@@ -2,6 +2,7 @@
 gradients), warm start, solver info, and the training-memory structure on CT."""
 import pytest
 import torch
+from helpers import excite, outputs_and_gradients
 
 import luser_fast
 from luser_fast import reference
@@ -15,15 +16,6 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 TIGHT = {"tol": 1e-13, "max_iter": 300}
-
-
-def _excite(model, scale=20.0):
-    """conv_out starts at 1% of its init (f nearly constant in z); scale it up so the
-    equilibrium takes real solver work."""
-    with torch.no_grad():
-        for f in model.regularizers:
-            f.conv_out.weight.mul_(scale)
-            f.conv_out.bias.normal_(0, 0.01)
 
 
 def test_one_definition_bound_to_the_reference():
@@ -52,19 +44,13 @@ def test_reference_checkpoint_gives_same_outputs_and_gradients(share_weights):
               "solver_kwargs": TIGHT, "backward_kwargs": TIGHT}
     torch.manual_seed(0)
     ref = reference.LUSER(op, **kwargs).double()
-    _excite(ref)
+    excite(ref, 20.0)
     torch.manual_seed(0)
     fast = LUSER(op, **kwargs).double()
     fast.load_state_dict(ref.state_dict())
     x = random_ellipses(2, 16, seed=1).double()
     y = op(x)
-    outs, grads = [], []
-    for model in (ref, fast):
-        out = model(y)
-        mse(out, x).backward()
-        outs.append(out.detach())
-        grads.append({n: p.grad for n, p in model.named_parameters()})
-        assert all(i.converged.all() for i in model.last_solver_info)
+    outs, grads = outputs_and_gradients((ref, fast), y, x)
     assert max(int(i.iterations.max()) for i in fast.last_solver_info) > 10
     rel = lambda a, b: ((a - b).norm() / b.norm()).item()  # noqa: E731
     assert rel(outs[1], outs[0]) < 1e-8
@@ -87,7 +73,7 @@ def test_warm_start_and_solver_info():
         torch.manual_seed(0)
         model = LUSER(op, iterations=4, channels=8, share_weights=False, warm_start=warm,
                       solver_kwargs=TIGHT).double()
-        _excite(model)
+        excite(model, 20.0)
         outs.append(model(y).detach())
         assert len(model.last_solver_info) == 4
         for info in model.last_solver_info:

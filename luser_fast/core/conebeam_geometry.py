@@ -153,27 +153,12 @@ def check_geometry(size, shape, det_spacing, source_distance, detector_distance,
     d, h, w = size
     rows, cols = shape
     spacing = _spacing(det_spacing, fn)
+    source_distance, detector_distance = radon_geometry.check_distances(
+        source_distance, detector_distance, (h, w), fn, "cone",
+        "the volume's in-plane half-diagonal hypot(H, W) / 2 = {:.4g} (the source must lie "
+        "outside the volume)")
     if source_distance is None:
-        if detector_distance is not None:
-            raise ValueError(f"{fn}: detector_distance is a cone-beam parameter and needs "
-                             "source_distance")
         return spacing, None, None
-    if not validate.is_real(source_distance):
-        raise TypeError(f"{fn}: source_distance must be a real number or None, got "
-                        f"{source_distance!r}")
-    half_diagonal = 0.5 * math.hypot(h, w)
-    if not (math.isfinite(source_distance) and source_distance > half_diagonal):
-        raise ValueError(f"{fn}: source_distance must exceed the volume's in-plane "
-                         f"half-diagonal hypot(H, W) / 2 = {half_diagonal:.4g} (the source "
-                         f"must lie outside the volume), got {source_distance}")
-    if detector_distance is None:
-        detector_distance = 0.0
-    elif not validate.is_real(detector_distance):
-        raise TypeError(f"{fn}: detector_distance must be a real number or None, got "
-                        f"{detector_distance!r}")
-    if not (math.isfinite(detector_distance) and detector_distance >= 0):
-        raise ValueError(f"{fn}: detector_distance must be finite and >= 0, got "
-                         f"{detector_distance}")
     limit = FAN_RANGE * max(d, h, w)
     for name, value in (("source_distance", source_distance),
                         ("detector_distance", detector_distance),

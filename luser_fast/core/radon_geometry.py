@@ -117,26 +117,11 @@ def check_geometry(image_size, n_detectors, det_spacing, source_distance,
         raise TypeError(f"{fn}: det_spacing must be a real number, got {det_spacing!r}")
     if not (math.isfinite(det_spacing) and det_spacing > 0):
         raise ValueError(f"{fn}: det_spacing must be positive and finite, got {det_spacing}")
+    source_distance, detector_distance = check_distances(
+        source_distance, detector_distance, (h, w), fn, "fan",
+        "the image half-diagonal {:.4g}")
     if source_distance is None:
-        if detector_distance is not None:
-            raise ValueError(f"{fn}: detector_distance is a fan-beam parameter and needs "
-                             "source_distance")
         return int(n_detectors), float(det_spacing), None, None
-    if not validate.is_real(source_distance):
-        raise TypeError(f"{fn}: source_distance must be a real number or None, got "
-                        f"{source_distance!r}")
-    half_diagonal = 0.5 * math.hypot(h, w)
-    if not (math.isfinite(source_distance) and source_distance > half_diagonal):
-        raise ValueError(f"{fn}: source_distance must exceed the image half-diagonal "
-                         f"{half_diagonal:.4g}, got {source_distance}")
-    if detector_distance is None:
-        detector_distance = 0.0
-    elif not validate.is_real(detector_distance):
-        raise TypeError(f"{fn}: detector_distance must be a real number or None, got "
-                        f"{detector_distance!r}")
-    if not (math.isfinite(detector_distance) and detector_distance >= 0):
-        raise ValueError(f"{fn}: detector_distance must be finite and >= 0, got "
-                         f"{detector_distance}")
     limit = FAN_RANGE * max(h, w)
     half_width = (n_detectors - 1) / 2 * det_spacing
     for name, value in (("source_distance", source_distance),
@@ -153,6 +138,37 @@ def check_geometry(image_size, n_detectors, det_spacing, source_distance,
                              "accuracy (luser_fast/core/radon_geometry.py, 'Fan-beam "
                              f"range'){hint}")
     return int(n_detectors), float(det_spacing), float(source_distance), float(detector_distance)
+
+
+def check_distances(source_distance, detector_distance, in_plane: tuple[int, int], fn: str,
+                    beam: str, exceed: str):
+    """Validate a divergent beam's distances (fan beam here, cone beam in
+    ``conebeam_geometry``): ``(None, None)`` for parallel beam (``source_distance`` None,
+    which needs ``detector_distance`` None: it is a ``beam``-beam parameter), else
+    ``(R, Dd)`` with R finite and beyond the half-diagonal of ``in_plane`` (H, W) (the
+    message says it ``exceed``s, formatted with that half-diagonal) and Dd finite and >= 0
+    (None: 0.0). TypeError / ValueError naming the argument."""
+    if source_distance is None:
+        if detector_distance is not None:
+            raise ValueError(f"{fn}: detector_distance is a {beam}-beam parameter and needs "
+                             "source_distance")
+        return None, None
+    if not validate.is_real(source_distance):
+        raise TypeError(f"{fn}: source_distance must be a real number or None, got "
+                        f"{source_distance!r}")
+    half_diagonal = 0.5 * math.hypot(*in_plane)
+    if not (math.isfinite(source_distance) and source_distance > half_diagonal):
+        raise ValueError(f"{fn}: source_distance must exceed {exceed.format(half_diagonal)}, "
+                         f"got {source_distance}")
+    if detector_distance is None:
+        detector_distance = 0.0
+    elif not validate.is_real(detector_distance):
+        raise TypeError(f"{fn}: detector_distance must be a real number or None, got "
+                        f"{detector_distance!r}")
+    if not (math.isfinite(detector_distance) and detector_distance >= 0):
+        raise ValueError(f"{fn}: detector_distance must be finite and >= 0, got "
+                         f"{detector_distance}")
+    return source_distance, detector_distance
 
 
 def forward_args(x, angles, n_detectors, det_spacing, source_distance, detector_distance,

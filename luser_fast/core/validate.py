@@ -240,6 +240,28 @@ def same_device(fn: str, **tensors) -> torch.device:
     return first[1] if first is not None else torch.device("cpu")
 
 
+
+def projector_call(fn: str, data_name: str, data, angles, values: bool, geometry,
+                   min_dim: int, check_geometry) -> None:
+    """The raw-call checks the projector ops share (Radon and cone beam: their
+    ``_check_raw``), before anything is allocated or launched: one device for data and
+    angles; with ``geometry`` (a kernel call's), a real floating ``data`` of at least
+    ``min_dim`` dims, non-empty 1-D real angles and the op's own checks,
+    ``check_geometry(geometry)``; with ``values``, finite angles (skipped on ``meta`` and
+    while compiling). TypeError / ValueError naming the argument."""
+    same_device(fn, **{data_name: data, "angles": angles})
+    if geometry is not None:
+        real_tensor(data, data_name, fn, min_dim=min_dim)
+        if angles.is_complex() or angles.dtype == torch.bool:
+            raise ValueError(f"{fn}: angles must be real, got {angles.dtype}")
+        if angles.dim() != 1 or angles.numel() == 0:
+            raise ValueError(f"{fn}: angles must be a non-empty 1-D tensor, got shape "
+                             f"{tuple(angles.shape)}")
+        check_geometry(geometry)
+    if (values and angles.device.type != "meta" and not torch.compiler.is_compiling()
+            and not bool(torch.isfinite(angles).all())):
+        raise ValueError(f"{fn}: angles must be finite")
+
 def tensor_like(t, name: str, fn: str, shape=None, dtype: torch.dtype | None = None,
                 device=None, what: str = "") -> torch.Tensor:
     """``t`` as a tensor of exactly ``shape`` / ``dtype`` / ``device`` (each when given):

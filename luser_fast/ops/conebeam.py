@@ -72,14 +72,7 @@ def _check_raw(fn: str, data_name: str, data: torch.Tensor, angles: torch.Tensor
     ``core.conebeam_geometry.check_geometry``, and for the adjoint projections ending in
     (A, rows, cols).
     """
-    validate.same_device(fn, **{data_name: data, "angles": angles})
-    if geometry is not None:
-        validate.real_tensor(data, data_name, fn, min_dim=3)
-        if angles.is_complex() or angles.dtype == torch.bool:
-            raise ValueError(f"{fn}: angles must be real, got {angles.dtype}")
-        if angles.dim() != 1 or angles.numel() == 0:
-            raise ValueError(f"{fn}: angles must be a non-empty 1-D tensor, got shape "
-                             f"{tuple(angles.shape)}")
+    def check_geometry(geometry):
         size, shape, spacing, src, det = geometry
         names = ("depth", "height", "width", "rows", "cols")
         for name, value in zip(names, (*size, *shape)):
@@ -95,9 +88,9 @@ def _check_raw(fn: str, data_name: str, data: torch.Tensor, angles: torch.Tensor
         if data_name == "proj" and tuple(data.shape[-3:]) != want:
             raise ValueError(f"{fn}: proj must end in (A, rows, cols) = {want}, got shape "
                              f"{tuple(data.shape)}")
-    if (values and angles.device.type != "meta" and not torch.compiler.is_compiling()
-            and not bool(torch.isfinite(angles).all())):
-        raise ValueError(f"{fn}: angles must be finite")
+
+    validate.projector_call(fn, data_name, data, angles, values, geometry, 3,
+                            check_geometry)
 
 
 def _forward_geometry(x, rows, cols, spacing_r, spacing_c, source_distance,

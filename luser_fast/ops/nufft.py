@@ -538,34 +538,51 @@ def _raw_image_size(image, d: int):
     return None
 
 
-# The dispatcher drops trailing arguments equal to their schema defaults, so every Python
-# kernel below repeats the defaults.
-def _type2_kernel(image, ktraj, tol=1e-6, oversamp=None):
-    _check_raw("nufft_type2", tol, oversamp, image_size=_raw_image_size(image, 2),
-               image=image, ktraj=ktraj)
-    reason = _unserved(image.device, tol, oversamp, image.dtype)
-    if reason is not None:
-        backends.fallback("nufft_type2", reason)
-        return nufft_type2_ref(image, ktraj, tol, oversamp)
-    return _type2(plan_for(ktraj, image.shape[-2:], tol, oversamp, device=image.device,
-                           dtype=image.dtype), image)
+def _op_kernels(d: int, type2, type1):
+    """The CPU / CUDA kernels of the d-dimensional ops ``OPS_BY_DIMS[d]``: the raw-call
+    checks (``_check_raw``), then the pipelines ``type2`` / ``type1`` on the trajectory's
+    compiled plan, or the reference where no compiled kernel serves (``backends.fallback``
+    says why; in 3-D the trajectory's values are checked first, naming the op). The
+    dispatcher drops trailing arguments equal to their schema defaults, so the kernels
+    repeat the defaults."""
+    op2, op1 = OPS_BY_DIMS[d]
+
+    def fallback_ktraj(ktraj, op):
+        return validate.ktraj(ktraj, op, dims=3) if d == 3 else ktraj
+
+    def type2_kernel(image, ktraj, tol=1e-6, oversamp=None):
+        _check_raw(op2, tol, oversamp, image_size=_raw_image_size(image, d), image=image,
+                   ktraj=ktraj)
+        reason = _unserved(image.device, tol, oversamp, image.dtype, d)
+        if reason is not None:
+            ktraj = fallback_ktraj(ktraj, op2)
+            backends.fallback(op2, reason)
+            return nufft_type2_ref(image, ktraj, tol, oversamp)
+        return type2(plan_for(ktraj, image.shape[-d:], tol, oversamp, device=image.device,
+                              dtype=image.dtype), image)
+
+    def type1_kernel(values, ktraj, image_size, tol=1e-6, oversamp=None):
+        _check_raw(op1, tol, oversamp, image_size=image_size, values=values, ktraj=ktraj)
+        reason = _unserved(values.device, tol, oversamp, values.dtype, d)
+        if reason is not None:
+            ktraj = fallback_ktraj(ktraj, op1)
+            backends.fallback(op1, reason)
+            return nufft_type1_ref(values, ktraj, tuple(image_size), tol, oversamp)
+        return type1(plan_for(ktraj, image_size, tol, oversamp, device=values.device,
+                              dtype=values.dtype), values)
+
+    return type2_kernel, type1_kernel
 
 
-def _type1_kernel(values, ktraj, image_size, tol=1e-6, oversamp=None):
-    _check_raw("nufft_type1", tol, oversamp, image_size=image_size, values=values,
-               ktraj=ktraj)
-    reason = _unserved(values.device, tol, oversamp, values.dtype)
-    if reason is not None:
-        backends.fallback("nufft_type1", reason)
-        return nufft_type1_ref(values, ktraj, image_size, tol, oversamp)
-    return _type1(plan_for(ktraj, image_size, tol, oversamp, device=values.device,
-                           dtype=values.dtype), values)
+def _register_kernels(d: int, kernels: tuple) -> None:
+    """The d-dimensional ops' (type 2, type 1) kernels for the CPU and CUDA dispatch keys."""
+    for op, kernel in zip(OPS_BY_DIMS[d], kernels):
+        library.LIB.impl(op, kernel, "CPU")
+        torch.library.register_kernel("luser_fast::" + op, "cuda", kernel)
 
 
-library.LIB.impl("nufft_type2", _type2_kernel, "CPU")
-library.LIB.impl("nufft_type1", _type1_kernel, "CPU")
-torch.library.register_kernel("luser_fast::nufft_type2", "cuda", _type2_kernel)
-torch.library.register_kernel("luser_fast::nufft_type1", "cuda", _type1_kernel)
+_type2_kernel, _type1_kernel = _op_kernels(2, _type2, _type1)
+_register_kernels(2, (_type2_kernel, _type1_kernel))
 
 
 # --- 3-D kernels ---
@@ -649,7 +666,7 @@ def _plan_3d(plan: CompiledPlan, k64: torch.Tensor) -> None:
 def _spread_3d(plan: CompiledPlan, values: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
     """[B, M] -> ``out`` [B, n0, n1, n2], overwritten."""
     if plan.kind == "cuda":
-        return _spread_cuda_3d(plan, values, out)
+        return _spread_cuda(plan, values, out)
     torch.ops.luser_fast._nufft3_spread_out(values.contiguous(), plan.order, plan.start,
                                             plan.weights(values.dtype), plan.bin_offsets,
                                             *plan.grid_size, *plan.n_bins, -1, out)
@@ -659,7 +676,7 @@ def _spread_3d(plan: CompiledPlan, values: torch.Tensor, out: torch.Tensor) -> t
 def _interp_3d(plan: CompiledPlan, grid: torch.Tensor) -> torch.Tensor:
     """[B, n0, n1, n2] -> [B, M]."""
     if plan.kind == "cuda":
-        return _interp_cuda_3d(plan, grid)
+        return _interp_cuda(plan, grid)
     return torch.ops.luser_fast._nufft3_interp(grid, plan.order, plan.start,
                                                plan.weights(grid.dtype))
 
@@ -709,29 +726,6 @@ def _type1_3d(plan: CompiledPlan, values: torch.Tensor) -> torch.Tensor:
         _scale(grid[src], d[dst], x[dst])
     return x.reshape(*lead, *plan.image_size)
 
-
-def _type2_kernel_3d(image, ktraj, tol=1e-6, oversamp=None):
-    _check_raw("nufft3_type2", tol, oversamp, image_size=_raw_image_size(image, 3),
-               image=image, ktraj=ktraj)
-    reason = _unserved(image.device, tol, oversamp, image.dtype, 3)
-    if reason is not None:
-        ktraj = validate.ktraj(ktraj, "nufft3_type2", dims=3)
-        backends.fallback("nufft3_type2", reason)
-        return nufft_type2_ref(image, ktraj, tol, oversamp)
-    return _type2_3d(plan_for(ktraj, image.shape[-3:], tol, oversamp, device=image.device,
-                              dtype=image.dtype), image)
-
-
-def _type1_kernel_3d(values, ktraj, image_size, tol=1e-6, oversamp=None):
-    _check_raw("nufft3_type1", tol, oversamp, image_size=image_size, values=values,
-               ktraj=ktraj)
-    reason = _unserved(values.device, tol, oversamp, values.dtype, 3)
-    if reason is not None:
-        ktraj = validate.ktraj(ktraj, "nufft3_type1", dims=3)
-        backends.fallback("nufft3_type1", reason)
-        return nufft_type1_ref(values, ktraj, tuple(image_size), tol, oversamp)
-    return _type1_3d(plan_for(ktraj, image_size, tol, oversamp, device=values.device,
-                              dtype=values.dtype), values)
 
 # CUDA (csrc/nufft/spread3.cu). As in 2-D, the kernels' limits are checked and their
 # launch grids computed by pure functions before anything is allocated or launched
@@ -810,65 +804,15 @@ def _cuda_plan_3d(plan: CompiledPlan, k: torch.Tensor) -> None:
                            (ptr(k), ptr(order), i32(m), i32(n0), i32(n1), i32(n2),
                             i32(plan.width), f64(plan.beta), ptr(weights)))
     plan._weights[torch.float64] = weights
-    n_sub = (counts + _CUDA_SUBPROBLEM - 1) // _CUDA_SUBPROBLEM
-    sub_bin = torch.repeat_interleave(torch.arange(n_bins, device=dev), n_sub)
-    first_sub = torch.repeat_interleave(torch.cumsum(n_sub, 0) - n_sub, n_sub)
-    p0 = plan.bin_offsets[sub_bin] + (torch.arange(sub_bin.numel(), device=dev) - first_sub) \
-        * _CUDA_SUBPROBLEM
-    p1 = torch.minimum(p0 + _CUDA_SUBPROBLEM, plan.bin_offsets[sub_bin + 1])
-    plan.subproblems = torch.stack((sub_bin, p0, p1), dim=-1).to(torch.int32).contiguous()
+    plan.subproblems = _subproblems(counts, plan.bin_offsets)
     plan.tile = _tile_3d(plan.grid_size, nb, plan.width)
 
-
-def _spread_cuda_3d(plan: CompiledPlan, values: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
-    n0, n1, n2 = plan.grid_size
-    batch, m = values.shape
-    v = values.contiguous()
-    grid.zero_()
-    if batch == 0 or m == 0:
-        return grid
-    suffix = "f32" if v.dtype == torch.complex64 else "f64"
-    weights = plan.weights(v.dtype)
-    nb = plan.n_bins
-    tile = plan.tile
-    kind, launch_grid, smem = _spread_launch(plan.subproblems.shape[0], m, batch,
-                                             (tile[0] * tile[1], tile[2]), v.element_size())
-    if kind == "tile":
-        cuda_common.launch("nufft3_spread_tile_kernel_" + suffix, v.device, launch_grid,
-                           (ptr(v), ptr(plan.order), ptr(plan.start), ptr(weights),
-                            ptr(plan.subproblems), i64(batch), i32(m), i32(plan.width),
-                            i32(n0), i32(n1), i32(n2), i32(nb[0]), i32(nb[1]), i32(nb[2]),
-                            i32(tile[0]), i32(tile[1]), i32(tile[2]), ptr(grid)),
-                           shared_mem=smem)
-    else:
-        cuda_common.launch("nufft3_spread_global_kernel_" + suffix, v.device, launch_grid,
-                           (ptr(v), ptr(plan.order), ptr(plan.start), ptr(weights),
-                            i64(batch), i32(m), i32(plan.width), i32(n0), i32(n1), i32(n2),
-                            ptr(grid)))
-    return grid
-
-
-def _interp_cuda_3d(plan: CompiledPlan, grid: torch.Tensor) -> torch.Tensor:
-    batch, n0, n1, n2 = grid.shape
-    m = plan.n_points
-    g = grid.contiguous()
-    out = g.new_empty(batch, m)
-    if batch == 0 or m == 0:
-        return out
-    suffix = "f32" if g.dtype == torch.complex64 else "f64"
-    cuda_common.launch("nufft3_interp_kernel_" + suffix, g.device, _interp_launch(m, batch),
-                       (ptr(g), ptr(plan.order), ptr(plan.start), ptr(plan.weights(g.dtype)),
-                        i64(batch), i32(m), i32(plan.width), i32(n0), i32(n1), i32(n2),
-                        ptr(out)))
-    return out
 
 # --- end 3-D kernels ---
 
 
-library.LIB.impl("nufft3_type2", _type2_kernel_3d, "CPU")
-library.LIB.impl("nufft3_type1", _type1_kernel_3d, "CPU")
-torch.library.register_kernel("luser_fast::nufft3_type2", "cuda", _type2_kernel_3d)
-torch.library.register_kernel("luser_fast::nufft3_type1", "cuda", _type1_kernel_3d)
+_type2_kernel_3d, _type1_kernel_3d = _op_kernels(3, _type2_3d, _type1_3d)
+_register_kernels(3, (_type2_kernel_3d, _type1_kernel_3d))
 
 
 # --- CUDA ------------------------------------------------------------------------------------
@@ -939,19 +883,34 @@ def _cuda_plan(plan: CompiledPlan, krc: torch.Tensor) -> None:
                            (ptr(krc), ptr(order), i32(m), i32(n1), i32(n0), i32(plan.width),
                             f64(plan.beta), ptr(weights)))
     plan._weights[torch.float64] = weights
-    n_sub = (counts + _CUDA_SUBPROBLEM - 1) // _CUDA_SUBPROBLEM
-    sub_bin = torch.repeat_interleave(torch.arange(nb_r * nb_c, device=dev), n_sub)
-    first_sub = torch.repeat_interleave(torch.cumsum(n_sub, 0) - n_sub, n_sub)
-    p0 = plan.bin_offsets[sub_bin] + (torch.arange(sub_bin.numel(), device=dev) - first_sub) \
-        * _CUDA_SUBPROBLEM
-    p1 = torch.minimum(p0 + _CUDA_SUBPROBLEM, plan.bin_offsets[sub_bin + 1])
-    plan.subproblems = torch.stack((sub_bin, p0, p1), dim=-1).to(torch.int32).contiguous()
+    plan.subproblems = _subproblems(counts, plan.bin_offsets)
     longest = (-(-n1 // nb_r), -(-n0 // nb_c))
     plan.tile = (longest[0] + plan.width - 1, longest[1] + plan.width - 1)
 
 
+def _subproblems(counts: torch.Tensor, bin_offsets: torch.Tensor) -> torch.Tensor:
+    """The spreading subproblems [S, 3] int32 (bin, first point, end point): each bin's
+    sorted points (``counts`` per bin, from ``bin_offsets``) in runs of at most
+    _CUDA_SUBPROBLEM (2-D and 3-D plans alike)."""
+    dev = counts.device
+    n_sub = (counts + _CUDA_SUBPROBLEM - 1) // _CUDA_SUBPROBLEM
+    sub_bin = torch.repeat_interleave(torch.arange(counts.numel(), device=dev), n_sub)
+    first_sub = torch.repeat_interleave(torch.cumsum(n_sub, 0) - n_sub, n_sub)
+    p0 = bin_offsets[sub_bin] + (torch.arange(sub_bin.numel(), device=dev) - first_sub) \
+        * _CUDA_SUBPROBLEM
+    p1 = torch.minimum(p0 + _CUDA_SUBPROBLEM, bin_offsets[sub_bin + 1])
+    return torch.stack((sub_bin, p0, p1), dim=-1).to(torch.int32).contiguous()
+
+
+def _cuda_prefix(plan: CompiledPlan) -> str:
+    """The kernels' name prefix: "nufft" (csrc/nufft/spread.cu) or "nufft3" (spread3.cu)."""
+    return "nufft3" if plan.dims == 3 else "nufft"
+
+
 def _spread_cuda(plan: CompiledPlan, values: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
-    n0, n1 = plan.grid_size
+    """[B, M] -> ``grid`` [B, *plan.kernel_grid()], overwritten (2-D and 3-D: the kernels
+    take the grid's sides, bins and tile in the kernel grid's axis order)."""
+    sides = tuple(i32(n) for n in plan.kernel_grid())
     batch, m = values.shape
     v = values.contiguous()
     grid.zero_()
@@ -959,34 +918,39 @@ def _spread_cuda(plan: CompiledPlan, values: torch.Tensor, grid: torch.Tensor) -
         return grid
     suffix = "f32" if v.dtype == torch.complex64 else "f64"
     weights = plan.weights(v.dtype)
-    kind, launch_grid, smem = _spread_launch(plan.subproblems.shape[0], m, batch, plan.tile,
+    tile = plan.tile
+    kind, launch_grid, smem = _spread_launch(plan.subproblems.shape[0], m, batch,
+                                             (math.prod(tile[:-1]), tile[-1]),
                                              v.element_size())
+    prefix = _cuda_prefix(plan)
     if kind == "tile":
-        cuda_common.launch("nufft_spread_tile_kernel_" + suffix, v.device, launch_grid,
+        cuda_common.launch(prefix + "_spread_tile_kernel_" + suffix, v.device, launch_grid,
                            (ptr(v), ptr(plan.order), ptr(plan.start), ptr(weights),
                             ptr(plan.subproblems), i64(batch), i32(m), i32(plan.width),
-                            i32(n1), i32(n0), i32(plan.n_bins[0]), i32(plan.n_bins[1]),
-                            i32(plan.tile[0]), i32(plan.tile[1]), ptr(grid)),
+                            *sides, *(i32(n) for n in plan.n_bins), *(i32(t) for t in tile),
+                            ptr(grid)),
                            shared_mem=smem)
     else:
-        cuda_common.launch("nufft_spread_global_kernel_" + suffix, v.device, launch_grid,
+        cuda_common.launch(prefix + "_spread_global_kernel_" + suffix, v.device, launch_grid,
                            (ptr(v), ptr(plan.order), ptr(plan.start), ptr(weights),
-                            i64(batch), i32(m), i32(plan.width), i32(n1), i32(n0),
-                            ptr(grid)))
+                            i64(batch), i32(m), i32(plan.width), *sides, ptr(grid)))
     return grid
 
 
 def _interp_cuda(plan: CompiledPlan, grid: torch.Tensor) -> torch.Tensor:
-    batch, n_r, n_c = grid.shape
+    """[B, *plan.kernel_grid()] -> [B, M] (2-D and 3-D)."""
+    batch = grid.shape[0]
     m = plan.n_points
     g = grid.contiguous()
     out = g.new_empty(batch, m)
     if batch == 0 or m == 0:
         return out
     suffix = "f32" if g.dtype == torch.complex64 else "f64"
-    cuda_common.launch("nufft_interp_kernel_" + suffix, g.device, _interp_launch(m, batch),
+    cuda_common.launch(_cuda_prefix(plan) + "_interp_kernel_" + suffix, g.device,
+                       _interp_launch(m, batch),
                        (ptr(g), ptr(plan.order), ptr(plan.start), ptr(plan.weights(g.dtype)),
-                        i64(batch), i32(m), i32(plan.width), i32(n_r), i32(n_c), ptr(out)))
+                        i64(batch), i32(m), i32(plan.width), *(i32(n) for n in g.shape[1:]),
+                        ptr(out)))
     return out
 
 

@@ -78,14 +78,7 @@ def _check_raw(fn: str, data_name: str, data: torch.Tensor, angles: torch.Tensor
     sinogram ending in (A, D): a sinogram with more angle rows than angles would
     otherwise be read against a ray table that is too short.
     """
-    validate.same_device(fn, **{data_name: data, "angles": angles})
-    if geometry is not None:
-        validate.real_tensor(data, data_name, fn)
-        if angles.is_complex() or angles.dtype == torch.bool:
-            raise ValueError(f"{fn}: angles must be real, got {angles.dtype}")
-        if angles.dim() != 1 or angles.numel() == 0:
-            raise ValueError(f"{fn}: angles must be a non-empty 1-D tensor, got shape "
-                             f"{tuple(angles.shape)}")
+    def check_geometry(geometry):
         (h, w), n_det, spacing, src, det = geometry
         what = "x must have a non-empty image (H, W)" if data_name == "x" else \
             "image size (height, width) must be positive"
@@ -100,9 +93,9 @@ def _check_raw(fn: str, data_name: str, data: torch.Tensor, angles: torch.Tensor
                             ("the number of angles", n_ang)):
             if value >= MAX_COUNT:
                 raise ValueError(f"{fn}: {name} must be below {MAX_COUNT}, got {value}")
-    if (values and angles.device.type != "meta" and not torch.compiler.is_compiling()
-            and not bool(torch.isfinite(angles).all())):
-        raise ValueError(f"{fn}: angles must be finite")
+
+    validate.projector_call(fn, data_name, data, angles, values, geometry, 2,
+                            check_geometry)
 
 
 def _forward_geometry(x, n_detectors, det_spacing, source_distance, detector_distance):
