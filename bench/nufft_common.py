@@ -73,3 +73,21 @@ def save_and_print(run: dict, suite: str, title: str, width: int) -> None:
                 for k, t in section["ms"].items()]
 
     print("\n".join(harness.section_lines(run, rows)))
+
+
+def finufft_call(problem, size, coils: int, kind: str, tol: float, threads: int):
+    """(run, error): FINUFFT's ``kind`` transform of ``problem``'s image (type 2) or values
+    (type 1) as a call, and its error against the exact sums (``problem.error``), checked
+    first; skips where FINUFFT is not installed."""
+    pytest.importorskip("finufft")
+    type2, type1 = finufft_plans(problem.ktraj, size, coils, tol, threads)
+    plan, data = ((type2, problem.image.numpy()) if kind == "type2"
+                  else (type1, problem.values.numpy()))
+
+    def run():
+        return plan.execute(data)
+
+    err = problem.error(kind, run())
+    # FINUFFT's complex64 transforms spread and FFT in float32: their floor is ~1e-5
+    assert err <= max(10 * tol, 1e-4), err
+    return run, err

@@ -39,7 +39,8 @@ from luser_fast import backends
 from luser_fast.ops import nufft as nufft_ops
 from luser_fast.ops import nufft_type1, nufft_type2
 from luser_fast.profile import harness
-from nufft_common import finufft_plans, record, report_fixture, save_and_print, section
+from nufft_common import (finufft_call, finufft_plans, record, report_fixture, save_and_print,
+                          section)
 
 H = W = harness.pick(256, 32)
 SPOKES, SAMPLES, COILS, THREADS = harness.pick((402, 256, 8, 2), (20, 32, 2, 2))
@@ -170,17 +171,7 @@ def test_luser_fast_plan(benchmark, problem, report):
 @pytest.mark.parametrize("tol", TOLS)
 @pytest.mark.parametrize("kind", ["type2", "type1"])
 def test_finufft(benchmark, problem, report, kind, tol):
-    pytest.importorskip("finufft")
-    type2, type1 = finufft_plans(problem.ktraj, (H, W), COILS, tol, THREADS)
-    plan, data = ((type2, problem.image.numpy()) if kind == "type2"
-                  else (type1, problem.values.numpy()))
-
-    def run():
-        return plan.execute(data)
-
-    err = problem.error(kind, run())
-    # FINUFFT's complex64 transforms spread and FFT in float32: their floor is ~1e-5
-    assert err <= max(10 * tol, 1e-4), err
+    run, err = finufft_call(problem, (H, W), COILS, kind, tol, THREADS)
     benchmark.pedantic(run, rounds=harness.pick(20, 2), warmup_rounds=2)
     record(benchmark, f"finufft_{kind}_{tol:g}", err, report)
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -365,3 +366,29 @@ def nufft_cuda_kernels(prefix: str) -> set:
         "spread_tile_kernel_f32", "spread_tile_kernel_f64",
         "spread_global_kernel_f32", "spread_global_kernel_f64",
         "interp_kernel_f32", "interp_kernel_f64")}
+
+
+#: the NumPy scalar type of each kernel parameter type (a launch's arguments, by signature)
+ARG_TYPES = {"ptr": np.uint64, "int": np.int32, "long long": np.int64, "double": np.float64}
+
+
+def view_at(address, dtype, count: int):
+    """A writable NumPy view of ``count`` elements at a (CPU) tensor's data pointer."""
+    import ctypes
+
+    dtype, count = np.dtype(dtype), int(count)
+    if count == 0:
+        return np.empty(0, dtype)
+    buf = (ctypes.c_char * (count * dtype.itemsize)).from_address(int(address))
+    return np.frombuffer(buf, dtype=dtype, count=count)
+
+
+def assert_launches_match(calls, signatures: dict, device) -> None:
+    """Every recorded launch (name, device, grid, args, shared) passes the argument types
+    of its kernel's signature in ``signatures``, on ``device``, within the grid limits."""
+    from luser_fast.ops import cuda_common
+
+    for name, dev, grid, args, _ in calls:
+        assert [type(a) for a in args] == [ARG_TYPES[t] for t in signatures[name]], name
+        assert dev == device
+        assert 1 <= grid[0] <= cuda_common.MAX_GRID_X and 1 <= grid[1] <= cuda_common.MAX_GRID_Y

@@ -11,7 +11,6 @@ tests/test_conebeam.py.
 """
 from __future__ import annotations
 
-import ctypes
 import math
 import os
 import re
@@ -21,7 +20,7 @@ import subprocess
 import numpy as np
 import pytest
 import torch
-from helpers import ADJOINT_TOL, CSRC, assert_launcher_refuses, ptxas_report, rel_err
+from helpers import ADJOINT_TOL, CSRC, assert_launcher_refuses, ptxas_report, rel_err, view_at
 
 from luser_fast import backends
 from luser_fast.constants import CONE_IMAGES_PER_THREAD
@@ -302,15 +301,6 @@ def test_kernels_index_with_64_bits_and_stride_over_y():
 
 # --- CUDA launchers on the host --------------------------------------------------------------
 
-def _view(address, dtype, count: int) -> np.ndarray:
-    """A writable NumPy view of ``count`` elements at a CPU tensor's data pointer."""
-    dtype, count = np.dtype(dtype), int(count)
-    if count == 0:
-        return np.empty(0, dtype)
-    buf = (ctypes.c_char * (count * dtype.itemsize)).from_address(int(address))
-    return np.frombuffer(buf, dtype=dtype, count=count)
-
-
 def _kernel_signature() -> list[str]:
     """Parameter kinds of the LF_CONE_KERNEL macro's kernels ("ptr", "int", ...)."""
     src = open(CONE_CU).read()
@@ -339,21 +329,21 @@ class Recorder:
         (data, trig, n_images, n_ang, rows, cols, d, h, w, sr, sc, src, det, out) = args
         dt = torch.float32 if name.endswith("f32") else torch.float64
         npt = np.float32 if dt == torch.float32 else np.float64
-        t = torch.from_numpy(_view(trig, np.float64, 2 * n_ang).copy()).view(n_ang, 2)
+        t = torch.from_numpy(view_at(trig, np.float64, 2 * n_ang).copy()).view(n_ang, 2)
         assert torch.equal(t, torch.stack((torch.cos(self.angles), torch.sin(self.angles)), -1))
         geometry = (float(sr), float(sc), float(src) if src > 0 else None,
                     float(det) if src > 0 else None)
         n_rays = int(n_ang) * int(rows) * int(cols)
         vol_n = int(n_images) * int(d) * int(h) * int(w)
         if "fwd" in name:
-            x = torch.from_numpy(_view(data, npt, vol_n).copy()).view(-1, d, h, w)
+            x = torch.from_numpy(view_at(data, npt, vol_n).copy()).view(-1, d, h, w)
             got = LF._conebeam_forward_gather(x, self.angles, int(rows), int(cols), *geometry)
-            _view(out, npt, n_images * n_rays)[:] = got.reshape(-1).numpy()
+            view_at(out, npt, n_images * n_rays)[:] = got.reshape(-1).numpy()
         else:
-            p = torch.from_numpy(_view(data, npt, n_images * n_rays).copy())
+            p = torch.from_numpy(view_at(data, npt, n_images * n_rays).copy())
             p = p.view(-1, n_ang, rows, cols)
             got = LF._conebeam_adjoint_scatter(p, self.angles, int(d), int(h), int(w), *geometry)
-            view = _view(out, npt, vol_n)
+            view = view_at(out, npt, vol_n)
             assert not view.any()                   # the launcher zeroed it
             view[:] = got.reshape(-1).numpy()
 

@@ -22,7 +22,6 @@
 """
 from __future__ import annotations
 
-import ctypes
 import glob
 import hashlib
 import importlib.abc
@@ -39,8 +38,8 @@ import types
 import numpy as np
 import pytest
 import torch
-from helpers import (CSRC, ROOT, assert_launcher_refuses, assert_plan_equals, nvrtc,
-                     nvrtc_compile, rel_err)
+from helpers import (CSRC, ROOT, assert_launcher_refuses, assert_launches_match,
+                     assert_plan_equals, nvrtc, nvrtc_compile, rel_err, view_at)
 
 from luser_fast import _ext
 from luser_fast.ops import cuda_common
@@ -303,24 +302,15 @@ def test_nufft_cuda_path_validates_before_launching(fake_cuda, label):
 
 # --- NUFFT on stand-ins of the CUDA kernels ---------------------------------------------------------
 
-def _view(address, dtype, count: int) -> np.ndarray:
-    """A writable NumPy view of ``count`` elements at a (CPU) tensor's data pointer."""
-    dtype, count = np.dtype(dtype), int(count)
-    if count == 0:
-        return np.empty(0, dtype)
-    buf = (ctypes.c_char * (count * dtype.itemsize)).from_address(int(address))
-    return np.frombuffer(buf, dtype=dtype, count=count)
-
-
 def _real(suffix: str):
     return np.float32 if suffix == "f32" else np.float64
 
 
 def _plan_points(grid, krc, m, n_r, n_c, nb_r, nb_c, width, start, bins):
     """nufft_plan_points_kernel: es_kernel.h's stencil start and bin, in float64."""
-    k = _view(krc, np.float64, 2 * m).reshape(m, 2)
-    s_out = _view(start, np.int32, 2 * m).reshape(m, 2)
-    b_out = _view(bins, np.int32, m)
+    k = view_at(krc, np.float64, 2 * m).reshape(m, 2)
+    s_out = view_at(start, np.int32, 2 * m).reshape(m, 2)
+    b_out = view_at(bins, np.int32, m)
     cells = []
     for d, (n, nb) in enumerate(((n_r, nb_r), (n_c, nb_c))):
         t = k[:, d] * float(n) / (2 * math.pi)
@@ -332,9 +322,9 @@ def _plan_points(grid, krc, m, n_r, n_c, nb_r, nb_c, width, start, bins):
 
 def _plan_weights(grid, krc, order, m, n_r, n_c, width, beta, weights):
     """nufft_plan_weights_kernel: the ES weights of the sorted points, in float64."""
-    k = _view(krc, np.float64, 2 * m).reshape(m, 2)
-    o = _view(order, np.int64, m)
-    w_out = _view(weights, np.float64, 2 * m * width).reshape(m, 2, width)
+    k = view_at(krc, np.float64, 2 * m).reshape(m, 2)
+    o = view_at(order, np.int64, m)
+    w_out = view_at(weights, np.float64, 2 * m * width).reshape(m, 2, width)
     for d, n in enumerate((n_r, n_c)):
         t = k[o, d] * float(n) / (2 * math.pi)
         s = np.ceil(t - 0.5 * width)
@@ -365,12 +355,12 @@ def _spread_tile(seed):
             nb_r, nb_c, tile_r, tile_c, grid, suffix):
         real = _real(suffix)
         rng = np.random.default_rng(seed)
-        vals = _view(values, real, 2 * batch * m).reshape(batch, m, 2)
-        o = _view(order, np.int64, m)
-        st = _view(start, np.int32, 2 * m).reshape(m, 2)
-        wts = _view(weights, real, 2 * m * width).reshape(m, 2, width)
-        subs = _view(subproblems, np.int32, 3 * grid_dims[0]).reshape(-1, 3)
-        out = _view(grid, real, 2 * batch * n_r * n_c).reshape(batch, n_r * n_c, 2)
+        vals = view_at(values, real, 2 * batch * m).reshape(batch, m, 2)
+        o = view_at(order, np.int64, m)
+        st = view_at(start, np.int32, 2 * m).reshape(m, 2)
+        wts = view_at(weights, real, 2 * m * width).reshape(m, 2, width)
+        subs = view_at(subproblems, np.int32, 3 * grid_dims[0]).reshape(-1, 3)
+        out = view_at(grid, real, 2 * batch * n_r * n_c).reshape(batch, n_r * n_c, 2)
         for b_idx, p0, p1 in rng.permutation(subs):            # blocks run in any order
             br, bc = divmod(int(b_idx), nb_c)
             lo_r, lo_c = br * n_r // nb_r, bc * n_c // nb_c
@@ -398,11 +388,11 @@ def _spread_global(seed):
     def run(grid_dims, values, order, start, weights, batch, m, width, n_r, n_c, grid, suffix):
         real = _real(suffix)
         rng = np.random.default_rng(seed)
-        vals = _view(values, real, 2 * batch * m).reshape(batch, m, 2)
-        o = _view(order, np.int64, m)
-        st = _view(start, np.int32, 2 * m).reshape(m, 2)
-        wts = _view(weights, real, 2 * m * width).reshape(m, 2, width)
-        out = _view(grid, real, 2 * batch * n_r * n_c).reshape(batch, n_r * n_c, 2)
+        vals = view_at(values, real, 2 * batch * m).reshape(batch, m, 2)
+        o = view_at(order, np.int64, m)
+        st = view_at(start, np.int32, 2 * m).reshape(m, 2)
+        wts = view_at(weights, real, 2 * m * width).reshape(m, 2, width)
+        out = view_at(grid, real, 2 * batch * n_r * n_c).reshape(batch, n_r * n_c, 2)
         pts = rng.permutation(m)                               # global atomics: any order
         t, idx = _terms(vals, o, st, wts, pts, width, n_r, n_c, real)
         for b in range(batch):
@@ -415,11 +405,11 @@ def _interp(grid_dims, grid, order, start, weights, batch, m, width, n_r, n_c, o
     """nufft_interp_kernel: per point, each stencil row summed over its columns, then the
     rows (the CUDA order), sequentially in precision ``real``."""
     real = _real(suffix)
-    g = _view(grid, real, 2 * batch * n_r * n_c).reshape(batch, n_r * n_c, 2)
-    o = _view(order, np.int64, m)
-    st = _view(start, np.int32, 2 * m).reshape(m, 2)
-    wts = _view(weights, real, 2 * m * width).reshape(m, 2, width)
-    res = _view(out, real, 2 * batch * m).reshape(batch, m, 2)
+    g = view_at(grid, real, 2 * batch * n_r * n_c).reshape(batch, n_r * n_c, 2)
+    o = view_at(order, np.int64, m)
+    st = view_at(start, np.int32, 2 * m).reshape(m, 2)
+    wts = view_at(weights, real, 2 * m * width).reshape(m, 2, width)
+    res = view_at(out, real, 2 * batch * m).reshape(batch, m, 2)
     rows = (st[:, 0][:, None] + np.arange(width)) % n_r
     cols = (st[:, 1][:, None] + np.arange(width)) % n_c
     vals = g[:, rows[:, :, None] * n_c + cols[:, None, :]]     # [B, M, w, w, 2]
@@ -464,7 +454,6 @@ def _preprocessed_signatures(path: str) -> dict[str, list[str]]:
     return sigs
 
 
-ARG_TYPES = {"ptr": np.uint64, "int": np.int32, "long long": np.int64, "double": np.float64}
 
 
 @needs_ext
@@ -485,10 +474,7 @@ def test_nufft_launches_match_kernel_signatures(fake_cuda, monkeypatch, dtype):
                                     f"nufft_interp_kernel_{suffix}",
                                     f"nufft_spread_tile_kernel_{suffix}",
                                     f"nufft_spread_global_kernel_{suffix}"}
-    for name, device, grid, args, _ in fake_cuda.calls:
-        assert [type(a) for a in args] == [ARG_TYPES[t] for t in sigs[name]], name
-        assert device == x.device
-        assert 1 <= grid[0] <= cuda_common.MAX_GRID_X and 1 <= grid[1] <= cuda_common.MAX_GRID_Y
+    assert_launches_match(fake_cuda.calls, sigs, x.device)
 
 
 def test_radon_signatures_read_from_the_preprocessed_source():

@@ -20,9 +20,9 @@ import numpy as np
 import pytest
 import torch
 from helpers import (ADJOINT_TOL, CSRC, adjoint_mismatch, assert_compiles_with_nvrtc,
-                     assert_compiles_without_spills, assert_plan_equals, count_plans,
-                     nufft_cuda_kernels, nvrtc, randn_like_dtype, rel_err)
-from test_cuda_host import ARG_TYPES, Recorder, _preprocessed_signatures, _view
+                     assert_compiles_without_spills, assert_launches_match, assert_plan_equals,
+                     count_plans, nufft_cuda_kernels, nvrtc, randn_like_dtype, rel_err, view_at)
+from test_cuda_host import Recorder, _preprocessed_signatures
 
 from luser_fast import backends
 from luser_fast.core.operator import LinearFunction
@@ -445,9 +445,9 @@ def _real(suffix):
 
 def _plan_points(grid, k, m, n0, n1, n2, nb0, nb1, nb2, width, start, bins):
     """nufft3_plan_points_kernel: es_kernel.h's stencil starts and bin id, in float64."""
-    kk = _view(k, np.float64, 3 * m).reshape(m, 3)
-    s_out = _view(start, np.int32, 3 * m).reshape(m, 3)
-    b_out = _view(bins, np.int32, m)
+    kk = view_at(k, np.float64, 3 * m).reshape(m, 3)
+    s_out = view_at(start, np.int32, 3 * m).reshape(m, 3)
+    b_out = view_at(bins, np.int32, m)
     ids = np.zeros(m, np.int64)
     for d, (n, nb) in enumerate(((n0, nb0), (n1, nb1), (n2, nb2))):
         t = kk[:, d] * float(n) / (2 * math.pi)
@@ -458,9 +458,9 @@ def _plan_points(grid, k, m, n0, n1, n2, nb0, nb1, nb2, width, start, bins):
 
 
 def _plan_weights(grid, k, order, m, n0, n1, n2, width, beta, weights):
-    kk = _view(k, np.float64, 3 * m).reshape(m, 3)
-    o = _view(order, np.int64, m)
-    w_out = _view(weights, np.float64, 3 * m * width).reshape(m, 3, width)
+    kk = view_at(k, np.float64, 3 * m).reshape(m, 3)
+    o = view_at(order, np.int64, m)
+    w_out = view_at(weights, np.float64, 3 * m * width).reshape(m, 3, width)
     for d, n in enumerate((n0, n1, n2)):
         t = kk[o, d] * float(n) / (2 * math.pi)
         u = t[:, None] - (np.ceil(t - 0.5 * width)[:, None] + np.arange(width))
@@ -486,11 +486,11 @@ def _spread_global(seed):
     def run(grid_dims, values, order, start, weights, batch, m, width, n0, n1, n2, grid,
             suffix):
         real, rng, n = _real(suffix), np.random.default_rng(seed), (n0, n1, n2)
-        vals = _view(values, real, 2 * batch * m).reshape(batch, m, 2)
-        o = _view(order, np.int64, m)
-        st = _view(start, np.int32, 3 * m).reshape(m, 3)
-        wts = _view(weights, real, 3 * m * width).reshape(m, 3, width)
-        out = _view(grid, real, 2 * batch * n0 * n1 * n2).reshape(batch, -1, 2)
+        vals = view_at(values, real, 2 * batch * m).reshape(batch, m, 2)
+        o = view_at(order, np.int64, m)
+        st = view_at(start, np.int32, 3 * m).reshape(m, 3)
+        wts = view_at(weights, real, 3 * m * width).reshape(m, 3, width)
+        out = view_at(grid, real, 2 * batch * n0 * n1 * n2).reshape(batch, -1, 2)
         t, flat = _terms(vals, o, st, wts, rng.permutation(m), width, n, real)
         for b in range(batch):
             for part in range(2):
@@ -502,12 +502,12 @@ def _spread_tile(seed):
     def run(grid_dims, values, order, start, weights, subproblems, batch, m, width, n0, n1,
             n2, nb0, nb1, nb2, t0, t1, t2, grid, suffix):
         real, rng, n = _real(suffix), np.random.default_rng(seed), (n0, n1, n2)
-        vals = _view(values, real, 2 * batch * m).reshape(batch, m, 2)
-        o = _view(order, np.int64, m)
-        st = _view(start, np.int32, 3 * m).reshape(m, 3)
-        wts = _view(weights, real, 3 * m * width).reshape(m, 3, width)
-        subs = _view(subproblems, np.int32, 3 * grid_dims[0]).reshape(-1, 3)
-        out = _view(grid, real, 2 * batch * n0 * n1 * n2).reshape(batch, -1, 2)
+        vals = view_at(values, real, 2 * batch * m).reshape(batch, m, 2)
+        o = view_at(order, np.int64, m)
+        st = view_at(start, np.int32, 3 * m).reshape(m, 3)
+        wts = view_at(weights, real, 3 * m * width).reshape(m, 3, width)
+        subs = view_at(subproblems, np.int32, 3 * grid_dims[0]).reshape(-1, 3)
+        out = view_at(grid, real, 2 * batch * n0 * n1 * n2).reshape(batch, -1, 2)
         for b_id, p0, p1 in rng.permutation(subs):            # blocks in any order
             bi = (b_id // (nb1 * nb2), (b_id // nb2) % nb1, b_id % nb2)
             nbs = (nb0, nb1, nb2)
@@ -536,11 +536,11 @@ def _interp(grid_dims, grid, order, start, weights, batch, m, width, n0, n1, n2,
     """nufft3_interp_kernel: per point, each stencil row summed over its cells with kx,
     then the rows with kz ky, sequentially in the kernel's precision."""
     real, n = _real(suffix), (n0, n1, n2)
-    g = _view(grid, real, 2 * batch * n0 * n1 * n2).reshape(batch, -1, 2)
-    o = _view(order, np.int64, m)
-    st = _view(start, np.int32, 3 * m).reshape(m, 3)
-    wts = _view(weights, real, 3 * m * width).reshape(m, 3, width)
-    res = _view(out, real, 2 * batch * m).reshape(batch, m, 2)
+    g = view_at(grid, real, 2 * batch * n0 * n1 * n2).reshape(batch, -1, 2)
+    o = view_at(order, np.int64, m)
+    st = view_at(start, np.int32, 3 * m).reshape(m, 3)
+    wts = view_at(weights, real, 3 * m * width).reshape(m, 3, width)
+    res = view_at(out, real, 2 * batch * m).reshape(batch, m, 2)
     cells = [(st[:, d][:, None] + np.arange(width)) % n[d] for d in range(3)]
     acc = np.zeros((batch, m, 2), real)
     for i0 in range(width):
@@ -611,10 +611,7 @@ def test_cuda3_launches_match_kernel_signatures(fake_cuda, monkeypatch, dtype):
                                     f"nufft3_interp_kernel_{suffix}",
                                     f"nufft3_spread_tile_kernel_{suffix}",
                                     f"nufft3_spread_global_kernel_{suffix}"}
-    for name, device, grid, args, _ in fake_cuda.calls:
-        assert [type(a) for a in args] == [ARG_TYPES[t] for t in sigs[name]], name
-        assert device == x.device
-        assert 1 <= grid[0] <= cuda_common.MAX_GRID_X and 1 <= grid[1] <= cuda_common.MAX_GRID_Y
+    assert_launches_match(fake_cuda.calls, sigs, x.device)
 
 
 @needs_ext
