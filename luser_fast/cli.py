@@ -235,10 +235,10 @@ def _add_demo_parser(sub):
     pd.add_argument("--volume-size", type=_positive_int, default=32,
                     help="ct3d: volume side N (N^3 voxels)")
     pd.add_argument("--volume-angles", type=_positive_int, default=None,
-                    help="ct3d: cone-beam angles over the full circle (default N)")
+                    help="ct3d: cone-beam angles over the full circle (default N / 2)")
     # unless given: per-task defaults (luser_fast.demo.DEFAULTS, VOLUME_DEFAULTS for ct3d:
-    # steps 250 / 80, batch 4 / 2, channels 32 / 16, n-train 128 / 24)
-    pd.set_defaults(steps=None, batch=None, channels=None, n_train=None)
+    # steps 250 / 60, batch 4 / 2, channels 32 / 24, n-train 128 / 24, lr 1e-3 / 3e-4)
+    pd.set_defaults(steps=None, batch=None, channels=None, n_train=None, lr=None)
     pd.add_argument("--results", default=None,
                     help="JSON of runs keyed by machine | torch | git SHA to store this run in "
                          "(e.g. bench/results/demo_cpu.json)")

@@ -133,8 +133,9 @@ def test_demo_ct3d_tiny(tmp_path):
     with open(tmp_path / "demo.json") as fh:
         run = json.load(fh)
     t = run["tasks"]["ct3d"]
-    assert t["config"]["size"] == 10 and t["config"]["angles"] == 10
-    assert t["config"]["steps"] == 3 and t["config"]["batch"] == 2    # ct3d's own default
+    assert t["config"]["size"] == 10 and t["config"]["angles"] == 5       # N / 2
+    # ct3d's own defaults where nothing was given
+    assert t["config"]["steps"] == 3 and t["config"]["batch"] == 2 and t["config"]["lr"] == 3e-4
     assert t["rows"]["x0"]["label"] == "FDK"
     for name in (LU_NAME, LUSER_NAME):
         r = t["rows"][name]

@@ -148,8 +148,11 @@ def plot_rows(path, rows, vary, task):
 #: sides of the 3-D study (N^3 volumes) and its memory budget
 MEMPROFILE3D_SIZES = (32, 64, 96, 128)
 MEMPROFILE3D_BUDGET = 16 * 2 ** 30
-#: extra small sides measured for the fits (cheap; at least 3 points per fit)
-MEMPROFILE3D_CALIBRATION = (16, 24, 48)
+#: extra sides measured for the fits (cheap; at least 3 points per fit). Not below 24:
+#: torch runs a float32 conv3d of fewer than about 6e5 input elements (64 channels at 21^3)
+#: through its im2col path (``slow_conv3d``), whose column buffers (27 x the input) would
+#: add a transient that larger sides, on oneDNN, do not have
+MEMPROFILE3D_CALIBRATION = (24, 48)
 #: the model names of the 3-D study
 LU_3D, LUSER_3D = "LU (depth 5)", "LUSER (defaults)"
 _UNITS = {"": 1, "b": 1, "k": 2 ** 10, "kb": 10 ** 3, "kib": 2 ** 10, "m": 2 ** 20,
