@@ -48,6 +48,7 @@
 #include <vector>
 
 #include "common/constants.h"
+#include "common/cpu_projector.h"
 #include "common/simd.h"
 #include "conebeam/conebeam.h"
 
@@ -55,25 +56,17 @@ namespace {
 
 namespace cb = luser_fast::conebeam;
 using cb::ConeRay;
+using namespace luser_fast::projector;  // NOLINT: the shared helpers of cpu_projector.h
 
 // Zero planes each side of every axis of the padded CPU volumes (and halo slices of the
 // adjoint's slabs). One is enough (neighbours within [-1, n]); two leave a margin.
 constexpr int64_t kPad = 2;
 // Volumes per thread in the gather algorithms (those of the CUDA kernels).
 constexpr int kGatherImages = luser_fast::kConeImagesPerThread;
-// Least work (samples times lanes) worth a thread: smaller problems run on the calling
-// thread, where a parallel region costs more than it saves.
-constexpr int64_t kMinWork = 1 << 16;
-// Sizes stay below this (int indices in conebeam.h).
-constexpr int64_t kMaxCount = 1 << 24;
 // Samples per block of conebeam.h's walk (4 independent partial sums in the forward).
 constexpr int kBlock = 4;
 // Rays per chunk of the adjoint's ray table (whole angles, at least one).
 constexpr int64_t kChunkRays = 1 << 14;
-
-int64_t grain(int64_t work_per_item) {
-  return std::max<int64_t>(1, kMinWork / std::max<int64_t>(1, work_per_item));
-}
 
 struct Geometry {
   int64_t depth, height, width, n_angles, rows, cols;
@@ -105,57 +98,17 @@ void check_geometry(int64_t depth, int64_t height, int64_t width, int64_t rows, 
               ": spacing_r (detector row spacing) must be positive and finite, got ", sr);
   TORCH_CHECK(std::isfinite(sc) && sc > 0.0, fn,
               ": spacing_c (detector column spacing) must be positive and finite, got ", sc);
-  if (src.has_value()) {
-    const double half_diagonal = 0.5 * std::hypot((double)height, (double)width);
-    TORCH_CHECK(std::isfinite(*src) && *src > half_diagonal, fn,
-                ": source_distance must be finite and exceed the volume's in-plane "
-                "half-diagonal ",
-                half_diagonal, ", got ", *src);
-  }
-  if (det.has_value()) {
-    TORCH_CHECK(src.has_value(), fn, ": detector_distance needs source_distance");
-    TORCH_CHECK(std::isfinite(*det) && *det >= 0.0, fn,
-                ": detector_distance must be finite and >= 0, got ", *det);
-  }
-}
-
-// angles: non-empty 1-D real floating, finite, on data's device; returned as float64.
-at::Tensor check_angles(const at::Tensor& angles, const at::Tensor& data, const char* fn) {
-  TORCH_CHECK(angles.dim() == 1 && angles.numel() >= 1, fn,
-              ": angles must be a non-empty 1-D tensor, got shape ", angles.sizes());
-  TORCH_CHECK(at::isFloatingType(angles.scalar_type()), fn,
-              ": angles must be a real floating tensor, got ", angles.scalar_type());
-  TORCH_CHECK(angles.device() == data.device(), fn, ": angles must be on ", data.device(),
-              ", got ", angles.device());
-  TORCH_CHECK(angles.numel() < kMaxCount, fn, ": too many angles (", angles.numel(), ")");
-  TORCH_CHECK(at::isfinite(angles).all().item<bool>(), fn, ": angles must be finite");
-  return angles.to(at::kDouble).contiguous();
-}
-
-void check_data(const at::Tensor& t, const char* name, const char* fn) {
-  TORCH_CHECK(t.device().is_cpu(), fn, ": ", name, " must be a CPU tensor here, got ",
-              t.device());
-  TORCH_CHECK(t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble, fn, ": ", name,
-              " must be float32 or float64, got ", t.scalar_type());
-  TORCH_CHECK(t.dim() >= 3, fn, ": ", name, " must have at least 3 dims, got shape ",
-              t.sizes());
+  check_distances(src, det, 0.5 * std::hypot((double)height, (double)width),
+                  ": source_distance must be finite and exceed the volume's in-plane "
+                  "half-diagonal ",
+                  fn);
 }
 
 Geometry make_geometry(int64_t depth, int64_t height, int64_t width, int64_t n_angles,
                        int64_t rows, int64_t cols, double sr, double sc,
                        const std::optional<double>& src, const std::optional<double>& det) {
-  Geometry g;
-  g.depth = depth;
-  g.height = height;
-  g.width = width;
-  g.n_angles = n_angles;
-  g.rows = rows;
-  g.cols = cols;
-  g.sr = sr;
-  g.sc = sc;
-  g.src = src.has_value() ? *src : 0.0;
-  g.det = det.has_value() ? *det : 0.0;
-  return g;
+  return Geometry{depth, height, width, n_angles, rows, cols, sr, sc, src.value_or(0.0),
+                  det.value_or(0.0)};
 }
 
 // One op's checked arguments: the geometry, the output (allocated), the contiguous input,
@@ -175,17 +128,13 @@ at::Tensor make_trig(const at::Tensor& angles64) {
 OpCall forward_call(const at::Tensor& x, const at::Tensor& angles, int64_t rows, int64_t cols,
                     double sr, double sc, const std::optional<double>& src,
                     const std::optional<double>& det, const char* fn) {
-  check_data(x, "x", fn);
+  check_data(x, "x", 3, fn);
   const at::Tensor ang = check_angles(angles, x, fn);
   const int64_t d = x.size(-3), h = x.size(-2), w = x.size(-1);
   check_geometry(d, h, w, rows, cols, ang.numel(), sr, sc, src, det, fn);
   OpCall c;
   c.g = make_geometry(d, h, w, ang.numel(), rows, cols, sr, sc, src, det);
-  std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end() - 3);
-  shape.push_back(c.g.n_angles);
-  shape.push_back(rows);
-  shape.push_back(cols);
-  c.out = at::empty(shape, x.options());
+  c.out = at::empty(batch_shape(x, 3, {c.g.n_angles, rows, cols}), x.options());
   c.n_images = x.numel() / c.g.voxels();
   if (c.n_images > 0) {
     c.in = x.contiguous();
@@ -198,7 +147,7 @@ OpCall adjoint_call(const at::Tensor& proj, const at::Tensor& angles, int64_t de
                     int64_t height, int64_t width, double sr, double sc,
                     const std::optional<double>& src, const std::optional<double>& det,
                     const char* fn) {
-  check_data(proj, "proj", fn);
+  check_data(proj, "proj", 3, fn);
   const at::Tensor ang = check_angles(angles, proj, fn);
   const int64_t rows = proj.size(-2), cols = proj.size(-1);
   TORCH_CHECK(proj.size(-3) == ang.numel(), fn,
@@ -209,11 +158,7 @@ OpCall adjoint_call(const at::Tensor& proj, const at::Tensor& angles, int64_t de
   check_geometry(depth, height, width, rows, cols, ang.numel(), sr, sc, src, det, fn);
   OpCall c;
   c.g = make_geometry(depth, height, width, ang.numel(), rows, cols, sr, sc, src, det);
-  std::vector<int64_t> shape(proj.sizes().begin(), proj.sizes().end() - 3);
-  shape.push_back(depth);
-  shape.push_back(height);
-  shape.push_back(width);
-  c.out = at::empty(shape, proj.options());
+  c.out = at::empty(batch_shape(proj, 3, {depth, height, width}), proj.options());
   c.n_images = proj.numel() / c.g.n_rays();
   if (c.n_images > 0) {
     c.in = proj.contiguous();
@@ -253,31 +198,6 @@ cb::ConeStrides layout(const Geometry& g) {
 // Offset of voxel (0, 0, 0) in a buffer whose first slice is slice z_first - kPad.
 int64_t origin_offset(const cb::ConeStrides& l, int64_t z_first) {
   return (kPad - z_first) * l.k + kPad * (l.i + l.j);
-}
-
-// V lanes of T as one vector of the GCC/Clang vector extension (V == 1: a plain scalar),
-// so the lane arithmetic is written once, vector-wide.
-template <typename T, int V>
-struct LaneVec {
-  typedef T type __attribute__((vector_size(V * sizeof(T))));
-};
-template <typename T>
-struct LaneVec<T, 1> {
-  typedef T type;
-};
-template <typename T, int V>
-using lanes_t = typename LaneVec<T, V>::type;
-
-template <typename Vec, typename T>
-LF_ALWAYS_INLINE Vec load_lanes(const T* p) {
-  Vec v;
-  std::memcpy(&v, p, sizeof(Vec));
-  return v;
-}
-
-template <typename Vec, typename T>
-LF_ALWAYS_INLINE void store_lanes(T* p, const Vec& v) {
-  std::memcpy(p, &v, sizeof(Vec));
 }
 
 // Hot loops: compiled for the baseline ISA and, on x86-64, for AVX2 (one 256-bit vector
@@ -442,11 +362,6 @@ auto adjoint_slab() {
                                 &adjoint_slab_avx2<T, V>);
 }
 
-template <typename T>
-at::Tensor zeros_of(int64_t n) {
-  return at::zeros({n}, at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value));
-}
-
 // Forward projection of volumes n0 .. n0 + nb - 1 of x [N, D, H, W] (lanes V >= nb).
 template <typename T, int V>
 void forward_group(const T* x, int64_t n0, int nb, const Geometry& g, const double* trig,
@@ -547,48 +462,14 @@ void adjoint_group(const T* proj, int64_t n0, int nb, const Geometry& g, const d
   });
 }
 
-// Lanes per group for n volumes left: a full SIMD vector, or the next power of two.
-int lanes_for(int64_t left, int full) {
-  int v = 1;
-  while (v < full && v < left) v *= 2;
-  return v;
-}
-
-// Runs fn(lanes, n0, nb) over the batch in groups of lanes (FULL for full groups).
-template <int FULL, typename F>
-void for_lane_groups(int64_t n_images, F&& fn) {
-  int64_t n0 = 0;
-  while (n0 < n_images) {
-    const int v = lanes_for(n_images - n0, FULL);
-    const int nb = (int)std::min<int64_t>(v, n_images - n0);
-    switch (v) {
-      case 1: fn(std::integral_constant<int, 1>{}, n0, nb); break;
-      case 2: fn(std::integral_constant<int, 2>{}, n0, nb); break;
-      case 4: fn(std::integral_constant<int, 4>{}, n0, nb); break;
-      default: fn(std::integral_constant<int, (FULL > 4 ? FULL : 4)>{}, n0, nb); break;
-    }
-    n0 += nb;
-  }
-}
-
-template <typename T>
-constexpr int full_lanes() {
-  return 32 / (int)sizeof(T);  // one 256-bit vector
-}
-
 at::Tensor conebeam_forward_cpu(const at::Tensor& x, const at::Tensor& angles, int64_t rows,
                                 int64_t cols, double spacing_r, double spacing_c,
                                 std::optional<double> src, std::optional<double> det) {
   const OpCall c =
       forward_call(x, angles, rows, cols, spacing_r, spacing_c, src, det, "conebeam_forward");
-  if (c.n_images == 0) return c.out;
-  AT_DISPATCH_FLOATING_TYPES(c.in.scalar_type(), "conebeam_forward_cpu", [&] {
-    const scalar_t* in = c.in.data_ptr<scalar_t>();
-    scalar_t* out = c.out.data_ptr<scalar_t>();
-    const double* trig = c.trig.data_ptr<double>();
-    for_lane_groups<full_lanes<scalar_t>()>(c.n_images, [&](auto lanes, int64_t n0, int nb) {
-      forward_group<scalar_t, decltype(lanes)::value>(in, n0, nb, c.g, trig, out);
-    });
+  run_lane_groups(c.in, c.out, c.n_images, [&](auto lanes, auto in, int64_t n0, int nb, auto out) {
+    forward_group<std::remove_pointer_t<decltype(out)>, decltype(lanes)::value>(
+        in, n0, nb, c.g, c.trig.data_ptr<double>(), out);
   });
   return c.out;
 }
@@ -599,14 +480,9 @@ at::Tensor conebeam_adjoint_cpu(const at::Tensor& proj, const at::Tensor& angles
                                 std::optional<double> det) {
   const OpCall c = adjoint_call(proj, angles, depth, height, width, spacing_r, spacing_c, src,
                                 det, "conebeam_adjoint");
-  if (c.n_images == 0) return c.out;
-  AT_DISPATCH_FLOATING_TYPES(c.in.scalar_type(), "conebeam_adjoint_cpu", [&] {
-    const scalar_t* in = c.in.data_ptr<scalar_t>();
-    scalar_t* out = c.out.data_ptr<scalar_t>();
-    const double* trig = c.trig.data_ptr<double>();
-    for_lane_groups<full_lanes<scalar_t>()>(c.n_images, [&](auto lanes, int64_t n0, int nb) {
-      adjoint_group<scalar_t, decltype(lanes)::value>(in, n0, nb, c.g, trig, out);
-    });
+  run_lane_groups(c.in, c.out, c.n_images, [&](auto lanes, auto in, int64_t n0, int nb, auto out) {
+    adjoint_group<std::remove_pointer_t<decltype(out)>, decltype(lanes)::value>(
+        in, n0, nb, c.g, c.trig.data_ptr<double>(), out);
   });
   return c.out;
 }

@@ -53,44 +53,52 @@ __device__ __forceinline__ ConeRay ray_at(const double* __restrict__ trig, long 
                   g.spacing_c, g.src, g.det, g.depth, g.height, g.width);
 }
 
+// The rays of a launch, A rows cols, one per thread along x.
+__device__ __forceinline__ long long ray_count(const ConeLaunch& g) {
+  return (long long)g.n_angles * g.rows * g.cols;
+}
+
+// Runs group(n0, nb) for the groups of kConeGroup volumes this block strides over
+// (blockIdx.y): volumes n0 .. n0 + nb - 1.
+template <typename Group>
+__device__ __forceinline__ void for_volume_groups(const ConeLaunch& g, Group&& group) {
+  const long long n_groups = (g.n_images + kConeGroup - 1) / kConeGroup;
+  for (long long grp = blockIdx.y; grp < n_groups; grp += gridDim.y) {
+    const long long n0 = grp * kConeGroup;
+    group(n0, grp + 1 < n_groups ? kConeGroup : (int)(g.n_images - n0));
+  }
+}
+
 template <typename T>
 __device__ void cone_fwd(const T* __restrict__ vol, const double* __restrict__ trig,
                          const ConeLaunch g, T* __restrict__ out) {
-  const long long r = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-  const long long n_rays = (long long)g.n_angles * g.rows * g.cols;
+  const long long r = (long long)blockIdx.x * blockDim.x + threadIdx.x, n_rays = ray_count(g);
   if (r >= n_rays) return;
   const ConeRay ray = ray_at(trig, r, g);
   const ConeStrides st = cone_strides(g.depth, g.height, g.width);
   const long long dhw = st.k * g.depth;
-  const long long n_groups = (g.n_images + kConeGroup - 1) / kConeGroup;
-  for (long long grp = blockIdx.y; grp < n_groups; grp += gridDim.y) {
-    const long long n0 = grp * kConeGroup;
-    const int nb = grp + 1 < n_groups ? kConeGroup : (int)(g.n_images - n0);
+  for_volume_groups(g, [&](long long n0, int nb) {
     T acc[kConeGroup];
     cone_forward_ray<T, kConeGroup>(vol + n0 * dhw, dhw, nb, st, ray, acc);
 #pragma unroll
     for (int b = 0; b < kConeGroup; ++b) {
       if (b < nb) out[(n0 + b) * n_rays + r] = acc[b];
     }
-  }
+  });
 }
 
 // out must hold zeros: every sample adds its four weighted values with atomicAdd.
 template <typename T>
 __device__ void cone_adj(const T* __restrict__ proj, const double* __restrict__ trig,
                          const ConeLaunch g, T* __restrict__ out) {
-  const long long r = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-  const long long n_rays = (long long)g.n_angles * g.rows * g.cols;
+  const long long r = (long long)blockIdx.x * blockDim.x + threadIdx.x, n_rays = ray_count(g);
   if (r >= n_rays) return;
   const ConeRay ray = ray_at(trig, r, g);
   if (ray.s_end <= ray.s_begin) return;
   const ConeStrides st = cone_strides(g.depth, g.height, g.width);
   const long long dhw = st.k * g.depth;
   const T step = (T)ray.step;
-  const long long n_groups = (g.n_images + kConeGroup - 1) / kConeGroup;
-  for (long long grp = blockIdx.y; grp < n_groups; grp += gridDim.y) {
-    const long long n0 = grp * kConeGroup;
-    const int nb = grp + 1 < n_groups ? kConeGroup : (int)(g.n_images - n0);
+  for_volume_groups(g, [&](long long n0, int nb) {
     T val[kConeGroup];
 #pragma unroll
     for (int b = 0; b < kConeGroup; ++b) {
@@ -99,7 +107,7 @@ __device__ void cone_adj(const T* __restrict__ proj, const double* __restrict__ 
     T* o = out + n0 * dhw;
     cone_adjoint_ray<T, kConeGroup>(val, dhw, nb, st, ray,
                                     [&](long long i, T v) { atomicAdd(o + i, v); });
-  }
+  });
 }
 
 }  // namespace conebeam

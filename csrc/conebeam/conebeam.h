@@ -295,28 +295,50 @@ LF_HD int cone_major_size(const ConeStrides& st, int major) {
   return major == 0 ? st.depth : (major == 1 ? st.height : st.width);
 }
 
+// Ray r's samples in a contiguous volume as st says, with bounds checks on every neighbour
+// (no padding: the gather and scatter algorithms of the CUDA kernels, which the CPU twins
+// run too): visit(off, nb, wa, wb) for every sample, off the offset of its neighbour
+// (ia, ib) (those along b and a are at off + nb.sb and off + nb.sa) and nb which of its
+// four neighbours lie inside the volume.
+struct ConeNeighbours {
+  long long sa, sb;  // strides along the minor axes a and b
+  bool a0, a1, b0, b1;  // ia, ia + 1, ib, ib + 1 inside
+};
+
+template <typename T, typename Visit>
+LF_HD void cone_checked_samples(const ConeStrides& st, const ConeRay& r, Visit&& visit) {
+  const ConeAxes ax = cone_axes(st, r.major);
+  const long long sm = ax.sm, sa = ax.sa, sb = ax.sb;
+  const int na = ax.na, nbb = ax.nb;
+  cone_ray_samples<1, T>(r, r.s_begin, r.s_end, [&](int s, int, int ia, int ib, T wa, T wb) {
+    ConeNeighbours nb;
+    nb.sa = sa;
+    nb.sb = sb;
+    nb.a0 = ia >= 0 && ia < na;
+    nb.a1 = ia >= -1 && ia < na - 1;
+    nb.b0 = ib >= 0 && ib < nbb;
+    nb.b1 = ib >= -1 && ib < nbb - 1;
+    visit(s * sm + ia * sa + ib * sb, nb, wa, wb);
+  });
+}
+
 // Forward projection of ray r through nb <= NB volumes (gather, the CUDA kernel's
 // algorithm; the CPU twin runs it too): volume b starts at vol + b * vol_stride, laid out
-// contiguously as st says, with bounds checks on every neighbour (no padding). acc[b]
-// receives the line integral of volume b.
+// contiguously as st says (cone_checked_samples). acc[b] receives the line integral of
+// volume b.
 template <typename T, int NB>
 LF_HD void cone_forward_ray(const T* vol, long long vol_stride, int nb, const ConeStrides& st,
                             const ConeRay& r, T* acc) {
 LF_UNROLL
   for (int b = 0; b < NB; ++b) acc[b] = T(0);
-  const ConeAxes ax = cone_axes(st, r.major);
-  const long long sm = ax.sm, sa = ax.sa, sb = ax.sb;
-  const int na = ax.na, nbb = ax.nb;
-  cone_ray_samples<1, T>(r, r.s_begin, r.s_end, [&](int s, int, int ia, int ib, T wa, T wb) {
-    const bool a0 = ia >= 0 && ia < na, a1 = ia >= -1 && ia < na - 1;
-    const bool b0 = ib >= 0 && ib < nbb, b1 = ib >= -1 && ib < nbb - 1;
-    const long long off = s * sm + ia * sa + ib * sb;
+  cone_checked_samples<T>(st, r, [&](long long off, const ConeNeighbours& n, T wa, T wb) {
 LF_UNROLL
     for (int b = 0; b < NB; ++b) {
       if (b < nb) {
         const long long o = b * vol_stride + off;
-        const T v00 = a0 && b0 ? vol[o] : T(0), v01 = a0 && b1 ? vol[o + sb] : T(0);
-        const T v10 = a1 && b0 ? vol[o + sa] : T(0), v11 = a1 && b1 ? vol[o + sa + sb] : T(0);
+        const T v00 = n.a0 && n.b0 ? vol[o] : T(0), v01 = n.a0 && n.b1 ? vol[o + n.sb] : T(0);
+        const T v10 = n.a1 && n.b0 ? vol[o + n.sa] : T(0);
+        const T v11 = n.a1 && n.b1 ? vol[o + n.sa + n.sb] : T(0);
 #if defined(__CUDA_ARCH__)
         acc[b] = add_rn(acc[b], cone_bilerp(v00, v01, v10, v11, wa, wb));
 #else
@@ -338,23 +360,17 @@ LF_UNROLL
 template <typename T, int NB, typename Add>
 LF_HD void cone_adjoint_ray(const T* val, long long vol_stride, int nb, const ConeStrides& st,
                             const ConeRay& r, Add&& add) {
-  const ConeAxes ax = cone_axes(st, r.major);
-  const long long sm = ax.sm, sa = ax.sa, sb = ax.sb;
-  const int na = ax.na, nbb = ax.nb;
-  cone_ray_samples<1, T>(r, r.s_begin, r.s_end, [&](int s, int, int ia, int ib, T wa, T wb) {
-    const bool a0 = ia >= 0 && ia < na, a1 = ia >= -1 && ia < na - 1;
-    const bool b0 = ib >= 0 && ib < nbb, b1 = ib >= -1 && ib < nbb - 1;
-    const long long off = s * sm + ia * sa + ib * sb;
+  cone_checked_samples<T>(st, r, [&](long long off, const ConeNeighbours& n, T wa, T wb) {
 LF_UNROLL
     for (int b = 0; b < NB; ++b) {
       if (b < nb) {
         T d00, d01, d10, d11;
         cone_bilerp_adjoint(val[b], wa, wb, &d00, &d01, &d10, &d11);
         const long long o = b * vol_stride + off;
-        if (a0 && b0) add(o, d00);
-        if (a0 && b1) add(o + sb, d01);
-        if (a1 && b0) add(o + sa, d10);
-        if (a1 && b1) add(o + sa + sb, d11);
+        if (n.a0 && n.b0) add(o, d00);
+        if (n.a0 && n.b1) add(o + n.sb, d01);
+        if (n.a1 && n.b0) add(o + n.sa, d10);
+        if (n.a1 && n.b1) add(o + n.sa + n.sb, d11);
       }
     }
   });

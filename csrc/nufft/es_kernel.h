@@ -59,10 +59,21 @@ LF_HD int wrap_cell(long long s, int n) {
   return (int)(r < 0 ? r + n : r);
 }
 
+// Cell s + i, wrapped, of a side of n cells (0 <= s < n, 0 <= i < n): a stencil's cell i.
+LF_HD int wrap_add(int s, int i, int n) { return s + i < n ? s + i : s + i - n; }
+
 // Weight of stencil cell a (0 <= a < w) of a point at t whose (unwrapped) start is s.
 LF_HD double stencil_weight(double t, long long s, int a, int width, double beta) {
   const double u = t - (double)(s + a);
   return es_kernel(u / (0.5 * (double)width), beta);
+}
+
+// The w weights of a point at frequency k (radians) on a side of n cells, in float64:
+// out[a] is the weight of its stencil cell a (the plans, CPU and CUDA, store these).
+LF_HD void stencil_weights(double k, int n, int width, double beta, double* out) {
+  const double t = grid_position(k, n);
+  const long long s = stencil_start(t, width);
+  for (int a = 0; a < width; ++a) out[a] = stencil_weight(t, s, a, width, beta);
 }
 
 // Bin of cell c (0 <= c < n) among nb bins with boundaries lo(b) = b n / nb.

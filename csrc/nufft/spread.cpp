@@ -66,24 +66,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> nufft_plan_cpu(
     const at::Tensor& ktraj, int64_t n_r, int64_t n_c, int64_t width, double beta,
     int64_t nb_r, int64_t nb_c) {
   const char* fn = "_nufft_plan";
-  TORCH_CHECK(ktraj.device().is_cpu(), fn, ": ktraj must be a CPU tensor, got ", ktraj.device());
-  TORCH_CHECK(ktraj.scalar_type() == at::kDouble, fn, ": ktraj must be float64, got ",
-              ktraj.scalar_type());
-  TORCH_CHECK(ktraj.dim() == 2 && ktraj.size(1) == 2, fn, ": ktraj must have shape [M, 2], got ",
-              ktraj.sizes());
-  TORCH_CHECK(ktraj.size(0) < (int64_t(1) << 31), fn, ": too many points (", ktraj.size(0), ")");
+  check_ktraj(ktraj, 2, fn);
   check_grid(n_r, n_c, width, fn);
   check_bins(n_r, nb_r, width, "nb_r", fn);
   check_bins(n_c, nb_c, width, "nb_c", fn);
-  TORCH_CHECK(std::isfinite(beta) && beta > 0.0, fn, ": beta must be positive and finite, got ",
-              beta);
-  const at::Tensor k = ktraj.contiguous();
+  const at::Tensor k = checked_ktraj(ktraj, beta, fn);
   const double* kp = k.data_ptr<double>();
   const int64_t m = k.size(0);
-  for (int64_t i = 0; i < 2 * m; ++i) {
-    TORCH_CHECK(std::isfinite(kp[i]) && std::fabs(kp[i]) <= kMaxAbsK, fn,
-                ": ktraj must be finite radians in [-pi, pi], got ", kp[i]);
-  }
   const int w = (int)width, nr = (int)n_r, nc = (int)n_c, br = (int)nb_r, bc = (int)nb_c;
   const int64_t n_bins = nb_r * nb_c;
 
@@ -99,17 +88,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> nufft_plan_cpu(
       bin[p] = nu::bin_of_cell(sr, nr, br) * bc + nu::bin_of_cell(sc, nc, bc);
     }
   });
-  // counting sort by bin (stable: a bin keeps its points in input order)
-  at::Tensor offsets = at::zeros({n_bins + 1}, k.options().dtype(at::kLong));
-  int64_t* off = offsets.data_ptr<int64_t>();
-  for (int64_t p = 0; p < m; ++p) ++off[bin[p] + 1];
-  for (int64_t b = 0; b < n_bins; ++b) off[b + 1] += off[b];
-  at::Tensor order = at::empty({m}, k.options().dtype(at::kLong));
-  int64_t* ord = order.data_ptr<int64_t>();
-  {
-    std::vector<int64_t> fill(off, off + n_bins);
-    for (int64_t p = 0; p < m; ++p) ord[fill[bin[p]]++] = p;
-  }
+  const auto [order, offsets] = sort_by_bin(bin, m, n_bins, k);
+  const int64_t* ord = order.data_ptr<int64_t>();
   at::Tensor start = at::empty({m, 2}, k.options().dtype(at::kInt));
   at::Tensor weights = at::empty({m, 2, width}, k.options());
   int32_t* st = start.data_ptr<int32_t>();
@@ -120,9 +100,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> nufft_plan_cpu(
       st[2 * p] = s_in[2 * q];
       st[2 * p + 1] = s_in[2 * q + 1];
       for (int d = 0; d < 2; ++d) {
-        const double t = nu::grid_position(kp[2 * q + d], d == 0 ? nr : nc);
-        const long long s = nu::stencil_start(t, w);
-        for (int a = 0; a < w; ++a) wt[(2 * p + d) * w + a] = nu::stencil_weight(t, s, a, w, beta);
+        nu::stencil_weights(kp[2 * q + d], d == 0 ? nr : nc, w, beta, wt + (2 * p + d) * w);
       }
     }
   });
@@ -131,34 +109,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> nufft_plan_cpu(
 
 // --- argument checks of spread / interp ---------------------------------------------------
 
-// Validates a plan against the data; every index the kernels use is checked here, so a
-// malformed plan raises instead of reading or writing out of bounds.
-void check_plan(const at::Tensor& order, const at::Tensor& start, const at::Tensor& weights,
-                int64_t m, int64_t n_r, int64_t n_c, at::ScalarType real, const char* fn) {
-  TORCH_CHECK(order.device().is_cpu() && start.device().is_cpu() && weights.device().is_cpu(), fn,
-              ": the plan tensors must be on the CPU");
-  TORCH_CHECK(order.scalar_type() == at::kLong && order.dim() == 1 && order.size(0) == m, fn,
-              ": order must be int64 of shape [", m, "], got ", order.scalar_type(), " ",
-              order.sizes());
-  TORCH_CHECK(start.scalar_type() == at::kInt && start.dim() == 2 && start.size(0) == m &&
-                  start.size(1) == 2,
-              fn, ": start must be int32 of shape [", m, ", 2], got ", start.scalar_type(), " ",
-              start.sizes());
-  TORCH_CHECK(weights.scalar_type() == real && weights.dim() == 3 && weights.size(0) == m &&
-                  weights.size(1) == 2,
-              fn, ": weights must be ", real, " of shape [", m, ", 2, width], got ",
-              weights.scalar_type(), " ", weights.sizes());
-  check_grid(n_r, n_c, weights.size(2), fn);
-  TORCH_CHECK(order.is_contiguous() && start.is_contiguous() && weights.is_contiguous(), fn,
-              ": the plan tensors must be contiguous");
-  const int64_t* ord = order.data_ptr<int64_t>();
-  const int32_t* st = start.data_ptr<int32_t>();
-  bool ok = true;
-  for (int64_t p = 0; p < m; ++p) {
-    ok &= (ord[p] >= 0) & (ord[p] < m) & (st[2 * p] >= 0) & (st[2 * p] < n_r) &
-          (st[2 * p + 1] >= 0) & (st[2 * p + 1] < n_c);
-  }
-  TORCH_CHECK(ok, fn, ": plan indices out of range (order in [0, M), start in [0, n))");
+// Validates a plan against the data (spread_cpu.h's check_plan, with this grid's checks).
+void check_plan2(const at::Tensor& order, const at::Tensor& start, const at::Tensor& weights,
+                 int64_t m, int64_t n_r, int64_t n_c, at::ScalarType real, const char* fn) {
+  check_plan<2>(order, start, weights, m, {n_r, n_c}, real, fn,
+                [&](int64_t width) { check_grid(n_r, n_c, width, fn); });
 }
 
 template <typename R>
@@ -348,61 +303,29 @@ void spread_into(const at::Tensor& values, const at::Tensor& order, const at::Te
                  const at::Tensor& weights, const at::Tensor& bin_offsets, int64_t n_r,
                  int64_t n_c, int64_t nb_r, int64_t nb_c, int64_t simd, at::Tensor& grid,
                  const char* fn) {
-  TORCH_CHECK(values.device().is_cpu(), fn, ": values must be a CPU tensor, got ", values.device());
-  TORCH_CHECK(values.scalar_type() == at::kComplexFloat || values.scalar_type() == at::kComplexDouble,
-              fn, ": values must be complex64 or complex128, got ", values.scalar_type());
-  TORCH_CHECK(values.dim() == 2, fn, ": values must have shape [B, M], got ", values.sizes());
+  check_values(values, fn);
   const int64_t batch = values.size(0), m = values.size(1);
-  check_plan(order, start, weights, m, n_r, n_c, real_type(values.scalar_type()), fn);
+  check_plan2(order, start, weights, m, n_r, n_c, real_type(values.scalar_type()), fn);
   const int64_t width = weights.size(2);
   check_bins(n_r, nb_r, width, "nb_r", fn);
   check_bins(n_c, nb_c, width, "nb_c", fn);
-  const int64_t n_bins = nb_r * nb_c;
-  TORCH_CHECK(bin_offsets.device().is_cpu() && bin_offsets.scalar_type() == at::kLong &&
-                  bin_offsets.dim() == 1 && bin_offsets.size(0) == n_bins + 1 &&
-                  bin_offsets.is_contiguous(),
-              fn, ": bin_offsets must be contiguous int64 of shape [", n_bins + 1, "], got ",
-              bin_offsets.scalar_type(), " ", bin_offsets.sizes());
-  const int64_t* off = bin_offsets.data_ptr<int64_t>();
-  TORCH_CHECK(off[0] == 0 && off[n_bins] == m, fn, ": bin_offsets must run from 0 to M = ", m);
+  const int64_t* off = check_bin_offsets(bin_offsets, nb_r * nb_c, m, fn);
   const int32_t* st = start.data_ptr<int32_t>();
-  for (int64_t b = 0; b < n_bins; ++b) {
-    TORCH_CHECK(off[b] <= off[b + 1], fn, ": bin_offsets must be non-decreasing");
-    const int br = (int)(b / nb_c), bc = (int)(b % nb_c);
-    bool inside = true;
-    for (int64_t p = off[b]; p < off[b + 1]; ++p) {
-      inside &= (nu::bin_of_cell(st[2 * p], (int)n_r, (int)nb_r) == br) &
-                (nu::bin_of_cell(st[2 * p + 1], (int)n_c, (int)nb_c) == bc);
-    }
-    TORCH_CHECK(inside, fn, ": a point's stencil start lies outside its bin (stale plan?)");
-  }
+  const int nb[2] = {(int)nb_r, (int)nb_c};
+  check_points_in_bins<2>(st, off, {(int)n_r, (int)n_c}, nb, fn);
   const int level = resolve_simd(simd, fn);
-  TORCH_CHECK(grid.device().is_cpu() && grid.scalar_type() == values.scalar_type() &&
-                  grid.dim() == 3 && grid.size(0) == batch && grid.size(1) == n_r &&
-                  grid.size(2) == n_c && grid.is_contiguous(),
-              fn, ": out must be a contiguous ", values.scalar_type(), " CPU tensor of shape [",
-              batch, ", ", n_r, ", ", n_c, "], got ", grid.scalar_type(), " ", grid.sizes());
+  check_out(grid, values, {batch, n_r, n_c}, fn);
   const at::Tensor v = values.contiguous();
   grid.zero_();
   if (m == 0 || batch == 0) return;
 
-  // the values in sorted point order with the planes innermost, [M][B] (one pass with many
-  // independent loads in flight, instead of B scattered loads inside every stencil)
+  // the values in sorted point order with the planes innermost, [M][B]
   at::Tensor gathered = at::empty({m, batch}, v.options());
   AT_DISPATCH_FLOATING_TYPES(real_type(v.scalar_type()), "_nufft_spread", [&] {
     using R = scalar_t;
-    const R* src = reinterpret_cast<const R*>(v.data_ptr());
     R* dst = reinterpret_cast<R*>(gathered.data_ptr());
     const int64_t* ord = order.data_ptr<int64_t>();
-    at::parallel_for(0, m, 2048, [&](int64_t p0, int64_t p1) {
-      for (int64_t p = p0; p < p1; ++p) {
-        const int64_t q = ord[p];
-        for (int64_t b = 0; b < batch; ++b) {
-          dst[2 * (p * batch + b)] = src[2 * (b * m + q)];
-          dst[2 * (p * batch + b) + 1] = src[2 * (b * m + q) + 1];
-        }
-      }
-    });
+    gather_sorted(reinterpret_cast<const R*>(v.data_ptr()), ord, m, batch, dst);
     Work<R> a{reinterpret_cast<R*>(grid.data_ptr()), dst, ord, st, weights.data_ptr<R>(), batch,
               m, (int)width, (int)n_r, (int)n_c};
     // planes per task: a bin's sub-grid for that many planes stays within ~64 KiB
@@ -411,16 +334,7 @@ void spread_into(const at::Tensor& values, const at::Tensor& order, const at::Te
     const int64_t n_chunks = (batch + chunk - 1) / chunk;
     for (int parity = 0; parity < 4; ++parity) {
       // this parity class's non-empty bins x plane chunks, heaviest bins first
-      std::vector<int64_t> bins;
-      for (int64_t br = parity / 2; br < nb_r; br += 2) {
-        for (int64_t bc = parity % 2; bc < nb_c; bc += 2) {
-          const int64_t id = br * nb_c + bc;
-          if (off[id + 1] > off[id]) bins.push_back(id);
-        }
-      }
-      std::stable_sort(bins.begin(), bins.end(), [&](int64_t x, int64_t y) {
-        return off[x + 1] - off[x] > off[y + 1] - off[y];
-      });
+      const std::vector<int64_t> bins = parity_class_bins<2>(parity, nb, off);
       run_dynamic((int64_t)bins.size() * n_chunks, [&](int64_t task) {
         const int64_t id = bins[task / n_chunks], c = task % n_chunks;
         const int br = (int)(id / nb_c), bc = (int)(id % nb_c);
@@ -466,14 +380,11 @@ void nufft_spread_out_cpu(const at::Tensor& values, const at::Tensor& order, con
 at::Tensor nufft_interp_cpu(const at::Tensor& grid, const at::Tensor& order, const at::Tensor& start,
                             const at::Tensor& weights, int64_t simd) {
   const char* fn = "_nufft_interp";
-  TORCH_CHECK(grid.device().is_cpu(), fn, ": grid must be a CPU tensor, got ", grid.device());
-  TORCH_CHECK(grid.scalar_type() == at::kComplexFloat || grid.scalar_type() == at::kComplexDouble,
-              fn, ": grid must be complex64 or complex128, got ", grid.scalar_type());
-  TORCH_CHECK(grid.dim() == 3, fn, ": grid must have shape [B, n_r, n_c], got ", grid.sizes());
+  check_grid_tensor(grid, 2, "[B, n_r, n_c]", fn);
   const int64_t batch = grid.size(0), n_r = grid.size(1), n_c = grid.size(2);
-  const int64_t m = order.dim() == 1 ? order.size(0) : -1;
-  TORCH_CHECK(m >= 0, fn, ": order must be 1-D, got ", order.sizes());
-  check_plan(order, start, weights, m, n_r, n_c, real_type(grid.scalar_type()), fn);
+  TORCH_CHECK(order.dim() == 1, fn, ": order must be 1-D, got ", order.sizes());
+  const int64_t m = order.size(0);
+  check_plan2(order, start, weights, m, n_r, n_c, real_type(grid.scalar_type()), fn);
   const int level = resolve_simd(simd, fn);
   const at::Tensor g = grid.contiguous();
   at::Tensor out = at::empty({batch, m}, g.options());

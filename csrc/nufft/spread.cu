@@ -4,8 +4,8 @@
 // CPU plan's layout (order [M] int64, start [M, 2] int32, weights [M, 2, w], points sorted
 // by bin), so spreading and interpolation read the same numbers on both devices. What is
 // here is only the mapping of threads to work. Grids are [B, n_r, n_c] complex, values
-// [B, M] complex, both as interleaved reals. Only es_kernel.h (with common/) and CUDA
-// builtins are included, so NVRTC compiles this file as well.
+// [B, M] complex, both as interleaved reals. Only es_kernel.h and spread_device.h (with
+// common/) and CUDA builtins are included, so NVRTC compiles this file as well.
 //
 // Sizes. Point indices p are 64-bit wherever they are multiplied (2 p, 3 s, p 2 w pass
 // 2^31 from M = 2^30 on), and so are the plane offsets (b n_r n_c, b M) and the batch B
@@ -19,6 +19,7 @@
 // bitwise.
 #include "common/device.h"
 #include "nufft/es_kernel.h"
+#include "nufft/spread_device.h"
 
 namespace luser_fast {
 namespace nufft {
@@ -27,8 +28,8 @@ namespace nufft {
 // krc [M, 2] float64 holds each point's (row, column) frequency.
 __device__ void plan_points(const double* __restrict__ krc, int m, int n_r, int n_c, int nb_r,
                             int nb_c, int width, int* __restrict__ start, int* __restrict__ bins) {
-  const long long p = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-  if (p >= m) return;
+  long long p;
+  if (!thread_point(m, &p)) return;
   const int sr = wrap_cell(stencil_start(grid_position(krc[2 * p], n_r), width), n_r);
   const int sc = wrap_cell(stencil_start(grid_position(krc[2 * p + 1], n_c), width), n_c);
   start[2 * p] = sr;
@@ -40,14 +41,11 @@ __device__ void plan_points(const double* __restrict__ krc, int m, int n_r, int 
 __device__ void plan_weights(const double* __restrict__ krc, const long long* __restrict__ order,
                              int m, int n_r, int n_c, int width, double beta,
                              double* __restrict__ weights) {
-  const long long p = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-  if (p >= m) return;
+  long long p;
+  if (!thread_point(m, &p)) return;
   const long long q = order[p];
   for (int d = 0; d < 2; ++d) {
-    const double t = grid_position(krc[2 * q + d], d == 0 ? n_r : n_c);
-    const long long s = stencil_start(t, width);
-    double* out = weights + (p * 2 + d) * width;
-    for (int a = 0; a < width; ++a) out[a] = stencil_weight(t, s, a, width, beta);
+    stencil_weights(krc[2 * q + d], d == 0 ? n_r : n_c, width, beta, weights + (p * 2 + d) * width);
   }
 }
 
@@ -87,12 +85,7 @@ __device__ void spread_tile(const R* __restrict__ values, const long long* __res
       const long long v = 2 * (b * m + order[p]);
       const R vr = values[v], vi = values[v + 1];
       for (int i = 0; i < width; ++i) {
-        R* trow = tile + 2 * ((rr + i) * tile_c + cc);
-        const R yr = ky[i] * vr, yi = ky[i] * vi;
-        for (int j = 0; j < width; ++j) {
-          atomicAdd(trow + 2 * j, kx[j] * yr);
-          atomicAdd(trow + 2 * j + 1, kx[j] * yi);
-        }
+        add_run_atomic(tile + 2 * ((rr + i) * tile_c + cc), kx, width, ky[i] * vr, ky[i] * vi);
       }
     }
     __syncthreads();
@@ -100,12 +93,9 @@ __device__ void spread_tile(const R* __restrict__ values, const long long* __res
     for (int i = threadIdx.x; i < cells; i += blockDim.x) {
       const int tr = i / tile_c, tc = i - tr * tile_c;
       const R re = tile[2 * i], im = tile[2 * i + 1];
-      if (tr >= len_r + width - 1 || tc >= len_c + width - 1 || (re == R(0) && im == R(0))) continue;
-      const int gr = lo_r + tr < n_r ? lo_r + tr : lo_r + tr - n_r;
-      const int gc = lo_c + tc < n_c ? lo_c + tc : lo_c + tc - n_c;
-      R* cell = plane + 2 * ((long long)gr * n_c + gc);
-      atomicAdd(cell, re);
-      atomicAdd(cell + 1, im);
+      if (tr >= len_r + width - 1 || tc >= len_c + width - 1) continue;
+      const long long cell = (long long)wrap_add(lo_r, tr, n_r) * n_c + wrap_add(lo_c, tc, n_c);
+      add_cell_atomic(plane + 2 * cell, re, im);
     }
     __syncthreads();
   }
@@ -118,8 +108,8 @@ __device__ void spread_global(const R* __restrict__ values, const long long* __r
                               const int* __restrict__ start, const R* __restrict__ weights,
                               long long batch, int m, int width, int n_r, int n_c,
                               R* __restrict__ grid) {
-  const long long p = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-  if (p >= m) return;
+  long long p;
+  if (!thread_point(m, &p)) return;
   const R* ky = weights + p * 2 * width;
   const R* kx = ky + width;
   const int sr = start[2 * p], sc = start[2 * p + 1];
@@ -128,14 +118,8 @@ __device__ void spread_global(const R* __restrict__ values, const long long* __r
     const R vr = values[v], vi = values[v + 1];
     R* plane = grid + 2 * b * n_r * n_c;
     for (int i = 0; i < width; ++i) {
-      const int r = sr + i < n_r ? sr + i : sr + i - n_r;
-      R* row = plane + 2 * (long long)r * n_c;
-      const R yr = ky[i] * vr, yi = ky[i] * vi;
-      for (int j = 0; j < width; ++j) {
-        const int c = sc + j < n_c ? sc + j : sc + j - n_c;
-        atomicAdd(row + 2 * c, kx[j] * yr);
-        atomicAdd(row + 2 * c + 1, kx[j] * yi);
-      }
+      add_row_atomic(plane + 2 * (long long)wrap_add(sr, i, n_r) * n_c, kx, sc, n_c, width,
+                     ky[i] * vr, ky[i] * vi);
     }
   }
 }
@@ -147,8 +131,8 @@ __device__ void interp(const R* __restrict__ grid, const long long* __restrict__
                        const int* __restrict__ start, const R* __restrict__ weights,
                        long long batch, int m, int width, int n_r, int n_c,
                        R* __restrict__ out) {
-  const long long p = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-  if (p >= m) return;
+  long long p;
+  if (!thread_point(m, &p)) return;
   const R* ky = weights + p * 2 * width;
   const R* kx = ky + width;
   const int sr = start[2 * p], sc = start[2 * p + 1];
@@ -157,14 +141,8 @@ __device__ void interp(const R* __restrict__ grid, const long long* __restrict__
     const R* plane = grid + 2 * b * n_r * n_c;
     R re = R(0), im = R(0);
     for (int i = 0; i < width; ++i) {
-      const int r = sr + i < n_r ? sr + i : sr + i - n_r;
-      const R* row = plane + 2 * (long long)r * n_c;
-      R ar = R(0), ai = R(0);
-      for (int j = 0; j < width; ++j) {
-        const int c = sc + j < n_c ? sc + j : sc + j - n_c;
-        ar += kx[j] * row[2 * c];
-        ai += kx[j] * row[2 * c + 1];
-      }
+      R ar, ai;
+      dot_row(plane + 2 * (long long)wrap_add(sr, i, n_r) * n_c, kx, sc, n_c, width, &ar, &ai);
       re += ky[i] * ar;
       im += ky[i] * ai;
     }

@@ -109,23 +109,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> nufft3_plan_cpu(
     const at::Tensor& ktraj, int64_t n0, int64_t n1, int64_t n2, int64_t width, double beta,
     int64_t nb0, int64_t nb1, int64_t nb2) {
   const char* fn = "_nufft3_plan";
-  TORCH_CHECK(ktraj.device().is_cpu(), fn, ": ktraj must be a CPU tensor, got ", ktraj.device());
-  TORCH_CHECK(ktraj.scalar_type() == at::kDouble, fn, ": ktraj must be float64, got ",
-              ktraj.scalar_type());
-  TORCH_CHECK(ktraj.dim() == 2 && ktraj.size(1) == 3, fn, ": ktraj must have shape [M, 3], got ",
-              ktraj.sizes());
-  TORCH_CHECK(ktraj.size(0) < (int64_t(1) << 31), fn, ": too many points (", ktraj.size(0), ")");
+  check_ktraj(ktraj, 3, fn);
   check_grid3(n0, n1, n2, width, fn);
   const int64_t n_bins = check_bins3(n0, n1, n2, nb0, nb1, nb2, width, fn);
-  TORCH_CHECK(std::isfinite(beta) && beta > 0.0, fn, ": beta must be positive and finite, got ",
-              beta);
-  const at::Tensor k = ktraj.contiguous();
+  const at::Tensor k = checked_ktraj(ktraj, beta, fn);
   const double* kp = k.data_ptr<double>();
   const int64_t m = k.size(0);
-  for (int64_t i = 0; i < 3 * m; ++i) {
-    TORCH_CHECK(std::isfinite(kp[i]) && std::fabs(kp[i]) <= kMaxAbsK, fn,
-                ": ktraj must be finite radians in [-pi, pi], got ", kp[i]);
-  }
   const int w = (int)width;
   const int n[3] = {(int)n0, (int)n1, (int)n2};
   const int nb[3] = {(int)nb0, (int)nb1, (int)nb2};
@@ -145,17 +134,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> nufft3_plan_cpu(
       bin[p] = id;
     }
   });
-  // counting sort by bin (stable: a bin keeps its points in input order)
-  at::Tensor offsets = at::zeros({n_bins + 1}, k.options().dtype(at::kLong));
-  int64_t* off = offsets.data_ptr<int64_t>();
-  for (int64_t p = 0; p < m; ++p) ++off[bin[p] + 1];
-  for (int64_t b = 0; b < n_bins; ++b) off[b + 1] += off[b];
-  at::Tensor order = at::empty({m}, k.options().dtype(at::kLong));
+  const auto [order, offsets] = sort_by_bin(bin, m, n_bins, k);
+  const int64_t* off = offsets.data_ptr<int64_t>();
   int64_t* ord = order.data_ptr<int64_t>();
-  {
-    std::vector<int64_t> fill(off, off + n_bins);
-    for (int64_t p = 0; p < m; ++p) ord[fill[bin[p]]++] = p;
-  }
   // within each bin, the points in the lexicographic order of the kSortTile^3 cell tiles
   // of their stencil starts, counted from the bin's first cell (input order within a
   // tile): consecutive points then share most of their stencils' cells, which stay in L1
@@ -166,9 +147,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> nufft3_plan_cpu(
     for (int64_t b = b0; b < b1; ++b) {
       const int64_t len = off[b + 1] - off[b];
       if (len < 2) continue;
-      const int64_t bi[3] = {b / (nb1 * nb2), (b / nb2) % nb1, b % nb2};
-      int lo[3];
-      for (int d = 0; d < 3; ++d) lo[d] = nu::bin_start((int)bi[d], n[d], nb[d]);
+      int bi[3], lo[3];
+      bin_axes<3>(b, nb, bi);
+      for (int d = 0; d < 3; ++d) lo[d] = nu::bin_start(bi[d], n[d], nb[d]);
       keys.resize(len);
       idx.resize(len);
       moved.assign(ord + off[b], ord + off[b + 1]);
@@ -190,9 +171,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> nufft3_plan_cpu(
       const int64_t q = ord[p];
       for (int d = 0; d < 3; ++d) {
         st[3 * p + d] = s_in[3 * q + d];
-        const double t = nu::grid_position(kp[3 * q + d], n[d]);
-        const long long s = nu::stencil_start(t, w);
-        for (int a = 0; a < w; ++a) wt[(3 * p + d) * w + a] = nu::stencil_weight(t, s, a, w, beta);
+        nu::stencil_weights(kp[3 * q + d], n[d], w, beta, wt + (3 * p + d) * w);
       }
     }
   });
@@ -201,36 +180,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> nufft3_plan_cpu(
 
 // --- argument checks of spread / interp ---------------------------------------------------
 
-// Validates a plan against the data; every index the kernels use is checked here, so a
-// malformed plan raises instead of reading or writing out of bounds.
+// Validates a plan against the data (spread_cpu.h's check_plan, with this grid's checks).
 void check_plan3(const at::Tensor& order, const at::Tensor& start, const at::Tensor& weights,
                  int64_t m, int64_t n0, int64_t n1, int64_t n2, at::ScalarType real,
                  const char* fn) {
-  TORCH_CHECK(order.device().is_cpu() && start.device().is_cpu() && weights.device().is_cpu(), fn,
-              ": the plan tensors must be on the CPU");
-  TORCH_CHECK(order.scalar_type() == at::kLong && order.dim() == 1 && order.size(0) == m, fn,
-              ": order must be int64 of shape [", m, "], got ", order.scalar_type(), " ",
-              order.sizes());
-  TORCH_CHECK(start.scalar_type() == at::kInt && start.dim() == 2 && start.size(0) == m &&
-                  start.size(1) == 3,
-              fn, ": start must be int32 of shape [", m, ", 3], got ", start.scalar_type(), " ",
-              start.sizes());
-  TORCH_CHECK(weights.scalar_type() == real && weights.dim() == 3 && weights.size(0) == m &&
-                  weights.size(1) == 3,
-              fn, ": weights must be ", real, " of shape [", m, ", 3, width], got ",
-              weights.scalar_type(), " ", weights.sizes());
-  check_grid3(n0, n1, n2, weights.size(2), fn);
-  TORCH_CHECK(order.is_contiguous() && start.is_contiguous() && weights.is_contiguous(), fn,
-              ": the plan tensors must be contiguous");
-  const int64_t* ord = order.data_ptr<int64_t>();
-  const int32_t* st = start.data_ptr<int32_t>();
-  bool ok = true;
-  for (int64_t p = 0; p < m; ++p) {
-    ok &= (ord[p] >= 0) & (ord[p] < m) & (st[3 * p] >= 0) & (st[3 * p] < n0) &
-          (st[3 * p + 1] >= 0) & (st[3 * p + 1] < n1) & (st[3 * p + 2] >= 0) &
-          (st[3 * p + 2] < n2);
-  }
-  TORCH_CHECK(ok, fn, ": plan indices out of range (order in [0, M), start in [0, n))");
+  check_plan<3>(order, start, weights, m, {n0, n1, n2}, real, fn,
+                [&](int64_t width) { check_grid3(n0, n1, n2, width, fn); });
 }
 
 template <typename R>
@@ -722,21 +677,12 @@ void spread3_into(const at::Tensor& values, const at::Tensor& order, const at::T
                   const at::Tensor& weights, const at::Tensor& bin_offsets, int64_t n0,
                   int64_t n1, int64_t n2, int64_t nb0, int64_t nb1, int64_t nb2, int64_t simd,
                   at::Tensor& grid, const char* fn) {
-  TORCH_CHECK(values.device().is_cpu(), fn, ": values must be a CPU tensor, got ", values.device());
-  TORCH_CHECK(values.scalar_type() == at::kComplexFloat || values.scalar_type() == at::kComplexDouble,
-              fn, ": values must be complex64 or complex128, got ", values.scalar_type());
-  TORCH_CHECK(values.dim() == 2, fn, ": values must have shape [B, M], got ", values.sizes());
+  check_values(values, fn);
   const int64_t batch = values.size(0), m = values.size(1);
   check_plan3(order, start, weights, m, n0, n1, n2, real_type(values.scalar_type()), fn);
   const int64_t width = weights.size(2);
   const int64_t n_bins = check_bins3(n0, n1, n2, nb0, nb1, nb2, width, fn);
-  TORCH_CHECK(bin_offsets.device().is_cpu() && bin_offsets.scalar_type() == at::kLong &&
-                  bin_offsets.dim() == 1 && bin_offsets.size(0) == n_bins + 1 &&
-                  bin_offsets.is_contiguous(),
-              fn, ": bin_offsets must be contiguous int64 of shape [", n_bins + 1, "], got ",
-              bin_offsets.scalar_type(), " ", bin_offsets.sizes());
-  const int64_t* off = bin_offsets.data_ptr<int64_t>();
-  TORCH_CHECK(off[0] == 0 && off[n_bins] == m, fn, ": bin_offsets must run from 0 to M = ", m);
+  const int64_t* off = check_bin_offsets(bin_offsets, n_bins, m, fn);
   const int32_t* st = start.data_ptr<int32_t>();
   const int n[3] = {(int)n0, (int)n1, (int)n2};
   const int nb[3] = {(int)nb0, (int)nb1, (int)nb2};
@@ -747,24 +693,9 @@ void spread3_into(const at::Tensor& values, const at::Tensor& order, const at::T
   TORCH_CHECK(longest[0] * longest[1] * (2 * longest[2] + kMaxLanes) <= kMaxSubGridReals, fn,
               ": bins too large (", longest[0], " x ", longest[1], " x ", longest[2],
               " cells with the halo); use more bins");
-  for (int64_t b = 0; b < n_bins; ++b) {
-    TORCH_CHECK(off[b] <= off[b + 1], fn, ": bin_offsets must be non-decreasing");
-  }
-  bool inside = true;
-  for (int64_t b = 0; b < n_bins; ++b) {
-    const int bi[3] = {(int)(b / (nb1 * nb2)), (int)((b / nb2) % nb1), (int)(b % nb2)};
-    for (int64_t p = off[b]; p < off[b + 1]; ++p) {
-      for (int d = 0; d < 3; ++d) inside &= nu::bin_of_cell(st[3 * p + d], n[d], nb[d]) == bi[d];
-    }
-  }
-  TORCH_CHECK(inside, fn, ": a point's stencil start lies outside its bin (stale plan?)");
+  check_points_in_bins<3>(st, off, n, nb, fn);
   const int level = resolve_simd(simd, fn);
-  TORCH_CHECK(grid.device().is_cpu() && grid.scalar_type() == values.scalar_type() &&
-                  grid.dim() == 4 && grid.size(0) == batch && grid.size(1) == n0 &&
-                  grid.size(2) == n1 && grid.size(3) == n2 && grid.is_contiguous(),
-              fn, ": out must be a contiguous ", values.scalar_type(), " CPU tensor of shape [",
-              batch, ", ", n0, ", ", n1, ", ", n2, "], got ", grid.scalar_type(), " ",
-              grid.sizes());
+  check_out(grid, values, {batch, n0, n1, n2}, fn);
   const at::Tensor v = values.contiguous();
   grid.zero_();
   if (m == 0 || batch == 0) return;
@@ -773,18 +704,9 @@ void spread3_into(const at::Tensor& values, const at::Tensor& order, const at::T
     using R = scalar_t;
     // the values in sorted point order with the planes innermost, [M][B]
     at::Tensor gathered = at::empty({m, batch}, v.options());
-    const R* src = reinterpret_cast<const R*>(v.data_ptr());
     R* dst = reinterpret_cast<R*>(gathered.data_ptr());
     const int64_t* ord = order.data_ptr<int64_t>();
-    at::parallel_for(0, m, 2048, [&](int64_t p0, int64_t p1) {
-      for (int64_t p = p0; p < p1; ++p) {
-        const int64_t q = ord[p];
-        for (int64_t b = 0; b < batch; ++b) {
-          dst[2 * (p * batch + b)] = src[2 * (b * m + q)];
-          dst[2 * (p * batch + b) + 1] = src[2 * (b * m + q) + 1];
-        }
-      }
-    });
+    gather_sorted(reinterpret_cast<const R*>(v.data_ptr()), ord, m, batch, dst);
     Work3<R> a{reinterpret_cast<R*>(grid.data_ptr()), dst, ord, st, weights.data_ptr<R>(), batch,
                m, (int)width, {n[0], n[1], n[2]}};
     // planes per task: the sub-grid stays within kSubGridBytes and a run within kMaxRun
@@ -801,21 +723,11 @@ void spread3_into(const at::Tensor& values, const at::Tensor& order, const at::T
     const int64_t chunk = (batch + n_chunks - 1) / n_chunks;
     for (int parity = 0; parity < 8; ++parity) {
       // this parity class's non-empty bins x plane chunks, heaviest bins first
-      std::vector<int64_t> bins;
-      for (int64_t b0 = (parity >> 2) & 1; b0 < nb0; b0 += 2) {
-        for (int64_t b1 = (parity >> 1) & 1; b1 < nb1; b1 += 2) {
-          for (int64_t b2 = parity & 1; b2 < nb2; b2 += 2) {
-            const int64_t id = (b0 * nb1 + b1) * nb2 + b2;
-            if (off[id + 1] > off[id]) bins.push_back(id);
-          }
-        }
-      }
-      std::stable_sort(bins.begin(), bins.end(), [&](int64_t x, int64_t y) {
-        return off[x + 1] - off[x] > off[y + 1] - off[y];
-      });
+      const std::vector<int64_t> bins = parity_class_bins<3>(parity, nb, off);
       run_dynamic((int64_t)bins.size() * n_chunks, [&](int64_t task) {
         const int64_t id = bins[task / n_chunks], c = task % n_chunks;
-        const int bi[3] = {(int)(id / (nb1 * nb2)), (int)((id / nb2) % nb1), (int)(id % nb2)};
+        int bi[3];
+        bin_axes<3>(id, nb, bi);
         Bin3 bin;
         bin.p0 = off[id];
         bin.p1 = off[id + 1];
@@ -843,10 +755,7 @@ void nufft3_spread_out_cpu(const at::Tensor& values, const at::Tensor& order,
 at::Tensor nufft3_interp_cpu(const at::Tensor& grid, const at::Tensor& order,
                              const at::Tensor& start, const at::Tensor& weights, int64_t simd) {
   const char* fn = "_nufft3_interp";
-  TORCH_CHECK(grid.device().is_cpu(), fn, ": grid must be a CPU tensor, got ", grid.device());
-  TORCH_CHECK(grid.scalar_type() == at::kComplexFloat || grid.scalar_type() == at::kComplexDouble,
-              fn, ": grid must be complex64 or complex128, got ", grid.scalar_type());
-  TORCH_CHECK(grid.dim() == 4, fn, ": grid must have shape [B, n0, n1, n2], got ", grid.sizes());
+  check_grid_tensor(grid, 3, "[B, n0, n1, n2]", fn);
   const int64_t batch = grid.size(0), n0 = grid.size(1), n1 = grid.size(2), n2 = grid.size(3);
   TORCH_CHECK(order.dim() == 1, fn, ": order must be 1-D, got ", order.sizes());
   const int64_t m = order.size(0);

@@ -5,7 +5,8 @@
 // [M, 3, w], points sorted by bin), so spreading and interpolation read the same numbers on
 // both devices. What is here is only the mapping of threads to work, as in spread.cu (2-D).
 // Grids are [B, n0, n1, n2] complex, values [B, M] complex, both as interleaved reals. Only
-// es_kernel.h (with common/) and CUDA builtins are included, so NVRTC compiles this file.
+// es_kernel.h and spread_device.h (with common/) and CUDA builtins are included, so NVRTC
+// compiles this file.
 //
 // Sizes. Point indices p are 64-bit wherever they are multiplied (3 p, p 3 w), and so are
 // cell offsets (a 3-D grid passes 2^31 cells long before a side passes 2^28), the plane
@@ -18,6 +19,7 @@
 // results agree within the bound of docs/DESIGN.md ("Numerical contracts"), not bitwise.
 #include "common/device.h"
 #include "nufft/es_kernel.h"
+#include "nufft/spread_device.h"
 
 namespace luser_fast {
 namespace nufft {
@@ -27,8 +29,8 @@ namespace nufft {
 __device__ void plan3_points(const double* __restrict__ k, int m, int n0, int n1, int n2,
                              int nb0, int nb1, int nb2, int width, int* __restrict__ start,
                              int* __restrict__ bins) {
-  const long long p = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-  if (p >= m) return;
+  long long p;
+  if (!thread_point(m, &p)) return;
   const int n[3] = {n0, n1, n2};
   const int nb[3] = {nb0, nb1, nb2};
   long long id = 0;
@@ -44,15 +46,12 @@ __device__ void plan3_points(const double* __restrict__ k, int m, int n0, int n1
 __device__ void plan3_weights(const double* __restrict__ k, const long long* __restrict__ order,
                               int m, int n0, int n1, int n2, int width, double beta,
                               double* __restrict__ weights) {
-  const long long p = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-  if (p >= m) return;
+  long long p;
+  if (!thread_point(m, &p)) return;
   const long long q = order[p];
   const int n[3] = {n0, n1, n2};
   for (int d = 0; d < 3; ++d) {
-    const double t = grid_position(k[3 * q + d], n[d]);
-    const long long s = stencil_start(t, width);
-    double* out = weights + (p * 3 + d) * width;
-    for (int a = 0; a < width; ++a) out[a] = stencil_weight(t, s, a, width, beta);
+    stencil_weights(k[3 * q + d], n[d], width, beta, weights + (p * 3 + d) * width);
   }
 }
 
@@ -96,12 +95,8 @@ __device__ void spread3_tile(const R* __restrict__ values, const long long* __re
       for (int i0 = 0; i0 < width; ++i0) {
         const R zr = kz[i0] * vr, zi = kz[i0] * vi;
         for (int i1 = 0; i1 < width; ++i1) {
-          R* trow = tile + 2 * (((r0 + i0) * t1 + r1 + i1) * t2 + r2);
-          const R yr = ky[i1] * zr, yi = ky[i1] * zi;
-          for (int j = 0; j < width; ++j) {
-            atomicAdd(trow + 2 * j, kx[j] * yr);
-            atomicAdd(trow + 2 * j + 1, kx[j] * yi);
-          }
+          add_run_atomic(tile + 2 * (((r0 + i0) * t1 + r1 + i1) * t2 + r2), kx, width,
+                         ky[i1] * zr, ky[i1] * zi);
         }
       }
     }
@@ -110,18 +105,34 @@ __device__ void spread3_tile(const R* __restrict__ values, const long long* __re
     for (int i = threadIdx.x; i < cells; i += blockDim.x) {
       const int c2 = i % t2, c1 = (i / t2) % t1, c0 = i / (t1 * t2);
       const R re = tile[2 * i], im = tile[2 * i + 1];
-      if (c0 >= len0 + width - 1 || c1 >= len1 + width - 1 || c2 >= len2 + width - 1 ||
-          (re == R(0) && im == R(0)))
-        continue;
-      const int g0 = lo0 + c0 < n0 ? lo0 + c0 : lo0 + c0 - n0;
-      const int g1 = lo1 + c1 < n1 ? lo1 + c1 : lo1 + c1 - n1;
-      const int g2 = lo2 + c2 < n2 ? lo2 + c2 : lo2 + c2 - n2;
-      R* cell = plane + 2 * (((long long)g0 * n1 + g1) * n2 + g2);
-      atomicAdd(cell, re);
-      atomicAdd(cell + 1, im);
+      if (c0 >= len0 + width - 1 || c1 >= len1 + width - 1 || c2 >= len2 + width - 1) continue;
+      const long long g = ((long long)wrap_add(lo0, c0, n0) * n1 + wrap_add(lo1, c1, n1)) * n2 +
+                          wrap_add(lo2, c2, n2);
+      add_cell_atomic(plane + 2 * g, re, im);
     }
     __syncthreads();
   }
+}
+
+// A sorted point's stencil: its weights along each axis and its first cell per axis.
+template <typename R>
+struct Stencil3 {
+  const R *kz, *ky, *kx;
+  int s0, s1, s2;
+};
+
+template <typename R>
+__device__ __forceinline__ Stencil3<R> stencil3(const R* __restrict__ weights,
+                                                const int* __restrict__ start, long long p,
+                                                int width) {
+  Stencil3<R> st;
+  st.kz = weights + p * 3 * width;
+  st.ky = st.kz + width;
+  st.kx = st.ky + width;
+  st.s0 = start[3 * p];
+  st.s1 = start[3 * p + 1];
+  st.s2 = start[3 * p + 2];
+  return st;
 }
 
 // Spreading with global atomics, for tiles too large for shared memory: one thread per
@@ -131,29 +142,20 @@ __device__ void spread3_global(const R* __restrict__ values, const long long* __
                                const int* __restrict__ start, const R* __restrict__ weights,
                                long long batch, int m, int width, int n0, int n1, int n2,
                                R* __restrict__ grid) {
-  const long long p = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-  if (p >= m) return;
-  const R* kz = weights + p * 3 * width;
-  const R* ky = kz + width;
-  const R* kx = ky + width;
-  const int s0 = start[3 * p], s1 = start[3 * p + 1], s2 = start[3 * p + 2];
+  long long p;
+  if (!thread_point(m, &p)) return;
+  const Stencil3<R> st = stencil3(weights, start, p, width);
   const long long plane_cells = (long long)n0 * n1 * n2;
   for (long long b = blockIdx.y; b < batch; b += gridDim.y) {
     const long long v = 2 * (b * m + order[p]);
     const R vr = values[v], vi = values[v + 1];
     R* plane = grid + 2 * b * plane_cells;
     for (int i0 = 0; i0 < width; ++i0) {
-      const int c0 = s0 + i0 < n0 ? s0 + i0 : s0 + i0 - n0;
-      const R zr = kz[i0] * vr, zi = kz[i0] * vi;
+      const int c0 = wrap_add(st.s0, i0, n0);
+      const R zr = st.kz[i0] * vr, zi = st.kz[i0] * vi;
       for (int i1 = 0; i1 < width; ++i1) {
-        const int c1 = s1 + i1 < n1 ? s1 + i1 : s1 + i1 - n1;
-        R* row = plane + 2 * ((long long)c0 * n1 + c1) * n2;
-        const R yr = ky[i1] * zr, yi = ky[i1] * zi;
-        for (int j = 0; j < width; ++j) {
-          const int c2 = s2 + j < n2 ? s2 + j : s2 + j - n2;
-          atomicAdd(row + 2 * c2, kx[j] * yr);
-          atomicAdd(row + 2 * c2 + 1, kx[j] * yi);
-        }
+        R* row = plane + 2 * ((long long)c0 * n1 + wrap_add(st.s1, i1, n1)) * n2;
+        add_row_atomic(row, st.kx, st.s2, n2, width, st.ky[i1] * zr, st.ky[i1] * zi);
       }
     }
   }
@@ -167,29 +169,21 @@ __device__ void interp3(const R* __restrict__ grid, const long long* __restrict_
                         const int* __restrict__ start, const R* __restrict__ weights,
                         long long batch, int m, int width, int n0, int n1, int n2,
                         R* __restrict__ out) {
-  const long long p = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-  if (p >= m) return;
-  const R* kz = weights + p * 3 * width;
-  const R* ky = kz + width;
-  const R* kx = ky + width;
-  const int s0 = start[3 * p], s1 = start[3 * p + 1], s2 = start[3 * p + 2];
+  long long p;
+  if (!thread_point(m, &p)) return;
+  const Stencil3<R> st = stencil3(weights, start, p, width);
   const long long q = order[p];
   const long long plane_cells = (long long)n0 * n1 * n2;
   for (long long b = blockIdx.y; b < batch; b += gridDim.y) {
     const R* plane = grid + 2 * b * plane_cells;
     R re = R(0), im = R(0);
     for (int i0 = 0; i0 < width; ++i0) {
-      const int c0 = s0 + i0 < n0 ? s0 + i0 : s0 + i0 - n0;
+      const int c0 = wrap_add(st.s0, i0, n0);
       for (int i1 = 0; i1 < width; ++i1) {
-        const int c1 = s1 + i1 < n1 ? s1 + i1 : s1 + i1 - n1;
-        const R* row = plane + 2 * ((long long)c0 * n1 + c1) * n2;
-        R ar = R(0), ai = R(0);
-        for (int j = 0; j < width; ++j) {
-          const int c2 = s2 + j < n2 ? s2 + j : s2 + j - n2;
-          ar += kx[j] * row[2 * c2];
-          ai += kx[j] * row[2 * c2 + 1];
-        }
-        const R y = kz[i0] * ky[i1];
+        const R* row = plane + 2 * ((long long)c0 * n1 + wrap_add(st.s1, i1, n1)) * n2;
+        R ar, ai;
+        dot_row(row, st.kx, st.s2, n2, width, &ar, &ai);
+        const R y = st.kz[i0] * st.ky[i1];
         re += y * ar;
         im += y * ai;
       }

@@ -31,12 +31,14 @@
 #include <type_traits>
 #include <vector>
 
+#include "common/cpu_projector.h"
 #include "common/simd.h"
 #include "radon/joseph.h"
 
 namespace {
 
 using luser_fast::radon::JosephRay;
+using namespace luser_fast::projector;  // NOLINT: the shared helpers of cpu_projector.h
 
 // Zero entries either side of a plane row: a sample inside its ray's step range has
 // -3 <= f < n_min + 2 (joseph.h), so floor(f) + kPad and floor(f) + 1 + kPad stay in
@@ -44,16 +46,6 @@ using luser_fast::radon::JosephRay;
 constexpr int64_t kPad = 4;
 // Images per thread in the gather algorithms (those of the CUDA kernels).
 constexpr int kGatherImages = luser_fast::kRadonImagesPerThread;
-// Least work (interpolated samples times lanes, or output elements) worth a thread:
-// smaller problems run on the calling thread, where a parallel region costs more than it
-// saves (and much more on an oversubscribed machine).
-constexpr int64_t kMinWork = 1 << 16;
-
-// Grain (items per chunk) for at::parallel_for over items of ~work_per_item each.
-int64_t grain(int64_t work_per_item) {
-  return std::max<int64_t>(1, kMinWork / std::max<int64_t>(1, work_per_item));
-}
-
 struct Geometry {
   int64_t height, width, n_angles, n_det;
   double spacing, src, det;  // src <= 0: parallel beam
@@ -62,47 +54,15 @@ struct Geometry {
 void check_geometry(int64_t height, int64_t width, int64_t n_det, double spacing,
                     const std::optional<double>& src, const std::optional<double>& det,
                     const char* fn) {
-  TORCH_CHECK(height >= 1 && width >= 1 && height < (1 << 24) && width < (1 << 24), fn,
+  TORCH_CHECK(height >= 1 && width >= 1 && height < kMaxCount && width < kMaxCount, fn,
               ": image size (height, width) must be positive, got (", height, ", ", width,
               ")");
-  TORCH_CHECK(n_det >= 1 && n_det < (1 << 24), fn,
+  TORCH_CHECK(n_det >= 1 && n_det < kMaxCount, fn,
               ": n_detectors must be positive, got ", n_det);
   TORCH_CHECK(std::isfinite(spacing) && spacing > 0.0, fn,
               ": det_spacing must be positive and finite, got ", spacing);
-  if (src.has_value()) {
-    const double half_diagonal = 0.5 * std::hypot((double)height, (double)width);
-    TORCH_CHECK(std::isfinite(*src) && *src > half_diagonal, fn,
-                ": source_distance must exceed the image half-diagonal ", half_diagonal,
-                ", got ", *src);
-  }
-  if (det.has_value()) {
-    TORCH_CHECK(src.has_value(), fn, ": detector_distance needs source_distance");
-    TORCH_CHECK(std::isfinite(*det) && *det >= 0.0, fn,
-                ": detector_distance must be finite and >= 0, got ", *det);
-  }
-}
-
-at::Tensor check_angles(const at::Tensor& angles, const at::Tensor& data, const char* fn) {
-  TORCH_CHECK(angles.dim() == 1 && angles.numel() >= 1, fn,
-              ": angles must be a non-empty 1-D tensor, got shape ", angles.sizes());
-  TORCH_CHECK(at::isFloatingType(angles.scalar_type()), fn,
-              ": angles must be a real floating tensor, got ", angles.scalar_type());
-  TORCH_CHECK(angles.device() == data.device(), fn, ": angles must be on ", data.device(),
-              ", got ", angles.device());
-  TORCH_CHECK(angles.numel() < (1 << 24), fn, ": too many angles (", angles.numel(), ")");
-  // a NaN angle would give a NaN row in the forward and no rays in the adjoint: refuse it
-  // in both, as the Python kernels and the reference do
-  TORCH_CHECK(at::isfinite(angles).all().item<bool>(), fn, ": angles must be finite");
-  return angles.to(at::kDouble).contiguous();
-}
-
-void check_data(const at::Tensor& t, const char* name, const char* fn) {
-  TORCH_CHECK(t.device().is_cpu(), fn, ": ", name, " must be a CPU tensor here, got ",
-              t.device());
-  TORCH_CHECK(t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble, fn, ": ",
-              name, " must be float32 or float64, got ", t.scalar_type());
-  TORCH_CHECK(t.dim() >= 2, fn, ": ", name, " must have at least 2 dims, got shape ",
-              t.sizes());
+  check_distances(src, det, 0.5 * std::hypot((double)height, (double)width),
+                  ": source_distance must exceed the image half-diagonal ", fn);
 }
 
 // The ray table [A * D], ray index a * D + d. cos/sin come from ATen's own kernels on the
@@ -176,31 +136,7 @@ constexpr int kBlock = 4;
 // bits in any batch.
 #pragma GCC push_options
 #pragma GCC optimize("fp-contract=off")
-// V lanes of T as one vector of the GCC/Clang vector extension (V == 1: a plain scalar):
-// the lane arithmetic is written once, vector-wide, instead of left to the vectoriser,
-// which turned the per-lane loops into scalar shuffles through the stack.
-template <typename T, int V>
-struct LaneVec {
-  typedef T type __attribute__((vector_size(V * sizeof(T))));
-};
-template <typename T>
-struct LaneVec<T, 1> {
-  typedef T type;
-};
-template <typename T, int V>
-using lanes_t = typename LaneVec<T, V>::type;
-
-template <typename Vec, typename T>
-LF_ALWAYS_INLINE Vec load_lanes(const T* p) {
-  Vec v;
-  std::memcpy(&v, p, sizeof(Vec));
-  return v;
-}
-
-template <typename Vec, typename T>
-LF_ALWAYS_INLINE void store_lanes(T* p, const Vec& v) {
-  std::memcpy(p, &v, sizeof(Vec));
-}
+// (The lane vectors and their loads and stores are common/cpu_projector.h's.)
 
 // Element of the sample u of a block at minor index i (lanes included), from the start of
 // the block's first plane row.
@@ -298,25 +234,11 @@ int tile_steps(const Geometry& g) {
   return (int)std::max<int64_t>(16, (kTileBytes / row_bytes) / kBlock * kBlock);
 }
 
-// Lanes per group for n images left: a full SIMD vector, or the next power of two.
-int lanes_for(int64_t left, int full) {
-  int v = 1;
-  while (v < full && v < left) v *= 2;
-  return v;
-}
-
-// A zeroed buffer of n elements, 64-byte aligned (ATen's CPU allocator), so that every
-// lane vector of the planes sits inside one cache line.
-template <typename T>
-at::Tensor plane_buffer(int64_t n) {
-  return at::zeros({n}, at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value));
-}
-
 template <typename T, int V>
 void forward_group(const T* x, int64_t n0, int nb, const Geometry& g,
                    const std::vector<JosephRay>& rays, T* out) {
   const Planes pl = plane_layout<V>(g);
-  const at::Tensor buffer = plane_buffer<T>(pl.size_y + pl.size_x);
+  const at::Tensor buffer = zeros_of<T>(pl.size_y + pl.size_x);
   T* planes = buffer.data_ptr<T>();
   fill_planes<T, V>(x, n0, nb, g, pl, planes, planes + pl.size_y);
   const int64_t n_rays = g.n_angles * g.n_det, n_steps = std::max(g.height, g.width);
@@ -351,7 +273,7 @@ void adjoint_group(const T* sino, int64_t n0, int nb, const Geometry& g,
   const int64_t per = pl.size_y + pl.size_x;
   const int tile = tile_steps(g);
   const auto rays_fn = adjoint_rays<T, V>();
-  const at::Tensor buffer = plane_buffer<T>(per * n_workers);
+  const at::Tensor buffer = zeros_of<T>(per * n_workers);
   T* planes = buffer.data_ptr<T>();
   at::parallel_for(0, n_workers, 1, [&](int64_t w0, int64_t w1) {
     std::vector<T> vals(kChunkAngles * g.n_det * V);
@@ -391,40 +313,10 @@ void adjoint_group(const T* sino, int64_t n0, int nb, const Geometry& g,
   });
 }
 
-// Runs fn<V>(n0, nb) over the batch in groups of lanes (FULL for full groups).
-template <int FULL, typename F>
-void for_lane_groups(int64_t n_images, F&& fn) {
-  int64_t n0 = 0;
-  while (n0 < n_images) {
-    const int v = lanes_for(n_images - n0, FULL);
-    const int nb = (int)std::min<int64_t>(v, n_images - n0);
-    switch (v) {
-      case 1: fn(std::integral_constant<int, 1>{}, n0, nb); break;
-      case 2: fn(std::integral_constant<int, 2>{}, n0, nb); break;
-      case 4: fn(std::integral_constant<int, 4>{}, n0, nb); break;
-      default: fn(std::integral_constant<int, (FULL > 4 ? FULL : 4)>{}, n0, nb); break;
-    }
-    n0 += nb;
-  }
-}
-
-template <typename T>
-constexpr int full_lanes() {
-  return 32 / (int)sizeof(T);  // one 256-bit vector
-}
-
 Geometry make_geometry(int64_t height, int64_t width, int64_t n_angles, int64_t n_det,
                        double spacing, const std::optional<double>& src,
                        const std::optional<double>& det) {
-  Geometry g;
-  g.height = height;
-  g.width = width;
-  g.n_angles = n_angles;
-  g.n_det = n_det;
-  g.spacing = spacing;
-  g.src = src.has_value() ? *src : 0.0;
-  g.det = det.has_value() ? *det : 0.0;
-  return g;
+  return Geometry{height, width, n_angles, n_det, spacing, src.value_or(0.0), det.value_or(0.0)};
 }
 
 // One op's checked arguments: the geometry, its output (allocated, [..., A, D] for a
@@ -440,16 +332,13 @@ struct OpCall {
 OpCall forward_call(const at::Tensor& x, const at::Tensor& angles, int64_t n_det,
                     double spacing, const std::optional<double>& src,
                     const std::optional<double>& det, const char* fn) {
-  check_data(x, "x", fn);
+  check_data(x, "x", 2, fn);
   OpCall c;
   c.angles = check_angles(angles, x, fn);
   const int64_t h = x.size(-2), w = x.size(-1);
   check_geometry(h, w, n_det, spacing, src, det, fn);
   c.g = make_geometry(h, w, c.angles.numel(), n_det, spacing, src, det);
-  std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end() - 2);
-  shape.push_back(c.g.n_angles);
-  shape.push_back(c.g.n_det);
-  c.out = at::empty(shape, x.options());
+  c.out = at::empty(batch_shape(x, 2, {c.g.n_angles, c.g.n_det}), x.options());
   c.n_images = h * w == 0 ? 0 : x.numel() / (h * w);
   if (c.n_images > 0) {
     c.in = x.contiguous();
@@ -461,7 +350,7 @@ OpCall forward_call(const at::Tensor& x, const at::Tensor& angles, int64_t n_det
 OpCall adjoint_call(const at::Tensor& sino, const at::Tensor& angles, int64_t height,
                     int64_t width, double spacing, const std::optional<double>& src,
                     const std::optional<double>& det, const char* fn) {
-  check_data(sino, "sino", fn);
+  check_data(sino, "sino", 2, fn);
   OpCall c;
   c.angles = check_angles(angles, sino, fn);
   const int64_t n_det = sino.size(-1);
@@ -471,10 +360,7 @@ OpCall adjoint_call(const at::Tensor& sino, const at::Tensor& angles, int64_t he
               sino.sizes());
   check_geometry(height, width, n_det, spacing, src, det, fn);
   c.g = make_geometry(height, width, c.angles.numel(), n_det, spacing, src, det);
-  std::vector<int64_t> shape(sino.sizes().begin(), sino.sizes().end() - 2);
-  shape.push_back(height);
-  shape.push_back(width);
-  c.out = at::empty(shape, sino.options());
+  c.out = at::empty(batch_shape(sino, 2, {height, width}), sino.options());
   c.n_images = sino.numel() / (c.g.n_angles * c.g.n_det);
   if (c.n_images > 0) {
     c.in = sino.contiguous();
@@ -483,39 +369,26 @@ OpCall adjoint_call(const at::Tensor& sino, const at::Tensor& angles, int64_t he
   return c;
 }
 
-// Runs group(lanes, in, n0, nb, out) (forward_group or adjoint_group) over c's images in
-// groups of SIMD lanes, in c's dtype (float32 or float64: check_data).
-template <typename Group>
-at::Tensor run_lane_groups(const OpCall& c, const Group& group) {
-  if (c.n_images == 0) return c.out;
-  AT_DISPATCH_FLOATING_TYPES(c.in.scalar_type(), "radon_cpu", [&] {
-    const scalar_t* in = c.in.data_ptr<scalar_t>();
-    scalar_t* out = c.out.data_ptr<scalar_t>();
-    for_lane_groups<full_lanes<scalar_t>()>(c.n_images, [&](auto lanes, int64_t n0, int nb) {
-      group(lanes, in, n0, nb, out);
-    });
-  });
-  return c.out;
-}
-
 at::Tensor radon_forward_cpu(const at::Tensor& x, const at::Tensor& angles, int64_t n_det,
                              double spacing, std::optional<double> src,
                              std::optional<double> det) {
   const OpCall c = forward_call(x, angles, n_det, spacing, src, det, "radon_forward");
-  return run_lane_groups(c, [&](auto lanes, auto in, int64_t n0, int nb, auto out) {
+  run_lane_groups(c.in, c.out, c.n_images, [&](auto lanes, auto in, int64_t n0, int nb, auto out) {
     forward_group<std::remove_pointer_t<decltype(out)>, decltype(lanes)::value>(in, n0, nb, c.g,
                                                                                  c.rays, out);
   });
+  return c.out;
 }
 
 at::Tensor radon_adjoint_cpu(const at::Tensor& sino, const at::Tensor& angles, int64_t height,
                              int64_t width, double spacing, std::optional<double> src,
                              std::optional<double> det) {
   const OpCall c = adjoint_call(sino, angles, height, width, spacing, src, det, "radon_adjoint");
-  return run_lane_groups(c, [&](auto lanes, auto in, int64_t n0, int nb, auto out) {
+  run_lane_groups(c.in, c.out, c.n_images, [&](auto lanes, auto in, int64_t n0, int nb, auto out) {
     adjoint_group<std::remove_pointer_t<decltype(out)>, decltype(lanes)::value>(in, n0, nb, c.g,
                                                                                  c.rays, out);
   });
+  return c.out;
 }
 
 // --- the CUDA kernels' algorithms on the CPU --------------------------------------------
