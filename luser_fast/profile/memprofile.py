@@ -320,6 +320,9 @@ def run_memprofile3d(sizes=MEMPROFILE3D_SIZES, budget=MEMPROFILE3D_BUDGET, chann
     from .memory import LiveTensorBytes, training_memory
 
     budget = parse_bytes(budget)
+    # the run's header now: date, machine and git SHA of the code that measures (the
+    # checkout may move during a run of an hour)
+    header = harness.new_run(torch.get_num_threads()) if results else None
     sizes = tuple(sizes)
     for name, values in (("sizes", sizes), ("calibration", tuple(calibration))):
         if any(not validate.is_int(v) or v < 4 for v in values):
@@ -513,7 +516,7 @@ def run_memprofile3d(sizes=MEMPROFILE3D_SIZES, budget=MEMPROFILE3D_BUDGET, chann
         plot_rows3d(plot, out)
         log(f"figure: {plot}")
     if results:
-        run = harness.new_run(torch.get_num_threads())
+        run = header
         run["command"] = command
         run.update(out)
         key = harness.store_run(results, run)
