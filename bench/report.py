@@ -506,7 +506,8 @@ def memory3d_section(run, goals, plots) -> list[str]:
             "(as data; its own transient peak is in the JSON, fdk_peak_bytes). Sides "
             f"predicted to need more than {_mib(s['max_measure_bytes'])} MiB or "
             f"{fmt(s['max_step_seconds'])} s were not run on this machine: their figures are "
-            "predicted from the fits (marked).", ""]
+            "predicted from the fits (marked). Bytes do not depend on the machine's load; the "
+            "step seconds (one step each) do.", ""]
     out += table(("model", "N", "status", "saved MiB", "peak MiB", "RSS MiB", "train MiB",
                   "step s"),
                  [(r["model"], r["side"], r["status"], _mib(r["saved_bytes"]),
@@ -602,10 +603,14 @@ def _plot_memory3d(plots, run) -> str:
         if side:
             axes[0].axvline(side, color=color, ls=":", lw=1)
     axes[0].axhline(budget, color="k", ls="--", lw=1, label=f"budget {fmt(budget)} GiB")
+    ticks = [t for t in (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
+             if min(sides) <= t <= top]
     for ax, title in zip(axes, ("training bytes per step (peak + batch + parameters + Adam)",
                                 "saved for backward")):
         ax.set_xscale("log")
         ax.set_yscale("log")
+        ax.set_xticks(ticks, [str(t) for t in ticks])
+        ax.minorticks_off()
         ax.set_xlabel("volume side N (N^3 voxels)")
         ax.set_ylabel("GiB")
         ax.set_title(title, fontsize=9)

@@ -605,10 +605,14 @@ def plot_rows3d(path, result):
             axes[0].annotate(f"{side}", (side, budget), color=color, fontsize=8,
                              xytext=(3, 4), textcoords="offset points")
     axes[0].axhline(budget, color="k", ls="--", lw=1, label=f"budget {budget:g} GiB")
+    ticks = [t for t in (8, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
+             if min(sides) <= t <= grid[-1]]
     for ax, title in zip(axes, ("training bytes (step peak + batch + parameters + Adam)",
                                 "saved for backward")):
         ax.set_xscale("log")
         ax.set_yscale("log")
+        ax.set_xticks(ticks, [str(t) for t in ticks])
+        ax.minorticks_off()
         ax.set_xlabel("volume side N (N^3 voxels)")
         ax.set_ylabel("GiB")
         ax.set_title(title, fontsize=9)
