@@ -579,46 +579,14 @@ def memory3d_section(run, goals, plots) -> list[str]:
 
 
 def _plot_memory3d(plots, run) -> str:
-    plt = _pyplot()
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    budget = run["setup"]["budget_bytes"] / 2 ** 30
-    sides = [r["side"] for r in run["rows"]] + [b["predicted_side"] or 0
-                                                for b in run["budget"].values()]
-    top = max(sides) * 1.1
-    grid = [min(sides) + (top - min(sides)) * i / 199 for i in range(200)]
-    for (name, fits), color in zip(run["fits"].items(), ("C3", "C0")):
-        for ax, key in ((axes[0], "train_bytes"), (axes[1], "saved_bytes")):
-            rows = [r for r in run["rows"] if r["model"] == name]
-            for predicted, marker in ((False, "o"), (True, "x")):
-                pts = [(r["side"], r[key] / 2 ** 30) for r in rows
-                       if r["status"].startswith("predicted") == predicted]
-                if pts:
-                    ax.plot(*zip(*pts), marker, color=color,
-                            label=f"{name}, {'predicted' if predicted else 'measured'}")
-            f = fits.get(key)
-            if f:
-                ax.plot(grid, [(f["a"] + f["b"] * n ** 3) / 2 ** 30 for n in grid], "-",
-                        color=color, alpha=0.5, lw=1)
-        side = run["budget"][name]["predicted_side"]
-        if side:
-            axes[0].axvline(side, color=color, ls=":", lw=1)
-    axes[0].axhline(budget, color="k", ls="--", lw=1, label=f"budget {fmt(budget)} GiB")
-    ticks = [t for t in (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
-             if min(sides) <= t <= top]
-    for ax, title in zip(axes, ("training bytes per step (peak + batch + parameters + Adam)",
-                                "saved for backward")):
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        ax.set_xticks(ticks, [str(t) for t in ticks])
-        ax.minorticks_off()
-        ax.set_xlabel("volume side N (N^3 voxels)")
-        ax.set_ylabel("GiB")
-        ax.set_title(title, fontsize=9)
-        ax.grid(alpha=0.3, which="both")
-    axes[0].legend(fontsize=7)
-    fig.suptitle(f"3-D cone-beam CT, batch {run['setup']['batch']} (git {run['git_sha']})",
-                 fontsize=10)
-    return plots.save(fig, "memprofile3d.png")
+    """The 3-D study's plot, drawn by the one function ``luser-fast memprofile --dims 3``
+    draws it with (``luser_fast.profile.memprofile.plot_rows3d``)."""
+    from luser_fast.profile.memprofile import plot_rows3d
+
+    os.makedirs(plots.folder, exist_ok=True)
+    path = os.path.join(plots.folder, "memprofile3d.png")
+    plot_rows3d(path, run)
+    return os.path.relpath(path, plots.base)
 
 
 def schedule_note(schedules) -> str:
