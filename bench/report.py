@@ -211,6 +211,26 @@ def _plot_sweep(plots, sweep, p) -> str:
     return plots.save(fig, "radon_throughput_vs_size.png")
 
 
+def _nufft_timings(run) -> tuple[list[str], dict, str]:
+    """A NUFFT run's timing and ratio tables (separate rounds, then paired rounds when the
+    run has them), and the rounds its goals are judged on (paired where present) with their
+    name: (lines, judged, which)."""
+    out = []
+    sections = [("separate rounds (pytest-benchmark)", run)]
+    if run.get("paired"):
+        sections.append(("paired rounds (interleaved calls: load from other processes hits "
+                         "every implementation alike)", run["paired"]))
+    for title, sec in sections:
+        out += [f"Milliseconds, {title} (min / **median** / max):", ""]
+        out += table(("case", "ms", "relative l2 error"),
+                     [(k, timing(t), fmt(sec["relative_l2_error"].get(k)))
+                      for k, t in sec["ms"].items()])
+        out += table(("ratio", "**median** [band]"), [(k, band(r)) for k, r in sec["ratios"].items()])
+    judged = run.get("paired") or run
+    which = "paired rounds" if run.get("paired") else "separate rounds"
+    return out, judged, which
+
+
 def nufft_section(run, goals) -> list[str]:
     out = ["## NUFFT (CPU)", ""]
     kinds = [(k, t) for k in ("type2", "type1") for t in ("0.001", "1e-06")]
@@ -227,18 +247,8 @@ def nufft_section(run, goals) -> list[str]:
             "Each result is checked against the exact "
             "NUDFT on a subset first; the relative l2 error is shown next to the time. "
             "torchkbnufft's accuracy is fixed by its table (numpoints 6).", ""]
-    sections = [("separate rounds (pytest-benchmark)", run)]
-    if run.get("paired"):
-        sections.append(("paired rounds (interleaved calls: load from other processes hits "
-                         "every implementation alike)", run["paired"]))
-    for title, sec in sections:
-        out += [f"Milliseconds, {title} (min / **median** / max):", ""]
-        out += table(("case", "ms", "relative l2 error"),
-                     [(k, timing(t), fmt(sec["relative_l2_error"].get(k)))
-                      for k, t in sec["ms"].items()])
-        out += table(("ratio", "**median** [band]"), [(k, band(r)) for k, r in sec["ratios"].items()])
-    judged = run.get("paired") or run
-    which = "paired rounds" if run.get("paired") else "separate rounds"
+    lines, judged, which = _nufft_timings(run)
+    out += lines
     for kind, tol in kinds:
         r = judged["ratios"].get(f"luser_fast / finufft, {kind}, tol {tol}")
         goals.at_most(6, f"luser_fast / finufft time, {kind}, tol {tol}", r and r["median"], 1.0,
@@ -279,18 +289,8 @@ def nufft3d_section(run, goals) -> list[str]:
             "with luser_fast on the same subset (cases `*_subset`), on all threads: one of its "
             "calls on the full problem takes minutes. Each result is checked against the "
             "exact NUDFT on a subset first; the relative l2 error is shown next to the time.", ""]
-    sections = [("separate rounds (pytest-benchmark)", run)]
-    if run.get("paired"):
-        sections.append(("paired rounds (interleaved calls: load from other processes hits "
-                         "every implementation alike)", run["paired"]))
-    for title, sec in sections:
-        out += [f"Milliseconds, {title} (min / **median** / max):", ""]
-        out += table(("case", "ms", "relative l2 error"),
-                     [(k, timing(t), fmt(sec["relative_l2_error"].get(k)))
-                      for k, t in sec["ms"].items()])
-        out += table(("ratio", "**median** [band]"), [(k, band(r)) for k, r in sec["ratios"].items()])
-    judged = run.get("paired") or run
-    which = "paired rounds" if run.get("paired") else "separate rounds"
+    lines, judged, which = _nufft_timings(run)
+    out += lines
     for kind, tol in kinds:
         for t in p["threads"]:
             r = judged["ratios"].get(f"luser_fast / finufft, {kind}, tol {tol}, {t} thread(s)")
